@@ -1,0 +1,103 @@
+"""Every setting of the service, read from the environment in one place.
+
+Each role reads only the groups it needs; all models are frozen.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import uuid
+from functools import cache
+from typing import Literal
+
+from pydantic import AliasChoices, Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def _default_instance_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class KafkaSettings(BaseSettings):
+    """How to reach the cluster. Secrets stay SecretStr until they reach librdkafka."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_KAFKA_", frozen=True, extra="ignore")
+
+    bootstrap_servers: str = Field(
+        default="127.0.0.1:9092",
+        validation_alias=AliasChoices("KAFKA_BOOTSTRAP_SERVERS", "CAPTIONER_KAFKA_BOOTSTRAP_SERVERS"),
+    )
+    security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
+    sasl_mechanism: str | None = None
+    sasl_username: str | None = None
+    sasl_password: SecretStr | None = None
+    replication_factor: int = Field(default=1, ge=1)
+
+
+class TopicSettings(BaseSettings):
+    """Topic names and shapes. The request topic is the public entry point."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_TOPIC_", frozen=True, extra="ignore")
+
+    requests: str = "captioner.requests"
+    replies: str = "captioner.replies"
+    retry_prefix: str = "captioner.requests.retry"
+    dead_letter: str = "captioner.requests.dlq"
+    request_partitions: int = Field(default=6, ge=1)
+    reply_partitions: int = Field(default=12, ge=1)
+    retry_delays_s: tuple[float, ...] = (1.0, 5.0, 30.0)
+    max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+
+    def retry_topic(self, tier: int) -> str:
+        return f"{self.retry_prefix}.{tier}"
+
+    @property
+    def retry_topics(self) -> list[str]:
+        return [self.retry_topic(tier) for tier in range(1, len(self.retry_delays_s) + 1)]
+
+
+class ApiSettings(BaseSettings):
+    """The HTTP front (producer_api)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_API_", frozen=True, extra="ignore")
+
+    host: str = "0.0.0.0"
+    port: int = Field(default=9000, ge=0, le=65535)
+    request_timeout_s: float = Field(default=30.0, gt=0)
+    max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
+    max_in_flight: int = Field(default=512, ge=1)
+    instance_id: str = Field(default_factory=_default_instance_id)
+    reply_partition: int | None = Field(default=None, ge=0)
+    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class WorkerSettings(BaseSettings):
+    """The inference worker (inference_consumer)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
+
+    model: str = "microsoft/git-base-textcaps"
+    decoder: Literal["hf", "fast"] = "fast"
+    device: Literal["auto", "cpu", "cuda"] = "auto"
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
+    quantize: Literal["none", "int8"] = "none"
+    worker_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores")
+    worker_group_id: str = "captioner-workers"
+    worker_id: str = Field(default_factory=_default_instance_id)
+    max_new_tokens: int = Field(default=20, ge=1, le=512)
+    max_batch_size: int = Field(default=16, ge=1)
+    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    decode_threads: int = Field(default=2, ge=1)
+    max_image_pixels: int = Field(default=40_000_000, ge=1)
+    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+
+
+@cache
+def kafka_settings() -> KafkaSettings:
+    return KafkaSettings()
+
+
+@cache
+def topic_settings() -> TopicSettings:
+    return TopicSettings()

@@ -1,0 +1,1 @@
+"""Inference workers: a Kafka consumer group that captions images in micro-batches."""

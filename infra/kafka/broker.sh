@@ -1,0 +1,93 @@
+#!/usr/bin/env bash
+# A local single-node Apache Kafka (KRaft) broker on loopback, from Maven Central jars.
+#   broker.sh fetch|start|stop|status|bootstrap
+# Environment: KAFKA_LOCAL_PORT (9092), KAFKA_LOCAL_STATE (<repo>/.local/kafka/state).
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+repo="$(cd "$here/../.." && pwd)"
+libs="$repo/.local/kafka/libs"
+port="${KAFKA_LOCAL_PORT:-9092}"
+controller_port="${KAFKA_LOCAL_CONTROLLER_PORT:-$((port + 1))}"
+state="${KAFKA_LOCAL_STATE:-$repo/.local/kafka/state-$port}"
+data_dir="$state/data"
+pid_file="$state/broker.pid"
+log_file="$state/broker.log"
+config="$state/server.properties"
+
+java_cmd() {
+  if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; else command -v java; fi
+}
+
+fetch() {
+  if [[ -f "$libs/.complete" ]]; then return; fi
+  command -v mvn >/dev/null || { echo "broker.sh: Maven (mvn) is needed to fetch Kafka from Maven Central" >&2; exit 1; }
+  echo "Fetching Apache Kafka jars from Maven Central into $libs" >&2
+  rm -rf "$libs"
+  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs"
+  touch "$libs/.complete"
+}
+
+running() {
+  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
+}
+
+port_open() {
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+}
+
+run_java() {
+  "$(java_cmd)" -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$here/log4j2.properties" \
+    -cp "$libs/*" "$@"
+}
+
+start() {
+  fetch
+  if running; then echo "127.0.0.1:$port"; return; fi
+  if port_open; then
+    echo "broker.sh: port $port is taken by another process; set KAFKA_LOCAL_PORT" >&2; exit 1
+  fi
+  mkdir -p "$state"
+  sed -e "s|@PORT@|$port|g" -e "s|@CONTROLLER_PORT@|$controller_port|g" -e "s|@DATA_DIR@|$data_dir|g" \
+    "$here/server.properties" > "$config"
+  if [[ ! -f "$data_dir/meta.properties" ]]; then
+    local cluster_id
+    cluster_id="$(run_java kafka.tools.StorageTool random-uuid 2>>"$log_file")"
+    if ! run_java kafka.tools.StorageTool format --standalone -t "$cluster_id" -c "$config" >>"$log_file" 2>&1; then
+      echo "broker.sh: formatting $data_dir failed; see $log_file" >&2; tail -5 "$log_file" >&2; exit 1
+    fi
+  fi
+  run_java kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
+  echo $! > "$pid_file"
+  for _ in $(seq 1 120); do
+    if port_open; then echo "127.0.0.1:$port"; return; fi
+    if ! running; then echo "broker.sh: broker exited; see $log_file" >&2; tail -20 "$log_file" >&2; exit 1; fi
+    sleep 0.5
+  done
+  echo "broker.sh: broker did not open port $port within 60 s; see $log_file" >&2
+  exit 1
+}
+
+stop() {
+  if ! running; then rm -f "$pid_file"; return; fi
+  local pid; pid="$(cat "$pid_file")"
+  kill -TERM "$pid"
+  for _ in $(seq 1 60); do
+    kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; return; }
+    sleep 0.5
+  done
+  echo "broker.sh: broker did not stop in 30 s; killing it" >&2
+  kill -KILL "$pid" 2>/dev/null || true
+  rm -f "$pid_file"
+}
+
+case "${1:-}" in
+  fetch) fetch ;;
+  start) start ;;
+  stop) stop ;;
+  status) if running; then echo "running (pid $(cat "$pid_file")) on 127.0.0.1:$port"; else echo "stopped"; exit 3; fi ;;
+  bootstrap) echo "127.0.0.1:$port" ;;
+  *) echo "usage: broker.sh fetch|start|stop|status|bootstrap" >&2; exit 2 ;;
+esac

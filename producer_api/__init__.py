@@ -1,0 +1,1 @@
+"""The HTTP front: publishes caption jobs to Kafka and answers with the reply."""

@@ -1,0 +1,135 @@
+"""Avro single-object encoding (C3 01 + CRC-64-AVRO fingerprint + body) of our records.
+
+Writers use the newest schema version; readers resolve any known writer version to it.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import asdict, dataclass, field, fields
+from datetime import UTC, datetime
+from enum import StrEnum
+from typing import Any, Generic, TypeVar
+
+from fastavro import schemaless_reader, schemaless_writer
+
+from schemas.errors import (
+    NotSingleObjectError,
+    RecordDecodeError,
+    TruncatedRecordError,
+    UnknownFingerprintError,
+)
+from schemas.registry import SchemaVersion, versions
+
+MAGIC = b"\xc3\x01"
+HEADER_SIZE = len(MAGIC) + 8
+
+
+def utc_now() -> datetime:
+    return datetime.now(UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionRequest:
+    correlation_id: str
+    image: bytes
+    content_type: str
+    reply_topic: str
+    deadline: datetime
+    created_at: datetime = field(default_factory=utc_now)
+    reply_partition: int | None = None
+    max_new_tokens: int | None = None
+
+
+class ReplyStatus(StrEnum):
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    RETRYING = "RETRYING"
+    UNKNOWN = "UNKNOWN"
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyError:
+    code: str
+    message: str
+    retriable: bool
+
+
+@dataclass(frozen=True, slots=True)
+class CaptionReply:
+    correlation_id: str
+    status: ReplyStatus
+    model: str
+    worker_id: str
+    title: str | None = None
+    error: ReplyError | None = None
+    attempt: int = 1
+    inference_ms: float = 0.0
+    completed_at: datetime = field(default_factory=utc_now)
+
+
+RecordT = TypeVar("RecordT", CaptionRequest, CaptionReply)
+
+
+class RecordCodec(Generic[RecordT]):
+    """Encodes and decodes one record type; thread-safe and stateless after construction."""
+
+    def __init__(self, *, schema_name: str, record_type: type[RecordT]) -> None:
+        self._versions = versions(schema_name)
+        self._by_fingerprint = {schema.fingerprint: schema for schema in self._versions}
+        self.writer: SchemaVersion = self._versions[-1]
+        self._record_type = record_type
+        self._field_names = {f.name for f in fields(record_type)}
+
+    def encode(self, record: RecordT) -> bytes:
+        buffer = io.BytesIO()
+        buffer.write(MAGIC)
+        buffer.write(self.writer.fingerprint)
+        schemaless_writer(buffer, self.writer.parsed, self._to_avro(record))
+        return buffer.getvalue()
+
+    def decode(self, data: bytes) -> RecordT:
+        writer = self.writer_of(data)
+        body = io.BytesIO(memoryview(data)[HEADER_SIZE:])
+        try:
+            datum = schemaless_reader(body, writer.parsed, self.writer.parsed)
+        except (EOFError, StopIteration, IndexError) as exc:
+            raise TruncatedRecordError(f"{writer.name} body ends early ({len(data)} bytes)") from exc
+        except Exception as exc:
+            raise RecordDecodeError(f"cannot read {writer.name}: {type(exc).__name__}: {exc}") from exc
+        if body.tell() != len(data) - HEADER_SIZE:
+            raise TruncatedRecordError(f"{len(data) - HEADER_SIZE - body.tell()} trailing bytes after record")
+        return self._from_avro(datum)
+
+    def writer_of(self, data: bytes) -> SchemaVersion:
+        if len(data) < HEADER_SIZE:
+            if data[: len(MAGIC)] != MAGIC[: len(data)]:
+                raise NotSingleObjectError("record does not start with Avro single-object marker C3 01")
+            raise TruncatedRecordError(f"record is {len(data)} bytes, shorter than the 10-byte header")
+        if data[:2] != MAGIC:
+            raise NotSingleObjectError("record does not start with Avro single-object marker C3 01")
+        fingerprint = bytes(data[2:HEADER_SIZE])
+        try:
+            return self._by_fingerprint[fingerprint]
+        except KeyError:
+            raise UnknownFingerprintError(fingerprint, self.writer.name) from None
+
+    def _to_avro(self, record: RecordT) -> dict[str, Any]:
+        datum = asdict(record)
+        if isinstance(record, CaptionReply):
+            datum["status"] = record.status.value
+        return datum
+
+    def _from_avro(self, datum: dict[str, Any]) -> RecordT:
+        values = {key: value for key, value in datum.items() if key in self._field_names}
+        if self._record_type is CaptionReply:
+            values["status"] = ReplyStatus(values["status"])
+            if values.get("error") is not None:
+                values["error"] = ReplyError(**values["error"])
+        return self._record_type(**values)
+
+
+REQUEST_CODEC: RecordCodec[CaptionRequest] = RecordCodec(
+    schema_name="caption_request", record_type=CaptionRequest
+)
+REPLY_CODEC: RecordCodec[CaptionReply] = RecordCodec(schema_name="caption_reply", record_type=CaptionReply)
