@@ -1,0 +1,74 @@
+"""`captioner`: the operators' command line."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from captioner.logs import configure_logging
+
+app = typer.Typer(help="captioner: Kafka event-driven image captioning.", no_args_is_help=True)
+model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
+topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+app.add_typer(model_app, name="model")
+app.add_typer(topics_app, name="topics")
+
+
+@app.command()
+def api() -> None:
+    """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
+    configure_logging()
+    from producer_api.app import run_api
+
+    run_api()
+
+
+@app.command()
+def worker() -> None:
+    """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
+    configure_logging()
+    from inference_consumer.errors import ModelUnavailableError
+    from inference_consumer.worker import run_worker
+
+    try:
+        run_worker()
+    except ModelUnavailableError as exc:
+        typer.echo(f"captioner worker: {exc}", err=True)
+        raise typer.Exit(2) from None
+
+
+@model_app.command("make")
+def model_make(
+    size: Annotated[str, typer.Option(help="tiny (tests) or base (full GIT-base shape)")],
+    out: Annotated[Path, typer.Option(help="directory to write")],
+    seed: int = 0,
+) -> None:
+    """Write a random-weight GIT model directory that from_pretrained loads."""
+    from captioner.model_factory import SHAPES, make_model
+
+    if size not in SHAPES:
+        typer.echo(f"--size must be one of {', '.join(SHAPES)}", err=True)
+        raise typer.Exit(2)
+    make_model(size, out, seed=seed)  # type: ignore[arg-type]
+    typer.echo(str(out))
+
+
+@topics_app.command("create")
+def topics_create() -> None:
+    """Create every topic that is missing (idempotent)."""
+    from captioner.settings import KafkaSettings, TopicSettings
+    from captioner.topics import ensure_topics
+
+    created = ensure_topics(KafkaSettings(), TopicSettings())
+    typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+def main() -> None:
+    app(prog_name="captioner")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,76 @@
+"""Every topic the service uses, defined once, and created idempotently at start-up."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka.admin import AdminClient, NewTopic
+
+from captioner.kafka_config import client_config
+from captioner.settings import KafkaSettings, TopicSettings
+
+log = logging.getLogger(__name__)
+
+_HOUR_MS = 3_600_000
+
+
+@dataclass(frozen=True)
+class TopicSpec:
+    name: str
+    partitions: int
+    retention_ms: int
+    cleanup_policy: str = "delete"
+    extra: dict[str, str] = field(default_factory=dict)
+
+    def new_topic(self, *, replication_factor: int, max_message_bytes: int) -> NewTopic:
+        config = {
+            "retention.ms": str(self.retention_ms),
+            "cleanup.policy": self.cleanup_policy,
+            "max.message.bytes": str(max_message_bytes),
+            **self.extra,
+        }
+        return NewTopic(
+            self.name, num_partitions=self.partitions, replication_factor=replication_factor, config=config
+        )
+
+
+def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
+    """Request and retry topics keep a day; replies only matter while a caller waits; the DLQ keeps two weeks."""
+    return [
+        TopicSpec(topics.requests, topics.request_partitions, retention_ms=24 * _HOUR_MS),
+        TopicSpec(topics.replies, topics.reply_partitions, retention_ms=1 * _HOUR_MS),
+        *(
+            TopicSpec(name, topics.request_partitions, retention_ms=24 * _HOUR_MS)
+            for name in topics.retry_topics
+        ),
+        TopicSpec(topics.dead_letter, topics.request_partitions, retention_ms=14 * 24 * _HOUR_MS),
+    ]
+
+
+def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: float = 30.0) -> list[str]:
+    """Create missing topics; existing ones are left as they are. Returns the names created."""
+    admin = AdminClient(client_config(kafka, client_id="captioner-admin"))
+    specs = topic_specs(topics)
+    futures = admin.create_topics(
+        [
+            spec.new_topic(
+                replication_factor=kafka.replication_factor, max_message_bytes=topics.max_message_bytes
+            )
+            for spec in specs
+        ],
+        operation_timeout=timeout_s,
+        request_timeout=timeout_s,
+    )
+    created = []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+            created.append(name)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+                raise
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    return created

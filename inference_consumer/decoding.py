@@ -1,0 +1,321 @@
+"""Greedy caption decoding for GIT (`transformers.GitForCausalLM`).
+
+`HfGenerateDecoder` is the reference: plain `model.generate`. `FastGitDecoder` returns the same token ids
+with far less per-step overhead. It reuses the model's own modules and weights, but drives them itself:
+
+* the vision encoder and visual projection run once per batch, as in `generate`;
+* one prefill pass over [image tokens + BOS] fills a preallocated per-layer K/V cache;
+* each decoding step runs the text decoder on the newest token only, with functional ops and no mask
+  machinery, and projects only that position onto the vocabulary;
+* rows that emitted EOS are dropped from the batch (cache rows included), so finished captions cost nothing.
+
+The arithmetic mirrors `GitSelfAttention`/`GitLayer` op for op (matmul + softmax attention, the same
+division by sqrt(head_dim), the same additive mask in the prefill), so as long as no row has finished the
+logits are bit-identical to `generate`'s. Once rows are dropped, the matrix products run on fewer rows, and
+BLAS may round the last bit differently than on the full batch; a token can then only differ on an exact
+near-tie of the two best logits (~1e-6 apart).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol, cast
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+# `transformers` is untyped for mypy in this project; the model is a `transformers.GitForCausalLM`.
+GitForCausalLM = Any
+
+StepLogitsHook = Callable[[Tensor, Tensor], None]
+"""Called per step with (original batch rows, their float32 logits after the min-new-tokens mask)."""
+
+
+class GreedyDecoder(Protocol):
+    def generate(
+        self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0
+    ) -> Tensor: ...
+
+
+class HfGenerateDecoder:
+    """The reference decoder: `model.generate` with greedy search."""
+
+    def __init__(self, model: GitForCausalLM) -> None:
+        self._model = model
+
+    def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
+        with torch.inference_mode():
+            token_ids = self._model.generate(
+                pixel_values=pixel_values,
+                do_sample=False,
+                num_beams=1,
+                max_new_tokens=max_new_tokens,
+                min_new_tokens=min_new_tokens,
+            )
+        return cast(Tensor, token_ids)
+
+
+@dataclass(frozen=True)
+class SpecialTokens:
+    bos: int
+    eos: tuple[int, ...]
+    pad: int
+
+    @classmethod
+    def from_generation_config(cls, generation_config: Any) -> SpecialTokens:
+        """Resolve the ids the way `generate` does: no pad id means the first EOS id pads."""
+        bos = generation_config.bos_token_id
+        eos = generation_config.eos_token_id
+        if bos is None or eos is None:
+            raise ValueError("GIT captioning needs bos_token_id and eos_token_id in the generation config")
+        eos_ids = (eos,) if isinstance(eos, int) else tuple(int(token) for token in eos)
+        pad = generation_config.pad_token_id
+        return cls(bos=int(bos), eos=eos_ids, pad=eos_ids[0] if pad is None else int(pad))
+
+
+# Generation-config settings that would make `generate` add a logits processor this decoder does not apply.
+_UNSUPPORTED_SETTINGS: dict[str, Callable[[Any], bool]] = {
+    "guidance_scale": lambda value: value is not None and value != 1,
+    "sequence_bias": lambda value: value is not None,
+    "repetition_penalty": lambda value: value is not None and value != 1.0,
+    "no_repeat_ngram_size": lambda value: value is not None and value > 0,
+    "bad_words_ids": lambda value: value is not None,
+    "min_length": lambda value: value is not None and value > 0,
+    "forced_bos_token_id": lambda value: value is not None,
+    "forced_eos_token_id": lambda value: value is not None,
+    "remove_invalid_values": lambda value: value is True,
+    "exponential_decay_length_penalty": lambda value: value is not None,
+    "suppress_tokens": lambda value: value is not None,
+    "begin_suppress_tokens": lambda value: value is not None,
+    "watermarking_config": lambda value: value is not None,
+}
+
+
+def _check_plain_greedy(generation_config: Any) -> None:
+    active = [
+        name
+        for name, is_active in _UNSUPPORTED_SETTINGS.items()
+        if is_active(getattr(generation_config, name, None))
+    ]
+    if active:
+        raise NotImplementedError(f"FastGitDecoder does not apply these generation settings: {active}")
+
+
+def _linear(hidden: Tensor, layer: nn.Linear) -> Tensor:
+    return F.linear(hidden, layer.weight, layer.bias)
+
+
+def _layer_norm(hidden: Tensor, norm: nn.LayerNorm) -> Tensor:
+    return F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
+
+
+@dataclass(frozen=True)
+class _TextLayer:
+    """One `GitLayer`, evaluated with functional ops on its own weights."""
+
+    query: nn.Linear
+    key: nn.Linear
+    value: nn.Linear
+    attention_output: nn.Linear
+    attention_norm: nn.LayerNorm
+    intermediate: nn.Linear
+    activation: Callable[[Tensor], Tensor]
+    output: nn.Linear
+    output_norm: nn.LayerNorm
+    head_dim: int
+
+    @classmethod
+    def of(cls, layer: Any) -> _TextLayer:
+        attention = layer.attention
+        return cls(
+            query=attention.self.query,
+            key=attention.self.key,
+            value=attention.self.value,
+            attention_output=attention.output.dense,
+            attention_norm=attention.output.LayerNorm,
+            intermediate=layer.intermediate.dense,
+            activation=layer.intermediate.intermediate_act_fn,
+            output=layer.output.dense,
+            output_norm=layer.output.LayerNorm,
+            head_dim=attention.self.attention_head_size,
+        )
+
+    def __call__(
+        self, hidden: Tensor, keys: Tensor, values: Tensor, start: int, mask: Tensor | None
+    ) -> Tensor:
+        """Run `hidden` (batch, tokens, width), whose tokens sit at cache slots start.., through the layer."""
+        end = start + hidden.shape[1]
+        query = self._split_heads(_linear(hidden, self.query))
+        keys[:, :, start:end] = self._split_heads(_linear(hidden, self.key))
+        values[:, :, start:end] = self._split_heads(_linear(hidden, self.value))
+        # Same op order as GitSelfAttention: divide (not multiply) by sqrt(head_dim), additive mask, softmax.
+        scores = torch.matmul(query, keys[:, :, :end].transpose(-1, -2)).div_(math.sqrt(self.head_dim))
+        if mask is not None:
+            scores.add_(mask)
+        context = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, :end])
+        attended = _layer_norm(_linear(self._merge_heads(context), self.attention_output) + hidden, self.attention_norm)
+        expanded = self.activation(_linear(attended, self.intermediate))
+        return _layer_norm(_linear(expanded, self.output) + attended, self.output_norm)
+
+    def _split_heads(self, hidden: Tensor) -> Tensor:
+        batch, tokens, _ = hidden.shape
+        return hidden.view(batch, tokens, -1, self.head_dim).transpose(1, 2)
+
+    @staticmethod
+    def _merge_heads(context: Tensor) -> Tensor:
+        batch, heads, tokens, head_dim = context.shape
+        return context.permute(0, 2, 1, 3).contiguous().view(batch, tokens, heads * head_dim)
+
+
+@dataclass
+class _KVCache:
+    """Per-layer keys and values, (batch, heads, slots, head_dim), written in place slot by slot."""
+
+    keys: list[Tensor]
+    values: list[Tensor]
+
+    @classmethod
+    def allocate(
+        cls, layers: int, shape: tuple[int, int, int, int], device: torch.device, dtype: torch.dtype
+    ) -> _KVCache:
+        def fresh() -> list[Tensor]:
+            return [torch.empty(shape, device=device, dtype=dtype) for _ in range(layers)]
+
+        return cls(keys=fresh(), values=fresh())
+
+    def keep_rows(self, rows: Tensor) -> None:
+        self.keys = [cache.index_select(0, rows) for cache in self.keys]
+        self.values = [cache.index_select(0, rows) for cache in self.values]
+
+
+class FastGitDecoder:
+    """Token-identical replacement for greedy `GitForCausalLM.generate`, with its own KV cache."""
+
+    def __init__(self, model: GitForCausalLM) -> None:
+        _check_plain_greedy(model.generation_config)
+        git = model.git
+        if git.config.num_image_with_embedding is not None:
+            raise NotImplementedError("FastGitDecoder captions single images, not multi-frame (video) GIT")
+        self._model = model
+        self._image_encoder: nn.Module = git.image_encoder
+        self._visual_projection: nn.Module = git.visual_projection
+        self._word_embeddings: nn.Embedding = git.embeddings.word_embeddings
+        self._position_embeddings: nn.Embedding = git.embeddings.position_embeddings
+        self._embedding_norm: nn.LayerNorm = git.embeddings.LayerNorm
+        self._layers = [_TextLayer.of(layer) for layer in git.encoder.layer]
+        self._vocabulary_head: nn.Linear = model.output
+        self._heads: int = git.config.num_attention_heads
+        self._tokens = SpecialTokens.from_generation_config(model.generation_config)
+
+    def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
+        with torch.inference_mode():
+            return self.decode(pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+
+    def decode(
+        self,
+        pixel_values: Tensor,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        on_step_logits: StepLogitsHook | None = None,
+    ) -> Tensor:
+        """`generate`, optionally reporting each step's logits; call under `torch.inference_mode()`."""
+        self._check_lengths(pixel_values, max_new_tokens, min_new_tokens)
+        image_tokens = self._encode_images(pixel_values)
+        batch, image_length, _ = image_tokens.shape
+        cache = self._allocate_cache(batch, image_length + max_new_tokens, image_tokens)
+        token_ids = torch.full(
+            (batch, 1 + max_new_tokens), self._tokens.pad, dtype=torch.long, device=image_tokens.device
+        )
+        token_ids[:, 0] = self._tokens.bos
+        rows = torch.arange(batch, device=image_tokens.device)
+        eos_ids = torch.tensor(self._tokens.eos, device=image_tokens.device)
+
+        hidden = self._prefill(image_tokens, cache)
+        for step in range(1, max_new_tokens + 1):
+            logits = self._logits(hidden, eos_masked=step <= min_new_tokens, eos_ids=eos_ids)
+            if on_step_logits is not None:
+                on_step_logits(rows, logits)
+            next_ids = logits.argmax(dim=-1)
+            token_ids[rows, step] = next_ids
+            if step == max_new_tokens:
+                break
+            if step > min_new_tokens:  # before that EOS is masked out, so skip the device sync
+                unfinished = torch.isin(next_ids, eos_ids, invert=True)
+                if not bool(unfinished.all()):
+                    kept = unfinished.nonzero().squeeze(1)
+                    if kept.numel() == 0:
+                        break
+                    rows, next_ids = rows[kept], next_ids[kept]
+                    cache.keep_rows(kept)
+            hidden = self._decode_step(next_ids, position=step, slot=image_length + step, cache=cache)
+        return token_ids[:, : step + 1].contiguous()
+
+    def _check_lengths(self, pixel_values: Tensor, max_new_tokens: int, min_new_tokens: int) -> None:
+        if pixel_values.ndim != 4:
+            raise ValueError(f"pixel_values must be (batch, channels, height, width), got {tuple(pixel_values.shape)}")
+        if max_new_tokens < 1 or min_new_tokens < 0:
+            raise ValueError(f"need max_new_tokens >= 1 and min_new_tokens >= 0, got {max_new_tokens}, {min_new_tokens}")
+        # The text position of the last fed token is max_new_tokens - 1 (BOS sits at 0).
+        if max_new_tokens > self._position_embeddings.num_embeddings:
+            raise ValueError(
+                f"max_new_tokens={max_new_tokens} exceeds the {self._position_embeddings.num_embeddings} text positions"
+            )
+
+    def _encode_images(self, pixel_values: Tensor) -> Tensor:
+        pixel_values = pixel_values.to(self._word_embeddings.weight.device)
+        features = self._image_encoder(pixel_values).last_hidden_state
+        return cast(Tensor, self._visual_projection(features))
+
+    def _allocate_cache(self, batch: int, slots: int, like: Tensor) -> _KVCache:
+        head_dim = self._layers[0].head_dim
+        return _KVCache.allocate(
+            len(self._layers), (batch, self._heads, slots, head_dim), device=like.device, dtype=like.dtype
+        )
+
+    def _embed(self, token_ids: Tensor, position: int) -> Tensor:
+        """GitEmbeddings for one token per row at text `position`: (batch,) -> (batch, 1, width)."""
+        embedded = F.embedding(token_ids, self._word_embeddings.weight)
+        embedded += self._position_embeddings.weight[position]
+        return _layer_norm(embedded, self._embedding_norm).unsqueeze(1)
+
+    def _prefill(self, image_tokens: Tensor, cache: _KVCache) -> Tensor:
+        """Run [image tokens + BOS] through the decoder, filling the cache; returns BOS's last hidden state."""
+        batch, image_length, _ = image_tokens.shape
+        bos_ids = torch.full((batch,), self._tokens.bos, dtype=torch.long, device=image_tokens.device)
+        hidden = torch.cat((image_tokens, self._embed(bos_ids, position=0)), dim=1)
+        mask = self._prefill_mask(image_length, image_tokens)
+        for layer, keys, values in zip(self._layers, cache.keys, cache.values, strict=True):
+            hidden = layer(hidden, keys, values, start=0, mask=mask)
+        return hidden[:, -1:]
+
+    @staticmethod
+    def _prefill_mask(image_length: int, like: Tensor) -> Tensor:
+        """Additive mask as `create_causal_mask` builds it: image tokens see all images but not the BOS."""
+        mask = torch.zeros((image_length + 1, image_length + 1), dtype=like.dtype, device=like.device)
+        mask[:image_length, image_length] = torch.finfo(like.dtype).min
+        return mask
+
+    def _decode_step(self, token_ids: Tensor, *, position: int, slot: int, cache: _KVCache) -> Tensor:
+        hidden = self._embed(token_ids, position)
+        for layer, keys, values in zip(self._layers, cache.keys, cache.values, strict=True):
+            hidden = layer(hidden, keys, values, start=slot, mask=None)
+        return hidden
+
+    def _logits(self, hidden: Tensor, *, eos_masked: bool, eos_ids: Tensor) -> Tensor:
+        """float32 logits of each row's last token; EOS at -inf while min_new_tokens is not reached."""
+        logits = _linear(hidden[:, -1], self._vocabulary_head).float()
+        if eos_masked:
+            logits[:, eos_ids] = -math.inf
+        return logits
+
+
+def build_decoder(kind: Literal["hf", "fast"], model: GitForCausalLM) -> GreedyDecoder:
+    if kind == "hf":
+        return HfGenerateDecoder(model)
+    if kind == "fast":
+        return FastGitDecoder(model)
+    raise ValueError(f"unknown decoder kind {kind!r}; expected 'hf' or 'fast'")

@@ -1,0 +1,148 @@
+"""The consumer side of a worker: takes records, holds retry records until due, starts image decoding.
+
+Runs on its own thread so the consumer is polled (and rebalances are served) while a batch runs.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Executor
+from datetime import UTC, datetime
+
+import torch
+from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+
+from inference_consumer.jobs import RETRY_DUE_HEADER, Job, header_map
+from inference_consumer.offsets import OffsetTracker
+from inference_consumer.outcomes import OutcomePublisher
+from schemas import REQUEST_CODEC, SchemaContractError
+
+log = logging.getLogger(__name__)
+
+Preprocess = Callable[[bytes], torch.Tensor]
+
+
+class JobFeeder:
+    def __init__(
+        self,
+        *,
+        consumer: Consumer,
+        producer: Producer,
+        topics: list[str],
+        retry_topics: set[str],
+        tracker: OffsetTracker,
+        outcomes: OutcomePublisher,
+        ready: queue.Queue[Job],
+        decode_pool: Executor,
+        preprocess: Preprocess,
+        fetch_size: int,
+        revoke_timeout_s: float,
+    ) -> None:
+        self._consumer = consumer
+        self._producer = producer
+        self._topics = topics
+        self._retry_topics = retry_topics
+        self._tracker = tracker
+        self._outcomes = outcomes
+        self._ready = ready
+        self._decode_pool = decode_pool
+        self._preprocess = preprocess
+        self._fetch_size = fetch_size
+        self._revoke_timeout_s = revoke_timeout_s
+        self._held_until: dict[tuple[str, int], float] = {}
+        self.stopping = threading.Event()
+        self.assigned = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="job-feeder", daemon=True)
+
+    def start(self) -> None:
+        self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
+                                 on_lost=self._on_revoke)
+        self._thread.start()
+
+    def join(self, timeout_s: float) -> None:
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        try:
+            while not self.stopping.is_set():
+                messages = self._consumer.consume(num_messages=self._fetch_size, timeout=0.1)
+                self._producer.poll(0)
+                for message in messages:
+                    self._take(message)
+                self._release_due()
+        except Exception:
+            log.exception("job feeder failed; stopping the worker")
+            self.stopping.set()
+
+    def _take(self, message: Message) -> None:
+        if message.error():
+            if message.error().code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", message.error())
+            return
+        key = (message.topic(), message.partition())
+        if key in self._held_until:
+            return  # fetched behind a held retry record; it is fetched again after the hold
+        if message.topic() in self._retry_topics and self._hold_if_not_due(message):
+            return
+        self._tracker.track(message.topic(), message.partition(), message.offset())
+        job = Job.from_message(message)
+        try:
+            job.request = REQUEST_CODEC.decode(job.value)
+        except SchemaContractError as exc:
+            self._outcomes.failed(job, exc)
+            return
+        if job.request.deadline <= datetime.now(UTC):
+            self._outcomes.skipped_expired(job)
+            return
+        job.pixels = self._decode_pool.submit(self._preprocess, job.request.image)
+        while not self.stopping.is_set():
+            try:
+                self._ready.put(job, timeout=0.1)
+                return
+            except queue.Full:
+                self._producer.poll(0)
+        # Stopping with the queue full: the job is left unfinished, so its offset is not committed.
+
+    def _hold_if_not_due(self, message: Message) -> bool:
+        """A retry tier holds records in due order, so waiting on the head holds the whole partition:
+        pause it and rewind to the head, without blocking other partitions or the poll loop."""
+        due_ms = int(header_map(message).get(RETRY_DUE_HEADER, b"0"))
+        wait_s = due_ms / 1000 - time.time()
+        if wait_s <= 0:
+            return False
+        partition = TopicPartition(message.topic(), message.partition(), message.offset())
+        self._consumer.pause([partition])
+        self._consumer.seek(partition)
+        self._held_until[(message.topic(), message.partition())] = time.monotonic() + wait_s
+        return True
+
+    def _release_due(self) -> None:
+        now = time.monotonic()
+        due = [key for key, until in self._held_until.items() if until <= now]
+        if due:
+            self._consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
+            for key in due:
+                del self._held_until[key]
+
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        self.assigned.set()
+
+    def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Let in-flight jobs of these partitions finish and commit them before another worker starts."""
+        keys = [(p.topic, p.partition) for p in partitions]
+        if not self._tracker.wait_finished(keys, timeout_s=self._revoke_timeout_s):
+            log.warning("revoking %d partitions with jobs still running; they will run again",
+                        len(keys))
+        self._producer.flush(5.0)
+        try:
+            consumer.commit(asynchronous=False)
+        except Exception as exc:
+            log.info("commit on revoke: %s", exc)
+        self._tracker.forget(keys)
+        for key in keys:
+            self._held_until.pop(key, None)

@@ -1,0 +1,101 @@
+"""Loads the GIT model once and turns pictures into titles."""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from PIL import Image
+
+from captioner.settings import WorkerSettings
+from inference_consumer.decoding import GreedyDecoder, build_decoder
+from inference_consumer.errors import ModelUnavailableError
+
+log = logging.getLogger(__name__)
+
+
+def configure_torch_threads(threads: int) -> int:
+    """Intra-op threads from config (0 = every core), never torch's own guess."""
+    count = threads or os.cpu_count() or 1
+    torch.set_num_threads(count)
+    return count
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise ModelUnavailableError("CAPTIONER_DEVICE=cuda but no CUDA device is available")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    if dtype == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+@dataclass
+class CaptionModel:
+    """The processor, model and decoder of one worker process."""
+
+    name: str
+    processor: Any
+    model: Any
+    decoder: GreedyDecoder
+    device: torch.device
+    dtype: torch.dtype
+
+    @property
+    def image_edge(self) -> int:
+        return int(self.model.config.vision_config.image_size)
+
+    def preprocess(self, image: Image.Image) -> torch.Tensor:
+        """One picture -> (3, H, W) float pixels on the CPU. Blocking: runs in the decode pool."""
+        pixel_values = self.processor.image_processor(images=[image], return_tensors="pt").pixel_values
+        return pixel_values[0]
+
+    def caption(self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int]) -> list[str]:
+        """Greedy titles; each image gets its own token limit. Greedy decoding is prefix-stable, so
+        cutting a longer decode at N tokens gives what a decode limited to N gives."""
+        batch = torch.stack(pixel_values).to(device=self.device, dtype=self.dtype, non_blocking=True)
+        with torch.inference_mode():
+            token_ids = self.decoder.generate(batch, max_new_tokens=max(max_new_tokens)).cpu()
+        rows = [row[: 1 + limit] for row, limit in zip(token_ids, max_new_tokens, strict=True)]
+        titles: list[str] = self.processor.batch_decode(rows, skip_special_tokens=True)
+        return [title.strip() for title in titles]
+
+
+def load_caption_model(settings: WorkerSettings) -> CaptionModel:
+    """from_pretrained of a hub id or local directory; one clear error when it can't be had."""
+    from transformers import AutoModelForCausalLM, AutoProcessor
+
+    device = resolve_device(settings.device)
+    dtype = resolve_dtype(settings.dtype, device)
+    try:
+        processor = AutoProcessor.from_pretrained(settings.model)
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+    except (OSError, ValueError) as exc:
+        raise ModelUnavailableError(
+            f"cannot load model {settings.model!r}: {exc}\n"
+            "Set CAPTIONER_MODEL to a local model directory (for a test model: "
+            "`captioner model make --size tiny --out DIR`), or give this machine access to the "
+            "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
+        ) from exc
+    model = model.to(device).eval()
+    if settings.quantize == "int8":
+        from inference_consumer.decoding import quantize_int8
+
+        model = quantize_int8(model)
+    log.info("loaded %s on %s (%s), decoder=%s", settings.model, device, dtype, settings.decoder)
+    return CaptionModel(
+        name=settings.model,
+        processor=processor,
+        model=model,
+        decoder=build_decoder(settings.decoder, model),
+        device=device,
+        dtype=dtype,
+    )

@@ -1,0 +1,79 @@
+"""Tracks which offsets are finished, so only a partition's contiguous finished prefix is committed."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterable
+
+from confluent_kafka import TopicPartition
+
+PartitionKey = tuple[str, int]
+
+
+class _PartitionProgress:
+    """Offsets between two tracked ones that never arrive (transaction markers, compacted
+    records) are not records, so the commit position is the lowest unfinished offset."""
+
+    __slots__ = ("highest_finished", "next_to_commit", "outstanding")
+
+    def __init__(self, first_offset: int) -> None:
+        self.next_to_commit = first_offset
+        self.highest_finished = first_offset - 1
+        self.outstanding: set[int] = set()
+
+    def finish(self, offset: int) -> int | None:
+        """Marks offset finished; returns the new commit position if it advanced."""
+        self.outstanding.discard(offset)
+        self.highest_finished = max(self.highest_finished, offset)
+        position = min(self.outstanding) if self.outstanding else self.highest_finished + 1
+        if position <= self.next_to_commit:
+            return None
+        self.next_to_commit = position
+        return position
+
+
+class OffsetTracker:
+    """Thread-safe. `track` when a record is taken, `finish` once its outcome is durable."""
+
+    def __init__(self, *, store: Callable[[list[TopicPartition]], None]) -> None:
+        self._store = store
+        self._partitions: dict[PartitionKey, _PartitionProgress] = {}
+        self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
+
+    def track(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            progress = self._partitions.get((topic, partition))
+            if progress is None:
+                progress = self._partitions[(topic, partition)] = _PartitionProgress(offset)
+            progress.outstanding.add(offset)
+
+    def finish(self, topic: str, partition: int, offset: int) -> None:
+        with self._lock:
+            progress = self._partitions.get((topic, partition))
+            if progress is None:
+                return  # partition was revoked meanwhile; its new owner re-runs the record
+            advanced = progress.finish(offset)
+            self._changed.notify_all()
+        if advanced is not None:
+            self._store([TopicPartition(topic, partition, advanced)])
+
+    def outstanding(self, keys: Iterable[PartitionKey] | None = None) -> int:
+        with self._lock:
+            selected = self._partitions if keys is None else {k: self._partitions[k] for k in keys
+                                                               if k in self._partitions}
+            return sum(len(progress.outstanding) for progress in selected.values())
+
+    def wait_finished(self, keys: Iterable[PartitionKey], *, timeout_s: float) -> bool:
+        wanted = list(keys)
+        with self._changed:
+            return self._changed.wait_for(
+                lambda: all(not self._partitions[k].outstanding for k in wanted if k in self._partitions),
+                timeout=timeout_s,
+            )
+
+    def forget(self, keys: Iterable[PartitionKey]) -> None:
+        with self._lock:
+            for key in keys:
+                self._partitions.pop(key, None)
+            self._changed.notify_all()

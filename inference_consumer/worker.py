@@ -1,0 +1,206 @@
+"""The inference worker: a thin front over the feeder (consumer side), the batch loop and outcomes."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import signal
+import threading
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
+from types import FrameType
+
+import torch
+from confluent_kafka import Consumer, Producer
+
+from captioner.kafka_config import consumer_config, producer_config
+from captioner.settings import KafkaSettings, TopicSettings, WorkerSettings
+from captioner.topics import ensure_topics
+from inference_consumer import metrics
+from inference_consumer.errors import InferenceError, WorkerError
+from inference_consumer.feeder import JobFeeder
+from inference_consumer.images import decode_image
+from inference_consumer.jobs import Job
+from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
+from inference_consumer.offsets import OffsetTracker
+from inference_consumer.outcomes import OutcomePublisher
+
+log = logging.getLogger(__name__)
+
+
+class InferenceWorker:
+    def __init__(
+        self,
+        *,
+        settings: WorkerSettings,
+        kafka: KafkaSettings,
+        topics: TopicSettings,
+        model: CaptionModel | None = None,
+    ) -> None:
+        self.settings = settings
+        self._kafka = kafka
+        self._topics = topics
+        self._model = model
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        """Serve until stop() (or SIGTERM via run_worker); then drain in-flight work and commit."""
+        configure_torch_threads(self.settings.worker_threads)
+        model = self._model or load_caption_model(self.settings)
+        ensure_topics(self._kafka, self._topics)
+        with self._components(model) as (feeder, outcomes, ready, producer):
+            feeder.start()
+            log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
+            self._serve(model, feeder, outcomes, ready, producer)
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    @contextlib.contextmanager
+    def _components(
+        self, model: CaptionModel
+    ) -> Iterator[tuple[JobFeeder, OutcomePublisher, queue.Queue[Job], Producer]]:
+        settings, client_id = self.settings, f"captioner-worker-{self.settings.worker_id}"
+        with contextlib.ExitStack() as stack:
+            consumer = Consumer(consumer_config(
+                self._kafka, self._topics, client_id=client_id, group_id=settings.worker_group_id,
+                **{"max.poll.interval.ms": 600_000},
+            ))
+            stack.callback(consumer.close)
+            producer = Producer(producer_config(self._kafka, self._topics, client_id=client_id))
+            stack.callback(_flush, producer, settings.shutdown_timeout_s)
+            decode_pool = stack.enter_context(
+                ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
+            )
+            tracker = OffsetTracker(store=lambda offsets: consumer.store_offsets(offsets=offsets))
+            outcomes = OutcomePublisher(
+                producer=producer, tracker=tracker, topics=self._topics, model_name=model.name,
+                worker_id=settings.worker_id, group_id=settings.worker_group_id,
+            )
+            ready: queue.Queue[Job] = queue.Queue(maxsize=2 * settings.max_batch_size)
+            feeder = JobFeeder(
+                consumer=consumer, producer=producer,
+                topics=[self._topics.requests, *self._topics.retry_topics],
+                retry_topics=set(self._topics.retry_topics), tracker=tracker, outcomes=outcomes,
+                ready=ready, decode_pool=decode_pool, preprocess=self._preprocessor(model),
+                fetch_size=settings.max_batch_size, revoke_timeout_s=settings.shutdown_timeout_s,
+            )
+            stack.callback(feeder.join, settings.shutdown_timeout_s)
+            stack.callback(feeder.stopping.set)
+            yield feeder, outcomes, ready, producer
+
+    def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
+        max_pixels, edge = self.settings.max_image_pixels, model.image_edge
+
+        def preprocess(data: bytes) -> torch.Tensor:
+            return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=edge))
+
+        return preprocess
+
+    def _serve(
+        self,
+        model: CaptionModel,
+        feeder: JobFeeder,
+        outcomes: OutcomePublisher,
+        ready: queue.Queue[Job],
+        producer: Producer,
+    ) -> None:
+        while not (self.stopping.is_set() or feeder.stopping.is_set()):
+            batch = self._next_batch(ready)
+            producer.poll(0)
+            if batch:
+                self._run_batch(model, batch, outcomes)
+        feeder.stopping.set()
+        feeder.join(self.settings.shutdown_timeout_s)
+        while batch := self._next_batch(ready, first_wait_s=0):
+            self._run_batch(model, batch, outcomes)
+
+    def _next_batch(self, ready: queue.Queue[Job], *, first_wait_s: float = 0.1) -> list[Job]:
+        """The first job waits up to first_wait_s; more are added while they arrive within
+        max_batch_wait_ms. Under load the queue already holds a full batch, so no wait is spent."""
+        try:
+            batch = [ready.get(timeout=first_wait_s) if first_wait_s else ready.get_nowait()]
+        except queue.Empty:
+            return []
+        until = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        while len(batch) < self.settings.max_batch_size:
+            try:
+                batch.append(ready.get_nowait())
+            except queue.Empty:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(ready.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        return batch
+
+    def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
+        runnable: list[tuple[Job, torch.Tensor]] = []
+        now = datetime.now(UTC)
+        for job in batch:
+            assert job.pixels is not None and job.request is not None
+            try:
+                pixels = job.pixels.result()
+            except WorkerError as exc:
+                outcomes.failed(job, exc)
+                continue
+            except Exception as exc:
+                outcomes.failed(job, InferenceError(f"preprocessing failed: {exc!r}"))
+                continue
+            if job.request.deadline <= now:
+                outcomes.skipped_expired(job)
+            else:
+                runnable.append((job, pixels))
+        if runnable:
+            self._caption(model, runnable, outcomes)
+
+    def _caption(
+        self, model: CaptionModel, runnable: list[tuple[Job, torch.Tensor]], outcomes: OutcomePublisher
+    ) -> None:
+        limits = [self._max_new_tokens(job) for job, _ in runnable]
+        started = time.perf_counter()
+        try:
+            titles = model.caption([pixels for _, pixels in runnable], max_new_tokens=limits)
+        except Exception as exc:
+            if len(runnable) > 1:
+                # Split the batch so one bad input cannot sink the others.
+                for item in runnable:
+                    self._caption(model, [item], outcomes)
+                return
+            outcomes.failed(runnable[0][0], InferenceError(f"inference failed: {exc!r}"))
+            return
+        elapsed_ms = (time.perf_counter() - started) * 1000
+        metrics.BATCH_SIZE.observe(len(runnable))
+        metrics.BATCH_SECONDS.observe(elapsed_ms / 1000)
+        for (job, _), title in zip(runnable, titles, strict=True):
+            outcomes.succeeded(job, title, inference_ms=elapsed_ms)
+
+    def _max_new_tokens(self, job: Job) -> int:
+        requested = job.request.max_new_tokens if job.request else None
+        return min(requested or self.settings.max_new_tokens, self.settings.max_new_tokens)
+
+
+def _flush(producer: Producer, timeout_s: float) -> None:
+    remaining = producer.flush(timeout_s)
+    if remaining:
+        log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
+
+
+def run_worker(settings: WorkerSettings | None = None) -> None:
+    """Run a worker in this process until SIGTERM or SIGINT."""
+    worker = InferenceWorker(
+        settings=settings or WorkerSettings(), kafka=KafkaSettings(), topics=TopicSettings()
+    )
+
+    def on_signal(signum: int, _frame: FrameType | None) -> None:
+        log.info("signal %d: finishing in-flight work", signum)
+        worker.stop()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    worker.run()

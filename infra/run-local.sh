@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# `make run`: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster), WORKERS workers and
+# one API, in the foreground. Ctrl-C or SIGTERM stops them gracefully, the broker last.
+set -euo pipefail
+repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+bin="$repo/.venv/bin"
+workers="${WORKERS:-1}"
+started_broker=0
+pids=()
+
+stop_all() {
+  trap - INT TERM EXIT
+  for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
+  if [[ "$started_broker" == 1 ]]; then "$repo/infra/kafka/broker.sh" stop; fi
+}
+trap stop_all INT TERM EXIT
+
+if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
+  export KAFKA_BOOTSTRAP_SERVERS="$("$repo/infra/kafka/broker.sh" start)"
+  started_broker=1
+fi
+if [[ -z "${CAPTIONER_WORKER_THREADS:-}" ]]; then
+  # Several workers on one machine split its cores instead of oversubscribing them.
+  export CAPTIONER_WORKER_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
+fi
+echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS  model: ${CAPTIONER_MODEL:-microsoft/git-base-textcaps}  workers: $workers"
+"$bin/captioner" topics create
+for i in $(seq 1 "$workers"); do
+  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-$i" "$bin/captioner" worker &
+  pids+=($!)
+done
+"$bin/captioner" api &
+pids+=($!)
+# Any process exiting (a worker that cannot load its model, say) stops the others.
+wait -n "${pids[@]}" || status=$?
+echo "a captioner process exited (status ${status:-0}); stopping" >&2
+exit "${status:-1}"

@@ -1,0 +1,13 @@
+"""Prometheus metrics of the API."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+REQUESTS = Counter("captioner_api_requests_total", "Caption requests answered", ["status"])
+LATENCY = Histogram(
+    "captioner_api_request_seconds",
+    "End-to-end caption request latency",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+)
+IN_FLIGHT = Gauge("captioner_api_in_flight", "Caption requests waiting for a reply")

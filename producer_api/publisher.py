@@ -1,0 +1,107 @@
+"""Publishes caption jobs from the event loop through one thread that owns the librdkafka producer."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from confluent_kafka import KafkaError, Message, Producer
+
+from producer_api.errors import BrokerUnavailableError, OverloadedError
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class _Outgoing:
+    topic: str
+    key: bytes
+    value: bytes
+    future: asyncio.Future[None]
+
+
+class RequestPublisher:
+    """`await publish(...)` returns once the broker has acknowledged the record (acks=all)."""
+
+    def __init__(self, *, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._producer = Producer(config | {"error_cb": self._on_client_error})
+        self._outgoing: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="request-publisher", daemon=True)
+        self.brokers_down = False
+
+    def start(self) -> None:
+        self._thread.start()
+
+    async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
+        if self.brokers_down:
+            raise BrokerUnavailableError("Kafka is unreachable; try again shortly")
+        future: asyncio.Future[None] = self._loop.create_future()
+        self._outgoing.put(_Outgoing(topic=topic, key=key, value=value, future=future))
+        await future
+
+    async def check_broker(self, *, topic: str, timeout_s: float) -> bool:
+        """True when the cluster answers a metadata request for topic within the timeout."""
+        try:
+            metadata = await asyncio.to_thread(self._producer.list_topics, topic, timeout=timeout_s)
+        except Exception:
+            return False
+        found = metadata.topics.get(topic)
+        return found is not None and found.error is None
+
+    async def close(self, *, timeout_s: float) -> None:
+        self._outgoing.put(None)
+        await asyncio.to_thread(self._thread.join, timeout_s)
+
+    def _run(self) -> None:
+        while True:
+            try:
+                item = self._outgoing.get(timeout=0.05)
+            except queue.Empty:
+                self._producer.poll(0)
+                continue
+            if item is None:
+                break
+            self._produce(item)
+            self._producer.poll(0)
+        remaining = self._producer.flush(5.0)
+        if remaining:
+            log.warning("%d job records were not delivered before shutdown", remaining)
+
+    def _produce(self, item: _Outgoing) -> None:
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self.brokers_down = False
+            self._loop.call_soon_threadsafe(_settle, item.future, error)
+
+        try:
+            self._producer.produce(item.topic, key=item.key, value=item.value, on_delivery=on_delivery)
+        except BufferError:
+            self._loop.call_soon_threadsafe(
+                _fail, item.future, OverloadedError("the local Kafka send queue is full")
+            )
+        except Exception as exc:
+            self._loop.call_soon_threadsafe(_fail, item.future, BrokerUnavailableError(str(exc)))
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.brokers_down = True
+            log.warning("all Kafka brokers are down: %s", error)
+
+
+def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(BrokerUnavailableError(f"job was not delivered to Kafka: {error.str()}"))
+
+
+def _fail(future: asyncio.Future[None], exc: Exception) -> None:
+    if not future.done():
+        future.set_exception(exc)

@@ -1,0 +1,123 @@
+"""Reads this instance's reply partition and hands each reply to the request waiting for it.
+
+Each API instance owns one partition of the shared reply topic and reads it with assign(), not
+a group: no rebalance can move it away while a request waits, and other instances' replies
+never reach this one (unless two instances are configured with the same partition, which costs
+only the reading of each other's records).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from typing import Any
+
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+
+from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
+
+log = logging.getLogger(__name__)
+
+
+class PendingReplies:
+    """Correlation id -> the future its HTTP request awaits. Event-loop only."""
+
+    def __init__(self) -> None:
+        self._waiting: dict[str, asyncio.Future[CaptionReply]] = {}
+        self._retrying: dict[str, CaptionReply] = {}
+
+    def __len__(self) -> int:
+        return len(self._waiting)
+
+    def expect(self, correlation_id: str) -> asyncio.Future[CaptionReply]:
+        future: asyncio.Future[CaptionReply] = asyncio.get_running_loop().create_future()
+        self._waiting[correlation_id] = future
+        return future
+
+    def forget(self, correlation_id: str) -> CaptionReply | None:
+        """Stop waiting; returns the last RETRYING notice for this id, if one came."""
+        self._waiting.pop(correlation_id, None)
+        return self._retrying.pop(correlation_id, None)
+
+    def deliver(self, replies: list[CaptionReply]) -> None:
+        """Settle each waiting future once; a RETRYING notice is kept but the wait goes on."""
+        for reply in replies:
+            future = self._waiting.get(reply.correlation_id)
+            if future is None or future.done():
+                continue
+            if reply.status is ReplyStatus.RETRYING:
+                self._retrying[reply.correlation_id] = reply
+            else:
+                future.set_result(reply)
+
+
+class ReplyListener:
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        topic: str,
+        partition: int,
+        pending: PendingReplies,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self._pending = pending
+        self._loop = loop
+        self._consumer = Consumer(config | {"enable.auto.commit": False, "error_cb": self._on_client_error})
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self.assigned = threading.Event()
+        self.brokers_down = False
+
+    def start(self, *, timeout_s: float) -> None:
+        """Assign the partition at its current end, so no reply produced after this can be missed."""
+        high = self._end_offset(timeout_s=timeout_s)
+        start = high if high >= 0 else OFFSET_END
+        self._consumer.assign([TopicPartition(self.topic, self.partition, start)])
+        self.assigned.set()
+        self._thread.start()
+
+    def _end_offset(self, *, timeout_s: float) -> int:
+        """A just-created topic answers NOT_LEADER for a moment; wait that out."""
+        give_up = time.monotonic() + timeout_s
+        while True:
+            try:
+                _low, high = self._consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, self.partition), timeout=max(give_up - time.monotonic(), 0.1)
+                )
+                return int(high)
+            except KafkaException as exc:
+                if not exc.args[0].retriable() or time.monotonic() > give_up:
+                    raise
+                time.sleep(0.2)
+
+    def close(self, *, timeout_s: float) -> None:
+        self._stopping.set()
+        self._thread.join(timeout_s)
+        self._consumer.close()
+
+    def _run(self) -> None:
+        while not self._stopping.is_set():
+            messages = self._consumer.consume(num_messages=1000, timeout=0.1)
+            replies = []
+            for message in messages:
+                if message.error():
+                    log.warning("reply topic error: %s", message.error())
+                    continue
+                try:
+                    replies.append(REPLY_CODEC.decode(message.value()))
+                except RecordDecodeError as exc:
+                    log.error("unreadable reply at %s[%d]@%d: %s", self.topic, self.partition,
+                              message.offset(), exc)
+            if messages:
+                self.brokers_down = False
+            if replies:
+                self._loop.call_soon_threadsafe(self._pending.deliver, replies)
+
+    def _on_client_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            self.brokers_down = True
