@@ -31,13 +31,16 @@ class ModelShape:
     image_size: int
     patch_size: int
     max_position_embeddings: int
+    # Random weights at BERT's 0.02 give a tiny model whose output ignores the image; wider
+    # weights make its titles depend on the picture, which is what tests need to tell images apart.
+    initializer_range: float = 0.02
 
 
 SHAPES: dict[ModelSize, ModelShape] = {
     "tiny": ModelShape(
         vocab_size=1024, hidden_size=32, layers=2, heads=2, intermediate_size=64,
         vision_hidden_size=32, vision_layers=2, vision_heads=2, vision_intermediate_size=64,
-        image_size=32, patch_size=8, max_position_embeddings=128,
+        image_size=32, patch_size=8, max_position_embeddings=128, initializer_range=0.5,
     ),
     # microsoft/git-base-textcaps: ViT-B/16 at 224, 6-layer 768-wide decoder, BERT vocabulary.
     "base": ModelShape(
@@ -78,7 +81,9 @@ def make_model(size: ModelSize, out: Path, *, seed: int = 0) -> Path:
             "num_attention_heads": shape.vision_heads,
             "image_size": shape.image_size,
             "patch_size": shape.patch_size,
+            "initializer_range": shape.initializer_range,
         },
+        initializer_range=shape.initializer_range,
         vocab_size=shape.vocab_size,
         hidden_size=shape.hidden_size,
         num_hidden_layers=shape.layers,

@@ -86,6 +86,7 @@ class WorkerSettings(BaseSettings):
     worker_group_id: str = "captioner-workers"
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
+    min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=16, ge=1)
     max_batch_wait_ms: float = Field(default=5.0, ge=0)
     decode_threads: int = Field(default=2, ge=1)

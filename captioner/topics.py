@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
@@ -73,4 +74,24 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: flo
                 raise
     if created:
         log.info("created topics %s", ", ".join(created))
+    _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
     return created
+
+
+def _wait_for_leaders(admin: AdminClient, names: list[str], *, timeout_s: float) -> None:
+    """A created topic takes a moment to elect partition leaders; until then clients get NOT_LEADER."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        metadata = admin.list_topics(timeout=timeout_s)
+        waiting = [
+            name
+            for name in names
+            if name not in metadata.topics
+            or metadata.topics[name].error is not None
+            or any(p.leader < 0 for p in metadata.topics[name].partitions.values())
+        ]
+        if not waiting:
+            return
+        if time.monotonic() > give_up:
+            raise TimeoutError(f"topics without partition leaders after {timeout_s:g} s: {waiting}")
+        time.sleep(0.1)

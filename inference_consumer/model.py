@@ -58,12 +58,17 @@ class CaptionModel:
         pixel_values = self.processor.image_processor(images=[image], return_tensors="pt").pixel_values
         return pixel_values[0]
 
-    def caption(self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int]) -> list[str]:
+    def caption(
+        self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int], min_new_tokens: int = 0
+    ) -> list[str]:
         """Greedy titles; each image gets its own token limit. Greedy decoding is prefix-stable, so
         cutting a longer decode at N tokens gives what a decode limited to N gives."""
         batch = torch.stack(pixel_values).to(device=self.device, dtype=self.dtype, non_blocking=True)
         with torch.inference_mode():
-            token_ids = self.decoder.generate(batch, max_new_tokens=max(max_new_tokens)).cpu()
+            longest = max(max_new_tokens)
+            token_ids = self.decoder.generate(
+                batch, max_new_tokens=longest, min_new_tokens=min(min_new_tokens, longest)
+            ).cpu()
         rows = [row[: 1 + limit] for row, limit in zip(token_ids, max_new_tokens, strict=True)]
         titles: list[str] = self.processor.batch_decode(rows, skip_special_tokens=True)
         return [title.strip() for title in titles]

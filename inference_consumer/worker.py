@@ -165,7 +165,11 @@ class InferenceWorker:
         limits = [self._max_new_tokens(job) for job, _ in runnable]
         started = time.perf_counter()
         try:
-            titles = model.caption([pixels for _, pixels in runnable], max_new_tokens=limits)
+            titles = model.caption(
+                [pixels for _, pixels in runnable],
+                max_new_tokens=limits,
+                min_new_tokens=self.settings.min_new_tokens,
+            )
         except Exception as exc:
             if len(runnable) > 1:
                 # Split the batch so one bad input cannot sink the others.

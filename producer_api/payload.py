@@ -39,7 +39,7 @@ async def read_upload(request: web.Request, *, max_image_bytes: int) -> bytes:
         raise PayloadTooLargeError(f"request body exceeds {max_image_bytes} image bytes")
     content_type = request.content_type
     if content_type == "application/json":
-        return _image_from_json(await _read_body(request, max_image_bytes), max_image_bytes)
+        return _image_from_json(await _read_body(request, _max_body(max_image_bytes)), max_image_bytes)
     if content_type == "multipart/form-data":
         return await _image_from_multipart(request, max_image_bytes)
     if content_type.startswith("image/"):
@@ -54,14 +54,13 @@ def _max_body(max_image_bytes: int) -> int:
     return max_image_bytes * 4 // 3 + 64 * 1024
 
 
-async def _read_body(request: web.Request, max_image_bytes: int) -> bytes:
-    limit = _max_body(max_image_bytes)
+async def _read_body(request: web.Request, limit: int) -> bytes:
     chunks = []
     size = 0
     async for chunk in request.content.iter_chunked(256 * 1024):
         size += len(chunk)
         if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {max_image_bytes} image bytes")
+            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
         chunks.append(chunk)
     return b"".join(chunks)
 
@@ -77,7 +76,7 @@ def _image_from_json(body: bytes, max_image_bytes: int) -> bytes:
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:
-        data = binascii.a2b_base64(encoded.encode("ascii"), strict_mode=False)
+        data = binascii.a2b_base64("".join(encoded.split()).encode("ascii"), strict_mode=True)
     except (binascii.Error, UnicodeEncodeError) as exc:
         raise MalformedRequestError(f'"image" is not valid base64: {exc}') from None
     if len(data) > max_image_bytes:

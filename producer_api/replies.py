@@ -21,6 +21,14 @@ from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
 log = logging.getLogger(__name__)
 
 
+_LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+
+
 class PendingReplies:
     """Correlation id -> the future its HTTP request awaits. Event-loop only."""
 
@@ -82,7 +90,7 @@ class ReplyListener:
         self._thread.start()
 
     def _end_offset(self, *, timeout_s: float) -> int:
-        """A just-created topic answers NOT_LEADER for a moment; wait that out."""
+        """A topic whose leader is moving answers NOT_LEADER for a moment; wait that out."""
         give_up = time.monotonic() + timeout_s
         while True:
             try:
@@ -91,7 +99,7 @@ class ReplyListener:
                 )
                 return int(high)
             except KafkaException as exc:
-                if not exc.args[0].retriable() or time.monotonic() > give_up:
+                if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > give_up:
                     raise
                 time.sleep(0.2)
 

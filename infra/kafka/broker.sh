@@ -37,10 +37,11 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
 }
 
+java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
+  "-Dlog4j2.configurationFile=$here/log4j2.properties" -cp "$libs/*")
+
 run_java() {
-  "$(java_cmd)" -Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$here/log4j2.properties" \
-    -cp "$libs/*" "$@"
+  "$(java_cmd)" "${java_opts[@]}" "$@"
 }
 
 start() {
@@ -59,7 +60,7 @@ start() {
       echo "broker.sh: formatting $data_dir failed; see $log_file" >&2; tail -5 "$log_file" >&2; exit 1
     fi
   fi
-  run_java kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
+  nohup "$(java_cmd)" "${java_opts[@]}" kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
   echo $! > "$pid_file"
   for _ in $(seq 1 120); do
     if port_open; then echo "127.0.0.1:$port"; return; fi

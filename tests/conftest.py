@@ -1,0 +1,114 @@
+"""Session fixtures: one Kafka cluster, one tiny model, per-test topic names, service factories."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from captioner.model_factory import make_model
+from captioner.settings import KafkaSettings, TopicSettings
+from captioner.topics import ensure_topics
+from tests.support.broker import kafka_cluster
+from tests.support.services import ApiProcess, ServiceProcess, free_port, service_env
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return make_model("tiny", tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def kafka_bootstrap() -> Iterator[str]:
+    with kafka_cluster() as bootstrap:
+        yield bootstrap
+
+
+@pytest.fixture
+def topic_env(request: pytest.FixtureRequest) -> dict[str, str]:
+    """Topic names of one test, so tests never see each other's records."""
+    prefix = f"t-{request.node.name[:40]}-{uuid.uuid4().hex[:6]}".replace("[", "-").replace("]", "")
+    return {
+        "CAPTIONER_TOPIC_REQUESTS": f"{prefix}.requests",
+        "CAPTIONER_TOPIC_REPLIES": f"{prefix}.replies",
+        "CAPTIONER_TOPIC_RETRY_PREFIX": f"{prefix}.requests.retry",
+        "CAPTIONER_TOPIC_DEAD_LETTER": f"{prefix}.requests.dlq",
+        "CAPTIONER_TOPIC_REPLY_PARTITIONS": "4",
+        "CAPTIONER_TOPIC_RETRY_DELAYS_S": "[0.5, 1.0, 1.5]",
+        "CAPTIONER_WORKER_GROUP_ID": f"{prefix}.workers",
+    }
+
+
+@pytest.fixture
+def env(kafka_bootstrap: str, topic_env: dict[str, str], tiny_model_dir: Path) -> dict[str, str]:
+    return {
+        **topic_env,
+        "KAFKA_BOOTSTRAP_SERVERS": kafka_bootstrap,
+        "CAPTIONER_MODEL": str(tiny_model_dir),
+        "CAPTIONER_WORKER_THREADS": "1",
+        "CAPTIONER_API_REQUEST_TIMEOUT_S": "20",
+        "CAPTIONER_LOG_LEVEL": "INFO",
+    }
+
+
+@pytest.fixture
+def topics(env: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> TopicSettings:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    settings = TopicSettings()
+    ensure_topics(KafkaSettings(), settings)
+    return settings
+
+
+StartWorker = Callable[..., ServiceProcess]
+StartApi = Callable[..., ApiProcess]
+
+
+@pytest.fixture
+def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
+    started: list[ServiceProcess] = []
+
+    def start(**overrides: str) -> ServiceProcess:
+        worker_id = overrides.pop("CAPTIONER_WORKER_ID", f"worker-{len(started) + 1}")
+        process = ServiceProcess(
+            role="worker",
+            env=service_env(env, CAPTIONER_WORKER_ID=worker_id, **overrides),
+            log_path=tmp_path / f"{worker_id}.log",
+        ).start()
+        started.append(process)
+        process.wait_for_log("assigned", timeout_s=90)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+@pytest.fixture
+def start_api(env: dict[str, str], tmp_path: Path) -> Iterator[StartApi]:
+    started: list[ApiProcess] = []
+
+    def start(**overrides: str) -> ApiProcess:
+        port = free_port()
+        index = len(started)
+        process = ApiProcess(
+            role="api",
+            env=service_env(
+                env,
+                CAPTIONER_API_PORT=str(port),
+                CAPTIONER_API_REPLY_PARTITION=str(index),
+                CAPTIONER_API_INSTANCE_ID=f"api-{index}",
+                **overrides,
+            ),
+            log_path=tmp_path / f"api-{index}.log",
+            port=port,
+        ).start()
+        started.append(process)
+        process.wait_ready()
+        return process
+
+    yield start
+    for process in started:
+        process.stop()

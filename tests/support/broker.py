@@ -1,0 +1,57 @@
+"""Which Kafka the tests use: KAFKA_BOOTSTRAP_SERVERS, else testcontainers (if Docker answers), else
+the local KRaft broker from infra/kafka, started fresh for the session on its own port."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[2]
+BROKER_SCRIPT = REPO / "infra" / "kafka" / "broker.sh"
+TEST_BROKER_PORT = int(os.environ.get("CAPTIONER_TEST_BROKER_PORT", "19092"))
+
+
+def docker_answers() -> bool:
+    try:
+        import docker
+
+        docker.from_env(timeout=3).ping()
+        return True
+    except Exception:
+        return False
+
+
+@contextmanager
+def kafka_cluster() -> Iterator[str]:
+    """Yields a bootstrap address for the whole test session."""
+    if given := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        yield given
+    elif docker_answers():
+        yield from _testcontainers_kafka()
+    else:
+        yield from _local_broker()
+
+
+def _testcontainers_kafka() -> Iterator[str]:
+    from testcontainers.kafka import KafkaContainer
+
+    with KafkaContainer().with_kraft() as container:
+        yield container.get_bootstrap_server()
+
+
+def _local_broker() -> Iterator[str]:
+    state = REPO / ".local" / "kafka" / f"test-state-{TEST_BROKER_PORT}"
+    env = os.environ | {"KAFKA_LOCAL_PORT": str(TEST_BROKER_PORT), "KAFKA_LOCAL_STATE": str(state)}
+    subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, check=False)  # one an aborted run left
+    shutil.rmtree(state, ignore_errors=True)
+    started = subprocess.run([str(BROKER_SCRIPT), "start"], env=env, capture_output=True, text=True)
+    if started.returncode != 0:
+        raise RuntimeError(f"local Kafka broker did not start:\n{started.stdout}\n{started.stderr}")
+    try:
+        yield started.stdout.strip().splitlines()[-1]
+    finally:
+        subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, check=False)
