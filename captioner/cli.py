@@ -2,13 +2,19 @@
 
 from __future__ import annotations
 
-import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
 from captioner.logs import configure_logging
+
+
+class ModelSizeChoice(StrEnum):
+    tiny = "tiny"
+    base = "base"
+
 
 app = typer.Typer(help="captioner: Kafka event-driven image captioning.", no_args_is_help=True)
 model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
@@ -42,17 +48,14 @@ def worker() -> None:
 
 @model_app.command("make")
 def model_make(
-    size: Annotated[str, typer.Option(help="tiny (tests) or base (full GIT-base shape)")],
+    size: Annotated[ModelSizeChoice, typer.Option(help="tiny (tests) or base (full GIT-base shape)")],
     out: Annotated[Path, typer.Option(help="directory to write")],
     seed: int = 0,
 ) -> None:
     """Write a random-weight GIT model directory that from_pretrained loads."""
-    from captioner.model_factory import SHAPES, make_model
+    from captioner.model_factory import make_model
 
-    if size not in SHAPES:
-        typer.echo(f"--size must be one of {', '.join(SHAPES)}", err=True)
-        raise typer.Exit(2)
-    make_model(size, out, seed=seed)  # type: ignore[arg-type]
+    make_model(size.value, out, seed=seed)
     typer.echo(str(out))
 
 
@@ -71,4 +74,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

@@ -38,15 +38,34 @@ class ModelShape:
 
 SHAPES: dict[ModelSize, ModelShape] = {
     "tiny": ModelShape(
-        vocab_size=1024, hidden_size=32, layers=2, heads=2, intermediate_size=64,
-        vision_hidden_size=32, vision_layers=2, vision_heads=2, vision_intermediate_size=64,
-        image_size=32, patch_size=8, max_position_embeddings=128, initializer_range=0.5,
+        vocab_size=1024,
+        hidden_size=32,
+        layers=2,
+        heads=2,
+        intermediate_size=64,
+        vision_hidden_size=32,
+        vision_layers=2,
+        vision_heads=2,
+        vision_intermediate_size=64,
+        image_size=32,
+        patch_size=8,
+        max_position_embeddings=128,
+        initializer_range=0.5,
     ),
     # microsoft/git-base-textcaps: ViT-B/16 at 224, 6-layer 768-wide decoder, BERT vocabulary.
     "base": ModelShape(
-        vocab_size=30522, hidden_size=768, layers=6, heads=12, intermediate_size=3072,
-        vision_hidden_size=768, vision_layers=12, vision_heads=12, vision_intermediate_size=3072,
-        image_size=224, patch_size=16, max_position_embeddings=1024,
+        vocab_size=30522,
+        hidden_size=768,
+        layers=6,
+        heads=12,
+        intermediate_size=3072,
+        vision_hidden_size=768,
+        vision_layers=12,
+        vision_heads=12,
+        vision_intermediate_size=3072,
+        image_size=224,
+        patch_size=16,
+        max_position_embeddings=1024,
     ),
 }
 
@@ -60,12 +79,12 @@ def _vocabulary(size: int) -> list[str]:
     return [*_SPECIAL_TOKENS, *itertools.islice(words, size - len(_SPECIAL_TOKENS))]
 
 
-def make_model(size: ModelSize, out: Path, *, seed: int = 0) -> Path:
+def make_model(size: ModelSize | str, out: Path, *, seed: int = 0) -> Path:
     """Write a GIT model + processor directory that `from_pretrained` loads; returns `out`."""
     import torch
     from transformers import BertTokenizer, CLIPImageProcessor, GitConfig, GitForCausalLM, GitProcessor
 
-    shape = SHAPES[size]
+    shape = SHAPES[size]  # type: ignore[index]
     out.mkdir(parents=True, exist_ok=True)
     vocab = {token: index for index, token in enumerate(_vocabulary(shape.vocab_size))}
     tokenizer = BertTokenizer(vocab=vocab, do_lower_case=True, model_max_length=512)
@@ -95,9 +114,10 @@ def make_model(size: ModelSize, out: Path, *, seed: int = 0) -> Path:
         pad_token_id=0,
     )
     torch.manual_seed(seed)
-    model = GitForCausalLM(config).eval()
+    model = GitForCausalLM(config).eval()  # type: ignore[no-untyped-call]
     model.save_pretrained(out)
-    GitProcessor(image_processor=image_processor, tokenizer=tokenizer).save_pretrained(out)
+    processor = GitProcessor(image_processor=image_processor, tokenizer=tokenizer)  # type: ignore[no-untyped-call]
+    processor.save_pretrained(out)
     (out / "CAPTIONER_RANDOM_WEIGHTS").write_text(
         f"Random-weight GIT-{size} made by `captioner model make`; its captions are noise.\n"
     )

@@ -7,7 +7,7 @@ import time
 from dataclasses import dataclass, field
 
 from confluent_kafka import KafkaError, KafkaException
-from confluent_kafka.admin import AdminClient, NewTopic
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from captioner.kafka_config import client_config
 from captioner.settings import KafkaSettings, TopicSettings
@@ -38,7 +38,7 @@ class TopicSpec:
 
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """Request and retry topics keep a day; replies only matter while a caller waits; the DLQ keeps two weeks."""
+    """Requests and retries keep a day; replies matter only while a caller waits; dead letters two weeks."""
     return [
         TopicSpec(topics.requests, topics.request_partitions, retention_ms=24 * _HOUR_MS),
         TopicSpec(topics.replies, topics.reply_partitions, retention_ms=1 * _HOUR_MS),

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 import torch
 from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
 
-from inference_consumer.jobs import RETRY_DUE_HEADER, Job, header_map
+from inference_consumer.jobs import RETRY_DUE_HEADER, Job, header_map, position
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
 from schemas import REQUEST_CODEC, SchemaContractError
@@ -59,8 +59,9 @@ class JobFeeder:
         self._thread = threading.Thread(target=self._run, name="job-feeder", daemon=True)
 
     def start(self) -> None:
-        self._consumer.subscribe(self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke,
-                                 on_lost=self._on_revoke)
+        self._consumer.subscribe(
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+        )
         self._thread.start()
 
     def join(self, timeout_s: float) -> None:
@@ -79,16 +80,17 @@ class JobFeeder:
             self.stopping.set()
 
     def _take(self, message: Message) -> None:
-        if message.error():
-            if message.error().code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", message.error())
+        error = message.error()
+        if error is not None:
+            if error.code() != KafkaError._PARTITION_EOF:
+                log.warning("consumer error: %s", error)
             return
-        key = (message.topic(), message.partition())
-        if key in self._held_until:
+        topic, partition, offset = position(message)
+        if (topic, partition) in self._held_until:
             return  # fetched behind a held retry record; it is fetched again after the hold
-        if message.topic() in self._retry_topics and self._hold_if_not_due(message):
+        if topic in self._retry_topics and self._hold_if_not_due(message):
             return
-        self._tracker.track(message.topic(), message.partition(), message.offset())
+        self._tracker.track(topic, partition, offset)
         job = Job.from_message(message)
         try:
             job.request = REQUEST_CODEC.decode(job.value)
@@ -114,10 +116,11 @@ class JobFeeder:
         wait_s = due_ms / 1000 - time.time()
         if wait_s <= 0:
             return False
-        partition = TopicPartition(message.topic(), message.partition(), message.offset())
-        self._consumer.pause([partition])
-        self._consumer.seek(partition)
-        self._held_until[(message.topic(), message.partition())] = time.monotonic() + wait_s
+        topic, partition, offset = position(message)
+        head = TopicPartition(topic, partition, offset)
+        self._consumer.pause([head])
+        self._consumer.seek(head)
+        self._held_until[(topic, partition)] = time.monotonic() + wait_s
         return True
 
     def _release_due(self) -> None:
@@ -136,8 +139,7 @@ class JobFeeder:
         """Let in-flight jobs of these partitions finish and commit them before another worker starts."""
         keys = [(p.topic, p.partition) for p in partitions]
         if not self._tracker.wait_finished(keys, timeout_s=self._revoke_timeout_s):
-            log.warning("revoking %d partitions with jobs still running; they will run again",
-                        len(keys))
+            log.warning("revoking %d partitions with jobs still running; they will run again", len(keys))
         self._producer.flush(5.0)
         try:
             consumer.commit(asynchronous=False)

@@ -19,7 +19,20 @@ ORIGINAL_TIMESTAMP_HEADER = "captioner.original.timestamp-ms"
 
 
 def header_map(message: Message) -> dict[str, bytes]:
-    return {name: value for name, value in (message.headers() or []) if value is not None}
+    headers = message.headers() or []
+    pairs = headers.items() if isinstance(headers, dict) else headers
+    return {
+        name: value.encode() if isinstance(value, str) else value
+        for name, value in pairs
+        if value is not None
+    }
+
+
+def position(message: Message) -> tuple[str, int, int]:
+    """Topic, partition, offset of a consumed (not an error) message."""
+    topic, partition, offset = message.topic(), message.partition(), message.offset()
+    assert topic is not None and partition is not None and offset is not None
+    return topic, partition, offset
 
 
 @dataclass(slots=True)
@@ -36,10 +49,11 @@ class Job:
 
     @classmethod
     def from_message(cls, message: Message) -> Job:
+        topic, partition, offset = position(message)
         return cls(
-            topic=message.topic(),
-            partition=message.partition(),
-            offset=message.offset(),
+            topic=topic,
+            partition=partition,
+            offset=offset,
             key=message.key(),
             value=message.value() or b"",
             headers=header_map(message),

@@ -55,7 +55,9 @@ class CaptionModel:
 
     def preprocess(self, image: Image.Image) -> torch.Tensor:
         """One picture -> (3, H, W) float pixels on the CPU. Blocking: runs in the decode pool."""
-        pixel_values = self.processor.image_processor(images=[image], return_tensors="pt").pixel_values
+        pixel_values: torch.Tensor = self.processor.image_processor(
+            images=[image], return_tensors="pt"
+        ).pixel_values
         return pixel_values[0]
 
     def caption(
@@ -81,7 +83,7 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
     try:
-        processor = AutoProcessor.from_pretrained(settings.model)
+        processor = AutoProcessor.from_pretrained(settings.model)  # type: ignore[no-untyped-call]
         model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
     except (OSError, ValueError) as exc:
         raise ModelUnavailableError(
@@ -90,7 +92,7 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             "`captioner model make --size tiny --out DIR`), or give this machine access to the "
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
         ) from exc
-    model = model.to(device).eval()
+    model = model.to(device).eval()  # type: ignore[arg-type]
     if settings.quantize == "int8":
         from inference_consumer.decoding import quantize_int8
 

@@ -60,8 +60,11 @@ class OffsetTracker:
 
     def outstanding(self, keys: Iterable[PartitionKey] | None = None) -> int:
         with self._lock:
-            selected = self._partitions if keys is None else {k: self._partitions[k] for k in keys
-                                                               if k in self._partitions}
+            selected = (
+                self._partitions
+                if keys is None
+                else {k: self._partitions[k] for k in keys if k in self._partitions}
+            )
             return sum(len(progress.outstanding) for progress in selected.values())
 
     def wait_finished(self, keys: Iterable[PartitionKey], *, timeout_s: float) -> bool:

@@ -60,8 +60,13 @@ class OutcomePublisher:
         self._group_id = group_id
 
     def succeeded(self, job: Job, title: str, *, inference_ms: float) -> None:
-        self._reply(job, status=ReplyStatus.SUCCEEDED, title=title, inference_ms=inference_ms,
-                    then=lambda: self._finish(job))
+        self._reply(
+            job,
+            status=ReplyStatus.SUCCEEDED,
+            title=title,
+            inference_ms=inference_ms,
+            then=lambda: self._finish(job),
+        )
         metrics.JOBS.labels(outcome="succeeded").inc()
 
     def skipped_expired(self, job: Job) -> None:
@@ -85,25 +90,42 @@ class OutcomePublisher:
             "captioner.retry.error.class": type(error).__name__.encode(),
             "captioner.retry.error.message": str(error)[:_MESSAGE_LIMIT].encode(),
         }
-        log.warning("attempt %d of %s failed (%s); retrying via tier %d", job.attempt,
-                    job.correlation_id, error, tier)
+        log.warning(
+            "attempt %d of %s failed (%s); retrying via tier %d", job.attempt, job.correlation_id, error, tier
+        )
         metrics.JOBS.labels(outcome="retried").inc()
         self._produce_then_finish(job, self._topics.retry_topic(tier), headers)
         self._reply(job, status=ReplyStatus.RETRYING, error=_reply_error(error, retriable=True))
 
     def _dead_letter(self, job: Job, error: BaseException) -> None:
         code = getattr(error, "code", "unexpected_error")
-        headers = self._origin_headers(job) | dict(zip(DLQ_HEADERS, (
-            type(error).__name__.encode(),
-            str(error)[:_MESSAGE_LIMIT].encode(),
-            "".join(traceback.format_exception(error))[-_STACK_LIMIT:].encode(),
-            str(code).encode(),
-            self._group_id.encode(),
-            self._worker_id.encode(),
-            str(int(time.time() * 1000)).encode(),
-        ), strict=True)) | {ATTEMPT_HEADER: str(job.attempt).encode()}
-        log.error("job %s at %s[%d]@%d goes to the dead-letter topic: %s", job.correlation_id,
-                  job.topic, job.partition, job.offset, error)
+        headers = (
+            self._origin_headers(job)
+            | dict(
+                zip(
+                    DLQ_HEADERS,
+                    (
+                        type(error).__name__.encode(),
+                        str(error)[:_MESSAGE_LIMIT].encode(),
+                        "".join(traceback.format_exception(error))[-_STACK_LIMIT:].encode(),
+                        str(code).encode(),
+                        self._group_id.encode(),
+                        self._worker_id.encode(),
+                        str(int(time.time() * 1000)).encode(),
+                    ),
+                    strict=True,
+                )
+            )
+            | {ATTEMPT_HEADER: str(job.attempt).encode()}
+        )
+        log.error(
+            "job %s at %s[%d]@%d goes to the dead-letter topic: %s",
+            job.correlation_id,
+            job.topic,
+            job.partition,
+            job.offset,
+            error,
+        )
         metrics.JOBS.labels(outcome="dead_lettered").inc()
         self._produce_then_finish(job, self._topics.dead_letter, headers)
         self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=False))
@@ -121,13 +143,15 @@ class OutcomePublisher:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             if error is not None:
                 # Leave the offset unfinished: it is not committed, and a restart re-runs the job.
-                log.error("could not write %s[%d]@%d to %s: %s", job.topic, job.partition, job.offset,
-                          topic, error)
+                log.error(
+                    "could not write %s[%d]@%d to %s: %s", job.topic, job.partition, job.offset, topic, error
+                )
                 return
             self._finish(job)
 
-        self._producer.produce(topic, key=job.key, value=job.value, headers=list(headers.items()),
-                               on_delivery=on_delivery)
+        self._producer.produce(
+            topic, key=job.key, value=job.value, headers=list(headers.items()), on_delivery=on_delivery
+        )
 
     def _reply(
         self,
@@ -158,8 +182,12 @@ class OutcomePublisher:
 
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
             if delivery_error is not None:
-                log.error("reply for %s to %s undeliverable: %s", request.correlation_id,
-                          request.reply_topic, delivery_error)
+                log.error(
+                    "reply for %s to %s undeliverable: %s",
+                    request.correlation_id,
+                    request.reply_topic,
+                    delivery_error,
+                )
                 if then:
                     self.failed(job, ReplyUndeliverableError(delivery_error.str()))
                 return
@@ -167,9 +195,13 @@ class OutcomePublisher:
                 then()
 
         partition = request.reply_partition if request.reply_partition is not None else -1
-        self._producer.produce(request.reply_topic, key=request.correlation_id.encode(),
-                               value=REPLY_CODEC.encode(reply), partition=partition,
-                               on_delivery=on_delivery)
+        self._producer.produce(
+            request.reply_topic,
+            key=request.correlation_id.encode(),
+            value=REPLY_CODEC.encode(reply),
+            partition=partition,
+            on_delivery=on_delivery,
+        )
 
     def _finish(self, job: Job) -> None:
         self._tracker.finish(job.topic, job.partition, job.offset)
@@ -183,5 +215,8 @@ class ReplyUndeliverableError(Exception):
 
 
 def _reply_error(error: BaseException, *, retriable: bool) -> ReplyError:
-    return ReplyError(code=str(getattr(error, "code", "unexpected_error")),
-                      message=str(error)[:_MESSAGE_LIMIT], retriable=retriable)
+    return ReplyError(
+        code=str(getattr(error, "code", "unexpected_error")),
+        message=str(error)[:_MESSAGE_LIMIT],
+        retriable=retriable,
+    )

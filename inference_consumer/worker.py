@@ -65,10 +65,15 @@ class InferenceWorker:
     ) -> Iterator[tuple[JobFeeder, OutcomePublisher, queue.Queue[Job], Producer]]:
         settings, client_id = self.settings, f"captioner-worker-{self.settings.worker_id}"
         with contextlib.ExitStack() as stack:
-            consumer = Consumer(consumer_config(
-                self._kafka, self._topics, client_id=client_id, group_id=settings.worker_group_id,
-                **{"max.poll.interval.ms": 600_000},
-            ))
+            consumer = Consumer(
+                consumer_config(
+                    self._kafka,
+                    self._topics,
+                    client_id=client_id,
+                    group_id=settings.worker_group_id,
+                    **{"max.poll.interval.ms": 600_000},
+                )
+            )
             stack.callback(consumer.close)
             producer = Producer(producer_config(self._kafka, self._topics, client_id=client_id))
             stack.callback(_flush, producer, settings.shutdown_timeout_s)
@@ -77,16 +82,26 @@ class InferenceWorker:
             )
             tracker = OffsetTracker(store=lambda offsets: consumer.store_offsets(offsets=offsets))
             outcomes = OutcomePublisher(
-                producer=producer, tracker=tracker, topics=self._topics, model_name=model.name,
-                worker_id=settings.worker_id, group_id=settings.worker_group_id,
+                producer=producer,
+                tracker=tracker,
+                topics=self._topics,
+                model_name=model.name,
+                worker_id=settings.worker_id,
+                group_id=settings.worker_group_id,
             )
             ready: queue.Queue[Job] = queue.Queue(maxsize=2 * settings.max_batch_size)
             feeder = JobFeeder(
-                consumer=consumer, producer=producer,
+                consumer=consumer,
+                producer=producer,
                 topics=[self._topics.requests, *self._topics.retry_topics],
-                retry_topics=set(self._topics.retry_topics), tracker=tracker, outcomes=outcomes,
-                ready=ready, decode_pool=decode_pool, preprocess=self._preprocessor(model),
-                fetch_size=settings.max_batch_size, revoke_timeout_s=settings.shutdown_timeout_s,
+                retry_topics=set(self._topics.retry_topics),
+                tracker=tracker,
+                outcomes=outcomes,
+                ready=ready,
+                decode_pool=decode_pool,
+                preprocess=self._preprocessor(model),
+                fetch_size=settings.max_batch_size,
+                revoke_timeout_s=settings.shutdown_timeout_s,
             )
             stack.callback(feeder.join, settings.shutdown_timeout_s)
             stack.callback(feeder.stopping.set)

@@ -111,8 +111,8 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(ensure_topics, kafka, topics)
-    partition = api.reply_partition if api.reply_partition is not None else random.randrange(
-        topics.reply_partitions
+    partition = (
+        api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
     pending = PendingReplies()
     client_id = f"captioner-api-{api.instance_id}"

@@ -117,10 +117,11 @@ class ReplyListener:
                     log.warning("reply topic error: %s", message.error())
                     continue
                 try:
-                    replies.append(REPLY_CODEC.decode(message.value()))
+                    replies.append(REPLY_CODEC.decode(message.value() or b""))
                 except RecordDecodeError as exc:
-                    log.error("unreadable reply at %s[%d]@%d: %s", self.topic, self.partition,
-                              message.offset(), exc)
+                    log.error(
+                        "unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc
+                    )
             if messages:
                 self.brokers_down = False
             if replies:

@@ -9,7 +9,7 @@ import io
 from dataclasses import asdict, dataclass, field, fields
 from datetime import UTC, datetime
 from enum import StrEnum
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, TypeVar, cast
 
 from fastavro import schemaless_reader, schemaless_writer
 
@@ -78,7 +78,7 @@ class RecordCodec(Generic[RecordT]):
         self._versions = versions(schema_name)
         self._by_fingerprint = {schema.fingerprint: schema for schema in self._versions}
         self.writer: SchemaVersion = self._versions[-1]
-        self._record_type = record_type
+        self._record_type: type[RecordT] = record_type
         self._field_names = {f.name for f in fields(record_type)}
 
     def encode(self, record: RecordT) -> bytes:
@@ -92,7 +92,7 @@ class RecordCodec(Generic[RecordT]):
         writer = self.writer_of(data)
         body = io.BytesIO(memoryview(data)[HEADER_SIZE:])
         try:
-            datum = schemaless_reader(body, writer.parsed, self.writer.parsed)
+            datum = cast(dict[str, Any], schemaless_reader(body, writer.parsed, self.writer.parsed))
         except (EOFError, StopIteration, IndexError) as exc:
             raise TruncatedRecordError(f"{writer.name} body ends early ({len(data)} bytes)") from exc
         except Exception as exc:

@@ -29,7 +29,7 @@ class SchemaVersion:
 
 def _load(path: Path, name: str, version: int) -> SchemaVersion:
     raw = json.loads(path.read_text())
-    parsed = parse_schema(raw, _write_hint=False)
+    parsed: dict[str, Any] = parse_schema(raw, _write_hint=False)  # type: ignore[assignment]
     canonical = to_parsing_canonical_form(parsed)
     # fastavro renders the CRC-64-AVRO fingerprint as its little-endian bytes, the order the spec writes.
     crc = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))

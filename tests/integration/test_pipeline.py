@@ -62,23 +62,51 @@ def test_health_and_readiness(start_api: StartApi) -> None:
 
 
 BAD_INPUTS = [
-    pytest.param({"data": b'{"image": ', "headers": {"Content-Type": "application/json"}}, 400,
-                 "malformed_request", id="malformed-json"),
+    pytest.param(
+        {"data": b'{"image": ', "headers": {"Content-Type": "application/json"}},
+        400,
+        "malformed_request",
+        id="malformed-json",
+    ),
     pytest.param({"json": {"image": "%%% not base64 %%%"}}, 400, "malformed_request", id="bad-base64"),
     pytest.param({"json": {"picture": "aGVsbG8="}}, 400, "malformed_request", id="missing-field"),
     pytest.param({"json": ["image"]}, 400, "malformed_request", id="json-not-object"),
-    pytest.param({"data": b"x" * (64 * 1024 + 10), "headers": {"Content-Type": "image/jpeg"}}, 413,
-                 "payload_too_large", id="too-large-raw"),
-    pytest.param({"json": {"image": base64.b64encode(b"x" * (64 * 1024 + 10)).decode()}}, 413,
-                 "payload_too_large", id="too-large-json"),
-    pytest.param({"data": b"hello", "headers": {"Content-Type": "text/plain"}}, 415,
-                 "unsupported_media_type", id="text-plain"),
-    pytest.param({"data": make_image_bytes("ICO"), "headers": {"Content-Type": "image/x-icon"}}, 415,
-                 "unsupported_media_type", id="unsupported-format"),
-    pytest.param({"data": b"\xff\xd8\xff garbage", "headers": {"Content-Type": "image/jpeg"}}, 422,
-                 "invalid_image", id="garbage-jpeg"),
-    pytest.param({"json": {"image": base64.b64encode(b"hello world").decode()}}, 422,
-                 "invalid_image", id="base64-not-image"),
+    pytest.param(
+        {"data": b"x" * (64 * 1024 + 10), "headers": {"Content-Type": "image/jpeg"}},
+        413,
+        "payload_too_large",
+        id="too-large-raw",
+    ),
+    pytest.param(
+        {"json": {"image": base64.b64encode(b"x" * (64 * 1024 + 10)).decode()}},
+        413,
+        "payload_too_large",
+        id="too-large-json",
+    ),
+    pytest.param(
+        {"data": b"hello", "headers": {"Content-Type": "text/plain"}},
+        415,
+        "unsupported_media_type",
+        id="text-plain",
+    ),
+    pytest.param(
+        {"data": make_image_bytes("ICO"), "headers": {"Content-Type": "image/x-icon"}},
+        415,
+        "unsupported_media_type",
+        id="unsupported-format",
+    ),
+    pytest.param(
+        {"data": b"\xff\xd8\xff garbage", "headers": {"Content-Type": "image/jpeg"}},
+        422,
+        "invalid_image",
+        id="garbage-jpeg",
+    ),
+    pytest.param(
+        {"json": {"image": base64.b64encode(b"hello world").decode()}},
+        422,
+        "invalid_image",
+        id="base64-not-image",
+    ),
     pytest.param({"files": {"picture": ("p", b"x")}}, 400, "malformed_request", id="multipart-no-image"),
 ]
 
@@ -132,8 +160,13 @@ def test_record_from_another_system_gets_its_reply(
         deadline=now + timedelta(seconds=60),
         created_at=now,
     )
-    consumer = Consumer({"bootstrap.servers": kafka_bootstrap, "group.id": f"external-{uuid.uuid4()}",
-                         "auto.offset.reset": "earliest"})
+    consumer = Consumer(
+        {
+            "bootstrap.servers": kafka_bootstrap,
+            "group.id": f"external-{uuid.uuid4()}",
+            "auto.offset.reset": "earliest",
+        }
+    )
     consumer.subscribe([result_topic])
     producer = Producer({"bootstrap.servers": kafka_bootstrap})
     producer.produce(topics.requests, key=correlation_id.encode(), value=REQUEST_CODEC.encode(record))

@@ -33,7 +33,9 @@ def encode(picture: Image.Image, image_format: str = "JPEG") -> bytes:
     return buffer.getvalue()
 
 
-def make_image_bytes(image_format: str = "JPEG", *, width: int = 96, height: int = 72, seed: int = 0) -> bytes:
+def make_image_bytes(
+    image_format: str = "JPEG", *, width: int = 96, height: int = 72, seed: int = 0
+) -> bytes:
     return encode(make_picture(width, height, seed=seed), image_format)
 
 
