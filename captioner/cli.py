@@ -8,6 +8,7 @@ from typing import Annotated
 
 import typer
 
+from captioner.dlq.commands import dlq_app
 from captioner.logs import configure_logging
 
 
@@ -21,6 +22,7 @@ model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(topics_app, name="topics")
+app.add_typer(dlq_app, name="dlq")
 
 
 @app.command()

@@ -15,6 +15,8 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
         "socket.keepalive.enable": True,
         "reconnect.backoff.max.ms": 1000,
     }
+    if kafka.debug:
+        config["debug"] = kafka.debug
     if kafka.sasl_mechanism:
         config["sasl.mechanism"] = kafka.sasl_mechanism
     if kafka.sasl_username:
@@ -49,6 +51,5 @@ def consumer_config(
         "partition.assignment.strategy": "cooperative-sticky",
         "fetch.max.bytes": max(52428800, topics.max_message_bytes),
         "max.partition.fetch.bytes": topics.max_message_bytes,
-        "isolation.level": "read_committed",
     }
     return config | overrides

@@ -33,6 +33,7 @@ class KafkaSettings(BaseSettings):
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
     replication_factor: int = Field(default=1, ge=1)
+    debug: str | None = Field(default=None, description="librdkafka debug contexts, e.g. fetch,cgrp")
 
 
 class TopicSettings(BaseSettings):
@@ -92,6 +93,17 @@ class WorkerSettings(BaseSettings):
     decode_threads: int = Field(default=2, ge=1)
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    session_timeout_ms: int = Field(
+        default=10_000,
+        ge=1000,
+        description="a worker that stops heartbeating loses its partitions after this",
+    )
+    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
+    chaos_failing_batches: int = Field(
+        default=0,
+        ge=0,
+        description="fail the first N inference batches with a transient error (drills, tests)",
+    )
 
 
 @cache

@@ -14,12 +14,13 @@ from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 import torch
-from confluent_kafka import Consumer, KafkaError, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from inference_consumer.jobs import RETRY_DUE_HEADER, Job, header_map, position
+from inference_consumer.jobs import Job, header_map, position
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
 from schemas import REQUEST_CODEC, SchemaContractError
+from schemas import headers as record_headers
 
 log = logging.getLogger(__name__)
 
@@ -74,6 +75,7 @@ class JobFeeder:
                 self._producer.poll(0)
                 for message in messages:
                     self._take(message)
+                self._store_finished()
                 self._release_due()
         except Exception:
             log.exception("job feeder failed; stopping the worker")
@@ -97,7 +99,7 @@ class JobFeeder:
         except SchemaContractError as exc:
             self._outcomes.failed(job, exc)
             return
-        if job.request.deadline <= datetime.now(UTC):
+        if job.expired(datetime.now(UTC)):
             self._outcomes.skipped_expired(job)
             return
         job.pixels = self._decode_pool.submit(self._preprocess, job.request.image)
@@ -109,10 +111,19 @@ class JobFeeder:
                 self._producer.poll(0)
         # Stopping with the queue full: the job is left unfinished, so its offset is not committed.
 
+    def _store_finished(self) -> None:
+        """Hand finished positions to librdkafka, whose auto-commit sends them to the group."""
+        positions = self._tracker.take_positions()
+        if positions:
+            try:
+                self._consumer.store_offsets(offsets=positions)
+            except KafkaException as exc:  # revoked meanwhile: its next owner re-runs those jobs
+                log.info("could not store offsets %s: %s", positions, exc)
+
     def _hold_if_not_due(self, message: Message) -> bool:
         """A retry tier holds records in due order, so waiting on the head holds the whole partition:
         pause it and rewind to the head, without blocking other partitions or the poll loop."""
-        due_ms = int(header_map(message).get(RETRY_DUE_HEADER, b"0"))
+        due_ms = int(header_map(message).get(record_headers.RETRY_DUE_MS, b"0"))
         wait_s = due_ms / 1000 - time.time()
         if wait_s <= 0:
             return False
@@ -141,6 +152,7 @@ class JobFeeder:
         if not self._tracker.wait_finished(keys, timeout_s=self._revoke_timeout_s):
             log.warning("revoking %d partitions with jobs still running; they will run again", len(keys))
         self._producer.flush(5.0)
+        self._store_finished()
         try:
             consumer.commit(asynchronous=False)
         except Exception as exc:

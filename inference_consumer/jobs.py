@@ -4,23 +4,18 @@ from __future__ import annotations
 
 from concurrent.futures import Future
 from dataclasses import dataclass, field
+from datetime import datetime
 
 import torch
 from confluent_kafka import Message
 
 from schemas import CaptionRequest
-
-ATTEMPT_HEADER = "captioner.attempt"
-RETRY_DUE_HEADER = "captioner.retry.due-ms"
-ORIGINAL_TOPIC_HEADER = "captioner.original.topic"
-ORIGINAL_PARTITION_HEADER = "captioner.original.partition"
-ORIGINAL_OFFSET_HEADER = "captioner.original.offset"
-ORIGINAL_TIMESTAMP_HEADER = "captioner.original.timestamp-ms"
+from schemas import headers as record_headers
 
 
 def header_map(message: Message) -> dict[str, bytes]:
-    headers = message.headers() or []
-    pairs = headers.items() if isinstance(headers, dict) else headers
+    raw = message.headers() or []
+    pairs = raw.items() if isinstance(raw, dict) else raw
     return {
         name: value.encode() if isinstance(value, str) else value
         for name, value in pairs
@@ -62,7 +57,15 @@ class Job:
 
     @property
     def attempt(self) -> int:
-        return int(self.headers.get(ATTEMPT_HEADER, b"1"))
+        return int(self.headers.get(record_headers.ATTEMPT, b"1"))
+
+    @property
+    def replayed(self) -> bool:
+        return record_headers.REPLAYED_FROM in self.headers
+
+    def expired(self, now: datetime) -> bool:
+        """Past its deadline its caller has been answered 504; a replayed job runs regardless."""
+        return self.request is not None and self.request.deadline <= now and not self.replayed
 
     @property
     def correlation_id(self) -> str | None:
@@ -70,11 +73,11 @@ class Job:
 
     def origin(self) -> tuple[str, int, int, int]:
         """Where the record was first published: topic, partition, offset, timestamp."""
-        if ORIGINAL_TOPIC_HEADER in self.headers:
+        if record_headers.ORIGINAL_TOPIC in self.headers:
             return (
-                self.headers[ORIGINAL_TOPIC_HEADER].decode(),
-                int(self.headers[ORIGINAL_PARTITION_HEADER]),
-                int(self.headers[ORIGINAL_OFFSET_HEADER]),
-                int(self.headers[ORIGINAL_TIMESTAMP_HEADER]),
+                self.headers[record_headers.ORIGINAL_TOPIC].decode(),
+                int(self.headers[record_headers.ORIGINAL_PARTITION]),
+                int(self.headers[record_headers.ORIGINAL_OFFSET]),
+                int(self.headers[record_headers.ORIGINAL_TIMESTAMP_MS]),
             )
         return self.topic, self.partition, self.offset, self.timestamp_ms

@@ -1,9 +1,14 @@
-"""Tracks which offsets are finished, so only a partition's contiguous finished prefix is committed."""
+"""Tracks which offsets are finished, so only a partition's contiguous finished prefix is committed.
+
+Any thread may finish an offset, but only the consumer's own thread hands positions to librdkafka
+(`take_positions` then `store_offsets`): a store from another thread can block behind a rebalance
+callback that is itself waiting for jobs to finish.
+"""
 
 from __future__ import annotations
 
 import threading
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 
 from confluent_kafka import TopicPartition
 
@@ -35,9 +40,9 @@ class _PartitionProgress:
 class OffsetTracker:
     """Thread-safe. `track` when a record is taken, `finish` once its outcome is durable."""
 
-    def __init__(self, *, store: Callable[[list[TopicPartition]], None]) -> None:
-        self._store = store
+    def __init__(self) -> None:
         self._partitions: dict[PartitionKey, _PartitionProgress] = {}
+        self._positions: dict[PartitionKey, int] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
@@ -54,9 +59,15 @@ class OffsetTracker:
             if progress is None:
                 return  # partition was revoked meanwhile; its new owner re-runs the record
             advanced = progress.finish(offset)
+            if advanced is not None:
+                self._positions[(topic, partition)] = advanced
             self._changed.notify_all()
-        if advanced is not None:
-            self._store([TopicPartition(topic, partition, advanced)])
+
+    def take_positions(self) -> list[TopicPartition]:
+        """Commit positions that advanced since the last call."""
+        with self._lock:
+            positions, self._positions = self._positions, {}
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
 
     def outstanding(self, keys: Iterable[PartitionKey] | None = None) -> int:
         with self._lock:
@@ -79,4 +90,5 @@ class OffsetTracker:
         with self._lock:
             for key in keys:
                 self._partitions.pop(key, None)
+                self._positions.pop(key, None)
             self._changed.notify_all()

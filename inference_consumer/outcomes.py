@@ -12,29 +12,13 @@ from confluent_kafka import KafkaError, Message, Producer
 
 from captioner.settings import TopicSettings
 from inference_consumer import metrics
-from inference_consumer.jobs import (
-    ATTEMPT_HEADER,
-    ORIGINAL_OFFSET_HEADER,
-    ORIGINAL_PARTITION_HEADER,
-    ORIGINAL_TIMESTAMP_HEADER,
-    ORIGINAL_TOPIC_HEADER,
-    RETRY_DUE_HEADER,
-    Job,
-)
+from inference_consumer.jobs import Job
 from inference_consumer.offsets import OffsetTracker
 from schemas import REPLY_CODEC, CaptionReply, ReplyError, ReplyStatus
+from schemas import headers as record_headers
 
 log = logging.getLogger(__name__)
 
-DLQ_HEADERS = (
-    "captioner.dlq.error.class",
-    "captioner.dlq.error.message",
-    "captioner.dlq.error.stack",
-    "captioner.dlq.error.code",
-    "captioner.dlq.consumer.group",
-    "captioner.dlq.worker.id",
-    "captioner.dlq.failed-at-ms",
-)
 _STACK_LIMIT = 4000
 _MESSAGE_LIMIT = 1000
 
@@ -85,10 +69,10 @@ class OutcomePublisher:
     def _retry(self, job: Job, error: BaseException, tier: int) -> None:
         due_ms = int((time.time() + self._topics.retry_delays_s[tier - 1]) * 1000)
         headers = self._origin_headers(job) | {
-            ATTEMPT_HEADER: str(job.attempt + 1).encode(),
-            RETRY_DUE_HEADER: str(due_ms).encode(),
-            "captioner.retry.error.class": type(error).__name__.encode(),
-            "captioner.retry.error.message": str(error)[:_MESSAGE_LIMIT].encode(),
+            record_headers.ATTEMPT: str(job.attempt + 1).encode(),
+            record_headers.RETRY_DUE_MS: str(due_ms).encode(),
+            record_headers.RETRY_ERROR_CLASS: type(error).__name__.encode(),
+            record_headers.RETRY_ERROR_MESSAGE: str(error)[:_MESSAGE_LIMIT].encode(),
         }
         log.warning(
             "attempt %d of %s failed (%s); retrying via tier %d", job.attempt, job.correlation_id, error, tier
@@ -99,25 +83,18 @@ class OutcomePublisher:
 
     def _dead_letter(self, job: Job, error: BaseException) -> None:
         code = getattr(error, "code", "unexpected_error")
-        headers = (
-            self._origin_headers(job)
-            | dict(
-                zip(
-                    DLQ_HEADERS,
-                    (
-                        type(error).__name__.encode(),
-                        str(error)[:_MESSAGE_LIMIT].encode(),
-                        "".join(traceback.format_exception(error))[-_STACK_LIMIT:].encode(),
-                        str(code).encode(),
-                        self._group_id.encode(),
-                        self._worker_id.encode(),
-                        str(int(time.time() * 1000)).encode(),
-                    ),
-                    strict=True,
-                )
-            )
-            | {ATTEMPT_HEADER: str(job.attempt).encode()}
-        )
+        headers = self._origin_headers(job) | {
+            record_headers.ATTEMPT: str(job.attempt).encode(),
+            record_headers.DLQ_ERROR_CLASS: type(error).__name__.encode(),
+            record_headers.DLQ_ERROR_CODE: str(code).encode(),
+            record_headers.DLQ_ERROR_MESSAGE: str(error)[:_MESSAGE_LIMIT].encode(),
+            record_headers.DLQ_ERROR_STACK: "".join(traceback.format_exception(error))[
+                -_STACK_LIMIT:
+            ].encode(),
+            record_headers.DLQ_CONSUMER_GROUP: self._group_id.encode(),
+            record_headers.DLQ_WORKER_ID: self._worker_id.encode(),
+            record_headers.DLQ_FAILED_AT_MS: str(int(time.time() * 1000)).encode(),
+        }
         log.error(
             "job %s at %s[%d]@%d goes to the dead-letter topic: %s",
             job.correlation_id,
@@ -128,15 +105,16 @@ class OutcomePublisher:
         )
         metrics.JOBS.labels(outcome="dead_lettered").inc()
         self._produce_then_finish(job, self._topics.dead_letter, headers)
-        self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=False))
+        retriable = bool(getattr(error, "retriable", False))  # True here: retries ran out
+        self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=retriable))
 
     def _origin_headers(self, job: Job) -> dict[str, bytes]:
         topic, partition, offset, timestamp_ms = job.origin()
         return {
-            ORIGINAL_TOPIC_HEADER: topic.encode(),
-            ORIGINAL_PARTITION_HEADER: str(partition).encode(),
-            ORIGINAL_OFFSET_HEADER: str(offset).encode(),
-            ORIGINAL_TIMESTAMP_HEADER: str(timestamp_ms).encode(),
+            record_headers.ORIGINAL_TOPIC: topic.encode(),
+            record_headers.ORIGINAL_PARTITION: str(partition).encode(),
+            record_headers.ORIGINAL_OFFSET: str(offset).encode(),
+            record_headers.ORIGINAL_TIMESTAMP_MS: str(timestamp_ms).encode(),
         }
 
     def _produce_then_finish(self, job: Job, topic: str, headers: dict[str, bytes]) -> None:

@@ -15,6 +15,7 @@ from types import FrameType
 
 import torch
 from confluent_kafka import Consumer, Producer
+from prometheus_client import start_http_server
 
 from captioner.kafka_config import consumer_config, producer_config
 from captioner.settings import KafkaSettings, TopicSettings, WorkerSettings
@@ -45,10 +46,13 @@ class InferenceWorker:
         self._topics = topics
         self._model = model
         self.stopping = threading.Event()
+        self._chaos_failures_left = settings.chaos_failing_batches
 
     def run(self) -> None:
         """Serve until stop() (or SIGTERM via run_worker); then drain in-flight work and commit."""
         configure_torch_threads(self.settings.worker_threads)
+        if self.settings.metrics_port:
+            start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
         with self._components(model) as (feeder, outcomes, ready, producer):
@@ -71,7 +75,7 @@ class InferenceWorker:
                     self._topics,
                     client_id=client_id,
                     group_id=settings.worker_group_id,
-                    **{"max.poll.interval.ms": 600_000},
+                    **{"max.poll.interval.ms": 600_000, "session.timeout.ms": settings.session_timeout_ms},
                 )
             )
             stack.callback(consumer.close)
@@ -80,7 +84,7 @@ class InferenceWorker:
             decode_pool = stack.enter_context(
                 ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
             )
-            tracker = OffsetTracker(store=lambda offsets: consumer.store_offsets(offsets=offsets))
+            tracker = OffsetTracker()
             outcomes = OutcomePublisher(
                 producer=producer,
                 tracker=tracker,
@@ -167,7 +171,7 @@ class InferenceWorker:
             except Exception as exc:
                 outcomes.failed(job, InferenceError(f"preprocessing failed: {exc!r}"))
                 continue
-            if job.request.deadline <= now:
+            if job.expired(now):
                 outcomes.skipped_expired(job)
             else:
                 runnable.append((job, pixels))
@@ -180,6 +184,7 @@ class InferenceWorker:
         limits = [self._max_new_tokens(job) for job, _ in runnable]
         started = time.perf_counter()
         try:
+            self._chaos()
             titles = model.caption(
                 [pixels for _, pixels in runnable],
                 max_new_tokens=limits,
@@ -191,13 +196,25 @@ class InferenceWorker:
                 for item in runnable:
                     self._caption(model, [item], outcomes)
                 return
-            outcomes.failed(runnable[0][0], InferenceError(f"inference failed: {exc!r}"))
+            error = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc!r}")
+            outcomes.failed(runnable[0][0], error)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
+        log.debug(
+            "captioned %d jobs in %.0f ms: %s",
+            len(runnable),
+            elapsed_ms,
+            [(job.partition, job.offset) for job, _ in runnable],
+        )
         metrics.BATCH_SIZE.observe(len(runnable))
         metrics.BATCH_SECONDS.observe(elapsed_ms / 1000)
         for (job, _), title in zip(runnable, titles, strict=True):
             outcomes.succeeded(job, title, inference_ms=elapsed_ms)
+
+    def _chaos(self) -> None:
+        if self._chaos_failures_left > 0:
+            self._chaos_failures_left -= 1
+            raise InferenceError("chaos: injected transient inference failure")
 
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None

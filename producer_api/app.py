@@ -130,6 +130,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         loop=loop,
     )
     publisher.start()
+    broker_watch = asyncio.create_task(publisher.watch_brokers(topic=topics.requests))
     image_executor = ThreadPoolExecutor(max_workers=4, thread_name_prefix="image-check")
     app[LISTENER] = listener
     app[PUBLISHER] = publisher
@@ -144,6 +145,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     )
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
+    broker_watch.cancel()
     await publisher.close(timeout_s=api.shutdown_timeout_s)
     await asyncio.to_thread(listener.close, timeout_s=5.0)
     image_executor.shutdown(wait=False, cancel_futures=True)

@@ -53,6 +53,14 @@ class RequestPublisher:
         found = metadata.topics.get(topic)
         return found is not None and found.error is None
 
+    async def watch_brokers(self, *, topic: str, interval_s: float = 0.5) -> None:
+        """While the brokers are down, requests are refused at once (503); this notices their return."""
+        while True:
+            await asyncio.sleep(interval_s)
+            if self.brokers_down and await self.check_broker(topic=topic, timeout_s=interval_s * 2):
+                log.info("Kafka is reachable again")
+                self.brokers_down = False
+
     async def close(self, *, timeout_s: float) -> None:
         self._outgoing.put(None)
         await asyncio.to_thread(self._thread.join, timeout_s)

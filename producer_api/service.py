@@ -25,6 +25,14 @@ class CaptionFailedError(ApiError):
     code = "caption_failed"
 
 
+class CaptionUnavailableError(ApiError):
+    """Transient failures outlasted every retry; the job is in the dead-letter topic."""
+
+    status = 503
+    code = "caption_unavailable"
+    retriable = True
+
+
 @dataclass(frozen=True, slots=True)
 class CaptionResult:
     correlation_id: str
@@ -121,7 +129,10 @@ class CaptionService:
         error = reply.error
         code = error.code if error else "unknown"
         message = error.message if error else f"worker answered {reply.status}"
+        if error is not None and error.retriable:
+            raise CaptionUnavailableError(
+                f"captioning failed after {reply.attempt} attempts: {message}", id=correlation_id, reason=code
+            )
         if code == "invalid_image":
             raise InvalidImageError(message, id=correlation_id)
-        failure = CaptionFailedError(message, id=correlation_id, reason=code)
-        raise failure
+        raise CaptionFailedError(message, id=correlation_id, reason=code)

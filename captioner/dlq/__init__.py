@@ -1,0 +1,1 @@
+"""`captioner dlq`: inspect the dead-letter topic and replay its records to their original topic."""

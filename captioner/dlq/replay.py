@@ -1,0 +1,221 @@
+"""Re-publishes dead letters to their original topic and commits each one only once Kafka acknowledged it."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from functools import partial
+from typing import Any
+
+from captioner.dlq.errors import DlqError, ExitCode
+from captioner.dlq.filters import DeadLetterFilter
+from captioner.dlq.ledger import ReplayLedger
+from captioner.dlq.reader import require_topic
+from captioner.dlq.records import DeadLetter
+from inference_consumer.offsets import OffsetTracker
+
+log = logging.getLogger(__name__)
+
+Clock = Callable[[], float]
+
+
+class Pacer:
+    """Spaces sends to at most `rate_per_s`; while waiting it calls `idle(seconds)` (the producer's poll)."""
+
+    def __init__(self, rate_per_s: float | None, *, clock: Clock = time.monotonic) -> None:
+        self._interval = 1 / rate_per_s if rate_per_s else 0.0
+        self._clock = clock
+        self._next = 0.0
+
+    def wait(self, idle: Callable[[float], Any], stop: threading.Event) -> None:
+        if not self._interval:
+            return
+        self._next = max(self._next, self._clock())
+        while (delay := self._next - self._clock()) > 0 and not stop.is_set():
+            idle(min(delay, 0.1))
+        self._next += self._interval
+
+
+class TargetTopics:
+    """Where each record goes back to: its original topic, checked once to exist."""
+
+    def __init__(self, client: Any, *, fallback: str, timeout_s: float) -> None:
+        self._client = client
+        self._fallback = fallback
+        self._timeout_s = timeout_s
+        self._known: set[str] = set()
+
+    def of(self, record: DeadLetter) -> str:
+        topic = record.original_topic or self._fallback
+        if topic not in self._known:
+            require_topic(self._client, topic, timeout_s=self._timeout_s)
+            self._known.add(topic)
+        return topic
+
+
+@dataclass
+class ReplayCounts:
+    scanned: int = 0
+    replayed: int = 0  # re-published and acknowledged
+    would_replay: int = 0  # --dry-run
+    not_selected: int = 0
+    already_replayed: int = 0
+    failed: int = 0
+    held_back: int = 0  # after a failure in their partition, so the commit can stay behind the failure
+    unconfirmed: int = 0  # sent, but no acknowledgement before the end: may have been published
+
+
+@dataclass(frozen=True)
+class PlannedReplay:
+    position: str
+    correlation_id: str | None
+    error_class: str
+    target: str
+
+
+@dataclass
+class ReplaySummary:
+    topic: str
+    group: str
+    selection: str
+    dry_run: bool
+    counts: ReplayCounts = field(default_factory=ReplayCounts)
+    interrupted: bool = False
+    errors: list[str] = field(default_factory=list)
+    planned: list[PlannedReplay] = field(default_factory=list)  # --dry-run: what a replay would send
+
+    @property
+    def exit_code(self) -> ExitCode:
+        counts = self.counts
+        if counts.failed or counts.held_back or counts.unconfirmed or self.errors:
+            return ExitCode.REPLAY_FAILED
+        return ExitCode.INTERRUPTED if self.interrupted else ExitCode.OK
+
+    def to_json(self) -> dict[str, Any]:
+        return asdict(self) | {"exit_code": int(self.exit_code)}
+
+
+class Replayer:
+    """One pass over the records read for a group; `commit(positions)` records its progress."""
+
+    def __init__(
+        self,
+        *,
+        summary: ReplaySummary,
+        producer: Any,
+        commit: Callable[[dict[int, int]], None],
+        selection: DeadLetterFilter,
+        ledger: ReplayLedger,
+        targets: TargetTopics,
+        pacer: Pacer,
+        stop: threading.Event,
+        commit_interval_s: float = 1.0,
+        flush_timeout_s: float = 30.0,
+    ) -> None:
+        self.summary = summary
+        self._producer = producer
+        self._commit = commit
+        self._selection = selection
+        self._ledger = ledger
+        self._targets = targets
+        self._pacer = pacer
+        self._stop = stop
+        self._commit_interval_s = commit_interval_s
+        self._flush_timeout_s = flush_timeout_s
+        self._tracker = OffsetTracker()
+        self._positions: dict[int, int] = {}
+        self._failed_partitions: set[int] = set()
+        self._next_commit = time.monotonic() + commit_interval_s
+
+    def run(self, records: Iterable[DeadLetter], on_record: Callable[[ReplayCounts], Any]) -> ReplaySummary:
+        try:
+            for record in records:
+                self._handle(record)
+                on_record(self.summary.counts)
+                if self._stop.is_set():
+                    break
+                self._commit_if_due()
+        finally:
+            self.summary.interrupted = self._stop.is_set()
+            self._finish()
+        return self.summary
+
+    def _handle(self, record: DeadLetter) -> None:
+        counts = self.summary.counts
+        counts.scanned += 1
+        self._tracker.track(record.topic, record.partition, record.offset)
+        if not self._selection.matches(record):
+            counts.not_selected += 1
+        elif self._ledger.replayed_by(record) is not None:
+            counts.already_replayed += 1
+        elif record.partition in self._failed_partitions:
+            counts.held_back += 1
+            return
+        elif self.summary.dry_run:
+            counts.would_replay += 1
+            self.summary.planned.append(self._plan(record))
+            return
+        else:
+            self._send(record)
+            return
+        self._tracker.finish(record.topic, record.partition, record.offset)
+
+    def _plan(self, record: DeadLetter) -> PlannedReplay:
+        return PlannedReplay(
+            record.position, record.correlation_id, record.error_class, self._targets.of(record)
+        )
+
+    def _send(self, record: DeadLetter) -> None:
+        target = self._targets.of(record)
+        self._pacer.wait(self._producer.poll, self._stop)
+        while True:
+            try:
+                self._producer.produce(
+                    target,
+                    key=record.key,
+                    value=record.value,
+                    headers=record.replay_headers(),
+                    on_delivery=partial(self._delivered, record),
+                )
+                break
+            except BufferError:  # the local queue is full: serve deliveries, then try again
+                self._producer.poll(0.1)
+        self._producer.poll(0)
+
+    def _delivered(self, record: DeadLetter, error: Any, _message: Any) -> None:
+        if error is None:
+            self.summary.counts.replayed += 1
+            self._tracker.finish(record.topic, record.partition, record.offset)
+            return
+        self.summary.counts.failed += 1
+        self._failed_partitions.add(record.partition)
+        self.summary.errors.append(f"{record.position}: {error.str()}")
+        log.error("could not replay %s: %s", record.position, error.str())
+
+    def _commit_if_due(self) -> None:
+        if time.monotonic() >= self._next_commit:
+            self._commit_positions(final=False)
+            self._next_commit = time.monotonic() + self._commit_interval_s
+
+    def _commit_positions(self, *, final: bool) -> None:
+        """A failed commit is retried with the next one; only the last one's failure is an error."""
+        for tp in self._tracker.take_positions():
+            self._positions[tp.partition] = tp.offset
+        if self.summary.dry_run or not self._positions:
+            return
+        positions, self._positions = self._positions, {}
+        try:
+            self._commit(positions)
+        except DlqError as exc:
+            self._positions = positions | self._positions
+            if final:
+                self.summary.errors.append(f"progress not recorded, a rerun may replay again: {exc}")
+            log.warning("%s", exc)
+
+    def _finish(self) -> None:
+        if not self.summary.dry_run:
+            self.summary.counts.unconfirmed = self._producer.flush(self._flush_timeout_s)
+        self._commit_positions(final=True)

@@ -1,0 +1,29 @@
+"""Kafka header names the service writes on retry and dead-letter records: part of the public contract.
+
+Record values are never rewritten on the way through retry tiers and the dead-letter topic; everything
+the service learns about a record travels in these headers (UTF-8 text values).
+"""
+
+from __future__ import annotations
+
+ATTEMPT = "captioner.attempt"  # 1 for the first run; retry tier N carries N + 1
+RETRY_DUE_MS = "captioner.retry.due-ms"  # epoch ms before which a retry record is not run
+RETRY_ERROR_CLASS = "captioner.retry.error.class"
+RETRY_ERROR_MESSAGE = "captioner.retry.error.message"
+
+ORIGINAL_TOPIC = "captioner.original.topic"
+ORIGINAL_PARTITION = "captioner.original.partition"
+ORIGINAL_OFFSET = "captioner.original.offset"
+ORIGINAL_TIMESTAMP_MS = "captioner.original.timestamp-ms"
+
+DLQ_ERROR_CLASS = "captioner.dlq.error.class"
+DLQ_ERROR_CODE = "captioner.dlq.error.code"
+DLQ_ERROR_MESSAGE = "captioner.dlq.error.message"
+DLQ_ERROR_STACK = "captioner.dlq.error.stack"  # the last 4000 characters of the traceback
+DLQ_CONSUMER_GROUP = "captioner.dlq.consumer.group"
+DLQ_WORKER_ID = "captioner.dlq.worker.id"
+DLQ_FAILED_AT_MS = "captioner.dlq.failed-at-ms"
+
+# Set by `captioner dlq replay`: the job runs even though its deadline has passed, because its
+# original caller has gone and the result is wanted on the reply topic.
+REPLAYED_FROM = "captioner.replayed-from"  # "<dlq topic>:<partition>:<offset>"

@@ -1,0 +1,317 @@
+"""Failure modes against a real broker: poison records, retries, deadlines, crashes, outages, overload."""
+
+from __future__ import annotations
+
+import asyncio
+import collections
+import json
+import os
+import subprocess
+import time
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import aiohttp
+import pytest
+import requests
+
+from captioner.settings import TopicSettings
+from schemas import REPLY_CODEC, ReplyStatus
+from schemas import headers as record_headers
+from tests.conftest import StartApi, StartWorker
+from tests.integration.test_pipeline import PREDICT, post_image
+from tests.support.broker import BROKER_SCRIPT, REPO
+from tests.support.images import make_image_bytes, reference_captioner
+from tests.support.kafka import caption_request, committed_offset, publish, publish_request, read_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+DLQ_HEADERS = [
+    record_headers.ORIGINAL_TOPIC,
+    record_headers.ORIGINAL_PARTITION,
+    record_headers.ORIGINAL_OFFSET,
+    record_headers.ORIGINAL_TIMESTAMP_MS,
+    record_headers.ATTEMPT,
+    record_headers.DLQ_CONSUMER_GROUP,
+    record_headers.DLQ_ERROR_CLASS,
+    record_headers.DLQ_ERROR_CODE,
+    record_headers.DLQ_ERROR_MESSAGE,
+    record_headers.DLQ_ERROR_STACK,
+    record_headers.DLQ_WORKER_ID,
+    record_headers.DLQ_FAILED_AT_MS,
+]
+# Slow the tiny model down to ~100 decoding steps per batch so that work is in flight when we strike.
+SLOW_INFERENCE = {"CAPTIONER_MAX_NEW_TOKENS": "100", "CAPTIONER_MIN_NEW_TOKENS": "100"}
+
+
+def report(name: str, **counts: int) -> None:
+    """Fault-test tallies, printed and kept under .local/ for the release notes."""
+    line = json.dumps({"test": name, **counts})
+    print(line)
+    path = REPO / ".local" / "fault-report.jsonl"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("a") as out:
+        out.write(line + "\n")
+
+
+def test_poison_and_garbage_records_go_to_the_dlq_without_stopping_the_partition(
+    start_worker: StartWorker, topics: TopicSettings, kafka_bootstrap: str, tiny_model_dir: Path
+) -> None:
+    start_worker()
+    poison = caption_request(b"\x89PNG\r\n\x1a\n definitely not a png", reply_topic=topics.replies)
+    good_image = make_image_bytes("PNG", seed=5)
+    good = caption_request(good_image, reply_topic=topics.replies)
+    publish(kafka_bootstrap, topics.requests, os.urandom(64), key=b"garbage", partition=0)
+    publish_request(kafka_bootstrap, topics.requests, poison, partition=0)
+    publish_request(kafka_bootstrap, topics.requests, good, partition=0)
+
+    dead = read_until(kafka_bootstrap, topics.dead_letter, lambda records: len(records) >= 2)
+    replies = read_until(kafka_bootstrap, topics.replies, lambda records: len(records) >= 2)
+
+    assert {record.key for record in dead} == {b"garbage", poison.correlation_id.encode()}
+    for record in dead:
+        assert all(name in record.headers for name in DLQ_HEADERS), record.headers.keys()
+        assert record.headers[record_headers.ORIGINAL_TOPIC] == topics.requests.encode()
+        assert record.headers[record_headers.ORIGINAL_PARTITION] == b"0"
+        assert record.headers[record_headers.ATTEMPT] == b"1"
+    garbage = next(record for record in dead if record.key == b"garbage")
+    assert garbage.headers[record_headers.DLQ_ERROR_CLASS] == b"NotSingleObjectError"
+    assert len(garbage.value) == 64  # the original bytes, unchanged
+    by_id = {reply.correlation_id: reply for reply in (REPLY_CODEC.decode(r.value) for r in replies)}
+    assert by_id[poison.correlation_id].status is ReplyStatus.FAILED
+    assert by_id[poison.correlation_id].error is not None
+    assert by_id[poison.correlation_id].error.code == "invalid_image"
+    assert by_id[good.correlation_id].title == reference_captioner(tiny_model_dir).caption(good_image)
+    deadline = time.monotonic() + 20
+    while committed_offset(kafka_bootstrap, os.environ["CAPTIONER_WORKER_GROUP_ID"], topics.requests, 0) < 3:
+        assert time.monotonic() < deadline, "the partition's offsets were not committed past the poison"
+        time.sleep(0.5)
+
+
+def test_permanent_failure_reaches_the_caller_at_once(start_worker: StartWorker, start_api: StartApi) -> None:
+    start_worker()
+    api = start_api()
+    truncated_jpeg = make_image_bytes("JPEG", width=320, height=240)[:600]
+
+    started = time.monotonic()
+    response = post_image(api.url, truncated_jpeg, how="image/jpeg")
+
+    assert response.status_code == 422, response.text
+    assert response.json()["error"]["code"] == "invalid_image"
+    assert time.monotonic() - started < 10  # the worker answered; nobody waited for the 20 s timeout
+
+
+def test_transient_failure_is_retried_and_answered(
+    start_worker: StartWorker, start_api: StartApi, tiny_model_dir: Path
+) -> None:
+    start_worker(CAPTIONER_CHAOS_FAILING_BATCHES="1")
+    api = start_api()
+    image = make_image_bytes("JPEG", seed=9)
+
+    response = post_image(api.url, image)
+
+    assert response.status_code == 200, response.text
+    assert response.json()["attempt"] == 2
+    assert response.json()["title"] == reference_captioner(tiny_model_dir).caption(image)
+
+
+def test_exhausted_retries_end_in_the_dlq_and_a_503(
+    start_worker: StartWorker, start_api: StartApi, topics: TopicSettings, kafka_bootstrap: str
+) -> None:
+    start_worker(CAPTIONER_CHAOS_FAILING_BATCHES="1000")
+    api = start_api()
+
+    response = post_image(api.url, make_image_bytes("PNG", seed=2))
+
+    assert response.status_code == 503, response.text
+    assert response.json()["error"]["code"] == "caption_unavailable"
+    [dead] = read_until(kafka_bootstrap, topics.dead_letter, lambda records: len(records) >= 1)
+    assert dead.headers[record_headers.ATTEMPT] == str(1 + len(topics.retry_delays_s)).encode()
+    assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"inference_failed"
+    assert dead.headers[record_headers.ORIGINAL_TOPIC] == topics.requests.encode()
+
+
+def test_expired_job_is_not_run_and_is_counted(
+    start_worker: StartWorker, topics: TopicSettings, kafka_bootstrap: str
+) -> None:
+    from tests.support.services import free_port
+
+    metrics_port = free_port()
+    start_worker(CAPTIONER_METRICS_PORT=str(metrics_port))
+    expired = caption_request(make_image_bytes("PNG"), reply_topic=topics.replies, deadline_s=-1)
+    live = caption_request(make_image_bytes("PNG", seed=1), reply_topic=topics.replies)
+    publish_request(kafka_bootstrap, topics.requests, expired, partition=1)
+    publish_request(kafka_bootstrap, topics.requests, live, partition=1)
+
+    [reply] = read_until(kafka_bootstrap, topics.replies, lambda records: len(records) >= 1)
+
+    assert REPLY_CODEC.decode(reply.value).correlation_id == live.correlation_id
+    metrics = requests.get(f"http://127.0.0.1:{metrics_port}/metrics", timeout=5).text
+    assert 'captioner_worker_jobs_total{outcome="expired"} 1.0' in metrics
+
+
+def test_killing_a_worker_mid_batch_loses_no_request(start_worker: StartWorker, start_api: StartApi) -> None:
+    settings = {**SLOW_INFERENCE, "CAPTIONER_MAX_BATCH_SIZE": "4"}
+    victim = start_worker(**settings)
+    start_worker(**settings)
+    api = start_api(CAPTIONER_API_REQUEST_TIMEOUT_S="60")
+    images = [make_image_bytes("JPEG", seed=seed) for seed in range(48)]
+    answered: list[int] = []
+
+    def call(image: bytes) -> int:
+        try:
+            status = post_image(api.url, image, timeout=90).status_code
+        except requests.RequestException:
+            return -1
+        answered.append(status)
+        return status
+
+    with ThreadPoolExecutor(max_workers=12) as pool:
+        futures = [pool.submit(call, image) for image in images]
+        while len(answered) < 8:
+            time.sleep(0.05)
+        victim.kill()  # SIGKILL: no cleanup, no commit, no goodbye to the group
+        statuses = [future.result() for future in futures]
+
+    counts = collections.Counter(statuses)
+    lost = counts[-1]
+    report(
+        "kill -9 a worker mid-batch",
+        sent=len(images),
+        answered=len(images) - lost,
+        ok=counts[200],
+        errors=len(images) - lost - counts[200],
+        lost=lost,
+    )
+    assert lost == 0
+    assert counts[200] == len(images), counts
+
+
+class OwnBroker:
+    """A broker only this test stops and starts."""
+
+    def __init__(self, port: int, state: Path) -> None:
+        self.env = os.environ | {"KAFKA_LOCAL_PORT": str(port), "KAFKA_LOCAL_STATE": str(state)}
+        self.bootstrap = f"127.0.0.1:{port}"
+
+    def start(self) -> None:
+        subprocess.run([str(BROKER_SCRIPT), "start"], env=self.env, check=True, capture_output=True)
+
+    def stop(self) -> None:
+        subprocess.run([str(BROKER_SCRIPT), "stop"], env=self.env, check=True, capture_output=True)
+
+
+@pytest.fixture
+def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
+    from tests.support.services import free_port
+
+    broker = OwnBroker(free_port(), tmp_path / "broker")
+    broker.start()
+    yield broker
+    broker.stop()
+
+
+def test_broker_outage_gives_quick_503s_then_recovers(
+    own_broker: OwnBroker, start_worker: StartWorker, start_api: StartApi, env: dict[str, str]
+) -> None:
+    env["KAFKA_BOOTSTRAP_SERVERS"] = own_broker.bootstrap
+    start_worker()
+    api = start_api()
+    image = make_image_bytes("PNG", seed=4)
+    assert post_image(api.url, image).status_code == 200
+
+    own_broker.stop()
+    during: list[tuple[int, float]] = []
+    give_up = time.monotonic() + 30
+    while len([status for status, _ in during if status == 503]) < 5:
+        assert time.monotonic() < give_up, during
+        started = time.monotonic()
+        during.append((post_image(api.url, image).status_code, time.monotonic() - started))
+    quick_503s = [elapsed for status, elapsed in during if status == 503]
+    assert max(quick_503s) < 2.0, quick_503s
+    assert requests.get(api.url + "/readyz", timeout=10).status_code == 503
+
+    own_broker.start()
+    after: list[int] = []
+    give_up = time.monotonic() + 90
+    while not after or after[-1] != 200:
+        assert time.monotonic() < give_up, after
+        after.append(post_image(api.url, image).status_code)
+        time.sleep(0.5)
+    report(
+        "broker stopped during service",
+        sent=len(during) + len(after),
+        answered=len(during) + len(after),
+        status_503=len(quick_503s),
+        ok_after=1,
+        lost=0,
+    )
+    assert set(after) <= {200, 503, 504}
+
+
+async def _saturated_rate(url: str, image: bytes, *, clients: int, duration_s: float) -> float:
+    """Answers per second with more clients than the instance admits: its saturated throughput."""
+    answered = 0
+    give_up = time.monotonic() + duration_s
+    async with aiohttp.ClientSession() as session:
+
+        async def client() -> None:
+            nonlocal answered
+            while time.monotonic() < give_up:
+                async with session.post(
+                    url + PREDICT, data=image, headers={"Content-Type": "image/png"}
+                ) as r:
+                    answered += r.status == 200
+
+        await asyncio.gather(*(client() for _ in range(clients)))
+    return answered / duration_s
+
+
+async def _open_loop(url: str, image: bytes, *, rate: float, duration_s: float) -> collections.Counter[int]:
+    statuses: collections.Counter[int] = collections.Counter()
+    timeout = aiohttp.ClientTimeout(total=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+
+        async def one() -> None:
+            try:
+                async with session.post(
+                    url + PREDICT, data=image, headers={"Content-Type": "image/png"}
+                ) as response:
+                    if response.status == 429:
+                        assert response.headers["Retry-After"].isdigit()
+                    statuses[response.status] += 1
+            except aiohttp.ClientError:
+                statuses[-1] += 1
+
+        tasks = []
+        started = time.monotonic()
+        for index in range(int(rate * duration_s)):
+            await asyncio.sleep(max(0.0, started + index / rate - time.monotonic()))
+            tasks.append(asyncio.create_task(one()))
+        await asyncio.gather(*tasks)
+    return statuses
+
+
+def test_overload_is_shed_with_429_and_every_request_is_accounted_for(
+    start_worker: StartWorker, start_api: StartApi
+) -> None:
+    start_worker(**SLOW_INFERENCE, CAPTIONER_MAX_BATCH_SIZE="4")
+    api = start_api(CAPTIONER_API_MAX_IN_FLIGHT="8", CAPTIONER_API_REQUEST_TIMEOUT_S="10")
+    image = make_image_bytes("PNG", seed=6)
+    capacity = asyncio.run(_saturated_rate(api.url, image, clients=16, duration_s=3))
+
+    statuses = asyncio.run(_open_loop(api.url, image, rate=1.2 * capacity, duration_s=20))
+
+    sent = sum(statuses.values())
+    report(
+        "1.2x saturation for 20 s",
+        sent=sent,
+        answered=sent - statuses[-1],
+        ok=statuses[200],
+        status_429=statuses[429],
+        status_504=statuses[504],
+        lost=statuses[-1],
+    )
+    assert set(statuses) <= {200, 429, 504}, statuses
+    assert statuses[429] > 0 and statuses[200] > 0, statuses

@@ -1,0 +1,102 @@
+"""Plain confluent-kafka clients for tests: publish like another system would, read a topic back."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from confluent_kafka import Consumer, Producer, TopicPartition
+
+from schemas import REQUEST_CODEC, CaptionRequest
+
+
+@dataclass(frozen=True)
+class Record:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes
+    headers: dict[str, bytes]
+
+
+def publish(
+    bootstrap: str, topic: str, value: bytes, *, key: bytes | None = None, partition: int = -1
+) -> None:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    producer.produce(topic, value=value, key=key, partition=partition)
+    assert producer.flush(15) == 0, "record was not delivered"
+
+
+def caption_request(
+    image: bytes, *, reply_topic: str, deadline_s: float = 60, **fields: object
+) -> CaptionRequest:
+    now = datetime.now(UTC)
+    return CaptionRequest(
+        correlation_id=str(fields.pop("correlation_id", uuid.uuid4().hex)),
+        image=image,
+        content_type="image/png",
+        reply_topic=reply_topic,
+        deadline=now + timedelta(seconds=deadline_s),
+        created_at=now,
+        **fields,  # type: ignore[arg-type]
+    )
+
+
+def publish_request(bootstrap: str, topic: str, request: CaptionRequest, *, partition: int = -1) -> None:
+    publish(
+        bootstrap,
+        topic,
+        REQUEST_CODEC.encode(request),
+        key=request.correlation_id.encode(),
+        partition=partition,
+    )
+
+
+def read_until(
+    bootstrap: str, topic: str, done: Callable[[list[Record]], bool], *, timeout_s: float = 60
+) -> list[Record]:
+    """Reads topic from the beginning until done(records) holds; fails on timeout."""
+    consumer = Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    records: list[Record] = []
+    give_up = time.monotonic() + timeout_s
+    try:
+        while not done(records):
+            assert time.monotonic() < give_up, f"timed out reading {topic}: {len(records)} records"
+            message = consumer.poll(0.2)
+            if message is None or message.error():
+                continue
+            headers = {name: value for name, value in (message.headers() or []) if value is not None}
+            records.append(
+                Record(
+                    message.topic(),
+                    message.partition(),
+                    message.offset(),
+                    message.key(),
+                    message.value() or b"",
+                    headers,
+                )
+            )
+    finally:
+        consumer.close()
+    return records
+
+
+def committed_offset(bootstrap: str, group_id: str, topic: str, partition: int) -> int:
+    consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": group_id})
+    try:
+        [committed] = consumer.committed([TopicPartition(topic, partition)], timeout=10)
+        return int(committed.offset)
+    finally:
+        consumer.close()
