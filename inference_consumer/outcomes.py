@@ -109,8 +109,15 @@ class OutcomePublisher:
         self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=retriable))
 
     def _origin_headers(self, job: Job) -> dict[str, bytes]:
+        """Where the record came from, plus what must survive every hop: the replay marker and
+        headers that are not ours (trace context, say)."""
         topic, partition, offset, timestamp_ms = job.origin()
-        return {
+        carried = {
+            name: value
+            for name, value in job.headers.items()
+            if name == record_headers.REPLAYED_FROM or not name.startswith("captioner.")
+        }
+        return carried | {
             record_headers.ORIGINAL_TOPIC: topic.encode(),
             record_headers.ORIGINAL_PARTITION: str(partition).encode(),
             record_headers.ORIGINAL_OFFSET: str(offset).encode(),

@@ -1,0 +1,129 @@
+"""Outcome records with a stand-in producer: which topic, which headers, which offsets finish."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import pytest
+
+from captioner.settings import TopicSettings
+from inference_consumer.errors import InferenceError, InvalidImageError
+from inference_consumer.jobs import Job
+from inference_consumer.offsets import OffsetTracker
+from inference_consumer.outcomes import OutcomePublisher
+from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus
+from schemas import headers as record_headers
+
+
+@dataclass
+class RecordingProducer:
+    """Captures produce() calls; deliver() acknowledges them like the broker would."""
+
+    sent: list[dict[str, Any]] = field(default_factory=list)
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        self.sent.append({"topic": topic, **kwargs})
+
+    def deliver(self) -> None:
+        for record in self.sent:
+            if callback := record.pop("on_delivery", None):
+                callback(None, None)
+
+    def to(self, topic: str) -> list[dict[str, Any]]:
+        return [record for record in self.sent if record["topic"] == topic]
+
+
+@pytest.fixture
+def topics() -> TopicSettings:
+    return TopicSettings(retry_delays_s=(1.0, 2.0))
+
+
+def make_job(*, attempt: int = 1, extra_headers: dict[str, bytes] | None = None, offset: int = 7) -> Job:
+    now = datetime.now(UTC)
+    request = CaptionRequest(
+        correlation_id="c-1",
+        image=b"img",
+        content_type="image/png",
+        reply_topic="results",
+        reply_partition=2,
+        deadline=now + timedelta(seconds=30),
+        created_at=now,
+    )
+    headers = {record_headers.ATTEMPT: str(attempt).encode(), **(extra_headers or {})}
+    value = REQUEST_CODEC.encode(request)
+    return Job("captioner.requests", 3, offset, b"c-1", value, headers, 1234, request=request)
+
+
+def make_publisher(topics: TopicSettings) -> tuple[OutcomePublisher, RecordingProducer, OffsetTracker]:
+    producer, tracker = RecordingProducer(), OffsetTracker()
+    publisher = OutcomePublisher(
+        producer=producer,  # type: ignore[arg-type]
+        tracker=tracker,
+        topics=topics,
+        model_name="m",
+        worker_id="w-1",
+        group_id="g",
+    )
+    return publisher, producer, tracker
+
+
+def test_success_replies_where_asked_and_finishes_after_delivery(topics: TopicSettings) -> None:
+    publisher, producer, tracker = make_publisher(topics)
+    job = make_job()
+    tracker.track(job.topic, job.partition, job.offset)
+
+    publisher.succeeded(job, "a title", inference_ms=5)
+    assert tracker.take_positions() == []  # not before the broker acknowledged the reply
+    producer.deliver()
+
+    [reply] = producer.to("results")
+    assert reply["partition"] == 2 and reply["key"] == b"c-1"
+    assert REPLY_CODEC.decode(reply["value"]).title == "a title"
+    assert [(tp.partition, tp.offset) for tp in tracker.take_positions()] == [(3, 8)]
+
+
+def test_transient_failure_goes_to_the_next_retry_tier_with_original_bytes(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    job = make_job(attempt=2)
+
+    publisher.failed(job, InferenceError("boom"))
+
+    [retry] = producer.to(topics.retry_topic(2))
+    assert retry["value"] == job.value
+    headers = dict(retry["headers"])
+    assert headers[record_headers.ATTEMPT] == b"3"
+    assert headers[record_headers.ORIGINAL_OFFSET] == b"7"
+    assert int(headers[record_headers.RETRY_DUE_MS]) > 0
+    [notice] = producer.to("results")
+    assert REPLY_CODEC.decode(notice["value"]).status is ReplyStatus.RETRYING
+
+
+def test_exhausted_and_permanent_failures_go_to_the_dlq(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+
+    publisher.failed(make_job(attempt=3), InferenceError("still broken"))
+    publisher.failed(make_job(offset=8), InvalidImageError("garbage"))
+
+    dead = producer.to(topics.dead_letter)
+    assert [dict(record["headers"])[record_headers.DLQ_ERROR_CODE] for record in dead] == [
+        b"inference_failed",
+        b"invalid_image",
+    ]
+    replies = [REPLY_CODEC.decode(record["value"]) for record in producer.to("results")]
+    assert [reply.status for reply in replies] == [ReplyStatus.FAILED, ReplyStatus.FAILED]
+    assert [reply.error.retriable for reply in replies if reply.error] == [True, False]
+
+
+def test_replay_marker_and_foreign_headers_survive_every_hop(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    carried = {record_headers.REPLAYED_FROM: b"dlq:0:4", "traceparent": b"00-abc-def-01"}
+    job = make_job(extra_headers={**carried, record_headers.RETRY_DUE_MS: b"1"})
+
+    publisher.failed(job, InferenceError("boom"))
+    publisher.failed(job, InvalidImageError("garbage"))
+
+    for record in producer.to(topics.retry_topic(1)) + producer.to(topics.dead_letter):
+        headers = dict(record["headers"])
+        assert {name: headers[name] for name in carried} == carried
