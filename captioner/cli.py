@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -59,6 +60,45 @@ def model_make(
 
     make_model(size.value, out, seed=seed)
     typer.echo(str(out))
+
+
+@app.command("caption-folder")
+def caption_folder_command(
+    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="folder of images")],
+    api_url: Annotated[str, typer.Option(help="the API to send them to")] = "http://127.0.0.1:9000",
+    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 8,
+    recursive: bool = False,
+    timeout_s: Annotated[float, typer.Option(help="per image")] = 60.0,
+    output: Annotated[Path | None, typer.Option(help="write JSON lines here instead of stdout")] = None,
+) -> None:
+    """Caption every image in FOLDER through the running pipeline; one JSON line per image.
+    Exits 1 if any image failed."""
+    import asyncio
+
+    from captioner.folder import as_json_line, caption_folder, image_files
+
+    paths = list(image_files(folder, recursive=recursive))
+    if not paths:
+        typer.echo(f"no images in {folder}", err=True)
+        raise typer.Exit(2)
+    results = asyncio.run(
+        caption_folder(
+            paths,
+            api_url=api_url,
+            concurrency=concurrency,
+            timeout_s=timeout_s,
+            show_progress=sys.stderr.isatty(),
+        )
+    )
+    lines = "\n".join(as_json_line(result) for result in results) + "\n"
+    if output:
+        output.write_text(lines)
+    else:
+        typer.echo(lines, nl=False)
+    failed = sum(result.status != 200 for result in results)
+    typer.echo(f"{len(results) - failed} captioned, {failed} failed", err=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 @topics_app.command("create")
