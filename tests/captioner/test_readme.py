@@ -1,0 +1,23 @@
+"""The README's settings table is the operators' reference: it must name every setting."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from pydantic_settings import BaseSettings
+
+from captioner.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
+
+README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+
+
+@pytest.mark.parametrize("settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings])
+def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
+    prefix = settings.model_config.get("env_prefix", "")
+    missing = [
+        (prefix + name).upper()
+        for name in settings.model_fields
+        if f"`{(prefix + name).upper()}`" not in README
+    ]
+    assert not missing, f"add these to the README's settings table: {missing}"
