@@ -223,3 +223,22 @@ def test_caption_folder_cli_sends_every_image_through_the_pipeline(
         assert results[name]["status"] == 200
         assert results[name]["title"] == reference.caption(data)
     assert "3 captioned, 1 failed" in done.stderr
+
+
+def test_no_worker_means_a_json_504_after_the_timeout(start_api: StartApi) -> None:
+    api = start_api(CAPTIONER_API_REQUEST_TIMEOUT_S="1.5")
+
+    response = post_image(api.url, make_image_bytes("PNG"))
+
+    assert response.status_code == 504
+    assert response.json()["error"]["code"] == "timeout"
+    assert response.json()["error"]["retrying"] is False
+
+
+def test_sigterm_stops_api_and_worker_gracefully(start_worker: StartWorker, start_api: StartApi) -> None:
+    worker = start_worker()
+    api = start_api()
+    assert post_image(api.url, make_image_bytes("PNG")).status_code == 200
+
+    assert api.stop(timeout_s=20) == 0
+    assert worker.stop(timeout_s=40) == 0

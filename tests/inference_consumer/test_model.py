@@ -1,0 +1,65 @@
+"""Loading the model: the real from_pretrained path, and one clear message when it can't be had."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from captioner.settings import WorkerSettings
+from inference_consumer.errors import ModelUnavailableError
+from inference_consumer.model import configure_torch_threads, load_caption_model
+from tests.support.images import make_picture, reference_captioner
+
+
+def test_local_directory_loads_and_captions_like_generate(tiny_model_dir: Path) -> None:
+    from tests.support.images import encode
+
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), decoder="fast", device="cpu"))
+    pictures = [make_picture(seed=seed) for seed in range(3)]
+
+    titles = model.caption([model.preprocess(p) for p in pictures], max_new_tokens=[20, 20, 20])
+
+    assert titles == reference_captioner(tiny_model_dir).captions([encode(p, "PNG") for p in pictures])
+
+
+def test_per_image_token_limits_cut_each_title(tiny_model_dir: Path) -> None:
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"))
+    pixels = [model.preprocess(make_picture(seed=1))] * 2
+
+    short, full = model.caption(pixels, max_new_tokens=[3, 20])
+
+    assert full.startswith(short) and len(short.split()) <= 3 < len(full.split())
+
+
+def test_missing_model_raises_one_clear_error(tmp_path: Path) -> None:
+    with pytest.raises(ModelUnavailableError, match="CAPTIONER_MODEL"):
+        load_caption_model(WorkerSettings(model=str(tmp_path / "nowhere"), device="cpu"))
+
+
+def test_worker_without_weights_exits_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "captioner"), "worker"],
+        env={
+            "CAPTIONER_MODEL": "microsoft/git-base-textcaps",
+            "HF_HUB_OFFLINE": "1",
+            "PATH": "/usr/bin:/bin",
+        },
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2
+    assert "Set CAPTIONER_MODEL to a local model directory" in done.stderr
+
+
+def test_threads_come_from_config() -> None:
+    before = torch.get_num_threads()
+    try:
+        assert configure_torch_threads(1) == 1
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
