@@ -279,9 +279,9 @@ class FastGitDecoder:
         return _OneDnnPackedLinears(linears)
 
     def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
-        with torch.inference_mode():
-            return self.decode(pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+        return self.decode(pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
 
+    @torch.inference_mode()
     def decode(
         self,
         pixel_values: Tensor,
@@ -290,7 +290,7 @@ class FastGitDecoder:
         min_new_tokens: int = 0,
         on_step_logits: StepLogitsHook | None = None,
     ) -> Tensor:
-        """`generate`, optionally reporting each step's logits; call under `torch.inference_mode()`."""
+        """`generate`, optionally reporting each step's logits."""
         self._check_lengths(pixel_values, max_new_tokens, min_new_tokens)
         image_tokens = self._encode_images(pixel_values)
         batch, image_length, _ = image_tokens.shape

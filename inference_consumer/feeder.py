@@ -16,6 +16,7 @@ from datetime import UTC, datetime
 import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
+from captioner.consuming import poll_batch
 from inference_consumer.jobs import Job, header_map, position
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
@@ -71,7 +72,7 @@ class JobFeeder:
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():
-                messages = self._consumer.consume(num_messages=self._fetch_size, timeout=0.1)
+                messages = poll_batch(self._consumer, max_messages=self._fetch_size, timeout_s=0.1)
                 self._producer.poll(0)
                 for message in messages:
                     self._take(message)

@@ -47,6 +47,7 @@ class InferenceWorker:
         self._model = model
         self.stopping = threading.Event()
         self._chaos_failures_left = settings.chaos_failing_batches
+        self._last_batch_size = 0
 
     def run(self) -> None:
         """Serve until stop() (or SIGTERM via run_worker); then drain in-flight work and commit."""
@@ -138,13 +139,15 @@ class InferenceWorker:
             self._run_batch(model, batch, outcomes)
 
     def _next_batch(self, ready: queue.Queue[Job], *, first_wait_s: float = 0.1) -> list[Job]:
-        """The first job waits up to first_wait_s; more are added while they arrive within
-        max_batch_wait_ms. Under load the queue already holds a full batch, so no wait is spent."""
+        """The first job waits up to first_wait_s, then whatever is queued joins it. Only when the
+        previous batch had company does the batch also wait up to max_batch_wait_ms for more: an
+        idle worker answers a lone request at once, a busy one fills its batches."""
         try:
             batch = [ready.get(timeout=first_wait_s) if first_wait_s else ready.get_nowait()]
         except queue.Empty:
             return []
-        until = time.monotonic() + self.settings.max_batch_wait_ms / 1000
+        wait_s = self.settings.max_batch_wait_ms / 1000 if self._last_batch_size > 1 else 0.0
+        until = time.monotonic() + wait_s
         while len(batch) < self.settings.max_batch_size:
             try:
                 batch.append(ready.get_nowait())
@@ -156,6 +159,7 @@ class InferenceWorker:
                     batch.append(ready.get(timeout=remaining))
                 except queue.Empty:
                     break
+        self._last_batch_size = len(batch)
         return batch
 
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:

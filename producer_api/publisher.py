@@ -1,4 +1,5 @@
-"""Publishes caption jobs from the event loop through one thread that owns the librdkafka producer."""
+"""Publishes caption jobs from the event loop; librdkafka calls run on two threads of their own:
+one produces, one serves delivery reports the moment they arrive."""
 
 from __future__ import annotations
 
@@ -31,11 +32,14 @@ class RequestPublisher:
         self._loop = loop
         self._producer = Producer(config | {"error_cb": self._on_client_error})
         self._outgoing: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="request-publisher", daemon=True)
+        self._producing = threading.Thread(target=self._produce_loop, name="request-producer", daemon=True)
+        self._delivering = threading.Thread(target=self._delivery_loop, name="delivery-reports", daemon=True)
+        self._closed = threading.Event()
         self.brokers_down = False
 
     def start(self) -> None:
-        self._thread.start()
+        self._producing.start()
+        self._delivering.start()
 
     async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
         if self.brokers_down:
@@ -63,22 +67,20 @@ class RequestPublisher:
 
     async def close(self, *, timeout_s: float) -> None:
         self._outgoing.put(None)
-        await asyncio.to_thread(self._thread.join, timeout_s)
-
-    def _run(self) -> None:
-        while True:
-            try:
-                item = self._outgoing.get(timeout=0.05)
-            except queue.Empty:
-                self._producer.poll(0)
-                continue
-            if item is None:
-                break
-            self._produce(item)
-            self._producer.poll(0)
-        remaining = self._producer.flush(5.0)
+        await asyncio.to_thread(self._producing.join, timeout_s)
+        remaining = await asyncio.to_thread(self._producer.flush, timeout_s)
         if remaining:
             log.warning("%d job records were not delivered before shutdown", remaining)
+        self._closed.set()
+        await asyncio.to_thread(self._delivering.join, timeout_s)
+
+    def _produce_loop(self) -> None:
+        while (item := self._outgoing.get()) is not None:
+            self._produce(item)
+
+    def _delivery_loop(self) -> None:
+        while not self._closed.is_set():
+            self._producer.poll(0.1)  # returns as soon as a delivery report is ready
 
     def _produce(self, item: _Outgoing) -> None:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:

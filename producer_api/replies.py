@@ -16,6 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+from captioner.consuming import poll_batch
 from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
 
 log = logging.getLogger(__name__)
@@ -110,7 +111,7 @@ class ReplyListener:
 
     def _run(self) -> None:
         while not self._stopping.is_set():
-            messages = self._consumer.consume(num_messages=1000, timeout=0.1)
+            messages = poll_batch(self._consumer, max_messages=1000, timeout_s=0.1)
             replies = []
             for message in messages:
                 if message.error():

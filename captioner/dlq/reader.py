@@ -13,6 +13,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
+from captioner.consuming import poll_batch
 from captioner.dlq.errors import KafkaUnavailableError, TopicMissingError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.records import DeadLetter
@@ -140,7 +141,7 @@ class DeadLetterTopic:
     def _next_batch(self, stop: threading.Event | None) -> list[Any]:
         give_up = time.monotonic() + self._timeout_s
         while time.monotonic() < give_up and not _stopped(stop):
-            messages: list[Any] = self._consumer.consume(num_messages=_BATCH, timeout=0.2)
+            messages: list[Any] = poll_batch(self._consumer, max_messages=_BATCH, timeout_s=0.2)
             if messages:
                 return messages
         if _stopped(stop):
