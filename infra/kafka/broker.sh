@@ -24,8 +24,9 @@ fetch() {
   command -v mvn >/dev/null || { echo "broker.sh: Maven (mvn) is needed to fetch Kafka from Maven Central" >&2; exit 1; }
   echo "Fetching Apache Kafka jars from Maven Central into $libs" >&2
   rm -rf "$libs"
-  mvn -q -B -f "$here/pom.xml" dependency:copy-dependencies \
-    -DincludeScope=runtime -DoutputDirectory="$libs"
+  # stdout carries only the bootstrap address; Maven's output goes to stderr.
+  mvn -q -B -Dstyle.color=never -f "$here/pom.xml" dependency:copy-dependencies \
+    -DincludeScope=runtime -DoutputDirectory="$libs" >&2
   touch "$libs/.complete"
 }
 
