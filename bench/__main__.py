@@ -1,0 +1,252 @@
+"""`make bench` (or `.venv/bin/python -m bench`): naive in-process captioning against the real service.
+
+How to run
+    make bench                    # full run, about 10-15 minutes on 2 cores
+    BENCH_QUICK=1 make bench      # a few minutes: fewer images, shorter load phases, same keys
+    WORKERS=2 make bench          # as `make run`: workers split the cores (CAPTIONER_WORKER_THREADS)
+Settings read here: CAPTIONER_MAX_NEW_TOKENS (default 20) and CAPTIONER_MIN_NEW_TOKENS (default: the
+max, so every caption is forced to its full length and costs fixed work); both go to the naive loop and
+to the service processes alike. KAFKA_BOOTSTRAP_SERVERS uses that cluster instead of the local broker
+(infra/kafka/broker.sh start; stopped at the end only if this run started it). Every other CAPTIONER_*
+variable (CAPTIONER_DECODER, CAPTIONER_MAX_BATCH_SIZE, ...) passes through to the service unchanged;
+CAPTIONER_API_REQUEST_TIMEOUT_S defaults to 120 s here (not 30), so that at saturation, on a slow or busy
+machine, a request waiting behind a batch is measured, not turned into a 504.
+
+What it does, on this machine, in one run
+    Models: random-weight GIT directories made by captioner.model_factory, cached in .local/models/{base,tiny}
+    (base has the exact shapes and cost of microsoft/git-base-textcaps). Images: photo-like JPEGs made
+    locally, 320x240 to 4000x3000 (bench/images.py). The service is started as `make run` starts it
+    (`captioner topics create`, WORKERS x `captioner worker`, `captioner api`), with topic names, consumer
+    group and port of this run's own, and stopped with SIGTERM (then a wait) at the end, even on failure.
+    HTTP load comes from a separate client process (bench/load.py), to 127.0.0.1 only. Progress goes to
+    stderr; service logs to .local/bench/<run id>/.
+
+What each number means (the JSON object on the last line of stdout)
+    naive_img_s      images/s of a plain in-process loop, one image at a time: JPEG bytes -> PIL ->
+                     processor -> HF `generate` -> decode (base model, all cores).
+    service_img_s    images/s of the service at saturation: a closed loop keeping 1.5 batches per worker in
+                     flight over HTTP (CAPTIONER_MAX_BATCH_SIZE, default 16 -> 24), so the next batch is
+                     always queued; counted over whole answered batches after the first.
+    ratio            service_img_s / naive_img_s.
+    p50_ms, p95_ms, p99_ms
+                     client end-to-end latency at a steady load below saturation: open-loop Poisson
+                     arrivals at 65% of service_img_s, the same images; latency counts from each request's
+                     due time (no coordinated omission).
+    overhead_p50_ms  what the service adds to one request: median end-to-end latency of sequential requests
+                     on the idle base-model service, minus the median in-process time of exactly the
+                     worker's work for the same 1024x768 image (decode with the DCT draft, preprocess,
+                     caption with the same decoder, tokens and threads), each in-process run just before
+                     one request, so both see the same machine. The base model, not the tiny one: it is the
+                     overhead a real caller pays, including any batching wait and any competition for the
+                     cores with a real model; as both terms are taken the same way, their difference is
+                     HTTP, Kafka, the worker's polling and queueing, and the API's checks.
+    capacity_rps     transport capacity: the highest offered rate (step-up, open loop, a few seconds a step,
+                     one 320x240 image) that the tiny-model service sustains with 0 errors, its answers
+                     keeping pace with arrivals (answers/s over their own span >= 95% of the offered rate,
+                     90% in quick mode). The tiny worker runs 1 torch thread unless CAPTIONER_WORKER_THREADS
+                     is set: a model that small gains nothing from intra-op threads, whose OpenMP barriers
+                     would spin against the API, broker and client for the same cores.
+    worker_rss_mb    peak resident memory (VmRSS) of the worker process(es), summed, during the base run.
+    decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
+                     4 images, free-length and forced-length (in-process).
+The tables also show where an idle request's time goes (from the API's latency_ms and the worker's
+inference_ms in each answer), each capacity step (client CPU and lag show the client is not the limit),
+and error counts by HTTP status.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sys
+import time
+from contextlib import ExitStack
+from dataclasses import dataclass
+from types import FrameType
+
+from rich.console import Console
+
+from bench.config import BenchConfig, load_config
+from bench.images import BenchImage, make_image, make_images
+from bench.inprocess import DecoderCheck, check_decoders, reference_runner
+from bench.load import LoadClient, load_client
+from bench.measure import (
+    CapacityResult,
+    IdleResult,
+    SaturationResult,
+    SteadyResult,
+    measure_capacity,
+    measure_idle,
+    measure_saturation,
+    measure_steady,
+    steady_rate,
+)
+from bench.models import ensure_model
+from bench.naive import NaiveResult, run_naive
+from bench.processes import rss_peak
+from bench.report import BenchResults, print_report
+from bench.service import Service, ServiceSpec, running_service, start_broker
+
+progress = Console(stderr=True)
+
+
+def log(message: str) -> None:
+    progress.log(message, highlight=False)
+
+
+@dataclass(frozen=True)
+class ImageSets:
+    photos: list[BenchImage]  # the naive and service throughput sets
+    overhead: BenchImage  # idle latency vs in-process
+    capacity: BenchImage  # the small image of the transport-capacity run
+    decoder_check: list[BenchImage]  # one batch of 4
+
+    @classmethod
+    def make(cls, count: int) -> ImageSets:
+        photos = make_images(count)
+        picks = [photos[round(index * (len(photos) - 1) / 3)] for index in range(4)]
+        return cls(
+            photos=photos,
+            overhead=make_image(1024, 768, seed=100),
+            capacity=make_image(320, 240, seed=200),
+            decoder_check=picks,
+        )
+
+
+@dataclass(frozen=True)
+class BaseServiceResults:
+    idle: IdleResult
+    saturation: SaturationResult
+    steady: SteadyResult
+    worker_rss_mb: float
+
+
+def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult]:
+    base = ensure_model("base")
+    log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
+    decoders = check_decoders(
+        base,
+        images.decoder_check,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+    )
+    log(f"naive: HF generate, one image at a time, {len(images.photos)} photos")
+    naive = run_naive(
+        base,
+        images.photos,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        budget_s=config.phases.naive_budget_s,
+    )
+    log(f"naive: {naive.img_s:.3f} img/s")
+    return decoders, naive
+
+
+def service_spec(config: BenchConfig, label: str) -> ServiceSpec:
+    return ServiceSpec(
+        label=label,
+        model_dir=ensure_model("base" if label == "base" else "tiny"),
+        workers=config.workers,
+        worker_threads=config.worker_threads if label == "base" else config.capacity_worker_threads,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+    )
+
+
+def idle_phase(config: BenchConfig, images: ImageSets, client: LoadClient, service: Service) -> IdleResult:
+    log("service: idle sequential requests, each after the same work in-process (overhead)")
+    with reference_runner(
+        service.spec.model_dir,
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+    ) as reference:
+        return measure_idle(
+            client, service, images.overhead, samples=config.phases.overhead_samples, reference=reference
+        )
+
+
+def base_service_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> BaseServiceResults:
+    log("service (base model): starting broker topics, worker(s), API")
+    spec = service_spec(config, "base")
+    with (
+        running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service,
+        rss_peak(service.workers) as rss,
+    ):
+        idle = idle_phase(config, images, client, service)
+        log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
+        saturation = measure_saturation(
+            client,
+            service,
+            images.photos,
+            concurrency=config.saturation_concurrency,
+            min_completions=config.saturation_min_completions,
+            phases=config.phases,
+        )
+        rate = steady_rate(saturation.img_s, config.phases.steady_fraction)
+        log(f"service: {saturation.img_s:.3f} img/s; steady load at {rate:.2f} req/s")
+        steady = measure_steady(client, service, images.photos, rate=rate, phases=config.phases)
+        log("service (base model): stopping")
+    return BaseServiceResults(idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb)
+
+
+def capacity_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> CapacityResult:
+    log("capacity (tiny model): starting service")
+    spec = service_spec(config, "tiny")
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        log(f"capacity: step-up {config.phases.capacity_step_s:g} s steps")
+        capacity = measure_capacity(client, service, images.capacity, phases=config.phases)
+        log(f"capacity: {capacity.capacity_rps:.0f} req/s; stopping")
+    return capacity
+
+
+def run(config: BenchConfig) -> BenchResults:
+    started = time.perf_counter()
+    log(f"run {config.run_id} ({'quick' if config.quick else 'full'}); models in .local/models")
+    ensure_model("base")
+    ensure_model("tiny")
+    images = ImageSets.make(config.phases.images)
+    decoders, naive = in_process_phase(config, images)
+    with ExitStack() as stack:
+        bootstrap = start_broker(stack)
+        client = stack.enter_context(load_client())
+        base = base_service_phase(config, images, client, bootstrap)
+        capacity = capacity_phase(config, images, client, bootstrap)
+    return BenchResults(
+        config=config,
+        images=images.photos,
+        overhead_image=images.overhead,
+        capacity_image=images.capacity,
+        naive=naive,
+        decoders=decoders,
+        idle=base.idle,
+        saturation=base.saturation,
+        steady=base.steady,
+        capacity=capacity,
+        worker_rss_mb=base.worker_rss_mb,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
+    raise SystemExit(128 + signum)  # unwinds every ExitStack: service processes and broker are stopped
+
+
+def main() -> int:
+    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    config = load_config()
+    results = run(config)
+    config.run_dir.mkdir(parents=True, exist_ok=True)
+    (config.run_dir / "summary.json").write_text(json.dumps(results.summary(), indent=2) + "\n")
+    print_report(results)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

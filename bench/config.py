@@ -1,0 +1,121 @@
+"""Run sizes of the full and the quick (BENCH_QUICK=1) benchmark, and the generation settings."""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.models import REPO
+from captioner.settings import WorkerSettings
+
+FORCED_NEW_TOKENS = 20
+
+
+@dataclass(frozen=True)
+class Phases:
+    """How long, or how many, for each measurement."""
+
+    images: int  # test photos, 320x240 .. 4000x3000
+    naive_budget_s: float  # the naive loop stops after this (having done at least 3 images)
+    overhead_samples: int  # idle sequential requests, and in-process runs, of the overhead image
+    saturation_s: float  # closed-loop run at saturation, at least ...
+    saturation_min_rounds: int  # ... and this many full batches per worker past the first answers
+    steady_s: float  # open-loop run below saturation, at least ...
+    steady_min_requests: int  # ... this many requests (longer at low rates), but at most ...
+    steady_max_s: float  # ... this long
+    steady_fraction: float  # of the measured service throughput
+    capacity_rates: tuple[int, ...]  # requests/s offered, one step each, until one fails
+    capacity_step_s: float
+    capacity_min_pace: float  # answers/s over offered/s a step needs (short steps need more slack)
+    capacity_refinements: int  # bisection steps between the last passing and first failing rate
+
+
+FULL = Phases(
+    images=12,
+    naive_budget_s=150.0,
+    overhead_samples=15,
+    saturation_s=90.0,
+    saturation_min_rounds=3,
+    steady_s=90.0,
+    steady_min_requests=60,
+    steady_max_s=180.0,
+    steady_fraction=0.65,
+    capacity_rates=(50, 100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000),
+    capacity_step_s=4.0,
+    capacity_min_pace=0.95,
+    capacity_refinements=2,
+)
+QUICK = Phases(
+    images=4,
+    naive_budget_s=30.0,
+    overhead_samples=4,
+    saturation_s=20.0,
+    saturation_min_rounds=1,
+    steady_s=20.0,
+    steady_min_requests=10,
+    steady_max_s=40.0,
+    steady_fraction=0.65,
+    capacity_rates=(50, 100, 200, 400, 600, 800, 1000, 1500),
+    capacity_step_s=2.0,
+    capacity_min_pace=0.9,
+    capacity_refinements=0,
+)
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    quick: bool
+    phases: Phases
+    max_new_tokens: int
+    min_new_tokens: int
+    workers: int
+    worker_threads: int
+    capacity_worker_threads: int
+    max_batch_size: int
+    run_id: str
+    run_dir: Path
+
+    @property
+    def saturation_concurrency(self) -> int:
+        """One and a half batches per worker in flight: while a batch runs, the next one is already queued,
+        so a worker never waits for the client's round trip; deeper queues would only add latency (and
+        504s past the API's request timeout)."""
+        return (self.max_batch_size + (self.max_batch_size + 1) // 2) * self.workers
+
+    @property
+    def saturation_min_completions(self) -> int:
+        """The first answers (filling the pipeline) plus `saturation_min_rounds` full batches per worker."""
+        return (
+            self.saturation_concurrency
+            + self.phases.saturation_min_rounds * self.max_batch_size * self.workers
+        )
+
+
+def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
+    quick = env.get("BENCH_QUICK", "") not in ("", "0", "false", "no")
+    max_new_tokens = int(env.get("CAPTIONER_MAX_NEW_TOKENS", FORCED_NEW_TOKENS))
+    workers = max(1, int(env.get("WORKERS", "1")))
+    run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    return BenchConfig(
+        quick=quick,
+        phases=QUICK if quick else FULL,
+        max_new_tokens=max_new_tokens,
+        # Forced length by default (min = max), so every caption costs the same work.
+        min_new_tokens=int(env.get("CAPTIONER_MIN_NEW_TOKENS", max_new_tokens)),
+        workers=workers,
+        # As infra/run-local.sh: workers on one machine split its cores.
+        worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers)),
+        # The tiny model gains nothing from intra-op threads, and their OpenMP barriers spinning against the
+        # API, broker and client for the same cores would make the capacity run measure that, not transport
+        # (on 2 cores: under 50 req/s with 2 threads, over 300 with 1).
+        capacity_worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or 1),
+        max_batch_size=int(
+            env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
+        ),
+        run_id=run_id,
+        run_dir=REPO / ".local" / "bench" / run_id,
+    )

@@ -1,0 +1,104 @@
+"""In-process work on the service's own model code (inference_consumer): no Kafka, no HTTP.
+
+* decoder check: the fast decoder's token ids against Hugging Face `generate`'s, on one batch.
+* reference runner: one image through exactly what a worker does for it (decode_image with the DCT draft,
+  the processor, CaptionModel.caption with the service's decoder and token settings), with the worker's
+  thread count. The service's idle end-to-end latency minus this is its overhead.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from bench.images import BenchImage
+
+if TYPE_CHECKING:
+    import torch
+
+    from inference_consumer.model import CaptionModel
+
+
+@dataclass(frozen=True)
+class DecoderCheck:
+    decoder: str  # the decoder the service runs (CAPTIONER_DECODER)
+    identical: bool
+
+
+@contextmanager
+def caption_model(model_dir: Path, *, threads: int) -> Iterator[CaptionModel]:
+    """The model as a worker loads it (its settings from the environment, this model directory), with the
+    worker's thread count; released on exit."""
+    from captioner.settings import WorkerSettings
+    from inference_consumer.model import configure_torch_threads, load_caption_model
+
+    configure_torch_threads(threads)
+    model = load_caption_model(WorkerSettings(model=str(model_dir)))
+    try:
+        yield model
+    finally:
+        del model
+        gc.collect()
+
+
+def check_decoders(
+    model_dir: Path, images: list[BenchImage], *, max_new_tokens: int, min_new_tokens: int, threads: int
+) -> DecoderCheck:
+    from captioner.settings import WorkerSettings
+
+    with caption_model(model_dir, threads=threads) as model:
+        identical = decoders_agree(
+            model, images, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        )
+    return DecoderCheck(decoder=WorkerSettings(model=str(model_dir)).decoder, identical=identical)
+
+
+def decoders_agree(
+    model: CaptionModel, images: list[BenchImage], *, max_new_tokens: int, min_new_tokens: int
+) -> bool:
+    """Fast and HF decoders give the same token ids for one batch, both free-length (min 0, where rows
+    finish early and are dropped) and with the benchmark's forced length."""
+    import torch
+
+    from inference_consumer.decoding import build_decoder
+
+    pixels = torch.stack([_pixels(model, image.data) for image in images])
+    reference, fast = build_decoder("hf", model.model), build_decoder("fast", model.model)
+    for minimum in sorted({0, min_new_tokens}):
+        expected = reference.generate(pixels, max_new_tokens=max_new_tokens, min_new_tokens=minimum)
+        actual = fast.generate(pixels, max_new_tokens=max_new_tokens, min_new_tokens=minimum)
+        if expected.shape != actual.shape or not torch.equal(expected, actual):
+            return False
+    return True
+
+
+@contextmanager
+def reference_runner(
+    model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
+) -> Iterator[Callable[[], float]]:
+    """A callable that runs the worker's work for `image` once, in-process, and returns its milliseconds."""
+    from captioner.settings import WorkerSettings
+
+    max_pixels = WorkerSettings().max_image_pixels
+    with caption_model(model_dir, threads=threads) as model:
+
+        def run_ms() -> float:
+            started = time.perf_counter()
+            pixels = _pixels(model, image.data, max_pixels=max_pixels)
+            model.caption([pixels], max_new_tokens=[max_new_tokens], min_new_tokens=min_new_tokens)
+            return (time.perf_counter() - started) * 1000
+
+        run_ms()  # warm-up: first-call allocations and kernel selection
+        yield run_ms
+
+
+def _pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:
+    """What a worker's decode pool makes of an image (inference_consumer.worker._preprocessor)."""
+    from inference_consumer.images import decode_image
+
+    return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=model.image_edge))

@@ -1,0 +1,271 @@
+"""The HTTP load client. It runs in its own process (LoadClient), so it never shares a GIL with the harness,
+and it keeps its per-request work small: one aiohttp session with a keep-alive connection pool, payloads
+built once, a single dispatcher coroutine for open-loop arrivals.
+
+Three shapes of load:
+* Sequential: one request at a time (idle latency);
+* ClosedLoop: `concurrency` callers that each send the next request as soon as theirs is answered
+  (saturation throughput);
+* OpenLoop: arrivals on a fixed schedule (uniform or Poisson) whatever the answers do; latency counts from
+  when a request was due, so a slow server (or a late client) cannot hide queueing delay.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import math
+import multiprocessing
+import random
+import signal
+import time
+import traceback
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+from typing import Any, cast
+
+import aiohttp
+
+_HEADERS = {"Content-Type": "image/jpeg"}
+_CONNECTIONS = 1024
+
+
+@dataclass(frozen=True)
+class Target:
+    url: str  # http://127.0.0.1:<port>/api/v1/predictions
+    payloads: tuple[bytes, ...]  # JPEG bodies, sent in turn
+    timeout_s: float
+
+
+@dataclass(frozen=True)
+class Sequential:
+    target: Target
+    count: int
+
+
+@dataclass(frozen=True)
+class ClosedLoop:
+    target: Target
+    concurrency: int
+    min_s: float  # keep going at least this long ...
+    min_completions: int  # ... and until this many answers came (successful or not) ...
+    max_s: float  # ... but never longer than this
+
+
+@dataclass(frozen=True)
+class OpenLoop:
+    target: Target
+    rate: float  # requests per second
+    duration_s: float
+    poisson: bool
+    seed: int = 0
+
+
+LoadSpec = Sequential | ClosedLoop | OpenLoop
+
+
+@dataclass(frozen=True, slots=True)
+class Outcome:
+    due: float  # perf_counter seconds (client process): when the request was meant to go
+    sent: float
+    done: float
+    status: int  # HTTP status; 0 when no answer (connection error or client timeout)
+    api_latency_ms: float | None = None  # from the 200 body: the API's own request time ...
+    inference_ms: float | None = None  # ... and the worker's batch inference time
+    words: int | None = None  # words in the caption
+
+    @property
+    def ok(self) -> bool:
+        return self.status == 200
+
+    @property
+    def latency_ms(self) -> float:
+        return (self.done - self.due) * 1000
+
+
+@dataclass(frozen=True)
+class LoadRun:
+    outcomes: list[Outcome]
+    started: float
+    finished: float
+    client_cpu_s: float  # CPU time the client process used: its share of the machine during the run
+    max_lag_ms: float  # open loop: the latest a request was sent after it was due
+
+    @property
+    def wall_s(self) -> float:
+        return self.finished - self.started
+
+    @property
+    def client_cpu_share(self) -> float:
+        """Client CPU time over wall time: 1.0 is one core busy (the client is single-threaded)."""
+        return self.client_cpu_s / self.wall_s if self.wall_s > 0 else math.nan
+
+
+# ---- the client process ------------------------------------------------------------------------------
+
+
+def run_spec(spec: LoadSpec) -> LoadRun:
+    """Run one load spec to completion in this process."""
+    return asyncio.run(_run(spec))
+
+
+async def _run(spec: LoadSpec) -> LoadRun:
+    connector = aiohttp.TCPConnector(limit=_CONNECTIONS, ttl_dns_cache=None)
+    timeout = aiohttp.ClientTimeout(total=spec.target.timeout_s)
+    async with aiohttp.ClientSession(
+        connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False
+    ) as session:
+        cpu, started = time.process_time(), time.perf_counter()
+        if isinstance(spec, Sequential):
+            outcomes, lag = await _sequential(session, spec), 0.0
+        elif isinstance(spec, ClosedLoop):
+            outcomes, lag = await _closed_loop(session, spec), 0.0
+        else:
+            outcomes, lag = await _open_loop(session, spec)
+        return LoadRun(
+            outcomes=outcomes,
+            started=started,
+            finished=time.perf_counter(),
+            client_cpu_s=time.process_time() - cpu,
+            max_lag_ms=lag * 1000,
+        )
+
+
+async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, due: float) -> Outcome:
+    sent = time.perf_counter()
+    try:
+        async with session.post(target.url, data=payload, headers=_HEADERS) as response:
+            body = await response.read()
+            status = response.status
+    except (aiohttp.ClientError, TimeoutError):
+        return Outcome(due=due, sent=sent, done=time.perf_counter(), status=0)
+    done = time.perf_counter()
+    if status != 200:
+        return Outcome(due=due, sent=sent, done=done, status=status)
+    answer: dict[str, Any] = json.loads(body)
+    return Outcome(
+        due=due,
+        sent=sent,
+        done=done,
+        status=status,
+        api_latency_ms=float(answer["latency_ms"]),
+        inference_ms=float(answer["inference_ms"]),
+        words=len(str(answer.get("title", "")).split()),
+    )
+
+
+async def _sequential(session: aiohttp.ClientSession, spec: Sequential) -> list[Outcome]:
+    payloads = spec.target.payloads
+    outcomes = []
+    for index in range(spec.count):
+        now = time.perf_counter()
+        outcomes.append(await _post(session, spec.target, payloads[index % len(payloads)], now))
+    return outcomes
+
+
+async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list[Outcome]:
+    payloads, outcomes = spec.target.payloads, list[Outcome]()
+    started = time.perf_counter()
+    stop = asyncio.Event()
+
+    def enough() -> bool:
+        elapsed = time.perf_counter() - started
+        return elapsed >= spec.max_s or (elapsed >= spec.min_s and len(outcomes) >= spec.min_completions)
+
+    async def caller(first: int) -> None:
+        index = first
+        while not stop.is_set():
+            now = time.perf_counter()
+            outcomes.append(await _post(session, spec.target, payloads[index % len(payloads)], now))
+            index += spec.concurrency
+            if enough():
+                stop.set()
+
+    await asyncio.gather(*(caller(first) for first in range(spec.concurrency)))
+    return outcomes
+
+
+def arrival_offsets(rate: float, duration_s: float, *, poisson: bool, seed: int) -> list[float]:
+    """Send times (seconds from the start) of an open-loop run."""
+    if not poisson:
+        return [index / rate for index in range(round(rate * duration_s))]
+    rng = random.Random(seed)
+    offsets: list[float] = []
+    now = rng.expovariate(rate)
+    while now < duration_s:
+        offsets.append(now)
+        now += rng.expovariate(rate)
+    return offsets
+
+
+async def _open_loop(session: aiohttp.ClientSession, spec: OpenLoop) -> tuple[list[Outcome], float]:
+    payloads = spec.target.payloads
+    offsets = arrival_offsets(spec.rate, spec.duration_s, poisson=spec.poisson, seed=spec.seed)
+    start, lag = time.perf_counter() + 0.05, 0.0
+    tasks = []
+    for index, offset in enumerate(offsets):
+        due = start + offset
+        delay = due - time.perf_counter()
+        if delay > 0:
+            await asyncio.sleep(delay)
+        else:
+            lag = max(lag, -delay)
+        payload = payloads[index % len(payloads)]
+        tasks.append(asyncio.create_task(_post(session, spec.target, payload, due)))
+    return list(await asyncio.gather(*tasks)), lag
+
+
+# ---- the harness side -----------------------------------------------------------------------------------
+
+
+def _serve(connection: Connection) -> None:
+    """Client process main loop: run each spec received, send back ("ok", LoadRun) or ("error", text).
+    Ctrl-C is the harness's to handle: it stops this process when it unwinds."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    while (spec := connection.recv()) is not None:
+        try:
+            connection.send(("ok", run_spec(spec)))
+        except Exception:
+            connection.send(("error", traceback.format_exc()))
+
+
+class LoadClient:
+    """A load-generator process kept for the whole benchmark (spawned: no fork of torch state)."""
+
+    def __init__(self) -> None:
+        context = multiprocessing.get_context("spawn")
+        self._connection, child = context.Pipe()
+        self._process = context.Process(target=_serve, args=(child,), name="bench-load-client", daemon=True)
+        self._process.start()
+        child.close()
+
+    def run(self, spec: LoadSpec) -> LoadRun:
+        try:
+            self._connection.send(spec)
+            kind, result = cast(tuple[str, Any], self._connection.recv())
+        except (EOFError, OSError) as exc:
+            raise RuntimeError(f"the load client process died (exit code {self._process.exitcode})") from exc
+        if kind != "ok":
+            raise RuntimeError(f"load client failed:\n{result}")
+        return cast(LoadRun, result)
+
+    def close(self) -> None:
+        if self._process.is_alive():
+            with suppress(OSError):
+                self._connection.send(None)
+            self._process.join(5)
+        if self._process.is_alive():
+            self._process.terminate()
+            self._process.join(5)
+        self._connection.close()
+
+
+@contextmanager
+def load_client() -> Iterator[LoadClient]:
+    client = LoadClient()
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,216 @@
+"""The measurements made over HTTP against a running service, each driven by the load-client process."""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+from bench.config import Phases
+from bench.images import BenchImage
+from bench.load import ClosedLoop, LoadClient, LoadRun, OpenLoop, Outcome, Sequential, Target
+from bench.service import Service
+from bench.stats import LatencySummary, completion_rate
+
+CLIENT_TIMEOUT_S = 180.0  # longer than the API's request timeout (bench.service), so a 504 is the API's
+
+
+def target(service: Service, images: Sequence[BenchImage]) -> Target:
+    return Target(
+        url=service.predictions_url,
+        payloads=tuple(image.data for image in images),
+        timeout_s=CLIENT_TIMEOUT_S,
+    )
+
+
+def words_per_title(outcomes: Sequence[Outcome]) -> float:
+    words = [outcome.words for outcome in outcomes if outcome.words is not None]
+    return sum(words) / len(words) if words else math.nan
+
+
+def _run_checked(client: LoadClient, service: Service, spec: Sequential | ClosedLoop | OpenLoop) -> LoadRun:
+    run = client.run(spec)
+    service.check_alive()
+    return run
+
+
+# ---- idle latency ---------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class IdleResult:
+    e2e_ms: list[float]  # client-measured, one request at a time
+    api_ms: list[float]  # the API's own time for each (from the body: latency_ms)
+    inference_ms: list[float]  # the worker's model time for each (from the body: inference_ms)
+    reference_ms: list[float]  # the same work in-process, one run just before each request
+    latency: LatencySummary
+    words_per_title: float
+
+
+def measure_idle(
+    client: LoadClient, service: Service, image: BenchImage, *, samples: int, reference: Callable[[], float]
+) -> IdleResult:
+    """Sequential requests of one image on an otherwise idle service, each right after one in-process run of
+    the same work: both see the same machine, so background noise cancels out of their difference."""
+    spec = Sequential(target=target(service, [image]), count=1)
+    _run_checked(client, service, Sequential(target=spec.target, count=2))  # warm-up
+    outcomes: list[Outcome] = []
+    reference_ms: list[float] = []
+    for _ in range(samples):
+        reference_ms.append(reference())
+        outcomes.extend(_run_checked(client, service, spec).outcomes)
+    answered = [outcome for outcome in outcomes if outcome.ok]
+    return IdleResult(
+        e2e_ms=[outcome.latency_ms for outcome in answered],
+        api_ms=[outcome.api_latency_ms for outcome in answered if outcome.api_latency_ms is not None],
+        inference_ms=[outcome.inference_ms for outcome in answered if outcome.inference_ms is not None],
+        reference_ms=reference_ms,
+        latency=LatencySummary.of(outcomes),
+        words_per_title=words_per_title(answered),
+    )
+
+
+# ---- saturation throughput ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SaturationResult:
+    img_s: float
+    concurrency: int
+    answered: int
+    wall_s: float
+    latency: LatencySummary
+    words_per_title: float
+    client_cpu_share: float
+
+
+def measure_saturation(
+    client: LoadClient,
+    service: Service,
+    images: Sequence[BenchImage],
+    *,
+    concurrency: int,
+    min_completions: int,
+    phases: Phases,
+) -> SaturationResult:
+    """Closed loop at `concurrency`; throughput counts whole answered batches after the first (see
+    stats.completion_rate), so neither warm-up nor a partial last batch skews it."""
+    spec = ClosedLoop(
+        target=target(service, images),
+        concurrency=concurrency,
+        min_s=phases.saturation_s,
+        min_completions=min_completions,
+        max_s=4 * phases.saturation_s,
+    )
+    run = _run_checked(client, service, spec)
+    answered = [outcome for outcome in run.outcomes if outcome.ok]
+    return SaturationResult(
+        img_s=completion_rate([outcome.done for outcome in answered]),
+        concurrency=concurrency,
+        answered=len(answered),
+        wall_s=run.wall_s,
+        latency=LatencySummary.of(run.outcomes),
+        words_per_title=words_per_title(answered),
+        client_cpu_share=run.client_cpu_share,
+    )
+
+
+# ---- latency below saturation ---------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SteadyResult:
+    rate: float
+    duration_s: float
+    latency: LatencySummary
+    max_lag_ms: float
+
+
+def measure_steady(
+    client: LoadClient, service: Service, images: Sequence[BenchImage], *, rate: float, phases: Phases
+) -> SteadyResult:
+    """Open-loop Poisson arrivals at `rate`; latency counts from each request's due time."""
+    duration = min(max(phases.steady_s, phases.steady_min_requests / rate), phases.steady_max_s)
+    spec = OpenLoop(target=target(service, images), rate=rate, duration_s=duration, poisson=True, seed=1)
+    run = _run_checked(client, service, spec)
+    return SteadyResult(
+        rate=rate, duration_s=duration, latency=LatencySummary.of(run.outcomes), max_lag_ms=run.max_lag_ms
+    )
+
+
+# ---- transport capacity (tiny model) --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class CapacityStep:
+    rate: float  # offered, requests/s
+    achieved: float  # answers/s over the span of the answers (see _capacity_step)
+    latency: LatencySummary
+    client_cpu_share: float  # the client's CPU over the step, in cores
+    max_lag_ms: float  # how late the client sent its latest request
+    min_pace: float  # achieved/offered needed to pass
+
+    @property
+    def passed(self) -> bool:
+        """Sustained: every request answered 200, and answers kept pace with arrivals. A constant latency
+        shifts the answers' span but does not stretch it; a growing backlog stretches it, and pulls
+        `achieved` below the offered rate. The slack (1 - min_pace) absorbs answers coming in bursts."""
+        return self.latency.errors == 0 and self.achieved >= self.min_pace * self.rate
+
+
+@dataclass(frozen=True)
+class CapacityResult:
+    steps: list[CapacityStep]
+
+    @property
+    def capacity_rps(self) -> float:
+        return max((step.rate for step in self.steps if step.passed), default=0.0)
+
+
+def measure_capacity(
+    client: LoadClient, service: Service, image: BenchImage, *, phases: Phases
+) -> CapacityResult:
+    """Step-up open-loop load at constant rates, until a step fails; then bisect between the last
+    passing and the first failing rate."""
+    spec_target = target(service, [image])
+    _run_checked(client, service, OpenLoop(target=spec_target, rate=50, duration_s=1.0, poisson=False))
+    steps: list[CapacityStep] = []
+    for rate in phases.capacity_rates:
+        steps.append(_capacity_step(client, service, spec_target, rate, phases))
+        if not steps[-1].passed:
+            break
+    low = max((step.rate for step in steps if step.passed), default=0.0)
+    high = min((step.rate for step in steps if not step.passed), default=math.inf)
+    for _ in range(phases.capacity_refinements):
+        if not (low and math.isfinite(high)) or high - low <= 20:
+            break
+        middle = round((low + high) / 2, -1)
+        steps.append(_capacity_step(client, service, spec_target, middle, phases))
+        low, high = (middle, high) if steps[-1].passed else (low, middle)
+    return CapacityResult(steps=steps)
+
+
+def _capacity_step(
+    client: LoadClient, service: Service, spec_target: Target, rate: float, phases: Phases
+) -> CapacityStep:
+    spec = OpenLoop(target=spec_target, rate=rate, duration_s=phases.capacity_step_s, poisson=False)
+    run = _run_checked(client, service, spec)
+    time.sleep(0.5)  # let the service settle (commits, GC) before the next step
+    answered = sorted(outcome.done for outcome in run.outcomes if outcome.ok)
+    span = answered[-1] - answered[0] if len(answered) > 1 else 0.0
+    return CapacityStep(
+        rate=rate,
+        achieved=(len(answered) - 1) / span if span > 0 else 0.0,
+        latency=LatencySummary.of(run.outcomes),
+        client_cpu_share=run.client_cpu_share,
+        max_lag_ms=run.max_lag_ms,
+        min_pace=phases.capacity_min_pace,
+    )
+
+
+def steady_rate(saturation_img_s: float, fraction: float) -> float:
+    """`fraction` of the saturation throughput; a token 0.1/s when that could not be measured."""
+    if not math.isfinite(saturation_img_s) or saturation_img_s <= 0:
+        return 0.1
+    return saturation_img_s * fraction

@@ -1,0 +1,193 @@
+"""All results of one run: the readable tables, and the one-line JSON summary printed last."""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+from dataclasses import dataclass
+
+from rich.console import Console
+from rich.table import Table
+
+from bench.config import BenchConfig
+from bench.images import BenchImage
+from bench.inprocess import DecoderCheck
+from bench.measure import CapacityResult, IdleResult, SaturationResult, SteadyResult
+from bench.naive import NaiveResult
+from bench.stats import median
+
+SUMMARY_KEYS = (
+    "naive_img_s",
+    "service_img_s",
+    "ratio",
+    "p50_ms",
+    "p95_ms",
+    "p99_ms",
+    "overhead_p50_ms",
+    "capacity_rps",
+    "worker_rss_mb",
+    "decoder_identical",
+)
+
+
+@dataclass(frozen=True)
+class BenchResults:
+    config: BenchConfig
+    images: list[BenchImage]
+    overhead_image: BenchImage
+    capacity_image: BenchImage
+    naive: NaiveResult
+    decoders: DecoderCheck
+    idle: IdleResult
+    saturation: SaturationResult
+    steady: SteadyResult
+    capacity: CapacityResult
+    worker_rss_mb: float
+    wall_s: float
+
+    @property
+    def overhead_p50_ms(self) -> float:
+        return median(self.idle.e2e_ms) - median(self.idle.reference_ms)
+
+    def summary(self) -> dict[str, float | bool | None]:
+        values: dict[str, float | bool] = {
+            "naive_img_s": self.naive.img_s,
+            "service_img_s": self.saturation.img_s,
+            "ratio": self.saturation.img_s / self.naive.img_s,
+            "p50_ms": self.steady.latency.p50_ms,
+            "p95_ms": self.steady.latency.p95_ms,
+            "p99_ms": self.steady.latency.p99_ms,
+            "overhead_p50_ms": self.overhead_p50_ms,
+            "capacity_rps": self.capacity.capacity_rps,
+            "worker_rss_mb": self.worker_rss_mb,
+            "decoder_identical": self.decoders.identical,
+        }
+        return {key: _json_number(values[key]) for key in SUMMARY_KEYS}
+
+
+def _json_number(value: float | bool) -> float | bool | None:
+    if isinstance(value, bool):
+        return value
+    return None if math.isnan(value) else round(value, 3 if abs(value) < 10 else 1)
+
+
+def _console() -> Console:
+    return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 130, soft_wrap=False)
+
+
+def print_report(results: BenchResults) -> None:
+    """The tables, then the JSON summary as the very last line of stdout."""
+    console = _console()
+    console.print(_headline(results))
+    console.print(_idle_table(results))
+    console.print(_capacity_table(results))
+    console.print(
+        f"logs: {results.config.run_dir}   wall time: {results.wall_s:.0f} s   quick: {results.config.quick}",
+        highlight=False,
+    )
+    sys.stdout.flush()
+    print(json.dumps(results.summary()), flush=True)
+
+
+def _headline(results: BenchResults) -> Table:
+    config, naive, saturation, steady = results.config, results.naive, results.saturation, results.steady
+    tokens = f"{config.min_new_tokens}..{config.max_new_tokens} new tokens"
+    table = Table(
+        title=f"captioner benchmark (GIT-base shape, random weights, {tokens}, {config.workers} worker(s))"
+    )
+    table.add_column("metric", style="bold")
+    table.add_column("value", justify="right")
+    table.add_column("how it was measured")
+    table.add_row(
+        "naive_img_s",
+        f"{naive.img_s:.3f}",
+        f"in-process HF generate, one image at a time: {naive.images} photos in {naive.seconds:.1f} s, "
+        f"{naive.words_per_title:.1f} words/caption",
+    )
+    table.add_row(
+        "service_img_s",
+        f"{saturation.img_s:.3f}",
+        f"HTTP -> Kafka -> worker(s), closed loop at {saturation.concurrency} in flight, "
+        f"{saturation.answered} answered, errors {saturation.latency.errors_text} "
+        f"in {saturation.wall_s:.0f} s, "
+        f"{saturation.words_per_title:.1f} words/caption, client CPU {saturation.client_cpu_share:.0%}",
+    )
+    table.add_row("ratio", f"{saturation.img_s / naive.img_s:.2f}", "service_img_s / naive_img_s")
+    load = (
+        f"open-loop Poisson at {steady.rate:.2f} req/s "
+        f"({config.phases.steady_fraction:.0%} of service_img_s) "
+        f"for {steady.duration_s:.0f} s: {steady.latency.requests} requests, "
+        f"errors {steady.latency.errors_text}"
+    )
+    table.add_row("p50_ms", f"{steady.latency.p50_ms:.0f}", load)
+    table.add_row("p95_ms", f"{steady.latency.p95_ms:.0f}", "same run")
+    table.add_row("p99_ms", f"{steady.latency.p99_ms:.0f}", f"same run; max {steady.latency.max_ms:.0f} ms")
+    table.add_row(
+        "overhead_p50_ms",
+        f"{results.overhead_p50_ms:.0f}",
+        f"idle end-to-end p50 {median(results.idle.e2e_ms):.0f} ms - in-process p50 "
+        f"{median(results.idle.reference_ms):.0f} ms ({results.overhead_image.name}, base model)",
+    )
+    table.add_row(
+        "capacity_rps",
+        f"{results.capacity.capacity_rps:.0f}",
+        f"tiny model, {results.capacity_image.name}: highest step-up rate with 0 errors, "
+        "answers keeping pace",
+    )
+    table.add_row(
+        "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"
+    )
+    table.add_row(
+        "decoder_identical",
+        str(results.decoders.identical),
+        f"fast decoder token ids == HF generate's, batch of 4, {config.max_new_tokens} tokens "
+        f"(service decoder: {results.decoders.decoder})",
+    )
+    return table
+
+
+def _idle_table(results: BenchResults) -> Table:
+    """Where an idle request's time goes, medians over the idle run."""
+    idle, reference = results.idle, median(results.idle.reference_ms)
+    e2e, api, inference = median(idle.e2e_ms), median(idle.api_ms), median(idle.inference_ms)
+    table = Table(title=f"idle request, {results.overhead_image.name} (medians of {len(idle.e2e_ms)})")
+    table.add_column("stage")
+    table.add_column("ms", justify="right")
+    table.add_row("client end-to-end", f"{e2e:.1f}")
+    table.add_row("  HTTP + body read + JSON (client e2e - API latency_ms)", f"{e2e - api:.1f}")
+    table.add_row("  API latency_ms (check, publish, wait for reply)", f"{api:.1f}")
+    table.add_row(
+        "    Kafka + queueing + decode/preprocess (latency_ms - inference_ms)", f"{api - inference:.1f}"
+    )
+    table.add_row("    worker inference_ms (model.caption of the batch)", f"{inference:.1f}")
+    table.add_row("in-process: decode + preprocess + caption", f"{reference:.1f}")
+    table.add_row("overhead_p50_ms (end-to-end - in-process)", f"{e2e - reference:.1f}")
+    return table
+
+
+def _capacity_table(results: BenchResults) -> Table:
+    table = Table(title="capacity steps (tiny model, open loop, constant rate)")
+    for column in (
+        "offered/s",
+        "achieved/s",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "client CPU",
+        "client lag ms",
+        "pass",
+    ):
+        table.add_column(column, justify="right")
+    for step in results.capacity.steps:
+        table.add_row(
+            f"{step.rate:.0f}",
+            f"{step.achieved:.0f}",
+            step.latency.errors_text,
+            f"{step.latency.p50_ms:.1f}",
+            f"{step.latency.p99_ms:.1f}",
+            f"{step.client_cpu_share:.0%}",
+            f"{step.max_lag_ms:.0f}",
+            "yes" if step.passed else "no",
+        )
+    return table

@@ -1,0 +1,196 @@
+"""The service as `make run` runs it (infra/run-local.sh): the broker, `captioner topics create`, WORKERS x
+`captioner worker` and one `captioner api`, here with topic names and a port of this benchmark's own."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
+from contextlib import ExitStack
+from dataclasses import dataclass
+from pathlib import Path
+
+from bench.models import REPO
+from bench.processes import CAPTIONER, ManagedProcess, free_port, spawn
+from captioner.kafka_config import client_config
+from captioner.settings import KafkaSettings, TopicSettings
+
+BROKER_SH = REPO / "infra" / "kafka" / "broker.sh"
+_READY_TIMEOUT_S = 300.0  # a worker loads its model first
+
+
+@dataclass(frozen=True)
+class ServiceSpec:
+    label: str  # "base" or "tiny": names the topics, the consumer group and the logs
+    model_dir: Path
+    workers: int
+    worker_threads: int
+    max_new_tokens: int
+    min_new_tokens: int
+
+
+@dataclass(frozen=True)
+class Service:
+    spec: ServiceSpec
+    url: str  # http://127.0.0.1:<port>
+    api: ManagedProcess
+    workers: tuple[ManagedProcess, ...]
+
+    @property
+    def predictions_url(self) -> str:
+        return f"{self.url}/api/v1/predictions"
+
+    def check_alive(self) -> None:
+        for process in (self.api, *self.workers):
+            process.check_alive()
+
+
+def start_broker(stack: ExitStack) -> str:
+    """KAFKA_BOOTSTRAP_SERVERS if set; else `broker.sh start`. A broker this run started is stopped at the
+    end; one that was already running (someone else's) is left running."""
+    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return bootstrap
+    was_running = subprocess.run([BROKER_SH, "status"], capture_output=True, check=False).returncode == 0
+    started = subprocess.run([BROKER_SH, "start"], capture_output=True, text=True, check=False, timeout=180)
+    if started.returncode != 0:
+        raise RuntimeError(f"broker.sh start failed:\n{started.stderr}")
+    if not was_running:
+        stack.callback(_stop_broker)
+    return started.stdout.strip().splitlines()[-1]
+
+
+def _stop_broker() -> None:
+    subprocess.run([BROKER_SH, "stop"], check=False, timeout=120)
+
+
+def topic_env(run_id: str, label: str) -> dict[str, str]:
+    """Topic names and consumer group of one service run, so no run ever reads another's records."""
+    prefix = f"{run_id}-{label}"
+    return {
+        "CAPTIONER_TOPIC_REQUESTS": f"{prefix}.requests",
+        "CAPTIONER_TOPIC_REPLIES": f"{prefix}.replies",
+        "CAPTIONER_TOPIC_RETRY_PREFIX": f"{prefix}.requests.retry",
+        "CAPTIONER_TOPIC_DEAD_LETTER": f"{prefix}.requests.dlq",
+        "CAPTIONER_WORKER_GROUP_ID": f"{prefix}.workers",
+    }
+
+
+def service_env(spec: ServiceSpec, *, bootstrap: str, run_id: str, port: int) -> dict[str, str]:
+    """The harness's environment (so CAPTIONER_DECODER, CAPTIONER_MAX_BATCH_SIZE... pass through), plus
+    what this run fixes: model, generation length, threads, topics, port, and a longer request timeout."""
+    return {
+        **os.environ,
+        **topic_env(run_id, spec.label),
+        "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
+        "CAPTIONER_MODEL": str(spec.model_dir),
+        "CAPTIONER_MAX_NEW_TOKENS": str(spec.max_new_tokens),
+        "CAPTIONER_MIN_NEW_TOKENS": str(spec.min_new_tokens),
+        "CAPTIONER_WORKER_THREADS": str(spec.worker_threads),
+        "CAPTIONER_API_HOST": "127.0.0.1",
+        "CAPTIONER_API_PORT": str(port),
+        # At saturation a request waits for the batch ahead of it: on a slow or busy machine that can pass
+        # the default 30 s, and a 504 would then measure this timeout, not the service's throughput.
+        "CAPTIONER_API_REQUEST_TIMEOUT_S": os.environ.get("CAPTIONER_API_REQUEST_TIMEOUT_S", "120"),
+    }
+
+
+@contextlib.contextmanager
+def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: Path) -> Iterator[Service]:
+    """Start the service, wait until it answers /readyz and every worker has partitions; on exit (normal or
+    not) SIGTERM the API, then the workers, wait for each, and delete the run's topics."""
+    port = free_port()
+    env = service_env(spec, bootstrap=bootstrap, run_id=run_id, port=port)
+    with ExitStack() as stack:
+        stack.callback(delete_topics, bootstrap, run_id, spec.label)
+        _create_topics(env, log_dir / f"{spec.label}-topics.log")
+        workers = tuple(
+            _start(
+                stack,
+                spawn(
+                    f"{spec.label} worker {index}",
+                    [CAPTIONER, "worker"],
+                    env={**env, "CAPTIONER_WORKER_ID": f"{run_id}-{spec.label}-worker-{index}"},
+                    log_path=log_dir / f"{spec.label}-worker-{index}.log",
+                ),
+            )
+            for index in range(1, spec.workers + 1)
+        )
+        api = _start(
+            stack,
+            spawn(
+                f"{spec.label} api", [CAPTIONER, "api"], env=env, log_path=log_dir / f"{spec.label}-api.log"
+            ),
+        )
+        service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers)
+        _wait_ready(service)
+        yield service
+
+
+def _start(stack: ExitStack, process: ManagedProcess) -> ManagedProcess:
+    stack.callback(process.stop)
+    return process
+
+
+def _create_topics(env: Mapping[str, str], log_path: Path) -> None:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    result = subprocess.run(
+        [CAPTIONER, "topics", "create"],
+        env=dict(env),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    log_path.write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise RuntimeError(f"captioner topics create failed:\n{result.stderr[-3000:]}")
+
+
+def _wait_ready(service: Service) -> None:
+    give_up = time.monotonic() + _READY_TIMEOUT_S
+    for worker in service.workers:
+        worker.wait_for_log("assigned", timeout_s=max(give_up - time.monotonic(), 1.0))
+    while not _ready(service.url):
+        service.check_alive()
+        if time.monotonic() > give_up:
+            raise TimeoutError(
+                f"{service.api.name} not ready in {_READY_TIMEOUT_S:g} s:\n{service.api.log_tail()}"
+            )
+        time.sleep(0.2)
+
+
+def _ready(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
+            return bool(response.status == 200 and json.load(response).get("status") == "ready")
+    except (urllib.error.URLError, OSError, ValueError):
+        return False
+
+
+def delete_topics(bootstrap: str, run_id: str, label: str) -> None:
+    """Best effort: the run's topics hold nothing but benchmark traffic."""
+    from confluent_kafka.admin import AdminClient
+
+    names = topic_env(run_id, label)
+    topics = TopicSettings(
+        requests=names["CAPTIONER_TOPIC_REQUESTS"],
+        replies=names["CAPTIONER_TOPIC_REPLIES"],
+        retry_prefix=names["CAPTIONER_TOPIC_RETRY_PREFIX"],
+        dead_letter=names["CAPTIONER_TOPIC_DEAD_LETTER"],
+    )
+    config = client_config(KafkaSettings(), client_id=f"{run_id}-admin") | {"bootstrap.servers": bootstrap}
+    try:
+        admin = AdminClient(config)  # kept referenced until the futures are done
+        futures = admin.delete_topics(
+            [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter], operation_timeout=30
+        )
+        for future in futures.values():
+            future.result(timeout=30)
+    except Exception as exc:
+        print(f"bench: could not delete the {label} topics of {run_id}: {exc}", file=sys.stderr)

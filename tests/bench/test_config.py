@@ -1,0 +1,20 @@
+from __future__ import annotations
+
+from bench.config import FULL, QUICK, load_config
+
+
+def test_defaults_force_twenty_tokens() -> None:
+    config = load_config({})
+    assert (config.max_new_tokens, config.min_new_tokens) == (20, 20)
+    assert config.phases is FULL
+    assert config.workers == 1
+
+
+def test_quick_and_overrides() -> None:
+    config = load_config(
+        {"BENCH_QUICK": "1", "CAPTIONER_MIN_NEW_TOKENS": "0", "WORKERS": "2", "CAPTIONER_MAX_BATCH_SIZE": "8"}
+    )
+    assert config.phases is QUICK
+    assert config.min_new_tokens == 0
+    assert config.saturation_concurrency == 24  # 1.5 batches per worker
+    assert config.run_dir.name == config.run_id

@@ -1,0 +1,88 @@
+"""The load client process against a stub API in another process."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from aiohttp import web
+
+from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client
+from bench.processes import free_port
+
+_ANSWER = json.dumps({"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}).encode()
+
+
+def _serve(port: int) -> None:
+    async def predict(request: web.Request) -> web.Response:
+        body = await request.read()
+        if body == b"overload":
+            return web.json_response({"error": {"code": "overloaded"}}, status=429)
+        return web.Response(body=_ANSWER, content_type="application/json")
+
+    app = web.Application()
+    app.router.add_post("/api/v1/predictions", predict)
+    web.run_app(app, host="127.0.0.1", port=port, print=None, access_log=None)
+
+
+@pytest.fixture(scope="module")
+def stub_url() -> Iterator[str]:
+    port = free_port()
+    process = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
+    process.start()
+    url = f"http://127.0.0.1:{port}/api/v1/predictions"
+    give_up = time.monotonic() + 30
+    while time.monotonic() < give_up:
+        try:
+            urllib.request.urlopen(urllib.request.Request(url, data=b"x"), timeout=1).close()
+            break
+        except OSError:
+            time.sleep(0.1)
+    yield url
+    process.terminate()
+    process.join(5)
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[LoadClient]:
+    with load_client() as running:
+        yield running
+
+
+def test_sequential_parses_answers(client: LoadClient, stub_url: str) -> None:
+    run = client.run(Sequential(Target(stub_url, (b"a", b"b"), timeout_s=5), count=5))
+    assert [outcome.status for outcome in run.outcomes] == [200] * 5
+    first = run.outcomes[0]
+    assert (first.api_latency_ms, first.inference_ms, first.words) == (2.5, 1.5, 2)
+    assert all(
+        earlier.done <= later.sent for earlier, later in zip(run.outcomes, run.outcomes[1:], strict=False)
+    )
+
+
+def test_closed_loop_stops_after_enough(client: LoadClient, stub_url: str) -> None:
+    spec = ClosedLoop(
+        Target(stub_url, (b"a",), timeout_s=5), concurrency=4, min_s=0.2, min_completions=50, max_s=10
+    )
+    run = client.run(spec)
+    assert len(run.outcomes) >= 50
+    assert run.wall_s < 10
+
+
+def test_open_loop_keeps_its_schedule_and_counts_errors(client: LoadClient, stub_url: str) -> None:
+    run = client.run(
+        OpenLoop(Target(stub_url, (b"a", b"overload"), timeout_s=5), rate=200, duration_s=1.0, poisson=False)
+    )
+    assert len(run.outcomes) == 200
+    assert sorted({outcome.status for outcome in run.outcomes}) == [200, 429]
+    dues = [outcome.due for outcome in run.outcomes]
+    assert dues[-1] - dues[0] == pytest.approx(0.995, abs=1e-6)
+    assert run.max_lag_ms < 500
+
+
+def test_unreachable_server_is_an_error_not_a_crash(client: LoadClient) -> None:
+    run = client.run(Sequential(Target(f"http://127.0.0.1:{free_port()}/x", (b"a",), timeout_s=2), count=2))
+    assert [outcome.status for outcome in run.outcomes] == [0, 0]

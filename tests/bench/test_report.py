@@ -1,0 +1,89 @@
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from bench.config import load_config
+from bench.images import make_image
+from bench.inprocess import DecoderCheck
+from bench.load import Outcome
+from bench.measure import CapacityResult, CapacityStep, IdleResult, SaturationResult, SteadyResult
+from bench.naive import NaiveResult
+from bench.report import SUMMARY_KEYS, BenchResults, print_report
+from bench.stats import LatencySummary
+
+
+def _latency(errors: int = 0) -> LatencySummary:
+    outcomes = [Outcome(due=0.0, sent=0.0, done=0.1 * (index + 1), status=200) for index in range(10)]
+    outcomes += [Outcome(due=0.0, sent=0.0, done=30.0, status=504)] * errors
+    return LatencySummary.of(outcomes)
+
+
+def _step(rate: float, achieved: float, errors: int = 0) -> CapacityStep:
+    return CapacityStep(
+        rate=rate,
+        achieved=achieved,
+        latency=_latency(errors),
+        client_cpu_share=0.1,
+        max_lag_ms=1.0,
+        min_pace=0.95,
+    )
+
+
+def test_capacity_is_the_highest_passing_step() -> None:
+    steps = [_step(100, 100), _step(200, 199), _step(400, 300), _step(300, 296, errors=1)]
+    assert [step.passed for step in steps] == [True, True, False, False]
+    assert CapacityResult(steps).capacity_rps == 200
+    assert CapacityResult([_step(100, 50)]).capacity_rps == 0
+
+
+def _results() -> BenchResults:
+    image = make_image(320, 240, seed=1)
+    return BenchResults(
+        config=load_config({"BENCH_QUICK": "1"}),
+        images=[image],
+        overhead_image=image,
+        capacity_image=image,
+        naive=NaiveResult(images=4, seconds=8.0, words_per_title=20.0),
+        decoders=DecoderCheck(decoder="fast", identical=True),
+        idle=IdleResult(
+            e2e_ms=[1100.0, 1200.0],
+            api_ms=[1090.0, 1190.0],
+            inference_ms=[900.0, 950.0],
+            reference_ms=[1000.0, 1000.0],
+            latency=_latency(),
+            words_per_title=20.0,
+        ),
+        saturation=SaturationResult(
+            img_s=2.0,
+            concurrency=24,
+            answered=96,
+            wall_s=50.0,
+            latency=_latency(),
+            words_per_title=20.0,
+            client_cpu_share=0.01,
+        ),
+        steady=SteadyResult(rate=1.3, duration_s=20.0, latency=_latency(), max_lag_ms=0.0),
+        capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
+        worker_rss_mb=2000.0,
+        wall_s=100.0,
+    )
+
+
+def test_summary_has_exactly_the_keys() -> None:
+    summary = _results().summary()
+    assert tuple(summary) == SUMMARY_KEYS
+    assert summary["ratio"] == pytest.approx(4.0)
+    assert summary["overhead_p50_ms"] == pytest.approx(150.0)
+    assert summary["capacity_rps"] == 100
+    assert summary["decoder_identical"] is True
+
+
+def test_json_is_the_last_stdout_line(capsys: pytest.CaptureFixture[str]) -> None:
+    print_report(_results())
+    lines = capsys.readouterr().out.strip().splitlines()
+    summary = json.loads(lines[-1])
+    assert set(summary) == set(SUMMARY_KEYS)
+    assert not any(isinstance(value, float) and math.isnan(value) for value in summary.values())
