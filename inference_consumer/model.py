@@ -96,7 +96,12 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
     if settings.quantize == "int8":
         from inference_consumer.decoding import quantize_int8
 
-        model = quantize_int8(model)
+        try:
+            model = quantize_int8(model)
+        except ModuleNotFoundError as exc:
+            raise ModelUnavailableError(
+                "CAPTIONER_QUANTIZE=int8 needs torchao: pip install 'captioner[int8]'"
+            ) from exc
     log.info("loaded %s on %s (%s), decoder=%s", settings.model, device, dtype, settings.decoder)
     return CaptionModel(
         name=settings.model,

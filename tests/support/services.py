@@ -4,9 +4,7 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -14,14 +12,11 @@ from pathlib import Path
 
 import requests
 
+from bench.processes import CAPTIONER, free_port
+
 REPO = Path(__file__).resolve().parents[2]
-CAPTIONER = str(Path(sys.executable).parent / "captioner")
 
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+__all__ = ["CAPTIONER", "ApiProcess", "ServiceProcess", "free_port", "service_env"]
 
 
 @dataclass
