@@ -72,10 +72,6 @@ class CaptionService:
         self._max_image_pixels = max_image_pixels
         self._slots = asyncio.Semaphore(api.max_in_flight)
 
-    @property
-    def in_flight(self) -> int:
-        return self._api.max_in_flight - self._slots._value
-
     async def caption(self, image: bytes) -> CaptionResult:
         if self._slots.locked():
             raise OverloadedError(
