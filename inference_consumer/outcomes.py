@@ -55,6 +55,13 @@ class OutcomePublisher:
 
     def skipped_expired(self, job: Job) -> None:
         """The caller was already answered 504; running the job would only waste the model."""
+        log.info(
+            "job %s at %s[%d]@%d passed its deadline; not run",
+            job.correlation_id,
+            job.topic,
+            job.partition,
+            job.offset,
+        )
         metrics.JOBS.labels(outcome="expired").inc()
         self._finish(job)
 
