@@ -83,6 +83,9 @@ class WorkerSettings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
     quantize: Literal["none", "int8"] = "none"
+    packed_cpu_weights: bool = Field(
+        default=False, description="fast decoder: oneDNN-packed fp32 weights on CPU (not bit-identical)"
+    )
     worker_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores")
     worker_group_id: str = "captioner-workers"
     worker_id: str = Field(default_factory=_default_instance_id)

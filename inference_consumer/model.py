@@ -107,7 +107,7 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
         name=settings.model,
         processor=processor,
         model=model,
-        decoder=build_decoder(settings.decoder, model),
+        decoder=build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights),
         device=device,
         dtype=dtype,
     )
