@@ -55,3 +55,18 @@ class CaptionTimeoutError(ApiError):
     status = 504
     code = "timeout"
     retriable = True
+
+
+class CaptionFailedError(ApiError):
+    """The worker answered with a permanent failure."""
+
+    status = 422
+    code = "caption_failed"
+
+
+class CaptionUnavailableError(ApiError):
+    """Transient failures outlasted every retry; the job is in the dead-letter topic."""
+
+    status = 503
+    code = "caption_unavailable"
+    retriable = True

@@ -11,26 +11,17 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from captioner.settings import ApiSettings, TopicSettings
-from producer_api.errors import ApiError, CaptionTimeoutError, InvalidImageError, OverloadedError
+from producer_api.errors import (
+    CaptionFailedError,
+    CaptionTimeoutError,
+    CaptionUnavailableError,
+    InvalidImageError,
+    OverloadedError,
+)
 from producer_api.payload import identify_image
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies
 from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
-
-
-class CaptionFailedError(ApiError):
-    """The worker answered with a permanent failure."""
-
-    status = 422
-    code = "caption_failed"
-
-
-class CaptionUnavailableError(ApiError):
-    """Transient failures outlasted every retry; the job is in the dead-letter topic."""
-
-    status = 503
-    code = "caption_unavailable"
-    retriable = True
 
 
 @dataclass(frozen=True, slots=True)
