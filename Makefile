@@ -7,7 +7,7 @@ INSTALLED := $(VENV)/.installed
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run broker broker-stop lint typecheck test test-unit bench clean
+.PHONY: install run broker broker-stop lint typecheck test test-unit bench bench-gpu clean
 
 install: $(INSTALLED)
 
@@ -42,6 +42,9 @@ test-unit: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-gpu: install  # needs a CUDA device
+	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)
 
 clean:
 	-infra/kafka/broker.sh stop
