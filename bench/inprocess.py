@@ -83,8 +83,11 @@ def reference_runner(
 ) -> Iterator[Callable[[], float]]:
     """A callable that runs the worker's work for `image` once, in-process, and returns its milliseconds."""
     from captioner.settings import WorkerSettings
+    from inference_consumer.allocator import keep_freed_memory
 
-    max_pixels = WorkerSettings().max_image_pixels
+    settings = WorkerSettings()
+    max_pixels = settings.max_image_pixels
+    keep_freed_memory(settings.malloc_threshold_mb * 2**20)  # as the worker does (after the naive loop)
     with caption_model(model_dir, threads=threads) as model:
 
         def run_ms() -> float:

@@ -28,6 +28,8 @@ from typing import Any, cast
 
 import aiohttp
 
+from captioner.event_loop import new_event_loop
+
 _HEADERS = {"Content-Type": "image/jpeg"}
 _CONNECTIONS = 1024
 
@@ -108,7 +110,8 @@ class LoadRun:
 
 def run_spec(spec: LoadSpec) -> LoadRun:
     """Run one load spec to completion in this process."""
-    return asyncio.run(_run(spec))
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        return runner.run(_run(spec))
 
 
 async def _run(spec: LoadSpec) -> LoadRun:

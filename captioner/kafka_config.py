@@ -27,9 +27,11 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
 
 
 def producer_config(
-    kafka: KafkaSettings, topics: TopicSettings, *, client_id: str, linger_ms: float = 1.0
+    kafka: KafkaSettings, topics: TopicSettings, *, client_id: str, linger_ms: float = 0.0
 ) -> dict[str, Any]:
-    """An idempotent producer: retries never duplicate or reorder a partition's records."""
+    """An idempotent producer: retries never duplicate or reorder a partition's records. No linger by
+    default: a caller waits on every record, and under load librdkafka still batches whatever queues up
+    behind the requests in flight (a 1 ms linger cost ~3 ms per idle round trip and bought no capacity)."""
     return client_config(kafka, client_id=client_id) | {
         "enable.idempotence": True,
         "acks": "all",

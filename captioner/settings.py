@@ -92,8 +92,24 @@ class WorkerSettings(BaseSettings):
     max_new_tokens: int = Field(default=20, ge=1, le=512)
     min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=16, ge=1)
-    max_batch_wait_ms: float = Field(default=5.0, ge=0)
+    batch_wait_ms: float = Field(
+        default=20.0,
+        ge=0,
+        description="a busy worker waits this long to fill a batch; lone requests never wait",
+    )
+    batch_wait_share: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="...or this share of its last batch's inference time, when that is longer",
+    )
     decode_threads: int = Field(default=2, ge=1)
+    malloc_threshold_mb: int = Field(
+        default=1024,
+        ge=0,
+        le=2047,
+        description="glibc: tensors below this reuse freed heap memory, not fresh pages; 0 = glibc default",
+    )
     max_image_pixels: int = Field(default=40_000_000, ge=1)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
     session_timeout_ms: int = Field(

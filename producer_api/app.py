@@ -12,6 +12,7 @@ from concurrent.futures import ThreadPoolExecutor
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from captioner.event_loop import new_event_loop
 from captioner.kafka_config import consumer_config, producer_config
 from captioner.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import ensure_topics
@@ -125,7 +126,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     )
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
-        config=producer_config(kafka, topics, client_id=client_id, linger_ms=0.5)
+        config=producer_config(kafka, topics, client_id=client_id)
         | {"message.timeout.ms": int(api.request_timeout_s * 1000)},
         loop=loop,
     )
@@ -175,6 +176,7 @@ def run_api(api: ApiSettings | None = None) -> None:
     api = api or ApiSettings()
     web.run_app(
         make_app(api=api),
+        loop=new_event_loop(),
         host=api.host,
         port=api.port,
         shutdown_timeout=api.shutdown_timeout_s,
