@@ -3,7 +3,8 @@
 * decoder check: the fast decoder's token ids against Hugging Face `generate`'s, on one batch.
 * reference runner: one image through exactly what a worker does for it (decode_image with the DCT draft,
   the processor, CaptionModel.caption with the service's decoder and token settings), with the worker's
-  thread count. The service's idle end-to-end latency minus this is its overhead.
+  thread count, timing its decode + preprocess apart: the service's overhead is its idle end-to-end
+  latency less the worker's own inference time and this decode + preprocess.
 """
 
 from __future__ import annotations
@@ -22,6 +23,12 @@ if TYPE_CHECKING:
     import torch
 
     from inference_consumer.model import CaptionModel
+
+
+@dataclass(frozen=True)
+class ReferenceRun:
+    prep_ms: float  # JPEG decode + preprocess
+    total_ms: float  # ... + caption
 
 
 @dataclass(frozen=True)
@@ -80,8 +87,8 @@ def decoders_agree(
 @contextmanager
 def reference_runner(
     model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
-) -> Iterator[Callable[[], float]]:
-    """A callable that runs the worker's work for `image` once, in-process, and returns its milliseconds."""
+) -> Iterator[Callable[[], ReferenceRun]]:
+    """A callable that runs the worker's work for `image` once, in-process, and returns its timings."""
     from captioner.settings import WorkerSettings
     from inference_consumer.allocator import keep_freed_memory
 
@@ -90,11 +97,14 @@ def reference_runner(
     keep_freed_memory(settings.malloc_threshold_mb * 2**20)  # as the worker does (after the naive loop)
     with caption_model(model_dir, threads=threads) as model:
 
-        def run_ms() -> float:
+        def run_ms() -> ReferenceRun:
             started = time.perf_counter()
             pixels = _pixels(model, image.data, max_pixels=max_pixels)
+            prepared = time.perf_counter()
             model.caption([pixels], max_new_tokens=[max_new_tokens], min_new_tokens=min_new_tokens)
-            return (time.perf_counter() - started) * 1000
+            return ReferenceRun(
+                prep_ms=(prepared - started) * 1000, total_ms=(time.perf_counter() - started) * 1000
+            )
 
         run_ms()  # warm-up: first-call allocations and kernel selection
         yield run_ms

@@ -9,6 +9,7 @@ from dataclasses import dataclass
 
 from bench.config import Phases
 from bench.images import BenchImage
+from bench.inprocess import ReferenceRun
 from bench.load import ClosedLoop, LoadClient, LoadRun, OpenLoop, Outcome, Sequential, Target
 from bench.service import Service
 from bench.stats import LatencySummary, completion_rate
@@ -44,28 +45,44 @@ class IdleResult:
     api_ms: list[float]  # the API's own time for each (from the body: latency_ms)
     inference_ms: list[float]  # the worker's model time for each (from the body: inference_ms)
     reference_ms: list[float]  # the same work in-process, one run just before each request
+    reference_prep_ms: list[float]  # ... of which JPEG decode + preprocess
     latency: LatencySummary
     words_per_title: float
 
+    @property
+    def outside_model_ms(self) -> list[float]:
+        """Per request: end-to-end minus the worker's own model time for it."""
+        return [e2e - model for e2e, model in zip(self.e2e_ms, self.inference_ms, strict=True)]
+
 
 def measure_idle(
-    client: LoadClient, service: Service, image: BenchImage, *, samples: int, reference: Callable[[], float]
+    client: LoadClient,
+    service: Service,
+    image: BenchImage,
+    *,
+    samples: int,
+    reference: Callable[[], ReferenceRun],
 ) -> IdleResult:
     """Sequential requests of one image on an otherwise idle service, each right after one in-process run of
     the same work: both see the same machine, so background noise cancels out of their difference."""
     spec = Sequential(target=target(service, [image]), count=1)
     _run_checked(client, service, Sequential(target=spec.target, count=2))  # warm-up
     outcomes: list[Outcome] = []
-    reference_ms: list[float] = []
+    references: list[ReferenceRun] = []
     for _ in range(samples):
-        reference_ms.append(reference())
+        references.append(reference())
         outcomes.extend(_run_checked(client, service, spec).outcomes)
-    answered = [outcome for outcome in outcomes if outcome.ok]
+    answered = [
+        outcome
+        for outcome in outcomes
+        if outcome.ok and outcome.api_latency_ms is not None and outcome.inference_ms is not None
+    ]
     return IdleResult(
         e2e_ms=[outcome.latency_ms for outcome in answered],
         api_ms=[outcome.api_latency_ms for outcome in answered if outcome.api_latency_ms is not None],
         inference_ms=[outcome.inference_ms for outcome in answered if outcome.inference_ms is not None],
-        reference_ms=reference_ms,
+        reference_ms=[run.total_ms for run in references],
+        reference_prep_ms=[run.prep_ms for run in references],
         latency=LatencySummary.of(outcomes),
         words_per_title=words_per_title(answered),
     )
