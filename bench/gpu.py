@@ -17,14 +17,14 @@ import argparse
 import gc
 import json
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from bench.images import BenchImage, make_images
+from bench.inprocess import caption_model, decoders_agree, worker_pixels
 from bench.models import ensure_model
 
 if TYPE_CHECKING:
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from inference_consumer.model import CaptionModel
 
 TOKENS = 20
+Item = TypeVar("Item")
 
 
 @dataclass(frozen=True)
@@ -102,10 +103,8 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def measure_preprocessing(model_dir: Path, images: list[BenchImage], *, pools: list[int]) -> dict[str, float]:
     """img/s of the worker's CPU side (JPEG decode at DCT scale + processor), by decode-pool size."""
-    from inference_consumer.model import configure_torch_threads
-
-    configure_torch_threads(1)  # the worker's pool threads, not torch's intra-op pool, do this work
-    with _caption_model(model_dir, dtype="float32", device="cpu") as model:
+    # The worker's pool threads, not torch's intra-op pool, do this work.
+    with caption_model(model_dir, threads=1, dtype="float32", device="cpu") as model:
         preprocess = _preprocessor(model)
         preprocess(images[0])
         rates: dict[str, float] = {}
@@ -115,7 +114,6 @@ def measure_preprocessing(model_dir: Path, images: list[BenchImage], *, pools: l
                 started = time.perf_counter()
                 list(pool.map(preprocess, work))
                 rates[f"threads_{threads}"] = round(len(work) / (time.perf_counter() - started), 1)
-    configure_torch_threads(0)
     return rates
 
 
@@ -167,9 +165,12 @@ def measure_dtype(
     on_gpu = device == "cuda"
     if on_gpu:
         torch.cuda.reset_peak_memory_stats()
-    with _caption_model(model_dir, dtype=dtype, device=device) as model:
+    with caption_model(model_dir, threads=0, dtype=dtype, device=device) as model:
         pixels = [_preprocessor(model)(image) for image in images]
-        identical = all(_decoders_agree(model, _cycle(pixels, size)) for size in (8, 32))
+        identical = all(
+            decoders_agree(model, _cycle(images, size), max_new_tokens=TOKENS, min_new_tokens=TOKENS)
+            for size in (8, 32)
+        )
         figures = [
             _time_batch(model, _cycle(pixels, size), dtype=dtype, decoder=name, seconds=seconds)
             for size in batches
@@ -206,26 +207,6 @@ def _time_batch(
     )
 
 
-def _decoders_agree(model: CaptionModel, pixels: list[torch.Tensor]) -> bool:
-    import torch
-
-    from inference_consumer.decoding import build_decoder
-
-    batch = torch.stack(pixels).to(device=model.device, dtype=model.dtype)
-    reference, fast = build_decoder("hf", model.model), build_decoder("fast", model.model)
-    for minimum in (0, TOKENS):
-        expected = reference.generate(batch, max_new_tokens=TOKENS, min_new_tokens=minimum)
-        actual = fast.generate(batch, max_new_tokens=TOKENS, min_new_tokens=minimum)
-        if expected.shape != actual.shape or not torch.equal(expected, actual):
-            rows = min(len(expected), len(actual))
-            differing = [
-                row for row in range(rows) if not torch.equal(expected[row], actual[row, : expected.shape[1]])
-            ]
-            print(f"{model.dtype} batch {len(pixels)} min {minimum}: rows differ {differing}")
-            return False
-    return True
-
-
 def _release_gpu_memory() -> None:
     import torch
 
@@ -234,36 +215,15 @@ def _release_gpu_memory() -> None:
         torch.cuda.empty_cache()
 
 
-def _cycle(items: list[torch.Tensor], size: int) -> list[torch.Tensor]:
+def _cycle(items: list[Item], size: int) -> list[Item]:
     return [items[index % len(items)] for index in range(size)]
 
 
 def _preprocessor(model: CaptionModel) -> Callable[[BenchImage], torch.Tensor]:
     from captioner.settings import WorkerSettings
-    from inference_consumer.images import decode_image
 
     max_pixels = WorkerSettings().max_image_pixels
-
-    def preprocess(image: BenchImage) -> torch.Tensor:
-        picture = decode_image(image.data, max_pixels=max_pixels, target_edge=model.image_edge)
-        return model.preprocess(picture)
-
-    return preprocess
-
-
-@contextmanager
-def _caption_model(model_dir: Path, *, dtype: str, device: str) -> Iterator[CaptionModel]:
-    """The model as a worker loads it, with this dtype and device; released on exit."""
-    from captioner.settings import WorkerSettings
-    from inference_consumer.model import load_caption_model
-
-    settings = WorkerSettings.model_validate({"model": str(model_dir), "dtype": dtype, "device": device})
-    model = load_caption_model(settings)
-    try:
-        yield model
-    finally:
-        del model
-        gc.collect()
+    return lambda image: worker_pixels(model, image.data, max_pixels=max_pixels)
 
 
 def print_table(naive: float, preprocessing: dict[str, float], figures: list[DtypeFigures]) -> None:

@@ -38,14 +38,14 @@ class DecoderCheck:
 
 
 @contextmanager
-def caption_model(model_dir: Path, *, threads: int) -> Iterator[CaptionModel]:
-    """The model as a worker loads it (its settings from the environment, this model directory), with the
-    worker's thread count; released on exit."""
+def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterator[CaptionModel]:
+    """The model as a worker loads it (its settings from the environment, this model directory, and any
+    overrides such as dtype or device), with the worker's thread count; released on exit."""
     from captioner.settings import WorkerSettings
     from inference_consumer.model import configure_torch_threads, load_caption_model
 
     configure_torch_threads(threads)
-    model = load_caption_model(WorkerSettings(model=str(model_dir)))
+    model = load_caption_model(WorkerSettings.model_validate({"model": str(model_dir), **overrides}))
     try:
         yield model
     finally:
@@ -74,7 +74,8 @@ def decoders_agree(
 
     from inference_consumer.decoding import build_decoder
 
-    pixels = torch.stack([_pixels(model, image.data) for image in images])
+    pixels = torch.stack([worker_pixels(model, image.data) for image in images])
+    pixels = pixels.to(device=model.device, dtype=model.dtype)
     reference, fast = build_decoder("hf", model.model), build_decoder("fast", model.model)
     for minimum in sorted({0, min_new_tokens}):
         expected = reference.generate(pixels, max_new_tokens=max_new_tokens, min_new_tokens=minimum)
@@ -99,7 +100,7 @@ def reference_runner(
 
         def run_ms() -> ReferenceRun:
             started = time.perf_counter()
-            pixels = _pixels(model, image.data, max_pixels=max_pixels)
+            pixels = worker_pixels(model, image.data, max_pixels=max_pixels)
             prepared = time.perf_counter()
             model.caption([pixels], max_new_tokens=[max_new_tokens], min_new_tokens=min_new_tokens)
             return ReferenceRun(
@@ -110,7 +111,7 @@ def reference_runner(
         yield run_ms
 
 
-def _pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:
+def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:
     """What a worker's decode pool makes of an image (inference_consumer.worker._preprocessor)."""
     from inference_consumer.images import decode_image
 
