@@ -25,8 +25,9 @@ What each number means (the JSON object on the last line of stdout)
     naive_img_s      images/s of a plain in-process loop, one image at a time: JPEG bytes -> PIL ->
                      processor -> HF `generate` -> decode (base model, all cores).
     service_img_s    images/s of the service at saturation: a closed loop keeping 1.5 batches per worker in
-                     flight over HTTP (CAPTIONER_MAX_BATCH_SIZE, default 16 -> 24), so the next batch is
-                     always queued; counted over whole answered batches after the first.
+                     flight over HTTP (BENCH_BATCH_SIZE: by default 16, the batch the worker's time budget
+                     gives GIT-base on 2 CPU cores -> 24), so the next batch is always queued; counted over
+                     whole answered batches after the first.
     ratio            service_img_s / naive_img_s.
     p50_ms, p95_ms, p99_ms
                      client end-to-end latency at a steady load below saturation: open-loop Poisson
@@ -87,6 +88,9 @@ from bench.naive import NaiveResult, run_naive
 from bench.processes import rss_peak
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
+from bench.warmup import warm_up_broker
+
+WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 
 progress = Console(stderr=True)
 
@@ -216,6 +220,14 @@ def run(config: BenchConfig) -> BenchResults:
     decoders, naive = in_process_phase(config, images)
     with ExitStack() as stack:
         bootstrap = start_broker(stack)
+        log("broker warm-up: produce+fetch round trips on a scratch topic")
+        warmup = warm_up_broker(
+            bootstrap,
+            topic=f"{config.run_id}-warmup",
+            round_trips=config.phases.broker_warmup_round_trips,
+            payload_bytes=WARMUP_PAYLOAD_BYTES,
+        )
+        log(warmup.describe())
         client = stack.enter_context(load_client())
         base = base_service_phase(config, images, client, bootstrap)
         capacity = capacity_phase(config, images, client, bootstrap)
@@ -226,6 +238,7 @@ def run(config: BenchConfig) -> BenchResults:
         capacity_image=images.capacity,
         naive=naive,
         decoders=decoders,
+        warmup=warmup,
         idle=base.idle,
         saturation=base.saturation,
         steady=base.steady,

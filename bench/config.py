@@ -13,6 +13,7 @@ from bench.models import REPO
 from captioner.settings import WorkerSettings
 
 FORCED_NEW_TOKENS = 20
+BASE_CPU_BATCH = 16
 
 
 @dataclass(frozen=True)
@@ -20,6 +21,7 @@ class Phases:
     """How long, or how many, for each measurement."""
 
     images: int  # test photos, 320x240 .. 4000x3000
+    broker_warmup_round_trips: int  # before any measurement (bench/warmup.py)
     naive_budget_s: float  # the naive loop stops after this (having done at least 3 images)
     overhead_samples: int  # idle sequential requests, and in-process runs, of the overhead image
     saturation_s: float  # closed-loop run at saturation, at least ...
@@ -36,6 +38,7 @@ class Phases:
 
 FULL = Phases(
     images=12,
+    broker_warmup_round_trips=4000,
     naive_budget_s=150.0,
     overhead_samples=15,
     saturation_s=90.0,
@@ -51,6 +54,7 @@ FULL = Phases(
 )
 QUICK = Phases(
     images=4,
+    broker_warmup_round_trips=4000,
     naive_budget_s=30.0,
     overhead_samples=4,
     saturation_s=20.0,
@@ -75,7 +79,7 @@ class BenchConfig:
     workers: int
     worker_threads: int
     capacity_worker_threads: int
-    max_batch_size: int
+    batch_size: int  # the base model's batch at saturation, which sizes the closed loop
     run_id: str
     run_dir: Path
 
@@ -84,15 +88,22 @@ class BenchConfig:
         """One and a half batches per worker in flight: while a batch runs, the next one is already queued,
         so a worker never waits for the client's round trip; deeper queues would only add latency (and
         504s past the API's request timeout)."""
-        return (self.max_batch_size + (self.max_batch_size + 1) // 2) * self.workers
+        return (self.batch_size + (self.batch_size + 1) // 2) * self.workers
 
     @property
     def saturation_min_completions(self) -> int:
         """The first answers (filling the pipeline) plus `saturation_min_rounds` full batches per worker."""
         return (
-            self.saturation_concurrency
-            + self.phases.saturation_min_rounds * self.max_batch_size * self.workers
+            self.saturation_concurrency + self.phases.saturation_min_rounds * self.batch_size * self.workers
         )
+
+
+def _default_batch_size(env: Mapping[str, str]) -> int:
+    """What the worker's batching policy settles on for GIT-base on 2 CPU cores (16 at the default
+    CAPTIONER_BATCH_BUDGET_MS), never more than CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE to
+    the batch the worker logs (`captioned N jobs`, at debug level) or its captioner_batch_size metric."""
+    limit = env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
+    return min(int(limit), BASE_CPU_BATCH)
 
 
 def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
@@ -113,9 +124,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
         # API, broker and client for the same cores would make the capacity run measure that, not transport
         # (on 2 cores: under 50 req/s with 2 threads, over 300 with 1).
         capacity_worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or 1),
-        max_batch_size=int(
-            env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
-        ),
+        batch_size=int(env.get("BENCH_BATCH_SIZE") or _default_batch_size(env)),
         run_id=run_id,
         run_dir=REPO / ".local" / "bench" / run_id,
     )

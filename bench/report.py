@@ -16,6 +16,7 @@ from bench.inprocess import DecoderCheck
 from bench.measure import CapacityResult, IdleResult, SaturationResult, SteadyResult
 from bench.naive import NaiveResult
 from bench.stats import median
+from bench.warmup import WarmupResult
 
 SUMMARY_KEYS = (
     "naive_img_s",
@@ -39,6 +40,7 @@ class BenchResults:
     capacity_image: BenchImage
     naive: NaiveResult
     decoders: DecoderCheck
+    warmup: WarmupResult
     idle: IdleResult
     saturation: SaturationResult
     steady: SteadyResult
@@ -86,6 +88,7 @@ def print_report(results: BenchResults) -> None:
     console.print(_headline(results))
     console.print(_idle_table(results))
     console.print(_capacity_table(results))
+    console.print(results.warmup.describe(), highlight=False)
     console.print(
         f"logs: {results.config.run_dir}   wall time: {results.wall_s:.0f} s   quick: {results.config.quick}",
         highlight=False,

@@ -13,6 +13,7 @@ from bench.measure import CapacityResult, CapacityStep, IdleResult, SaturationRe
 from bench.naive import NaiveResult
 from bench.report import SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
+from bench.warmup import WarmupResult
 
 
 def _latency(errors: int = 0) -> LatencySummary:
@@ -48,6 +49,7 @@ def _results() -> BenchResults:
         capacity_image=image,
         naive=NaiveResult(images=4, seconds=8.0, words_per_title=20.0),
         decoders=DecoderCheck(decoder="fast", identical=True),
+        warmup=WarmupResult(round_trips=4000, seconds=9.0, first_ms=3.5, last_ms=1.0),
         idle=IdleResult(
             e2e_ms=[1100.0, 1200.0],
             api_ms=[1090.0, 1190.0],
