@@ -91,7 +91,12 @@ class WorkerSettings(BaseSettings):
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
     min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
-    max_batch_size: int = Field(default=16, ge=1)
+    max_batch_size: int = Field(default=64, ge=1)
+    batch_budget_ms: float = Field(
+        default=6000.0,
+        ge=0,
+        description="a batch grows only while the last batch's time per job says it ends within this",
+    )
     batch_wait_ms: float = Field(
         default=20.0,
         ge=0,

@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 Preprocess = Callable[[bytes], torch.Tensor]
 
+_BACKLOG_CHECK_S = 0.005  # a full backlog frees a batch at a time, every 10 ms or more
+
 
 class JobFeeder:
     def __init__(
@@ -39,6 +41,7 @@ class JobFeeder:
         tracker: OffsetTracker,
         outcomes: OutcomePublisher,
         ready: queue.Queue[Job],
+        backlog: Callable[[], int],
         decode_pool: Executor,
         preprocess: Preprocess,
         fetch_size: int,
@@ -51,6 +54,7 @@ class JobFeeder:
         self._tracker = tracker
         self._outcomes = outcomes
         self._ready = ready
+        self._backlog = backlog
         self._decode_pool = decode_pool
         self._preprocess = preprocess
         self._fetch_size = fetch_size
@@ -105,12 +109,12 @@ class JobFeeder:
             return
         job.pixels = self._decode_pool.submit(self._preprocess, job.request.image)
         while not self.stopping.is_set():
-            try:
-                self._ready.put(job, timeout=0.1)
+            if self._ready.qsize() < self._backlog():
+                self._ready.put(job)
                 return
-            except queue.Full:
-                self._producer.poll(0)
-        # Stopping with the queue full: the job is left unfinished, so its offset is not committed.
+            self._producer.poll(0)
+            self.stopping.wait(_BACKLOG_CHECK_S)
+        # Stopping with the backlog full: the job is left unfinished, so its offset is not committed.
 
     def _store_finished(self) -> None:
         """Hand finished positions to librdkafka, whose auto-commit sends them to the group."""

@@ -23,6 +23,7 @@ from captioner.settings import KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
+from inference_consumer.batching import BatchPolicy
 from inference_consumer.errors import InferenceError, WorkerError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.images import decode_image
@@ -55,8 +56,12 @@ class InferenceWorker:
         self._model = model
         self.stopping = threading.Event()
         self._chaos_failures_left = settings.chaos_failing_batches
-        self._last_batch_size = 0
-        self._last_inference_s = 0.0
+        self._batching = BatchPolicy(
+            max_size=settings.max_batch_size,
+            budget_s=settings.batch_budget_ms / 1000,
+            wait_s=settings.batch_wait_ms / 1000,
+            wait_share=settings.batch_wait_share,
+        )
 
     def run(self) -> None:
         """Serve until stop() (or SIGTERM via run_worker); then drain in-flight work and commit."""
@@ -105,7 +110,7 @@ class InferenceWorker:
                 worker_id=settings.worker_id,
                 group_id=settings.worker_group_id,
             )
-            ready: queue.Queue[Job] = queue.Queue(maxsize=2 * settings.max_batch_size)
+            ready: queue.Queue[Job] = queue.Queue()  # the feeder keeps it within _batching.backlog()
             feeder = JobFeeder(
                 consumer=consumer,
                 producer=producer,
@@ -114,6 +119,7 @@ class InferenceWorker:
                 tracker=tracker,
                 outcomes=outcomes,
                 ready=ready,
+                backlog=self._batching.backlog,
                 decode_pool=decode_pool,
                 preprocess=self._preprocessor(model),
                 fetch_size=settings.max_batch_size,
@@ -152,14 +158,15 @@ class InferenceWorker:
     def _next_batch(
         self, ready: queue.Queue[Job], *, first_wait_s: float = 0.1, fill: bool = True
     ) -> list[Job]:
-        """The first job waits up to first_wait_s, then whatever is queued joins it, and with `fill` the
-        batch waits `_batch_wait_s` for more."""
+        """The first job waits up to first_wait_s, then whatever is queued joins it, up to the batching
+        policy's limit, and with `fill` the batch waits the policy's fill time for more."""
         try:
             batch = [ready.get(timeout=first_wait_s) if first_wait_s else ready.get_nowait()]
         except queue.Empty:
             return []
-        until = time.monotonic() + (self._batch_wait_s() if fill else 0.0)
-        while len(batch) < self.settings.max_batch_size:
+        limit = self._batching.limit()
+        until = time.monotonic() + (self._batching.fill_wait_s() if fill else 0.0)
+        while len(batch) < limit:
             try:
                 batch.append(ready.get_nowait())
             except queue.Empty:
@@ -170,18 +177,8 @@ class InferenceWorker:
                     batch.append(ready.get(timeout=remaining))
                 except queue.Empty:
                     break
-        self._last_batch_size = len(batch)
+        self._batching.took(len(batch))
         return batch
-
-    def _batch_wait_s(self) -> float:
-        """An idle worker (last batch alone) answers a lone request at once. A busy one waits for company:
-        batch_wait_ms, or batch_wait_share of its last batch's inference when that is longer, so that a
-        slow model (seconds a batch on CPU) fills its batches from requests still on their way, while a
-        fast one adds little latency."""
-        if self._last_batch_size <= 1:
-            return 0.0
-        settings = self.settings
-        return max(settings.batch_wait_ms / 1000, settings.batch_wait_share * self._last_inference_s)
 
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
         runnable: list[tuple[Job, torch.Tensor]] = []
@@ -225,7 +222,7 @@ class InferenceWorker:
             outcomes.failed(runnable[0][0], error)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000
-        self._last_inference_s = elapsed_ms / 1000
+        self._batching.captioned(len(runnable), elapsed_ms / 1000)
         log.debug(
             "captioned %d jobs in %.0f ms: %s",
             len(runnable),

@@ -16,5 +16,11 @@ def test_quick_and_overrides() -> None:
     )
     assert config.phases is QUICK
     assert config.min_new_tokens == 0
+    assert config.batch_size == 8
     assert config.saturation_concurrency == 24  # 1.5 batches per worker
     assert config.run_dir.name == config.run_id
+
+
+def test_closed_loop_is_sized_for_the_base_models_cpu_batch() -> None:
+    assert load_config({}).batch_size == 16
+    assert load_config({"BENCH_BATCH_SIZE": "40"}).saturation_concurrency == 60
