@@ -100,8 +100,9 @@ class BenchConfig:
 
 def _default_batch_size(env: Mapping[str, str]) -> int:
     """What the worker's batching policy settles on for GIT-base on 2 CPU cores (16 at the default
-    CAPTIONER_BATCH_BUDGET_MS), never more than CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE to
-    the batch the worker logs (`captioned N jobs`, at debug level) or its captioner_batch_size metric."""
+    CAPTIONER_BATCH_BUDGET_MS), never more than CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE
+    to the batch the worker logs (`captioned N jobs`, at debug level) or its captioner_worker_batch_size
+    metric."""
     limit = env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
     return min(int(limit), BASE_CPU_BATCH)
 
