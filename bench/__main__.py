@@ -224,7 +224,6 @@ def run(config: BenchConfig) -> BenchResults:
         warmup = warm_up_broker(
             bootstrap,
             topic=f"{config.run_id}-warmup",
-            round_trips=config.phases.broker_warmup_round_trips,
             payload_bytes=WARMUP_PAYLOAD_BYTES,
         )
         log(warmup.describe())

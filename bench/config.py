@@ -21,7 +21,6 @@ class Phases:
     """How long, or how many, for each measurement."""
 
     images: int  # test photos, 320x240 .. 4000x3000
-    broker_warmup_round_trips: int  # before any measurement (bench/warmup.py)
     naive_budget_s: float  # the naive loop stops after this (having done at least 3 images)
     overhead_samples: int  # idle sequential requests, and in-process runs, of the overhead image
     saturation_s: float  # closed-loop run at saturation, at least ...
@@ -38,7 +37,6 @@ class Phases:
 
 FULL = Phases(
     images=12,
-    broker_warmup_round_trips=4000,
     naive_budget_s=150.0,
     overhead_samples=15,
     saturation_s=90.0,
@@ -54,7 +52,6 @@ FULL = Phases(
 )
 QUICK = Phases(
     images=4,
-    broker_warmup_round_trips=4000,
     naive_budget_s=30.0,
     overhead_samples=4,
     saturation_s=20.0,
@@ -85,9 +82,10 @@ class BenchConfig:
 
     @property
     def saturation_concurrency(self) -> int:
-        """One and a half batches per worker in flight: while a batch runs, the next one is already queued,
-        so a worker never waits for the client's round trip; deeper queues would only add latency (and
-        504s past the API's request timeout)."""
+        """One and a half batches per worker in flight: while a batch runs, half the next one is queued and
+        its fill wait (CAPTIONER_BATCH_WAIT_SHARE) takes the rest from the answers' round trip (~0.1 s a
+        batch on CPU). Two batches in flight closed that gap but gave no more images/s (decoding then
+        overlaps inference on the same cores), and deeper queues only add latency."""
         return (self.batch_size + (self.batch_size + 1) // 2) * self.workers
 
     @property

@@ -23,6 +23,7 @@ from captioner.kafka_config import client_config, consumer_config, producer_conf
 from captioner.settings import KafkaSettings, TopicSettings
 
 _TIMEOUT_S = 30.0
+ROUND_TRIPS = 4000  # the median round trip stops falling after ~3000 on a fresh broker
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,9 @@ class WarmupResult:
         )
 
 
-def warm_up_broker(bootstrap: str, *, topic: str, round_trips: int, payload_bytes: int) -> WarmupResult:
+def warm_up_broker(
+    bootstrap: str, *, topic: str, payload_bytes: int, round_trips: int = ROUND_TRIPS
+) -> WarmupResult:
     kafka, at = KafkaSettings(), {"bootstrap.servers": bootstrap}
     admin = AdminClient(client_config(kafka, client_id=f"{topic}-admin") | at)
     _wait(admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]))

@@ -6,7 +6,6 @@ import queue
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
@@ -16,7 +15,8 @@ from confluent_kafka import Message
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.offsets import OffsetTracker
-from schemas import REQUEST_CODEC, CaptionRequest
+from schemas import REQUEST_CODEC
+from tests.support.kafka import caption_request
 
 
 class IdleProducer:
@@ -37,16 +37,7 @@ class Backlog:
 
 
 def request_message(offset: int) -> Message:
-    now = datetime.now(UTC)
-    request = CaptionRequest(
-        correlation_id=f"c-{offset}",
-        image=b"img",
-        content_type="image/png",
-        reply_topic="results",
-        reply_partition=0,
-        deadline=now + timedelta(seconds=30),
-        created_at=now,
-    )
+    request = caption_request(b"img", reply_topic="results", correlation_id=f"c-{offset}")
     return Message(
         topic="captioner.requests",
         partition=0,
