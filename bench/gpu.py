@@ -220,9 +220,9 @@ def _cycle(items: list[Item], size: int) -> list[Item]:
 
 
 def _preprocessor(model: CaptionModel) -> Callable[[BenchImage], torch.Tensor]:
-    from captioner.settings import WorkerSettings
+    from captioner.settings import ImageSettings
 
-    max_pixels = WorkerSettings().max_image_pixels
+    max_pixels = ImageSettings().max_image_pixels
     return lambda image: worker_pixels(model, image.data, max_pixels=max_pixels)
 
 

@@ -90,11 +90,11 @@ def reference_runner(
     model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
 ) -> Iterator[Callable[[], ReferenceRun]]:
     """A callable that runs the worker's work for `image` once, in-process, and returns its timings."""
-    from captioner.settings import WorkerSettings
+    from captioner.settings import ImageSettings, WorkerSettings
     from inference_consumer.allocator import keep_freed_memory
 
     settings = WorkerSettings()
-    max_pixels = settings.max_image_pixels
+    max_pixels = ImageSettings().max_image_pixels
     keep_freed_memory(settings.malloc_threshold_mb * 2**20)  # as the worker does (after the naive loop)
     with caption_model(model_dir, threads=threads) as model:
 
@@ -113,6 +113,6 @@ def reference_runner(
 
 def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:
     """What a worker's decode pool makes of an image (inference_consumer.worker._preprocessor)."""
-    from inference_consumer.images import decode_image
+    from captioner.images import decode_image
 
     return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=model.image_edge))

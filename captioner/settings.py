@@ -73,6 +73,15 @@ class ApiSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
 
 
+class ImageSettings(BaseSettings):
+    """Image limits that the API and the workers enforce alike (captioner.images)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
+
+    # 24 MP covers phone photos (12-20 MP) with room; decoding one costs at most ~7 bytes a pixel.
+    max_image_pixels: int = Field(default=24_000_000, ge=1, le=178_000_000)
+
+
 class WorkerSettings(BaseSettings):
     """The inference worker (inference_consumer)."""
 
@@ -115,7 +124,6 @@ class WorkerSettings(BaseSettings):
         le=2047,
         description="glibc: tensors below this reuse freed heap memory, not fresh pages; 0 = glibc default",
     )
-    max_image_pixels: int = Field(default=40_000_000, ge=1)
     shutdown_timeout_s: float = Field(default=30.0, ge=0)
     session_timeout_ms: int = Field(
         default=10_000,

@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+from captioner.errors import (
+    CaptionerError,
+    ImageTooLargeError,
+    InvalidImageError,
+    InvalidRequestError,
+    UnsupportedImageFormatError,
+)
 
-class WorkerError(Exception):
-    retriable = False
+__all__ = [
+    "ImageTooLargeError",
+    "InferenceError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "ModelUnavailableError",
+    "ReplyUndeliverableError",
+    "UnsupportedImageFormatError",
+    "WorkerError",
+]
+
+
+class WorkerError(CaptionerError):
     code = "worker_error"
-
-
-class InvalidImageError(WorkerError):
-    """The bytes are not an image we can decode."""
-
-    code = "invalid_image"
-
-
-class ImageTooLargeError(WorkerError):
-    """The image exceeds the pixel limit of the worker."""
-
-    code = "image_too_large"
 
 
 class InferenceError(WorkerError):
@@ -25,9 +31,16 @@ class InferenceError(WorkerError):
 
     retriable = True
     code = "inference_failed"
+    http_status = 503
 
 
 class ModelUnavailableError(WorkerError):
     """The weights cannot be loaded; the worker cannot start."""
 
     code = "model_unavailable"
+
+
+class ReplyUndeliverableError(WorkerError):
+    """The request's reply address does not accept records (no such topic, say)."""
+
+    code = "reply_undeliverable"

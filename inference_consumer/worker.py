@@ -18,15 +18,15 @@ import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
+from captioner.images import decode_image
 from captioner.kafka_config import consumer_config, producer_config
-from captioner.settings import KafkaSettings, TopicSettings, WorkerSettings
+from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchPolicy
 from inference_consumer.errors import InferenceError, WorkerError
 from inference_consumer.feeder import JobFeeder
-from inference_consumer.images import decode_image
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
 from inference_consumer.offsets import OffsetTracker
@@ -48,9 +48,11 @@ class InferenceWorker:
         settings: WorkerSettings,
         kafka: KafkaSettings,
         topics: TopicSettings,
+        images: ImageSettings,
         model: CaptionModel | None = None,
     ) -> None:
         self.settings = settings
+        self._images = images
         self._kafka = kafka
         self._topics = topics
         self._model = model
@@ -130,7 +132,7 @@ class InferenceWorker:
             yield feeder, outcomes, ready, producer
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
-        max_pixels, edge = self.settings.max_image_pixels, model.image_edge
+        max_pixels, edge = self._images.max_image_pixels, model.image_edge
 
         def preprocess(data: bytes) -> torch.Tensor:
             return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=edge))
@@ -253,7 +255,10 @@ def _flush(producer: Producer, timeout_s: float) -> None:
 def run_worker(settings: WorkerSettings | None = None) -> None:
     """Run a worker in this process until SIGTERM or SIGINT."""
     worker = InferenceWorker(
-        settings=settings or WorkerSettings(), kafka=KafkaSettings(), topics=TopicSettings()
+        settings=settings or WorkerSettings(),
+        kafka=KafkaSettings(),
+        topics=TopicSettings(),
+        images=ImageSettings(),
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -14,7 +14,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from captioner.event_loop import new_event_loop
 from captioner.kafka_config import consumer_config, producer_config
-from captioner.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
+from captioner.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
 from captioner.topics import ensure_topics
 from producer_api import metrics
 from producer_api.errors import ApiError, OverloadedError
@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 KAFKA_SETTINGS = web.AppKey("kafka_settings", KafkaSettings)
 TOPIC_SETTINGS = web.AppKey("topic_settings", TopicSettings)
+IMAGE_SETTINGS = web.AppKey("image_settings", ImageSettings)
 SERVICE = web.AppKey("caption_service", CaptionService)
 PUBLISHER = web.AppKey("request_publisher", RequestPublisher)
 LISTENER = web.AppKey("reply_listener", ReplyListener)
@@ -142,7 +143,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         pending=pending,
         reply_partition=partition,
         image_executor=image_executor,
-        max_image_pixels=WorkerSettings().max_image_pixels,
+        max_image_pixels=app[IMAGE_SETTINGS].max_image_pixels,
     )
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
@@ -157,12 +158,14 @@ def make_app(
     api: ApiSettings | None = None,
     kafka: KafkaSettings | None = None,
     topics: TopicSettings | None = None,
+    images: ImageSettings | None = None,
 ) -> web.Application:
     api = api or ApiSettings()
     app = web.Application(middlewares=[error_middleware], client_max_size=api.max_image_bytes * 2)
     app[API_SETTINGS] = api
     app[KAFKA_SETTINGS] = kafka or KafkaSettings()
     app[TOPIC_SETTINGS] = topics or TopicSettings()
+    app[IMAGE_SETTINGS] = images or ImageSettings()
     app.cleanup_ctx.append(kafka_clients)
     app.router.add_post("/api/v1/predictions", predict)
     app.router.add_get("/healthz", healthz)

@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from captioner.settings import KafkaSettings, TopicSettings, WorkerSettings
+from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from inference_consumer.batching import BatchPolicy
 from inference_consumer.jobs import Job
 from inference_consumer.worker import InferenceWorker
@@ -21,6 +21,7 @@ def make_worker(**settings: float) -> InferenceWorker:
         settings=WorkerSettings.model_validate({"max_batch_size": 4, "batch_budget_ms": 0, **settings}),
         kafka=KafkaSettings(),
         topics=TopicSettings(),
+        images=ImageSettings(),
     )
 
 

@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import pytest
 
-from inference_consumer.errors import ImageTooLargeError, InvalidImageError
-from inference_consumer.images import decode_image
+from captioner.errors import ImageTooLargeError, InvalidImageError
+from captioner.images import decode_image
 from tests.support.images import make_image_bytes
 
 
