@@ -39,7 +39,7 @@ def api() -> None:
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
     configure_logging()
-    from inference_consumer.errors import ModelUnavailableError
+    from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
     from inference_consumer.worker import run_worker
 
     try:
@@ -47,6 +47,9 @@ def worker() -> None:
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
         raise typer.Exit(2) from None
+    except WorkerFatalError as exc:
+        typer.echo(f"captioner worker stopped: {exc}", err=True)
+        raise typer.Exit(3) from None
 
 
 @model_app.command("make")

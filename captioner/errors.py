@@ -1,22 +1,16 @@
-"""The error family both roles share: a stable `code`, a `retriable` flag callers route on, and the
-HTTP status it maps to. `message` is safe to show a caller; `detail` is for operators only (logs and
-dead-letter headers) and may hold what a library said."""
+"""The error family both roles share (its base, CaptionerError, lives in schemas, the bottom layer)."""
 
 from __future__ import annotations
 
-from typing import Any
+from schemas.errors import CaptionerError
 
-
-class CaptionerError(Exception):
-    code = "internal_error"
-    retriable = False
-    http_status = 500
-
-    def __init__(self, message: str, *, detail: str | None = None, **fields: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.detail = detail
-        self.fields = fields
+__all__ = [
+    "CaptionerError",
+    "ImageTooLargeError",
+    "InvalidImageError",
+    "InvalidRequestError",
+    "UnsupportedImageFormatError",
+]
 
 
 class InvalidImageError(CaptionerError):

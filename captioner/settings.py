@@ -6,6 +6,7 @@ Each role reads only the groups it needs; all models are frozen.
 from __future__ import annotations
 
 import os
+import re
 import socket
 import uuid
 from functools import cache
@@ -97,6 +98,10 @@ class WorkerSettings(BaseSettings):
     )
     worker_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores")
     worker_group_id: str = "captioner-workers"
+    reply_topic_pattern: re.Pattern[str] | None = Field(
+        default=None,
+        description="when set, a request's reply_topic must match this regular expression (full match)",
+    )
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
     min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")

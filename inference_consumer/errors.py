@@ -19,6 +19,7 @@ __all__ = [
     "ReplyUndeliverableError",
     "UnsupportedImageFormatError",
     "WorkerError",
+    "WorkerFatalError",
 ]
 
 
@@ -44,3 +45,10 @@ class ReplyUndeliverableError(WorkerError):
     """The request's reply address does not accept records (no such topic, say)."""
 
     code = "reply_undeliverable"
+
+
+class WorkerFatalError(WorkerError):
+    """The worker cannot go on (lost credentials, a dead-letter topic that refuses records): it stops
+    and its process exits non-zero so an orchestrator restarts it and someone is alerted."""
+
+    code = "worker_fatal"

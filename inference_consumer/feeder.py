@@ -17,17 +17,27 @@ import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from captioner.consuming import poll_batch
-from inference_consumer.jobs import Job, header_map, position
+from inference_consumer.jobs import Job, position
 from inference_consumer.offsets import OffsetTracker
-from inference_consumer.outcomes import OutcomePublisher
-from schemas import REQUEST_CODEC, SchemaContractError
-from schemas import headers as record_headers
+from inference_consumer.outcomes import Fatal, OutcomePublisher
+from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
+from schemas import REQUEST_CODEC, CaptionerError
 
 log = logging.getLogger(__name__)
 
 Preprocess = Callable[[bytes], torch.Tensor]
 
 _BACKLOG_CHECK_S = 0.005  # a full backlog frees a batch at a time, every 10 ms or more
+# Errors after which this consumer cannot go on: an orchestrator must restart it, and someone must look.
+_FATAL_CONSUMER_ERRORS = frozenset(
+    {
+        KafkaError._AUTHENTICATION,
+        KafkaError.SASL_AUTHENTICATION_FAILED,
+        KafkaError.TOPIC_AUTHORIZATION_FAILED,
+        KafkaError.GROUP_AUTHORIZATION_FAILED,
+        KafkaError.CLUSTER_AUTHORIZATION_FAILED,
+    }
+)
 
 
 class JobFeeder:
@@ -46,6 +56,10 @@ class JobFeeder:
         preprocess: Preprocess,
         fetch_size: int,
         revoke_timeout_s: float,
+        rules: RequestRules,
+        reply_partitions: PartitionCount,
+        max_hold_s: float,
+        on_fatal: Fatal,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -59,6 +73,10 @@ class JobFeeder:
         self._preprocess = preprocess
         self._fetch_size = fetch_size
         self._revoke_timeout_s = revoke_timeout_s
+        self._rules = rules
+        self._reply_partitions = reply_partitions
+        self._max_hold_s = max_hold_s
+        self._on_fatal = on_fatal
         self._held_until: dict[tuple[str, int], float] = {}
         self.stopping = threading.Event()
         self.assigned = threading.Event()
@@ -82,28 +100,36 @@ class JobFeeder:
                     self._take(message)
                 self._store_finished()
                 self._release_due()
-        except Exception:
-            log.exception("job feeder failed; stopping the worker")
+        except Exception as exc:  # a bug, not a record: _take contains each record's failures
+            log.exception("job feeder failed")
+            self._on_fatal(f"job feeder failed: {type(exc).__name__}: {exc}")
+        finally:
             self.stopping.set()
 
     def _take(self, message: Message) -> None:
         error = message.error()
         if error is not None:
-            if error.code() != KafkaError._PARTITION_EOF:
-                log.warning("consumer error: %s", error)
+            self._consumer_error(error)
             return
         topic, partition, offset = position(message)
         if (topic, partition) in self._held_until:
             return  # fetched behind a held retry record; it is fetched again after the hold
-        if topic in self._retry_topics and self._hold_if_not_due(message):
+        job = Job.from_message(message)
+        if topic in self._retry_topics and self._hold_if_not_due(job):
             return
         self._tracker.track(topic, partition, offset)
-        job = Job.from_message(message)
         try:
-            job.request = REQUEST_CODEC.decode(job.value)
-        except SchemaContractError as exc:
+            self._admit(job)
+        except Exception as exc:  # whatever one record does, it ends in its outcome, not here
+            if not isinstance(exc, CaptionerError):
+                log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
             self._outcomes.failed(job, exc)
-            return
+
+    def _admit(self, job: Job) -> None:
+        """Decode and check the record, then start decoding its image and queue it for a batch."""
+        job.request = REQUEST_CODEC.decode(job.value)
+        job.reply_to = reply_address(job.request, self._rules, self._reply_partitions)
+        check_request(job.request)
         if job.expired(datetime.now(UTC)):
             self._outcomes.skipped_expired(job)
             return
@@ -116,6 +142,15 @@ class JobFeeder:
             self.stopping.wait(_BACKLOG_CHECK_S)
         # Stopping with the backlog full: the job is left unfinished, so its offset is not committed.
 
+    def _consumer_error(self, error: KafkaError) -> None:
+        if error.code() == KafkaError._PARTITION_EOF:
+            return
+        if error.fatal() or error.code() in _FATAL_CONSUMER_ERRORS:
+            self._on_fatal(f"consumer error: {error.str()}")
+            self.stopping.set()
+            return
+        log.warning("consumer error: %s", error)
+
     def _store_finished(self) -> None:
         """Hand finished positions to librdkafka, whose auto-commit sends them to the group."""
         positions = self._tracker.take_positions()
@@ -125,18 +160,17 @@ class JobFeeder:
             except KafkaException as exc:  # revoked meanwhile: its next owner re-runs those jobs
                 log.info("could not store offsets %s: %s", positions, exc)
 
-    def _hold_if_not_due(self, message: Message) -> bool:
+    def _hold_if_not_due(self, job: Job) -> bool:
         """A retry tier holds records in due order, so waiting on the head holds the whole partition:
-        pause it and rewind to the head, without blocking other partitions or the poll loop."""
-        due_ms = int(header_map(message).get(record_headers.RETRY_DUE_MS, b"0"))
-        wait_s = due_ms / 1000 - time.time()
+        pause it and rewind to the head, without blocking other partitions or the poll loop. No
+        header can hold a partition longer than the longest retry delay."""
+        wait_s = min(job.retry_due_ms() / 1000 - time.time(), self._max_hold_s)
         if wait_s <= 0:
             return False
-        topic, partition, offset = position(message)
-        head = TopicPartition(topic, partition, offset)
+        head = TopicPartition(job.topic, job.partition, job.offset)
         self._consumer.pause([head])
         self._consumer.seek(head)
-        self._held_until[(topic, partition)] = time.monotonic() + wait_s
+        self._held_until[(job.topic, job.partition)] = time.monotonic() + wait_s
         return True
 
     def _release_due(self) -> None:

@@ -1,7 +1,12 @@
-"""A record taken from a request or retry topic, and what the worker learned about it."""
+"""A record taken from a request or retry topic, and what the worker learned about it.
+
+Headers are as hostile as the value: each one the worker reads is parsed here, once, and a malformed
+one is treated as absent. Nothing in this module raises on what a record carries.
+"""
 
 from __future__ import annotations
 
+import re
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -12,6 +17,13 @@ from confluent_kafka import Message
 from schemas import CaptionRequest
 from schemas import headers as record_headers
 
+# Kafka's own rule for topic names; also what a replayed-from marker must look like.
+TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
+_REPLAYED_FROM = re.compile(r"[A-Za-z0-9._-]{1,249}:\d{1,10}:\d{1,19}")
+_MAX_ATTEMPT = 1000
+_MAX_INT32 = 2**31 - 1
+_MAX_INT64 = 2**63 - 1
+
 
 def header_map(message: Message) -> dict[str, bytes]:
     raw = message.headers() or []
@@ -19,8 +31,21 @@ def header_map(message: Message) -> dict[str, bytes]:
     return {
         name: value.encode() if isinstance(value, str) else value
         for name, value in pairs
-        if value is not None
+        if isinstance(name, str) and isinstance(value, bytes | str)
     }
+
+
+def int_header(headers: dict[str, bytes], name: str, *, low: int, high: int) -> int | None:
+    """A decimal ASCII header within [low, high]; None when absent or malformed."""
+    raw = headers.get(name)
+    if raw is None or not 0 < len(raw) <= 20 or not raw.isdigit():
+        return None
+    value = int(raw)
+    return value if low <= value <= high else None
+
+
+def legal_topic_name(name: str) -> bool:
+    return TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
 def position(message: Message) -> tuple[str, int, int]:
@@ -28,6 +53,22 @@ def position(message: Message) -> tuple[str, int, int]:
     topic, partition, offset = message.topic(), message.partition(), message.offset()
     assert topic is not None and partition is not None and offset is not None
     return topic, partition, offset
+
+
+@dataclass(frozen=True, slots=True)
+class Origin:
+    """Where a record was first published."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class ReplyAddress:
+    topic: str
+    partition: int | None  # None: the key chooses
 
 
 @dataclass(slots=True)
@@ -39,29 +80,33 @@ class Job:
     value: bytes
     headers: dict[str, bytes]
     timestamp_ms: int
+    attempt: int = 1
     request: CaptionRequest | None = None
+    reply_to: ReplyAddress | None = None  # set once the request's reply address is known to be good
     pixels: Future[torch.Tensor] | None = field(default=None, repr=False)
 
     @classmethod
     def from_message(cls, message: Message) -> Job:
         topic, partition, offset = position(message)
+        headers = header_map(message)
         return cls(
             topic=topic,
             partition=partition,
             offset=offset,
             key=message.key(),
             value=message.value() or b"",
-            headers=header_map(message),
+            headers=headers,
             timestamp_ms=message.timestamp()[1],
+            attempt=int_header(headers, record_headers.ATTEMPT, low=1, high=_MAX_ATTEMPT) or 1,
         )
 
     @property
-    def attempt(self) -> int:
-        return int(self.headers.get(record_headers.ATTEMPT, b"1"))
-
-    @property
     def replayed(self) -> bool:
-        return record_headers.REPLAYED_FROM in self.headers
+        marker = self.headers.get(record_headers.REPLAYED_FROM, b"")
+        return _REPLAYED_FROM.fullmatch(marker.decode("ascii", "replace")) is not None
+
+    def retry_due_ms(self) -> int:
+        return int_header(self.headers, record_headers.RETRY_DUE_MS, low=0, high=_MAX_INT64) or 0
 
     def expired(self, now: datetime) -> bool:
         """Past its deadline its caller has been answered 504; a replayed job runs regardless."""
@@ -71,13 +116,12 @@ class Job:
     def correlation_id(self) -> str | None:
         return self.request.correlation_id if self.request else None
 
-    def origin(self) -> tuple[str, int, int, int]:
-        """Where the record was first published: topic, partition, offset, timestamp."""
-        if record_headers.ORIGINAL_TOPIC in self.headers:
-            return (
-                self.headers[record_headers.ORIGINAL_TOPIC].decode(),
-                int(self.headers[record_headers.ORIGINAL_PARTITION]),
-                int(self.headers[record_headers.ORIGINAL_OFFSET]),
-                int(self.headers[record_headers.ORIGINAL_TIMESTAMP_MS]),
-            )
-        return self.topic, self.partition, self.offset, self.timestamp_ms
+    def origin(self) -> Origin:
+        """Where the record was first published: from its headers when all four are well formed."""
+        topic = self.headers.get(record_headers.ORIGINAL_TOPIC, b"").decode("ascii", "replace")
+        partition = int_header(self.headers, record_headers.ORIGINAL_PARTITION, low=0, high=_MAX_INT32)
+        offset = int_header(self.headers, record_headers.ORIGINAL_OFFSET, low=0, high=_MAX_INT64)
+        timestamp = int_header(self.headers, record_headers.ORIGINAL_TIMESTAMP_MS, low=0, high=_MAX_INT64)
+        if legal_topic_name(topic) and partition is not None and offset is not None and timestamp is not None:
+            return Origin(topic, partition, offset, timestamp)
+        return Origin(self.topic, self.partition, self.offset, self.timestamp_ms)

@@ -1,4 +1,10 @@
-"""Produces each job's outcome (reply, retry record, dead letter) and finishes its offset once durable."""
+"""Produces each job's outcome (reply, retry record, dead letter) and finishes its offset once durable.
+
+No method here raises for what one record carries: a reply the broker refuses sends the job to the
+dead-letter topic, a retry record it refuses does too, and only a dead letter it refuses for good
+(say, the worker may not write the topic) stops the worker, through `on_fatal`, since it can no
+longer keep a job anywhere.
+"""
 
 from __future__ import annotations
 
@@ -7,20 +13,26 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import UTC, datetime
+from typing import Any
 
-from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
 from captioner.settings import TopicSettings
 from inference_consumer import metrics
+from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job
 from inference_consumer.offsets import OffsetTracker
-from schemas import REPLY_CODEC, CaptionReply, ReplyError, ReplyStatus
+from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyError, ReplyStatus
 from schemas import headers as record_headers
 
 log = logging.getLogger(__name__)
 
 _STACK_LIMIT = 4000
 _MESSAGE_LIMIT = 1000
+_QUEUE_FULL_WAIT_S = 0.05
+_INTERNAL_MESSAGE = "the worker failed on this job"
+
+Fatal = Callable[[str], None]
 
 
 class OutcomePublisher:
@@ -35,6 +47,7 @@ class OutcomePublisher:
         model_name: str,
         worker_id: str,
         group_id: str,
+        on_fatal: Fatal | None = None,
     ) -> None:
         self._producer = producer
         self._tracker = tracker
@@ -42,6 +55,7 @@ class OutcomePublisher:
         self._model_name = model_name
         self._worker_id = worker_id
         self._group_id = group_id
+        self._on_fatal = on_fatal or _log_fatal
 
     def succeeded(self, job: Job, title: str, *, inference_ms: float) -> None:
         self._reply(
@@ -66,7 +80,7 @@ class OutcomePublisher:
         self._finish(job)
 
     def failed(self, job: Job, error: BaseException) -> None:
-        retriable = bool(getattr(error, "retriable", False))
+        retriable = isinstance(error, CaptionerError) and error.retriable
         tier = job.attempt  # attempt 1 failed -> retry tier 1
         if retriable and tier <= len(self._topics.retry_delays_s):
             self._retry(job, error, tier)
@@ -79,22 +93,28 @@ class OutcomePublisher:
             record_headers.ATTEMPT: str(job.attempt + 1).encode(),
             record_headers.RETRY_DUE_MS: str(due_ms).encode(),
             record_headers.RETRY_ERROR_CLASS: type(error).__name__.encode(),
-            record_headers.RETRY_ERROR_MESSAGE: str(error)[:_MESSAGE_LIMIT].encode(),
+            record_headers.RETRY_ERROR_MESSAGE: _operator_message(error).encode(),
         }
         log.warning(
-            "attempt %d of %s failed (%s); retrying via tier %d", job.attempt, job.correlation_id, error, tier
+            "attempt %d of %s failed (%s); retrying via tier %d",
+            job.attempt,
+            job.correlation_id,
+            _operator_message(error),
+            tier,
         )
         metrics.JOBS.labels(outcome="retried").inc()
-        self._produce_then_finish(job, self._topics.retry_topic(tier), headers)
+        self._send(
+            job, self._topics.retry_topic(tier), headers, refused=lambda: self._dead_letter(job, error)
+        )
         self._reply(job, status=ReplyStatus.RETRYING, error=_reply_error(error, retriable=True))
 
     def _dead_letter(self, job: Job, error: BaseException) -> None:
-        code = getattr(error, "code", "unexpected_error")
+        code = error.code if isinstance(error, CaptionerError) else "internal_error"
         headers = self._origin_headers(job) | {
             record_headers.ATTEMPT: str(job.attempt).encode(),
             record_headers.DLQ_ERROR_CLASS: type(error).__name__.encode(),
-            record_headers.DLQ_ERROR_CODE: str(code).encode(),
-            record_headers.DLQ_ERROR_MESSAGE: str(error)[:_MESSAGE_LIMIT].encode(),
+            record_headers.DLQ_ERROR_CODE: code.encode(),
+            record_headers.DLQ_ERROR_MESSAGE: _operator_message(error).encode(),
             record_headers.DLQ_ERROR_STACK: "".join(traceback.format_exception(error))[
                 -_STACK_LIMIT:
             ].encode(),
@@ -108,42 +128,62 @@ class OutcomePublisher:
             job.topic,
             job.partition,
             job.offset,
-            error,
+            _operator_message(error),
         )
         metrics.JOBS.labels(outcome="dead_lettered").inc()
-        self._produce_then_finish(job, self._topics.dead_letter, headers)
-        retriable = bool(getattr(error, "retriable", False))  # True here: retries ran out
+        self._send(job, self._topics.dead_letter, headers, refused=lambda: self._cannot_keep(job))
+        retriable = isinstance(error, CaptionerError) and error.retriable  # True here: retries ran out
         self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=retriable))
+
+    def _cannot_keep(self, job: Job) -> None:
+        self._on_fatal(
+            f"the dead-letter topic {self._topics.dead_letter} refused {job.topic}[{job.partition}]"
+            f"@{job.offset}; its offset stays uncommitted"
+        )
 
     def _origin_headers(self, job: Job) -> dict[str, bytes]:
         """Where the record came from, plus what must survive every hop: the replay marker and
         headers that are not ours (trace context, say)."""
-        topic, partition, offset, timestamp_ms = job.origin()
+        origin = job.origin()
         carried = {
             name: value
             for name, value in job.headers.items()
             if name == record_headers.REPLAYED_FROM or not name.startswith("captioner.")
         }
         return carried | {
-            record_headers.ORIGINAL_TOPIC: topic.encode(),
-            record_headers.ORIGINAL_PARTITION: str(partition).encode(),
-            record_headers.ORIGINAL_OFFSET: str(offset).encode(),
-            record_headers.ORIGINAL_TIMESTAMP_MS: str(timestamp_ms).encode(),
+            record_headers.ORIGINAL_TOPIC: origin.topic.encode(),
+            record_headers.ORIGINAL_PARTITION: str(origin.partition).encode(),
+            record_headers.ORIGINAL_OFFSET: str(origin.offset).encode(),
+            record_headers.ORIGINAL_TIMESTAMP_MS: str(origin.timestamp_ms).encode(),
         }
 
-    def _produce_then_finish(self, job: Job, topic: str, headers: dict[str, bytes]) -> None:
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is not None:
-                # Leave the offset unfinished: it is not committed, and a restart re-runs the job.
-                log.error(
-                    "could not write %s[%d]@%d to %s: %s", job.topic, job.partition, job.offset, topic, error
-                )
-                return
-            self._finish(job)
+    def _send(self, job: Job, topic: str, headers: dict[str, bytes], *, refused: Callable[[], None]) -> None:
+        """The record's own bytes to `topic`; its offset finishes once acknowledged. A failure the
+        producer may overcome (broker down past message.timeout.ms) sends it again; one it cannot
+        (refused by the topic) calls `refused`."""
 
-        self._producer.produce(
+        def on_delivery(error: KafkaError | None, _message: Message) -> None:
+            if error is None:
+                self._finish(job)
+            elif error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT:
+                log.warning(
+                    "could not write %s[%d]@%d to %s yet: %s",
+                    job.topic,
+                    job.partition,
+                    job.offset,
+                    topic,
+                    error,
+                )
+                self._send(job, topic, headers, refused=refused)
+            else:
+                log.error("%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error)
+                refused()
+
+        if self._produce(
             topic, key=job.key, value=job.value, headers=list(headers.items()), on_delivery=on_delivery
-        )
+        ):
+            return
+        refused()
 
     def _reply(
         self,
@@ -155,11 +195,13 @@ class OutcomePublisher:
         inference_ms: float = 0.0,
         then: Callable[[], None] | None = None,
     ) -> None:
-        request = job.request
-        if request is None:
+        """`then` marks the final reply: it runs once the reply is durable, and a reply the topic
+        refuses sends the job to the dead-letter topic instead."""
+        request, address = job.request, job.reply_to
+        if request is None or address is None:
             if then:
                 then()
-            return  # an unreadable record names no reply address
+            return  # no readable, valid reply address: the dead letter is all there is
         reply = CaptionReply(
             correlation_id=request.correlation_id,
             status=status,
@@ -172,43 +214,61 @@ class OutcomePublisher:
             completed_at=datetime.now(UTC),
         )
 
+        def undeliverable(reason: str) -> None:
+            log.error("reply for %s to %s undeliverable: %s", request.correlation_id, address.topic, reason)
+            if then:
+                job.reply_to = None  # the dead letter's FAILED reply would meet the same refusal
+                self._dead_letter(
+                    job, ReplyUndeliverableError("the reply topic refused the reply", detail=reason)
+                )
+
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
             if delivery_error is not None:
-                log.error(
-                    "reply for %s to %s undeliverable: %s",
-                    request.correlation_id,
-                    request.reply_topic,
-                    delivery_error,
-                )
-                if then:
-                    self.failed(job, ReplyUndeliverableError(delivery_error.str()))
-                return
-            if then:
+                undeliverable(delivery_error.str())
+            elif then:
                 then()
 
-        partition = request.reply_partition if request.reply_partition is not None else -1
-        self._producer.produce(
-            request.reply_topic,
+        sent = self._produce(
+            address.topic,
             key=request.correlation_id.encode(),
             value=REPLY_CODEC.encode(reply),
-            partition=partition,
+            partition=-1 if address.partition is None else address.partition,
             on_delivery=on_delivery,
         )
+        if not sent:
+            undeliverable("produce refused the record")
+
+    def _produce(self, topic: str, **record: Any) -> bool:
+        """produce() that waits out a full local queue and reports a refusal instead of raising."""
+        while True:
+            try:
+                self._producer.produce(topic, **record)
+                return True
+            except BufferError:
+                self._producer.poll(_QUEUE_FULL_WAIT_S)
+            except (KafkaException, TypeError, ValueError) as exc:
+                log.error("produce to %s refused: %s", topic, exc)
+                return False
 
     def _finish(self, job: Job) -> None:
         self._tracker.finish(job.topic, job.partition, job.offset)
 
 
-class ReplyUndeliverableError(Exception):
-    """The request's reply address does not accept records (no such topic, say)."""
+def _log_fatal(reason: str) -> None:
+    log.critical("%s", reason)
 
-    retriable = False
-    code = "reply_undeliverable"
+
+def _operator_message(error: BaseException) -> str:
+    """For logs and dead-letter headers: the caller's message plus what a library said."""
+    if isinstance(error, CaptionerError):
+        text = f"{error.message} ({error.detail})" if error.detail else error.message
+    else:
+        text = f"{type(error).__name__}: {error}"
+    return text[:_MESSAGE_LIMIT]
 
 
 def _reply_error(error: BaseException, *, retriable: bool) -> ReplyError:
-    return ReplyError(
-        code=str(getattr(error, "code", "unexpected_error")),
-        message=str(error)[:_MESSAGE_LIMIT],
-        retriable=retriable,
-    )
+    """For the caller: a code and a plain message, never a library's words or a repr."""
+    if isinstance(error, CaptionerError):
+        return ReplyError(code=error.code, message=error.message[:_MESSAGE_LIMIT], retriable=retriable)
+    return ReplyError(code="internal_error", message=_INTERNAL_MESSAGE, retriable=retriable)

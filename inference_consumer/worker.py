@@ -25,12 +25,13 @@ from captioner.topics import ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchPolicy
-from inference_consumer.errors import InferenceError, WorkerError
+from inference_consumer.errors import InferenceError, WorkerError, WorkerFatalError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
+from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +58,7 @@ class InferenceWorker:
         self._topics = topics
         self._model = model
         self.stopping = threading.Event()
+        self._fatal_reason: str | None = None
         self._chaos_failures_left = settings.chaos_failing_batches
         self._batching = BatchPolicy(
             max_size=settings.max_batch_size,
@@ -78,8 +80,16 @@ class InferenceWorker:
             feeder.start()
             log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
             self._serve(model, feeder, outcomes, ready, producer)
+        if self._fatal_reason is not None:
+            raise WorkerFatalError(self._fatal_reason)
 
     def stop(self) -> None:
+        self.stopping.set()
+
+    def _fatal(self, reason: str) -> None:
+        """This worker cannot go on: it drains what it can and exits non-zero so it is restarted."""
+        log.critical("stopping: %s", reason)
+        self._fatal_reason = self._fatal_reason or reason
         self.stopping.set()
 
     @contextlib.contextmanager
@@ -98,7 +108,11 @@ class InferenceWorker:
                 )
             )
             stack.callback(consumer.close)
-            producer = Producer(producer_config(self._kafka, self._topics, client_id=client_id))
+            producer = Producer(
+                producer_config(self._kafka, self._topics, client_id=client_id)
+                # Looking up a hostile reply_topic must never create it.
+                | {"allow.auto.create.topics": False}
+            )
             stack.callback(_flush, producer, settings.shutdown_timeout_s)
             decode_pool = stack.enter_context(
                 ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
@@ -111,6 +125,7 @@ class InferenceWorker:
                 model_name=model.name,
                 worker_id=settings.worker_id,
                 group_id=settings.worker_group_id,
+                on_fatal=self._fatal,
             )
             ready: queue.Queue[Job] = queue.Queue()  # the feeder keeps it within _batching.backlog()
             feeder = JobFeeder(
@@ -126,6 +141,15 @@ class InferenceWorker:
                 preprocess=self._preprocessor(model),
                 fetch_size=settings.max_batch_size,
                 revoke_timeout_s=settings.shutdown_timeout_s,
+                rules=RequestRules(
+                    own_topics=frozenset(
+                        [self._topics.requests, *self._topics.retry_topics, self._topics.dead_letter]
+                    ),
+                    reply_topic_pattern=settings.reply_topic_pattern,
+                ),
+                reply_partitions=ReplyTopicPartitions(producer=producer),
+                max_hold_s=max(self._topics.retry_delays_s, default=0.0),
+                on_fatal=self._fatal,
             )
             stack.callback(feeder.join, settings.shutdown_timeout_s)
             stack.callback(feeder.stopping.set)
@@ -193,7 +217,8 @@ class InferenceWorker:
                 outcomes.failed(job, exc)
                 continue
             except Exception as exc:
-                outcomes.failed(job, InferenceError(f"preprocessing failed: {exc!r}"))
+                log.exception("preprocessing %s failed", job.correlation_id)
+                outcomes.failed(job, InferenceError("preprocessing the image failed", detail=repr(exc)))
                 continue
             if job.expired(now):
                 outcomes.skipped_expired(job)
@@ -220,7 +245,11 @@ class InferenceWorker:
                 for item in runnable:
                     self._caption(model, [item], outcomes)
                 return
-            error = exc if isinstance(exc, InferenceError) else InferenceError(f"inference failed: {exc!r}")
+            error = (
+                exc
+                if isinstance(exc, InferenceError)
+                else InferenceError("inference failed", detail=repr(exc))
+            )
             outcomes.failed(runnable[0][0], error)
             return
         elapsed_ms = (time.perf_counter() - started) * 1000

@@ -10,9 +10,11 @@ from schemas.codec import (
     ReplyStatus,
 )
 from schemas.errors import (
+    CaptionerError,
     NotSingleObjectError,
     RecordDecodeError,
     SchemaContractError,
+    TrailingBytesError,
     TruncatedRecordError,
     UnknownFingerprintError,
 )
@@ -22,12 +24,14 @@ __all__ = [
     "REQUEST_CODEC",
     "CaptionReply",
     "CaptionRequest",
+    "CaptionerError",
     "NotSingleObjectError",
     "RecordCodec",
     "RecordDecodeError",
     "ReplyError",
     "ReplyStatus",
     "SchemaContractError",
+    "TrailingBytesError",
     "TruncatedRecordError",
     "UnknownFingerprintError",
 ]

@@ -16,6 +16,7 @@ from fastavro import schemaless_reader, schemaless_writer
 from schemas.errors import (
     NotSingleObjectError,
     RecordDecodeError,
+    TrailingBytesError,
     TruncatedRecordError,
     UnknownFingerprintError,
 )
@@ -95,11 +96,16 @@ class RecordCodec(Generic[RecordT]):
             datum = cast(dict[str, Any], schemaless_reader(body, writer.parsed, self.writer.parsed))
         except (EOFError, StopIteration, IndexError) as exc:
             raise TruncatedRecordError(f"{writer.name} body ends early ({len(data)} bytes)") from exc
-        except Exception as exc:
-            raise RecordDecodeError(f"cannot read {writer.name}: {type(exc).__name__}: {exc}") from exc
+        except Exception as exc:  # fastavro raises many types on hostile bodies
+            raise RecordDecodeError(
+                f"{writer.name} body is not valid Avro", detail=f"{type(exc).__name__}: {exc}"[:500]
+            ) from exc
         if body.tell() != len(data) - HEADER_SIZE:
-            raise TruncatedRecordError(f"{len(data) - HEADER_SIZE - body.tell()} trailing bytes after record")
-        return self._from_avro(datum)
+            raise TrailingBytesError(f"{len(data) - HEADER_SIZE - body.tell()} trailing bytes after record")
+        try:
+            return self._from_avro(datum)
+        except (TypeError, ValueError) as exc:
+            raise RecordDecodeError(f"{writer.name} has a value outside its type") from exc
 
     def writer_of(self, data: bytes) -> SchemaVersion:
         if len(data) < HEADER_SIZE:

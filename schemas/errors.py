@@ -1,13 +1,31 @@
-"""Errors raised while reading records. None of them is retriable: the bytes will not change."""
+"""The project's error base, and the errors raised while reading records.
+
+The base lives here, in the bottom layer, so that every package's errors are one family: a stable
+`code`, a `retriable` flag that callers route on, and the HTTP status it maps to. `message` is safe
+to show a caller; `detail` is for operators only (logs and dead-letter headers)."""
 
 from __future__ import annotations
 
+from typing import Any
 
-class SchemaContractError(Exception):
-    """A record does not follow the published contract."""
 
+class CaptionerError(Exception):
+    code = "internal_error"
     retriable = False
+    http_status = 500
+
+    def __init__(self, message: str, *, detail: str | None = None, **fields: Any) -> None:
+        super().__init__(message)
+        self.message = message
+        self.detail = detail
+        self.fields = fields
+
+
+class SchemaContractError(CaptionerError):
+    """A record does not follow the published contract. Never retriable: the bytes will not change."""
+
     code = "schema_error"
+    http_status = 400
 
 
 class RecordDecodeError(SchemaContractError):
@@ -34,6 +52,12 @@ class UnknownFingerprintError(RecordDecodeError):
 
 
 class TruncatedRecordError(RecordDecodeError):
-    """The body ended before the record did, or trailing bytes follow it."""
+    """The body ended before the record did."""
 
     code = "truncated_record"
+
+
+class TrailingBytesError(RecordDecodeError):
+    """Bytes follow the end of the record: not what any Avro writer produces."""
+
+    code = "trailing_bytes"

@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from captioner.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
+from captioner.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
-@pytest.mark.parametrize("settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings])
+@pytest.mark.parametrize("settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings])
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     prefix = settings.model_config.get("env_prefix", "")
     missing = [

@@ -15,6 +15,7 @@ from confluent_kafka import Message
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.offsets import OffsetTracker
+from inference_consumer.validation import RequestRules
 from schemas import REQUEST_CODEC
 from tests.support.kafka import caption_request
 
@@ -60,7 +61,12 @@ def ready() -> queue.Queue[Job]:
 
 
 @pytest.fixture
-def feeder(backlog: Backlog, ready: queue.Queue[Job]) -> Iterator[JobFeeder]:
+def fatal_reasons() -> list[str]:
+    return []
+
+
+@pytest.fixture
+def feeder(backlog: Backlog, ready: queue.Queue[Job], fatal_reasons: list[str]) -> Iterator[JobFeeder]:
     unused: Any = None  # the backlog path touches neither the consumer nor the outcomes
     with ThreadPoolExecutor(1) as pool:
         feeder = JobFeeder(
@@ -76,6 +82,10 @@ def feeder(backlog: Backlog, ready: queue.Queue[Job]) -> Iterator[JobFeeder]:
             preprocess=lambda _data: torch.zeros(3, 2, 2),
             fetch_size=8,
             revoke_timeout_s=1.0,
+            rules=RequestRules(own_topics=frozenset(["captioner.requests"])),
+            reply_partitions=lambda _topic: 4,
+            max_hold_s=1.0,
+            on_fatal=fatal_reasons.append,
         )
         yield feeder
         feeder.stopping.set()

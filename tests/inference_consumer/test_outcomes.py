@@ -10,7 +10,7 @@ import pytest
 
 from captioner.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
-from inference_consumer.jobs import Job
+from inference_consumer.jobs import Job, ReplyAddress
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus
@@ -53,7 +53,18 @@ def make_job(*, attempt: int = 1, extra_headers: dict[str, bytes] | None = None,
     )
     headers = {record_headers.ATTEMPT: str(attempt).encode(), **(extra_headers or {})}
     value = REQUEST_CODEC.encode(request)
-    return Job("captioner.requests", 3, offset, b"c-1", value, headers, 1234, request=request)
+    return Job(
+        "captioner.requests",
+        3,
+        offset,
+        b"c-1",
+        value,
+        headers,
+        1234,
+        attempt=attempt,
+        request=request,
+        reply_to=ReplyAddress("results", 2),
+    )
 
 
 def make_publisher(topics: TopicSettings) -> tuple[OutcomePublisher, RecordingProducer, OffsetTracker]:

@@ -14,6 +14,7 @@ from schemas import (
     NotSingleObjectError,
     ReplyError,
     ReplyStatus,
+    TrailingBytesError,
     TruncatedRecordError,
     UnknownFingerprintError,
 )
@@ -93,8 +94,14 @@ def test_truncated_body_is_detected() -> None:
     encoded = REQUEST_CODEC.encode(make_request())
     with pytest.raises(TruncatedRecordError):
         REQUEST_CODEC.decode(encoded[:-5])
-    with pytest.raises(TruncatedRecordError):
+
+
+def test_trailing_bytes_have_their_own_error() -> None:
+    encoded = REQUEST_CODEC.encode(make_request())
+    with pytest.raises(TrailingBytesError) as caught:
         REQUEST_CODEC.decode(encoded + b"\x00")
+    assert not isinstance(caught.value, TruncatedRecordError)
+    assert caught.value.code == "trailing_bytes"
 
 
 def test_errors_are_not_retriable() -> None:

@@ -1,0 +1,118 @@
+"""The worker's own check of every request field. The request topic is a public entry point: what
+the API checked, a direct publisher may not have, so nothing is trusted because of where it came from.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from confluent_kafka import KafkaError, KafkaException, Producer
+
+from captioner.errors import InvalidImageError, InvalidRequestError
+from captioner.images import ACCEPTED_CONTENT_TYPES
+from inference_consumer.errors import ReplyUndeliverableError
+from inference_consumer.jobs import ReplyAddress, legal_topic_name
+from schemas import CaptionRequest
+
+log = logging.getLogger(__name__)
+
+CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+MAX_CONTENT_TYPE_LENGTH = 127
+
+PartitionCount = Callable[[str], int | None]
+
+
+class InvalidReplyAddressError(InvalidRequestError):
+    """The request names no reply address we may write to: it ends in the dead-letter topic only."""
+
+    code = "invalid_reply_address"
+
+
+@dataclass(frozen=True, slots=True)
+class RequestRules:
+    own_topics: frozenset[str]  # request, retry and dead-letter topics: replies there would be read as jobs
+    reply_topic_pattern: re.Pattern[str] | None = None
+
+
+def reply_address(request: CaptionRequest, rules: RequestRules, partitions: PartitionCount) -> ReplyAddress:
+    """Where the reply may go, or an error naming why it may not (then no reply is written)."""
+    if CORRELATION_ID.fullmatch(request.correlation_id) is None:
+        raise InvalidReplyAddressError("correlation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
+    topic = request.reply_topic
+    if not legal_topic_name(topic):
+        raise InvalidReplyAddressError("reply_topic is not a legal Kafka topic name")
+    if topic in rules.own_topics:
+        raise InvalidReplyAddressError("reply_topic names one of the service's own job topics")
+    if rules.reply_topic_pattern is not None and rules.reply_topic_pattern.fullmatch(topic) is None:
+        raise InvalidReplyAddressError("reply_topic is not one this service writes replies to")
+    count = partitions(topic)
+    partition = request.reply_partition
+    if partition is not None and (partition < 0 or (count is not None and partition >= count)):
+        raise InvalidReplyAddressError(f"reply_partition {partition} does not exist in the reply topic")
+    return ReplyAddress(topic, partition)
+
+
+def check_request(request: CaptionRequest) -> None:
+    """The fields that decide the work, once the reply address is known to be good."""
+    if request.max_new_tokens is not None and request.max_new_tokens < 1:
+        raise InvalidRequestError("max_new_tokens must be at least 1")
+    content_type = request.content_type.partition(";")[0].strip().lower()
+    if len(request.content_type) > MAX_CONTENT_TYPE_LENGTH or content_type not in ACCEPTED_CONTENT_TYPES:
+        raise InvalidRequestError(f"content_type must be one of {', '.join(sorted(ACCEPTED_CONTENT_TYPES))}")
+    if not request.image:
+        raise InvalidImageError("image is empty")
+
+
+class ReplyTopicPartitions:
+    """Partition counts of reply topics from the producer's metadata, cached and bounded in size (a
+    hostile stream could name a new topic in every record). A topic the broker says does not exist
+    raises ReplyUndeliverableError; when the broker cannot be asked, the count is unknown (None) and
+    the produce itself is the judge."""
+
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        timeout_s: float = 5.0,
+        ttl_s: float = 60.0,
+        missing_ttl_s: float = 10.0,
+        max_topics: int = 1024,
+    ) -> None:
+        self._producer = producer
+        self._timeout_s = timeout_s
+        self._ttl_s = ttl_s
+        self._missing_ttl_s = missing_ttl_s
+        self._max_topics = max_topics
+        self._known: OrderedDict[str, tuple[float, int]] = (
+            OrderedDict()
+        )  # topic -> (expires, count; 0 = none)
+
+    def __call__(self, topic: str) -> int | None:
+        now = time.monotonic()
+        cached = self._known.get(topic)
+        count = cached[1] if cached is not None and cached[0] > now else self._look_up(topic, now)
+        if count == 0:
+            raise ReplyUndeliverableError("reply_topic does not exist")
+        return count
+
+    def _look_up(self, topic: str, now: float) -> int | None:
+        try:
+            described = self._producer.list_topics(topic, timeout=self._timeout_s).topics.get(topic)
+        except KafkaException as exc:
+            log.warning("cannot look up reply topic %s: %s", topic, exc)
+            return None
+        if described is not None and described.error is not None:
+            if described.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                return None  # a leader election, say: ask again next time
+            described = None
+        count = 0 if described is None else len(described.partitions)
+        self._known[topic] = (now + (self._ttl_s if count else self._missing_ttl_s), count)
+        self._known.move_to_end(topic)
+        while len(self._known) > self._max_topics:
+            self._known.popitem(last=False)
+        return count
