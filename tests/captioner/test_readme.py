@@ -12,7 +12,9 @@ from captioner.settings import ApiSettings, ImageSettings, KafkaSettings, TopicS
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
-@pytest.mark.parametrize("settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings])
+@pytest.mark.parametrize(
+    "settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings]
+)
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     prefix = settings.model_config.get("env_prefix", "")
     missing = [

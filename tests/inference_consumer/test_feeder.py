@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import queue
 import threading
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -136,3 +138,98 @@ def test_stopping_leaves_a_waiting_job_out(feeder: JobFeeder, ready: queue.Queue
     third.join(2.0)
 
     assert not third.is_alive() and ready.qsize() == 2
+
+
+class RecordingOutcomes:
+    def __init__(self) -> None:
+        self.failures: list[tuple[Job, BaseException]] = []
+        self.expired: list[Job] = []
+
+    def failed(self, job: Job, error: BaseException) -> None:
+        self.failures.append((job, error))
+
+    def skipped_expired(self, job: Job) -> None:
+        self.expired.append(job)
+
+
+class PausingConsumer:
+    def __init__(self) -> None:
+        self.paused: list[Any] = []
+
+    def pause(self, partitions: list[Any]) -> None:
+        self.paused += partitions
+
+    def seek(self, _partition: Any) -> None:
+        pass
+
+
+def raw_message(
+    value: bytes | None, *, headers: list[tuple[str, bytes]] | None = None, topic: str = "captioner.requests"
+) -> Message:
+    return Message(
+        topic=topic, partition=0, offset=5, key=None, value=value, headers=headers or [], timestamp=(1, 0)
+    )
+
+
+def hostile_request(**fields: Any) -> bytes:
+    return REQUEST_CODEC.encode(replace(caption_request(b"img", reply_topic="results"), **fields))
+
+
+@pytest.mark.parametrize(
+    ("value", "code", "answerable"),
+    [
+        (None, "truncated_record", False),
+        (b"\xc3\x01" + b"\x00" * 8, "unknown_fingerprint", False),
+        (b"random bytes", "not_single_object", False),
+        (hostile_request(reply_partition=999), "invalid_reply_address", False),
+        (hostile_request(reply_partition=-5), "invalid_reply_address", False),
+        (hostile_request(reply_topic="captioner.requests"), "invalid_reply_address", False),
+        (hostile_request(max_new_tokens=0), "invalid_request", True),
+        (hostile_request(content_type="application/postscript"), "invalid_request", True),
+    ],
+)
+def test_each_hostile_record_ends_in_its_own_outcome(
+    feeder: JobFeeder, ready: queue.Queue[Job], value: bytes | None, code: str, answerable: bool
+) -> None:
+    outcomes = RecordingOutcomes()
+    feeder._outcomes = outcomes  # type: ignore[assignment]
+
+    feeder._take(raw_message(value, headers=[("captioner.attempt", b"x")]))
+
+    [(job, error)] = outcomes.failures
+    assert getattr(error, "code", None) == code
+    assert (job.reply_to is not None) is answerable
+    assert ready.empty()
+
+
+def test_an_unexpected_error_is_contained_in_the_records_outcome(feeder: JobFeeder) -> None:
+    outcomes = RecordingOutcomes()
+    feeder._outcomes = outcomes  # type: ignore[assignment]
+
+    def broken_lookup(_topic: str) -> int:
+        raise KeyError("a bug")
+
+    feeder._reply_partitions = broken_lookup
+    feeder._take(raw_message(hostile_request()))
+
+    [(_job, error)] = outcomes.failures
+    assert isinstance(error, KeyError)
+
+
+def test_no_header_holds_a_retry_partition_longer_than_the_longest_delay(feeder: JobFeeder) -> None:
+    consumer = PausingConsumer()
+    feeder._consumer = consumer  # type: ignore[assignment]
+    feeder._retry_topics = {"captioner.requests.retry.1"}
+    far_future = str(int((time.time() + 10**9) * 1000)).encode()
+
+    feeder._take(
+        raw_message(
+            hostile_request(),
+            headers=[("captioner.retry.due-ms", far_future)],
+            topic="captioner.requests.retry.1",
+        )
+    )
+
+    assert len(consumer.paused) == 1
+    [until] = feeder._held_until.values()
+    assert until <= time.monotonic() + 1.0  # max_hold_s

@@ -7,6 +7,7 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import pytest
+from confluent_kafka import KafkaError, KafkaException
 
 from captioner.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
@@ -138,3 +139,105 @@ def test_replay_marker_and_foreign_headers_survive_every_hop(topics: TopicSettin
     for record in producer.to(topics.retry_topic(1)) + producer.to(topics.dead_letter):
         headers = dict(record["headers"])
         assert {name: headers[name] for name in carried} == carried
+
+
+class RefusingProducer(RecordingProducer):
+    """produce() raises for some topics as librdkafka does when it knows a topic does not exist."""
+
+    def __init__(self, refused: set[str], *, full_queue_times: int = 0) -> None:
+        super().__init__()
+        self.refused = refused
+        self.full_queue_times = full_queue_times
+        self.polls = 0
+
+    def produce(self, topic: str, **kwargs: Any) -> None:
+        if self.full_queue_times:
+            self.full_queue_times -= 1
+            raise BufferError("Local: Queue full")
+        if topic in self.refused:
+            raise KafkaException(KafkaError(KafkaError._UNKNOWN_TOPIC))
+        super().produce(topic, **kwargs)
+
+    def poll(self, _timeout: float = 0) -> int:
+        self.polls += 1
+        return 0
+
+
+def publisher_with(producer: RecordingProducer, topics: TopicSettings) -> tuple[OutcomePublisher, list[str]]:
+    fatal: list[str] = []
+    publisher = OutcomePublisher(
+        producer=producer,  # type: ignore[arg-type]
+        tracker=OffsetTracker(),
+        topics=topics,
+        model_name="m",
+        worker_id="w-1",
+        group_id="g",
+        on_fatal=fatal.append,
+    )
+    return publisher, fatal
+
+
+def test_replies_to_a_topic_that_does_not_exist_go_to_the_dlq_every_time(topics: TopicSettings) -> None:
+    producer = RefusingProducer({"results"})
+    publisher, fatal = publisher_with(producer, topics)
+
+    publisher.succeeded(make_job(offset=1), "a title", inference_ms=1)
+    publisher.succeeded(make_job(offset=2), "a title", inference_ms=1)
+
+    dead = producer.to(topics.dead_letter)
+    assert [dict(r["headers"])[record_headers.DLQ_ERROR_CODE] for r in dead] == [b"reply_undeliverable"] * 2
+    assert fatal == []
+
+
+def test_a_full_local_queue_is_waited_out(topics: TopicSettings) -> None:
+    producer = RefusingProducer(set(), full_queue_times=3)
+    publisher, _ = publisher_with(producer, topics)
+
+    publisher.succeeded(make_job(), "a title", inference_ms=1)
+
+    assert producer.polls == 3 and len(producer.to("results")) == 1
+
+
+def test_a_refused_retry_record_becomes_a_dead_letter(topics: TopicSettings) -> None:
+    producer = RefusingProducer({topics.retry_topic(1)})
+    publisher, fatal = publisher_with(producer, topics)
+
+    publisher.failed(make_job(), InferenceError("boom"))
+
+    assert len(producer.to(topics.dead_letter)) == 1 and fatal == []
+
+
+def test_a_dead_letter_topic_that_refuses_stops_the_worker(topics: TopicSettings) -> None:
+    producer = RefusingProducer({topics.dead_letter})
+    publisher, fatal = publisher_with(producer, topics)
+
+    publisher.failed(make_job(), InvalidImageError("garbage"))
+
+    assert len(fatal) == 1 and topics.dead_letter in fatal[0]
+
+
+def test_replies_carry_a_plain_message_and_dead_letters_the_detail(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    detail = "OSError('cannot identify image file <_io.BytesIO object at 0x7f00>')"
+
+    publisher.failed(make_job(), InvalidImageError("the bytes are not a decodable image", detail=detail))
+    publisher.failed(make_job(offset=8), KeyError("/srv/app/secret.py"))
+
+    replies = [REPLY_CODEC.decode(record["value"]) for record in producer.to("results")]
+    messages = [reply.error.message for reply in replies if reply.error]
+    assert messages == ["the bytes are not a decodable image", "the worker failed on this job"]
+    assert [reply.error.code for reply in replies if reply.error] == ["invalid_image", "internal_error"]
+    dead_messages = [
+        dict(r["headers"])[record_headers.DLQ_ERROR_MESSAGE] for r in producer.to(topics.dead_letter)
+    ]
+    assert b"object at 0x7f00" in dead_messages[0]  # operators still see what Pillow said
+
+
+def test_a_job_without_a_valid_reply_address_only_goes_to_the_dlq(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    job = make_job()
+    job.reply_to = None
+
+    publisher.failed(job, InvalidImageError("garbage"))
+
+    assert producer.to("results") == [] and len(producer.to(topics.dead_letter)) == 1
