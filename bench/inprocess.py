@@ -112,7 +112,5 @@ def reference_runner(
 
 
 def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:
-    """What a worker's decode pool makes of an image (inference_consumer.worker._preprocessor)."""
-    from captioner.images import decode_image
-
-    return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=model.image_edge))
+    """What a worker's decode pool makes of an image."""
+    return model.pixels(data, max_pixels=max_pixels)

@@ -10,6 +10,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from captioner.images import decode_image
 from captioner.settings import WorkerSettings
 from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
@@ -59,6 +60,10 @@ class CaptionModel:
             images=[image], return_tensors="pt"
         ).pixel_values
         return pixel_values[0]
+
+    def pixels(self, data: bytes, *, max_pixels: int) -> torch.Tensor:
+        """Image bytes -> (3, H, W) model input: what a worker's decode pool does for each job."""
+        return self.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=self.image_edge))
 
     def caption(
         self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int], min_new_tokens: int = 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import signal
@@ -18,7 +19,6 @@ import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
-from captioner.images import decode_image
 from captioner.kafka_config import consumer_config, producer_config
 from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import ensure_topics
@@ -156,12 +156,7 @@ class InferenceWorker:
             yield feeder, outcomes, ready, producer
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
-        max_pixels, edge = self._images.max_image_pixels, model.image_edge
-
-        def preprocess(data: bytes) -> torch.Tensor:
-            return model.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=edge))
-
-        return preprocess
+        return functools.partial(model.pixels, max_pixels=self._images.max_image_pixels)
 
     def _serve(
         self,

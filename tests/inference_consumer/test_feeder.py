@@ -13,12 +13,14 @@ from typing import Any
 import pytest
 import torch
 from confluent_kafka import Message
+from hypothesis import given, settings
 
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.offsets import OffsetTracker
 from inference_consumer.validation import RequestRules
-from schemas import REQUEST_CODEC
+from schemas import REQUEST_CODEC, CaptionerError
+from tests.support.hostile import HostileRecord, hostile_records
 from tests.support.kafka import caption_request
 
 
@@ -67,28 +69,39 @@ def fatal_reasons() -> list[str]:
     return []
 
 
+def build_feeder(
+    *,
+    backlog: Backlog,
+    ready: queue.Queue[Job],
+    pool: ThreadPoolExecutor,
+    on_fatal: Any,
+    outcomes: Any = None,
+) -> JobFeeder:
+    unused: Any = None  # the paths under test touch no consumer
+    return JobFeeder(
+        consumer=unused,
+        producer=IdleProducer(),  # type: ignore[arg-type]
+        topics=["captioner.requests"],
+        retry_topics=set(),
+        tracker=OffsetTracker(),
+        outcomes=outcomes,
+        ready=ready,
+        backlog=backlog,
+        decode_pool=pool,
+        preprocess=lambda _data: torch.zeros(3, 2, 2),
+        fetch_size=8,
+        revoke_timeout_s=1.0,
+        rules=RequestRules(own_topics=frozenset(["captioner.requests"])),
+        reply_partitions=lambda _topic: 4,
+        max_hold_s=1.0,
+        on_fatal=on_fatal,
+    )
+
+
 @pytest.fixture
 def feeder(backlog: Backlog, ready: queue.Queue[Job], fatal_reasons: list[str]) -> Iterator[JobFeeder]:
-    unused: Any = None  # the backlog path touches neither the consumer nor the outcomes
     with ThreadPoolExecutor(1) as pool:
-        feeder = JobFeeder(
-            consumer=unused,
-            producer=IdleProducer(),  # type: ignore[arg-type]
-            topics=["captioner.requests"],
-            retry_topics=set(),
-            tracker=OffsetTracker(),
-            outcomes=unused,
-            ready=ready,
-            backlog=backlog,
-            decode_pool=pool,
-            preprocess=lambda _data: torch.zeros(3, 2, 2),
-            fetch_size=8,
-            revoke_timeout_s=1.0,
-            rules=RequestRules(own_topics=frozenset(["captioner.requests"])),
-            reply_partitions=lambda _topic: 4,
-            max_hold_s=1.0,
-            on_fatal=fatal_reasons.append,
-        )
+        feeder = build_feeder(backlog=backlog, ready=ready, pool=pool, on_fatal=fatal_reasons.append)
         yield feeder
         feeder.stopping.set()
 
@@ -233,3 +246,29 @@ def test_no_header_holds_a_retry_partition_longer_than_the_longest_delay(feeder:
     assert len(consumer.paused) == 1
     [until] = feeder._held_until.values()
     assert until <= time.monotonic() + 1.0  # max_hold_s
+
+
+@settings(max_examples=300, deadline=None, database=None, derandomize=True)
+@given(record=hostile_records(reply_topics=["results", "captioner.requests"]))
+def test_no_record_raises_out_of_the_feeder_and_each_ends_once(record: HostileRecord) -> None:
+    outcomes, ready, fatal = RecordingOutcomes(), queue.Queue[Job](), list[str]()
+    with ThreadPoolExecutor(1) as pool:
+        feeder = build_feeder(
+            backlog=Backlog(8), ready=ready, pool=pool, on_fatal=fatal.append, outcomes=outcomes
+        )
+        message = Message(
+            topic="captioner.requests",
+            partition=0,
+            offset=5,
+            key=record.key,
+            value=record.value,
+            headers=record.headers,
+            timestamp=(1, 0),
+        )
+
+        feeder._take(message)
+
+    assert len(outcomes.failures) + len(outcomes.expired) + ready.qsize() == 1
+    assert fatal == []
+    for _job, error in outcomes.failures:
+        assert isinstance(error, CaptionerError), repr(error)
