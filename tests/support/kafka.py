@@ -100,3 +100,42 @@ def committed_offset(bootstrap: str, group_id: str, topic: str, partition: int) 
         return int(committed.offset)
     finally:
         consumer.close()
+
+
+def _plain_consumer(bootstrap: str, group_id: str | None = None) -> Consumer:
+    return Consumer(
+        {
+            "bootstrap.servers": bootstrap,
+            "group.id": group_id or f"test-reader-{uuid.uuid4().hex}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+
+
+def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = _plain_consumer(bootstrap)
+    try:
+        return {
+            partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
+            for partition in range(partitions)
+        }
+    finally:
+        consumer.close()
+
+
+def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int) -> dict[int, int]:
+    consumer = _plain_consumer(bootstrap, group_id)
+    try:
+        wanted = [TopicPartition(topic, partition) for partition in range(partitions)]
+        return {tp.partition: int(tp.offset) for tp in consumer.committed(wanted, timeout=10)}
+    finally:
+        consumer.close()
+
+
+def read_all(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 60) -> list[Record]:
+    """Every record of topic up to its end offsets as of the call."""
+    ends = end_offsets(bootstrap, topic, partitions)
+    total = sum(ends.values())
+    records = read_until(bootstrap, topic, lambda seen: len(seen) >= total, timeout_s=timeout_s)
+    return records

@@ -1,0 +1,182 @@
+"""Hostile records on every request partition and retry tier, against a real broker and worker
+process: the worker lives, every record is accounted for, and a normal request is still served."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections import Counter
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaError, Message, Producer
+from hypothesis import HealthCheck, Phase, given, settings
+
+from captioner.settings import TopicSettings
+from schemas import REPLY_CODEC, REQUEST_CODEC, ReplyStatus, SchemaContractError
+from schemas import headers as record_headers
+from tests.conftest import StartWorker
+from tests.support.hostile import HostileRecord, bad_images, hostile_records
+from tests.support.images import make_image_bytes, reference_captioner
+from tests.support.kafka import (
+    caption_request,
+    committed_offsets,
+    end_offsets,
+    publish_request,
+    read_all,
+    read_until,
+)
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+GENERATED = 500
+
+
+@dataclass(frozen=True)
+class Published:
+    record: HostileRecord
+    topic: str
+    partition: int
+    offset: int
+
+
+def generate(reply_topics: list[str]) -> list[HostileRecord]:
+    drawn: list[HostileRecord] = []
+
+    @settings(
+        max_examples=GENERATED,
+        database=None,
+        derandomize=True,
+        deadline=None,
+        phases=[Phase.generate],
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(record=hostile_records(reply_topics=reply_topics))
+    def draw(record: HostileRecord) -> None:
+        drawn.append(record)
+
+    draw()
+    return drawn
+
+
+def named_cases(topics: TopicSettings) -> list[HostileRecord]:
+    """The cases that once stopped a worker or exhausted it, whatever hypothesis draws."""
+    good = caption_request(make_image_bytes("PNG", seed=4), reply_topic=topics.replies, reply_partition=1)
+    values = [
+        replace(good, correlation_id=uuid.uuid4().hex, reply_partition=999),
+        replace(good, correlation_id=uuid.uuid4().hex, reply_partition=-5),
+        replace(good, correlation_id=uuid.uuid4().hex, reply_topic=f"missing-{uuid.uuid4().hex}"),
+        replace(good, correlation_id=uuid.uuid4().hex, reply_topic=f"missing-{uuid.uuid4().hex}"),
+        replace(good, correlation_id=uuid.uuid4().hex, image=bad_images()[18]),  # 40000x2 PNG
+        replace(good, correlation_id=uuid.uuid4().hex, max_new_tokens=-1),
+    ]
+    values += [replace(good, correlation_id=uuid.uuid4().hex, image=image) for image in bad_images()]
+    cases = [HostileRecord(REQUEST_CODEC.encode(value), []) for value in values]
+    cases.append(
+        HostileRecord(
+            REQUEST_CODEC.encode(replace(good, correlation_id=uuid.uuid4().hex)),
+            [(record_headers.ATTEMPT, b"x")],
+        )
+    )
+    return cases
+
+
+def publish_all(
+    bootstrap: str, targets: list[str], partitions: int, records: list[HostileRecord]
+) -> list[Published]:
+    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True, "linger.ms": 5})
+    published: list[Published] = []
+
+    def delivered(record: HostileRecord) -> object:
+        def on_delivery(error: KafkaError | None, message: Message) -> None:
+            assert error is None, error
+            published.append(Published(record, message.topic(), message.partition(), message.offset()))
+
+        return on_delivery
+
+    for index, record in enumerate(records):
+        producer.produce(
+            targets[index % len(targets)],
+            value=record.value,
+            key=record.key,
+            headers=record.headers,
+            partition=(index // len(targets)) % partitions,
+            on_delivery=delivered(record),
+        )
+        producer.poll(0)
+    assert producer.flush(30) == 0
+    return published
+
+
+def wait_until_committed(
+    bootstrap: str, group: str, targets: list[str], partitions: int, *, timeout_s: float
+) -> None:
+    """Until the group's committed offset of every partition is its end offset."""
+    give_up = time.monotonic() + timeout_s
+    for topic in targets:
+        ends = end_offsets(bootstrap, topic, partitions)
+        assert all(ends.values()), f"{topic}: a partition got no record: {ends}"
+        while (committed := committed_offsets(bootstrap, group, topic, partitions)) != ends:
+            assert time.monotonic() < give_up, f"{topic}: committed {committed}, end {ends}"
+            time.sleep(0.5)
+
+
+def accounted(item: Published, dead_values: Counter[bytes], succeeded: set[str]) -> bool:
+    value = item.record.value or b""
+    if dead_values[value] > 0:
+        dead_values[value] -= 1
+        return True
+    try:
+        request = REQUEST_CODEC.decode(value)
+    except SchemaContractError:
+        return False
+    return request.correlation_id in succeeded or request.deadline <= datetime.now(UTC)
+
+
+def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
+    start_worker: StartWorker,
+    topics: TopicSettings,
+    kafka_bootstrap: str,
+    env: dict[str, str],
+    tiny_model_dir: Path,
+) -> None:
+    worker = start_worker()
+    reply_topics = [topics.replies, f"missing-{uuid.uuid4().hex}", topics.requests, topics.dead_letter]
+    records = named_cases(topics) + generate(reply_topics)
+    targets = [topics.requests, *topics.retry_topics]
+    partitions = topics.request_partitions
+
+    published = publish_all(kafka_bootstrap, targets, partitions, records)
+    wait_until_committed(
+        kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], targets, partitions, timeout_s=240
+    )
+
+    assert worker.alive(), worker.log()[-3000:]
+    dead = read_all(kafka_bootstrap, topics.dead_letter, partitions)
+    replies = [REPLY_CODEC.decode(r.value) for r in read_all(kafka_bootstrap, topics.replies, 4)]
+    succeeded = {reply.correlation_id for reply in replies if reply.status is ReplyStatus.SUCCEEDED}
+    dead_values = Counter(record.value for record in dead)
+    missing = [item for item in published if not accounted(item, dead_values, succeeded)]
+    assert len(published) >= GENERATED and not missing, missing[:5]
+    named = {REQUEST_CODEC.decode(case.value or b"").correlation_id for case in named_cases(topics)[:6]}
+    assert not named & succeeded  # each named hostile case is refused, not captioned
+    codes = Counter(r.headers.get(record_headers.DLQ_ERROR_CODE, b"?").decode() for r in dead)
+    print(f"{len(published)} hostile records: {len(succeeded)} captioned, dead letters by code: {codes}")
+
+    image = make_image_bytes("JPEG", seed=11)
+    request = caption_request(image, reply_topic=topics.replies, reply_partition=2)
+    publish_request(kafka_bootstrap, topics.requests, request)
+    [answer] = [
+        REPLY_CODEC.decode(r.value)
+        for r in read_until(
+            kafka_bootstrap,
+            topics.replies,
+            lambda seen: any(r.key == request.correlation_id.encode() for r in seen),
+            timeout_s=60,
+        )
+        if r.key == request.correlation_id.encode()
+    ]
+    assert answer.status is ReplyStatus.SUCCEEDED
+    assert answer.title == reference_captioner(tiny_model_dir).caption(image)
