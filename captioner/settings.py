@@ -69,6 +69,14 @@ class ApiSettings(BaseSettings):
     request_timeout_s: float = Field(default=30.0, gt=0)
     max_image_bytes: int = Field(default=10 * 1024 * 1024, ge=1)
     max_in_flight: int = Field(default=512, ge=1)
+    max_buffered_bytes: int = Field(
+        default=512 * 1024 * 1024,
+        ge=1,
+        description="request-body bytes one instance holds at once (429 above); ~38 max-size JSON bodies",
+    )
+    body_read_timeout_s: float = Field(
+        default=30.0, gt=0, description="a body not received within this gets 408 and its slot back"
+    )
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)

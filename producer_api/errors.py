@@ -1,58 +1,60 @@
-"""Errors the API answers with: each knows its HTTP status and a stable code."""
+"""Errors the API answers with. They belong to captioner's error family, so the error middleware turns
+any CaptionerError (an image error from captioner.images, say) into the same JSON with its status."""
 
 from __future__ import annotations
 
 from typing import Any
 
+from captioner.errors import CaptionerError
 
-class ApiError(Exception):
-    status = 500
-    code = "internal_error"
-    retriable = False
 
-    def __init__(self, message: str, **details: Any) -> None:
-        super().__init__(message)
-        self.message = message
-        self.details = details
+def error_body(error: CaptionerError) -> dict[str, Any]:
+    """What a caller sees: the code, the caller-safe message and the fields; never `detail`."""
+    return {"error": {"code": error.code, "message": error.message, **error.fields}}
 
+
+class ApiError(CaptionerError):
     def body(self) -> dict[str, Any]:
-        return {"error": {"code": self.code, "message": self.message, **self.details}}
+        return error_body(self)
 
 
 class MalformedRequestError(ApiError):
-    status = 400
+    http_status = 400
     code = "malformed_request"
 
 
+class RequestTimeoutError(ApiError):
+    """The body did not arrive within the read timeout."""
+
+    http_status = 408
+    code = "request_timeout"
+    retriable = True
+
+
 class PayloadTooLargeError(ApiError):
-    status = 413
+    http_status = 413
     code = "payload_too_large"
 
 
 class UnsupportedMediaTypeError(ApiError):
-    status = 415
+    http_status = 415
     code = "unsupported_media_type"
 
 
-class InvalidImageError(ApiError):
-    status = 422
-    code = "invalid_image"
-
-
 class OverloadedError(ApiError):
-    status = 429
+    http_status = 429
     code = "overloaded"
     retriable = True
 
 
 class BrokerUnavailableError(ApiError):
-    status = 503
+    http_status = 503
     code = "broker_unavailable"
     retriable = True
 
 
 class CaptionTimeoutError(ApiError):
-    status = 504
+    http_status = 504
     code = "timeout"
     retriable = True
 
@@ -60,13 +62,13 @@ class CaptionTimeoutError(ApiError):
 class CaptionFailedError(ApiError):
     """The worker answered with a permanent failure."""
 
-    status = 422
+    http_status = 422
     code = "caption_failed"
 
 
 class CaptionUnavailableError(ApiError):
     """Transient failures outlasted every retry; the job is in the dead-letter topic."""
 
-    status = 503
+    http_status = 503
     code = "caption_unavailable"
     retriable = True

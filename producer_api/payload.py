@@ -1,30 +1,53 @@
-"""Reads the image out of a request: JSON base64 (the seed's contract), multipart, or a raw image body."""
+"""Reads the image out of a request: JSON base64 (the seed's contract), multipart, or a raw image body.
+
+The headers alone decide how many bytes a body may have (plan_body); the body is then read whole,
+within that bound, and parsed and checked off the event loop (prepare_upload). Every parser here is
+bounded by the body it is given: JSON may hold only a few objects and values, multipart only its
+first parts, and no message quotes the body or a library's exception text.
+"""
 
 from __future__ import annotations
 
 import binascii
-import io
 import json
 from dataclasses import dataclass
+from enum import StrEnum
+from typing import Any
 
-from aiohttp import BodyPartReader, web
-from PIL import Image, UnidentifiedImageError
+from aiohttp import hdrs, web
+from aiohttp.helpers import parse_mimetype
+from aiohttp.http_exceptions import HttpProcessingError
+from aiohttp.multipart import parse_content_disposition
 
-from producer_api.errors import (
-    InvalidImageError,
-    MalformedRequestError,
-    PayloadTooLargeError,
-    UnsupportedMediaTypeError,
-)
+from captioner.images import inspect_image
+from producer_api.errors import MalformedRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
-SUPPORTED_FORMATS = {
-    "JPEG": "image/jpeg",
-    "PNG": "image/png",
-    "WEBP": "image/webp",
-    "GIF": "image/gif",
-    "BMP": "image/bmp",
-    "TIFF": "image/tiff",
-}
+READ_CHUNK_BYTES = 256 * 1024
+# {"image": "<base64>"} needs one object and one value; these leave room for a few more fields
+# while keeping what a body of brackets or commas costs to parse (tens of bytes an object) bounded.
+MAX_JSON_CONTAINERS = 64
+MAX_JSON_VALUES = 256
+MAX_MULTIPART_PARTS = 16
+MAX_PART_HEADER_BYTES = 8 * 1024
+_WHITESPACE = b" \t\r\n\f\v"
+_PLAIN_ENCODINGS = {"binary", "7bit", "8bit"}
+_JSON_SHAPE = 'the JSON body must be an object with a base64 string field "image"'
+
+
+class BodyKind(StrEnum):
+    JSON = "json"
+    MULTIPART = "multipart"
+    IMAGE = "image"
+
+
+@dataclass(frozen=True, slots=True)
+class BodyPlan:
+    """What the headers promise: the body's kind, the most bytes it may have, the bytes to reserve."""
+
+    kind: BodyKind
+    limit: int
+    reserve: int
+    boundary: bytes = b""
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,87 +56,214 @@ class ImageUpload:
     content_type: str
 
 
-async def read_upload(request: web.Request, *, max_image_bytes: int) -> bytes:
-    """The image's encoded bytes, still unchecked. Raises ApiError subclasses for bad requests."""
-    if request.content_length is not None and request.content_length > _max_body(max_image_bytes):
-        raise PayloadTooLargeError(f"request body exceeds {max_image_bytes} image bytes")
-    content_type = request.content_type
-    if content_type == "application/json":
-        return _image_from_json(await _read_body(request, _max_body(max_image_bytes)), max_image_bytes)
-    if content_type == "multipart/form-data":
-        return await _image_from_multipart(request, max_image_bytes)
-    if content_type.startswith("image/"):
-        return await _read_body(request, max_image_bytes)
-    raise UnsupportedMediaTypeError(
-        f"unsupported Content-Type {content_type!r}; send application/json, multipart/form-data or image/*"
-    )
-
-
-def _max_body(max_image_bytes: int) -> int:
+def max_body_bytes(max_image_bytes: int) -> int:
     # base64 grows data by 4/3; leave room for JSON or multipart framing.
     return max_image_bytes * 4 // 3 + 64 * 1024
 
 
-async def _read_body(request: web.Request, limit: int) -> bytes:
+def plan_body(request: web.BaseRequest, *, max_image_bytes: int) -> BodyPlan:
+    """From the headers only: 415 for a Content-Type we do not read, 413 for a declared length over
+    the bound, and how many bytes to reserve before reading."""
+    content_type = request.content_type
+    boundary = b""
+    if content_type == "application/json":
+        kind, limit = BodyKind.JSON, max_body_bytes(max_image_bytes)
+    elif content_type == "multipart/form-data":
+        kind, limit = BodyKind.MULTIPART, max_body_bytes(max_image_bytes)
+        boundary = _boundary(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    elif content_type.startswith("image/") or content_type == "application/octet-stream":
+        kind, limit = BodyKind.IMAGE, max_image_bytes
+    else:
+        raise UnsupportedMediaTypeError(
+            "unsupported Content-Type; send application/json, multipart/form-data or image/*"
+        )
+    declared = request.content_length
+    if declared is not None and declared > limit:
+        raise PayloadTooLargeError(f"the request body may have at most {limit} bytes", limit=limit)
+    # A compressed body is counted as it is decompressed, so only its bound is known in advance.
+    encoded = request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity"
+    reserve = limit if declared is None or encoded else declared
+    return BodyPlan(kind=kind, limit=limit, reserve=reserve, boundary=boundary)
+
+
+async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
+    """The whole body, at most limit bytes (413 beyond); a broken or abandoned body is a 400."""
     chunks = []
     size = 0
-    async for chunk in request.content.iter_chunked(256 * 1024):
-        size += len(chunk)
-        if size > limit:
-            raise PayloadTooLargeError(f"request body exceeds {limit} bytes")
-        chunks.append(chunk)
+    try:
+        async for chunk in request.content.iter_chunked(READ_CHUNK_BYTES):
+            size += len(chunk)
+            if size > limit:
+                raise PayloadTooLargeError(f"the request body may have at most {limit} bytes", limit=limit)
+            chunks.append(chunk)
+    except (ConnectionError, HttpProcessingError):
+        raise MalformedRequestError("the request body ended early or is not valid HTTP") from None
     return b"".join(chunks)
 
 
-def _image_from_json(body: bytes, max_image_bytes: int) -> bytes:
-    try:
-        document = json.loads(body)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise MalformedRequestError(f"body is not valid JSON: {exc}") from None
+def prepare_upload(body: bytes, plan: BodyPlan, *, max_image_bytes: int, max_pixels: int) -> ImageUpload:
+    """The image out of the body, checked by captioner.images. Blocking: run it in an executor."""
+    if plan.kind is BodyKind.JSON:
+        data = image_from_json(body, max_image_bytes)
+    elif plan.kind is BodyKind.MULTIPART:
+        data = image_from_multipart(body, plan.boundary, max_image_bytes)
+    else:
+        data = body
+    if not data:
+        raise MalformedRequestError("the request holds no image bytes")
+    info = inspect_image(data, max_pixels=max_pixels)
+    return ImageUpload(data=data, content_type=info.content_type)
+
+
+class _RejectedJsonError(ValueError):
+    """Raised from the JSON parser's hooks; its message is ours and safe to show."""
+
+
+def image_from_json(body: bytes, max_image_bytes: int) -> bytes:
+    document = _parse_json(body)
     encoded = document.get("image") if isinstance(document, dict) else None
     if not isinstance(encoded, str) or not encoded:
-        raise MalformedRequestError('JSON body must be an object with a base64 string field "image"')
+        raise MalformedRequestError(_JSON_SHAPE)
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:
-        data = binascii.a2b_base64("".join(encoded.split()).encode("ascii"), strict_mode=True)
-    except (binascii.Error, UnicodeEncodeError) as exc:
-        raise MalformedRequestError(f'"image" is not valid base64: {exc}') from None
+        ascii_text = encoded.encode("ascii").translate(None, delete=_WHITESPACE)
+        if len(ascii_text) // 4 * 3 > max_image_bytes + 2:
+            raise PayloadTooLargeError(
+                f"the image may have at most {max_image_bytes} bytes", limit=max_image_bytes
+            )
+        data = binascii.a2b_base64(ascii_text, strict_mode=True)
+    except (binascii.Error, UnicodeEncodeError):
+        raise MalformedRequestError('"image" is not valid base64') from None
     if len(data) > max_image_bytes:
-        raise PayloadTooLargeError(f"image is {len(data)} bytes; the limit is {max_image_bytes}")
-    if not data:
-        raise MalformedRequestError('"image" is empty')
+        raise PayloadTooLargeError(
+            f"the image may have at most {max_image_bytes} bytes", limit=max_image_bytes
+        )
     return data
 
 
-async def _image_from_multipart(request: web.Request, max_image_bytes: int) -> bytes:
-    try:
-        reader = await request.multipart()
-        async for part in reader:
-            if isinstance(part, BodyPartReader) and part.name == "image":
-                data = await part.read(decode=True)
-                if len(data) > max_image_bytes:
-                    raise PayloadTooLargeError(f"image is {len(data)} bytes; the limit is {max_image_bytes}")
-                return bytes(data)
-    except (ValueError, AssertionError) as exc:
-        raise MalformedRequestError(f"malformed multipart body: {exc}") from None
-    raise MalformedRequestError('multipart body has no "image" part')
-
-
-def identify_image(data: bytes, *, max_pixels: int) -> ImageUpload:
-    """Checks that the bytes are an image we can caption. Blocking: run it off the event loop."""
-    try:
-        with Image.open(io.BytesIO(data)) as image:
-            image_format = image.format or ""
-            width, height = image.size
-            image.verify()
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-        raise InvalidImageError(f"not a decodable image: {exc}") from None
-    content_type = SUPPORTED_FORMATS.get(image_format)
-    if content_type is None:
-        raise UnsupportedMediaTypeError(
-            f"image format {image_format} is not supported; use one of {', '.join(SUPPORTED_FORMATS)}"
+def _parse_json(body: bytes) -> Any:
+    if body.count(b"[") + body.count(b"{") > MAX_JSON_CONTAINERS or body.count(b",") >= MAX_JSON_VALUES:
+        raise MalformedRequestError(
+            f"the JSON body may hold at most {MAX_JSON_CONTAINERS} objects and arrays "
+            f"and {MAX_JSON_VALUES} values"
         )
-    if width * height > max_pixels:
-        raise InvalidImageError(f"image is {width}x{height}; the limit is {max_pixels} pixels")
-    return ImageUpload(data=data, content_type=content_type)
+    try:
+        text = body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise MalformedRequestError("the JSON body is not UTF-8 text") from None
+    try:
+        return json.loads(
+            text,
+            object_pairs_hook=_object_without_duplicates,
+            parse_int=_opaque_number,
+            parse_float=_opaque_number,
+            parse_constant=_no_constant,
+        )
+    except _RejectedJsonError as exc:
+        raise MalformedRequestError(str(exc)) from None
+    except json.JSONDecodeError as exc:
+        raise MalformedRequestError(
+            f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+        ) from None
+    except (RecursionError, ValueError):
+        raise MalformedRequestError("the body is not valid JSON") from None
+
+
+def _object_without_duplicates(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    document = dict(pairs)
+    if len(document) != len(pairs):
+        raise _RejectedJsonError("the JSON body has a key twice")
+    return document
+
+
+class _Number:
+    """Numbers stand for themselves: never converted, so 10^6 digits or 1e999999 cost nothing."""
+
+
+_NUMBER = _Number()
+
+
+def _opaque_number(_text: str) -> _Number:
+    return _NUMBER
+
+
+def _no_constant(name: str) -> Any:
+    raise _RejectedJsonError("NaN and Infinity are not JSON")
+
+
+def _boundary(content_type_header: str) -> bytes:
+    boundary = parse_mimetype(content_type_header).parameters.get("boundary", "")
+    if not 1 <= len(boundary) <= 70 or not boundary.isascii():
+        raise MalformedRequestError("multipart/form-data needs a boundary of 1 to 70 ASCII characters")
+    return boundary.encode("ascii")
+
+
+def image_from_multipart(body: bytes, boundary: bytes, max_image_bytes: int) -> bytes:
+    """The content of the first part named "image" among the first MAX_MULTIPART_PARTS (RFC 7578)."""
+    delimiter = b"--" + boundary
+    next_delimiter = b"\r\n" + delimiter
+    if body.startswith(delimiter):
+        position = len(delimiter)
+    else:  # a preamble comes before the first delimiter
+        found = body.find(next_delimiter)
+        if found < 0:
+            raise MalformedRequestError("the multipart body has no part")
+        position = found + len(next_delimiter)
+    for _ in range(MAX_MULTIPART_PARTS):
+        if body.startswith(b"--", position):
+            raise MalformedRequestError('the multipart body has no "image" part')
+        headers, content_start = _part_headers(body, position)
+        content_end = body.find(next_delimiter, content_start)
+        if content_end < 0:
+            raise MalformedRequestError("the multipart body ends inside a part")
+        if _part_name(headers) == "image":
+            return _image_part(body, headers, content_start, content_end, max_image_bytes)
+        position = content_end + len(next_delimiter)
+    raise MalformedRequestError(
+        f'the "image" part must be among the first {MAX_MULTIPART_PARTS} parts of a multipart body'
+    )
+
+
+def _part_headers(body: bytes, position: int) -> tuple[list[bytes], int]:
+    """A part's header lines and where its content starts; position is just after a delimiter."""
+    line_end = body.find(b"\r\n", position, position + MAX_PART_HEADER_BYTES)
+    if line_end < 0 or body[position:line_end].strip(b" \t"):
+        raise MalformedRequestError("a multipart delimiter is not followed by a line break")
+    start = line_end + 2
+    if body.startswith(b"\r\n", start):
+        return [], start + 2
+    end = body.find(b"\r\n\r\n", start, start + MAX_PART_HEADER_BYTES + 4)
+    if end < 0:
+        raise MalformedRequestError(
+            f"a multipart part's headers are missing or longer than {MAX_PART_HEADER_BYTES} bytes"
+        )
+    return body[start:end].split(b"\r\n"), end + 4
+
+
+def _header(headers: list[bytes], name: bytes) -> str | None:
+    for line in headers:
+        key, separator, value = line.partition(b":")
+        if separator and key.strip().lower() == name:
+            return value.strip().decode("utf-8", "replace")
+    return None
+
+
+def _part_name(headers: list[bytes]) -> str | None:
+    disposition = _header(headers, b"content-disposition")
+    if disposition is None:
+        return None
+    _kind, parameters = parse_content_disposition(disposition)
+    name = parameters.get("name")
+    return name if isinstance(name, str) else None
+
+
+def _image_part(body: bytes, headers: list[bytes], start: int, end: int, max_image_bytes: int) -> bytes:
+    encoding = _header(headers, b"content-transfer-encoding")
+    if encoding is not None and encoding.lower() not in _PLAIN_ENCODINGS:
+        raise MalformedRequestError("the image part must be sent as binary (no Content-Transfer-Encoding)")
+    if end - start > max_image_bytes:
+        raise PayloadTooLargeError(
+            f"the image may have at most {max_image_bytes} bytes", limit=max_image_bytes
+        )
+    return body[start:end]

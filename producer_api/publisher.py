@@ -95,7 +95,8 @@ class RequestPublisher:
                 _fail, item.future, OverloadedError("the local Kafka send queue is full")
             )
         except Exception as exc:
-            self._loop.call_soon_threadsafe(_fail, item.future, BrokerUnavailableError(str(exc)))
+            refused = BrokerUnavailableError("Kafka did not accept the job", detail=str(exc))
+            self._loop.call_soon_threadsafe(_fail, item.future, refused)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -109,7 +110,7 @@ def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
     if error is None:
         future.set_result(None)
     else:
-        future.set_exception(BrokerUnavailableError(f"job was not delivered to Kafka: {error.str()}"))
+        future.set_exception(BrokerUnavailableError("the job was not delivered to Kafka", detail=error.str()))
 
 
 def _fail(future: asyncio.Future[None], exc: Exception) -> None:

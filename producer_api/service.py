@@ -1,27 +1,39 @@
-"""One caption request, end to end: check the image, publish the job, await its reply."""
+"""One caption request after its image is checked: publish the job, await its reply."""
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 import uuid
-from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from captioner.settings import ApiSettings, TopicSettings
-from producer_api.errors import (
-    CaptionFailedError,
-    CaptionTimeoutError,
-    CaptionUnavailableError,
+from captioner.errors import (
+    CaptionerError,
+    ImageTooLargeError,
     InvalidImageError,
-    OverloadedError,
+    InvalidRequestError,
+    UnsupportedImageFormatError,
 )
-from producer_api.payload import identify_image
+from captioner.settings import ApiSettings, TopicSettings
+from producer_api.errors import CaptionFailedError, CaptionTimeoutError, CaptionUnavailableError
+from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies
 from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
+
+log = logging.getLogger(__name__)
+
+# Worker error codes whose message is written for the caller (captioner.errors); any other
+# worker message may hold a library's text, so callers get only its code.
+_CALLER_ERRORS: dict[str, type[CaptionerError]] = {
+    InvalidImageError.code: InvalidImageError,
+    ImageTooLargeError.code: ImageTooLargeError,
+    UnsupportedImageFormatError.code: UnsupportedImageFormatError,
+    InvalidRequestError.code: InvalidRequestError,
+}
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,33 +63,16 @@ class CaptionService:
         publisher: RequestPublisher,
         pending: PendingReplies,
         reply_partition: int,
-        image_executor: Executor,
-        max_image_pixels: int,
     ) -> None:
         self._api = api
         self._topics = topics
         self._publisher = publisher
         self._pending = pending
         self._reply_partition = reply_partition
-        self._image_executor = image_executor
-        self._max_image_pixels = max_image_pixels
-        self._slots = asyncio.Semaphore(api.max_in_flight)
 
-    async def caption(self, image: bytes) -> CaptionResult:
-        if self._slots.locked():
-            raise OverloadedError(
-                f"{self._api.max_in_flight} requests are in flight on this instance",
-                retry_after_s=1,
-            )
-        async with self._slots:
-            return await self._caption(image)
-
-    async def _caption(self, image: bytes) -> CaptionResult:
+    async def caption(self, upload: ImageUpload) -> CaptionResult:
+        """Admission (app.predict) and the image check (payload.prepare_upload) come first."""
         started = time.perf_counter()
-        loop = asyncio.get_running_loop()
-        upload = await loop.run_in_executor(
-            self._image_executor, lambda: identify_image(image, max_pixels=self._max_image_pixels)
-        )
         correlation_id = uuid.uuid4().hex
         now = datetime.now(UTC)
         job = CaptionRequest(
@@ -106,8 +101,15 @@ class CaptionService:
     def _timeout(self, correlation_id: str, notice: CaptionReply | None) -> CaptionTimeoutError:
         message = f"no caption within {self._api.request_timeout_s:g} s"
         if notice is not None and notice.error is not None:
-            message += f"; the job is being retried after: {notice.error.message}"
-            return CaptionTimeoutError(message, id=correlation_id, retrying=True, attempt=notice.attempt)
+            message += f"; the job is being retried after a {notice.error.code} failure"
+            return CaptionTimeoutError(
+                message,
+                detail=notice.error.message,
+                id=correlation_id,
+                retrying=True,
+                attempt=notice.attempt,
+                reason=notice.error.code,
+            )
         return CaptionTimeoutError(message, id=correlation_id, retrying=False)
 
     def _result(self, correlation_id: str, reply: CaptionReply, started: float) -> CaptionResult:
@@ -115,11 +117,18 @@ class CaptionService:
             return CaptionResult(correlation_id, reply, (time.perf_counter() - started) * 1000)
         error = reply.error
         code = error.code if error else "unknown"
-        message = error.message if error else f"worker answered {reply.status}"
+        detail = error.message if error else f"worker answered {reply.status} without an error"
         if error is not None and error.retriable:
-            raise CaptionUnavailableError(
-                f"captioning failed after {reply.attempt} attempts: {message}", id=correlation_id, reason=code
+            log.warning(
+                "job %s failed after %d attempts: %s: %s", correlation_id, reply.attempt, code, detail
             )
-        if code == "invalid_image":
-            raise InvalidImageError(message, id=correlation_id)
-        raise CaptionFailedError(message, id=correlation_id, reason=code)
+            raise CaptionUnavailableError(
+                f"captioning failed after {reply.attempt} attempts ({code})", id=correlation_id, reason=code
+            )
+        caller_error = _CALLER_ERRORS.get(code)
+        if caller_error is not None and error is not None:
+            raise caller_error(error.message, id=correlation_id)
+        log.warning("job %s failed: %s: %s", correlation_id, code, detail)
+        raise CaptionFailedError(
+            f"the worker could not caption this image ({code})", id=correlation_id, reason=code
+        )

@@ -1,0 +1,171 @@
+"""The API's HTTP surface in process: real routes, middleware and CaptionService, a fake publisher."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import TestClient, TestServer
+from prometheus_client import REGISTRY
+
+from captioner.settings import ApiSettings, ImageSettings, TopicSettings
+from producer_api.app import ADMISSION, SERVICE, make_api_app
+from producer_api.replies import PendingReplies
+from producer_api.service import CaptionService
+from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyError, ReplyStatus
+
+LIMIT = 64 * 1024
+PREDICT = "/api/v1/predictions"
+# What an error body must never show: a repr, a traceback, a server path.
+LEAKS = ("object at 0x", "Traceback", "/work/", 'File "', "Error:", "Exception")
+
+
+@dataclass
+class FakePublisher:
+    """Answers every job at once, as a worker would: a caption, or the failure set in `answer`."""
+
+    pending: PendingReplies
+    published: list[CaptionRequest] = field(default_factory=list)
+    answer: ReplyError | None = None
+
+    async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
+        job = REQUEST_CODEC.decode(value)
+        self.published.append(job)
+        status = ReplyStatus.SUCCEEDED if self.answer is None else ReplyStatus.FAILED
+        title = "a picture" if self.answer is None else None
+        reply = CaptionReply(job.correlation_id, status, "m", "w", title=title, error=self.answer)
+        self.pending.deliver([reply])
+
+
+@dataclass
+class Response:
+    status: int
+    headers: dict[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+
+@dataclass
+class ApiUnderTest:
+    client: TestClient[web.Request, web.Application]
+    publisher: FakePublisher
+
+    @property
+    def app(self) -> web.Application:
+        return self.client.app  # type: ignore[return-value]
+
+    @property
+    def in_flight(self) -> int:
+        return self.app[ADMISSION].in_flight
+
+    @property
+    def buffered_bytes(self) -> int:
+        return self.app[ADMISSION].buffered_bytes
+
+    async def post(self, body: bytes, content_type: str, **headers: str) -> Response:
+        headers = {"Content-Type": content_type, **headers}
+        async with self.client.post(PREDICT, data=body, headers=headers) as response:
+            return Response(response.status, dict(response.headers), await response.read())
+
+    async def open_raw(self, head: str, body: bytes = b"") -> RawConnection:
+        """A connection that sends the request head (and some body) and then whatever the test says."""
+        reader, writer = await asyncio.open_connection(self.client.host, self.client.port)
+        writer.write(head.replace("\n", "\r\n").encode() + b"\r\n" + body)
+        await writer.drain()
+        return RawConnection(reader, writer)
+
+
+@dataclass
+class RawConnection:
+    reader: asyncio.StreamReader
+    writer: asyncio.StreamWriter
+
+    async def send(self, data: bytes) -> None:
+        self.writer.write(data)
+        await self.writer.drain()
+
+    async def response(self, *, deadline_s: float = 10.0) -> Response:
+        async with asyncio.timeout(deadline_s):
+            status_line = await self.reader.readline()
+            headers: dict[str, str] = {}
+            while (line := await self.reader.readline()) not in (b"\r\n", b""):
+                name, _, value = line.decode().partition(":")
+                headers[name.strip().lower()] = value.strip()
+            body = await self.reader.readexactly(int(headers.get("content-length", "0")))
+        return Response(int(status_line.split()[1]), headers, body)
+
+    async def close(self) -> None:
+        self.writer.close()
+        with contextlib.suppress(ConnectionError):
+            await self.writer.wait_closed()
+
+
+def request_head(content_type: str, content_length: int) -> str:
+    return (
+        f"POST {PREDICT} HTTP/1.1\nHost: test\nContent-Type: {content_type}\n"
+        f"Content-Length: {content_length}\n"
+    )
+
+
+def in_flight_gauge() -> float:
+    return REGISTRY.get_sample_value("captioner_api_in_flight") or 0.0
+
+
+async def wait_until(condition: Callable[[], bool], *, deadline_s: float = 10.0) -> None:
+    async with asyncio.timeout(deadline_s):
+        # The server's counters have no event to wait on; poll them until the deadline.
+        while not condition():  # noqa: ASYNC110
+            await asyncio.sleep(0.01)
+
+
+def assert_plain_error(response: Response, status: int | None = None, code: str | None = None) -> None:
+    """A JSON error with a code and a plain message, and nothing from inside the server."""
+    assert response.headers.get("Content-Type", response.headers.get("content-type", "")).startswith(
+        "application/json"
+    ), response
+    error = response.json()["error"]
+    assert isinstance(error["code"], str) and error["code"], error
+    assert isinstance(error["message"], str) and error["message"], error
+    text = response.body.decode()
+    assert not any(leak in text for leak in LEAKS), text
+    if status is not None:
+        assert response.status == status, (response.status, text)
+    if code is not None:
+        assert error["code"] == code, text
+
+
+StartApi = Callable[..., Awaitable[ApiUnderTest]]
+
+
+@pytest.fixture
+async def serve_api() -> AsyncIterator[StartApi]:
+    clients: list[TestClient[web.Request, web.Application]] = []
+
+    async def start(**settings: Any) -> ApiUnderTest:
+        api = ApiSettings(**{"max_image_bytes": LIMIT, "instance_id": "test", **settings})
+        app = make_api_app(api=api, images=ImageSettings(max_image_pixels=1_000_000))
+        pending = PendingReplies()
+        publisher = FakePublisher(pending)
+        app[SERVICE] = CaptionService(
+            api=api,
+            topics=TopicSettings(),
+            publisher=publisher,  # type: ignore[arg-type]
+            pending=pending,
+            reply_partition=0,
+        )
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        return ApiUnderTest(client, publisher)
+
+    yield start
+    for client in clients:
+        await client.close()
