@@ -15,6 +15,10 @@ from captioner.settings import KafkaSettings, TopicSettings
 log = logging.getLogger(__name__)
 
 _HOUR_MS = 3_600_000
+# Retry and dead-letter records carry a job's bytes unchanged plus the service's headers (a few KiB:
+# the error message, the last 4000 characters of its traceback, where it came from): their topics take
+# this much more than the request topic, so a job that fit there always fits there too.
+OUTCOME_HEADROOM_BYTES = 64 * 1024
 
 
 @dataclass(frozen=True)
@@ -39,14 +43,20 @@ class TopicSpec:
 
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     """Requests and retries keep a day; replies matter only while a caller waits; dead letters two weeks."""
+    with_headroom = {"max.message.bytes": str(topics.max_message_bytes + OUTCOME_HEADROOM_BYTES)}
     return [
         TopicSpec(topics.requests, topics.request_partitions, retention_ms=24 * _HOUR_MS),
         TopicSpec(topics.replies, topics.reply_partitions, retention_ms=1 * _HOUR_MS),
         *(
-            TopicSpec(name, topics.request_partitions, retention_ms=24 * _HOUR_MS)
+            TopicSpec(name, topics.request_partitions, retention_ms=24 * _HOUR_MS, extra=with_headroom)
             for name in topics.retry_topics
         ),
-        TopicSpec(topics.dead_letter, topics.request_partitions, retention_ms=14 * 24 * _HOUR_MS),
+        TopicSpec(
+            topics.dead_letter,
+            topics.request_partitions,
+            retention_ms=14 * 24 * _HOUR_MS,
+            extra=with_headroom,
+        ),
     ]
 
 

@@ -21,7 +21,7 @@ from prometheus_client import start_http_server
 
 from captioner.kafka_config import consumer_config, producer_config
 from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-from captioner.topics import ensure_topics
+from captioner.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchPolicy
@@ -110,8 +110,12 @@ class InferenceWorker:
             stack.callback(consumer.close)
             producer = Producer(
                 producer_config(self._kafka, self._topics, client_id=client_id)
-                # Looking up a hostile reply_topic must never create it.
-                | {"allow.auto.create.topics": False}
+                # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
+                # our headers.
+                | {
+                    "allow.auto.create.topics": False,
+                    "message.max.bytes": self._topics.max_message_bytes + OUTCOME_HEADROOM_BYTES,
+                }
             )
             stack.callback(_flush, producer, settings.shutdown_timeout_s)
             decode_pool = stack.enter_context(

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaError, Message, Producer
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, Phase, given, settings
 
 from captioner.settings import TopicSettings
@@ -24,6 +25,7 @@ from tests.support.kafka import (
     caption_request,
     committed_offsets,
     end_offsets,
+    publish,
     publish_request,
     read_all,
     read_until,
@@ -180,3 +182,23 @@ def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
     ]
     assert answer.status is ReplyStatus.SUCCEEDED
     assert answer.title == reference_captioner(tiny_model_dir).caption(image)
+
+
+def test_a_dead_letter_topic_that_refuses_records_stops_the_worker_non_zero(
+    start_worker: StartWorker, env: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """A worker that can keep a failed job nowhere must not go on: it exits non-zero, uncommitted."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    dead_letter, requests_topic = env["CAPTIONER_TOPIC_DEAD_LETTER"], env["CAPTIONER_TOPIC_REQUESTS"]
+    small = NewTopic(
+        dead_letter, num_partitions=6, replication_factor=1, config={"max.message.bytes": "2048"}
+    )
+    admin.create_topics([small])[dead_letter].result(timeout=30)
+    worker = start_worker()
+
+    publish(kafka_bootstrap, requests_topic, b"garbage" * 1000, partition=0)
+
+    assert worker.process is not None
+    assert worker.process.wait(timeout=60) == 3, worker.log()[-3000:]
+    assert "refused" in worker.log()
+    assert committed_offsets(kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], requests_topic, 6)[0] <= 0
