@@ -112,6 +112,12 @@ class WorkerSettings(BaseSettings):
     )
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
+
+    @property
+    def retry_group_id(self) -> str:
+        """The retry tiers' own consumer group, so they never crowd the request topic's assignment."""
+        return f"{self.worker_group_id}.retries"
+
     min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=64, ge=1)
     batch_budget_ms: float = Field(

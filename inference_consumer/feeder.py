@@ -153,7 +153,7 @@ class JobFeeder:
 
     def _store_finished(self) -> None:
         """Hand finished positions to librdkafka, whose auto-commit sends them to the group."""
-        positions = self._tracker.take_positions()
+        positions = self._tracker.take_positions(self._topics)
         if positions:
             try:
                 self._consumer.store_offsets(offsets=positions)

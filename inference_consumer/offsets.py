@@ -8,7 +8,7 @@ callback that is itself waiting for jobs to finish.
 from __future__ import annotations
 
 import threading
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 
 from confluent_kafka import TopicPartition
 
@@ -63,11 +63,16 @@ class OffsetTracker:
                 self._positions[(topic, partition)] = advanced
             self._changed.notify_all()
 
-    def take_positions(self) -> list[TopicPartition]:
-        """Commit positions that advanced since the last call."""
+    def take_positions(self, topics: Collection[str] | None = None) -> list[TopicPartition]:
+        """Commit positions (of these topics, or all) that advanced since the last call: each
+        consumer stores only the positions of the topics it reads."""
         with self._lock:
-            positions, self._positions = self._positions, {}
-        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in positions.items()]
+            taken = {
+                key: offset for key, offset in self._positions.items() if topics is None or key[0] in topics
+            }
+            for key in taken:
+                del self._positions[key]
+        return [TopicPartition(topic, partition, offset) for (topic, partition), offset in taken.items()]
 
     def outstanding(self, keys: Iterable[PartitionKey] | None = None) -> int:
         with self._lock:

@@ -76,10 +76,11 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
-        with self._components(model) as (feeder, outcomes, ready, producer):
-            feeder.start()
+        with self._components(model) as (feeders, outcomes, ready, producer):
+            for feeder in feeders:
+                feeder.start()
             log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
-            self._serve(model, feeder, outcomes, ready, producer)
+            self._serve(model, feeders, outcomes, ready, producer)
         if self._fatal_reason is not None:
             raise WorkerFatalError(self._fatal_reason)
 
@@ -95,19 +96,13 @@ class InferenceWorker:
     @contextlib.contextmanager
     def _components(
         self, model: CaptionModel
-    ) -> Iterator[tuple[JobFeeder, OutcomePublisher, queue.Queue[Job], Producer]]:
+    ) -> Iterator[tuple[list[JobFeeder], OutcomePublisher, queue.Queue[Job], Producer]]:
+        """One producer for every outcome, and two consumers, each in a group of its own: the request
+        topic's (cooperative-sticky, so a rebalance moves only what it must) and the retry tiers'
+        (round-robin, which spreads each tier evenly). In one group, the assignors balance partition
+        counts across all topics together, and a worker could hold retry tiers but no request partition."""
         settings, client_id = self.settings, f"captioner-worker-{self.settings.worker_id}"
         with contextlib.ExitStack() as stack:
-            consumer = Consumer(
-                consumer_config(
-                    self._kafka,
-                    self._topics,
-                    client_id=client_id,
-                    group_id=settings.worker_group_id,
-                    **{"max.poll.interval.ms": 600_000, "session.timeout.ms": settings.session_timeout_ms},
-                )
-            )
-            stack.callback(consumer.close)
             producer = Producer(
                 producer_config(self._kafka, self._topics, client_id=client_id)
                 # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
@@ -131,11 +126,10 @@ class InferenceWorker:
                 group_id=settings.worker_group_id,
                 on_fatal=self._fatal,
             )
-            ready: queue.Queue[Job] = queue.Queue()  # the feeder keeps it within _batching.backlog()
-            feeder = JobFeeder(
-                consumer=consumer,
+            ready: queue.Queue[Job] = queue.Queue()  # the feeders keep it within _batching.backlog()
+            feed = functools.partial(
+                JobFeeder,
                 producer=producer,
-                topics=[self._topics.requests, *self._topics.retry_topics],
                 retry_topics=set(self._topics.retry_topics),
                 tracker=tracker,
                 outcomes=outcomes,
@@ -155,9 +149,37 @@ class InferenceWorker:
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,
             )
-            stack.callback(feeder.join, settings.shutdown_timeout_s)
-            stack.callback(feeder.stopping.set)
-            yield feeder, outcomes, ready, producer
+            subscriptions = [
+                (
+                    f"{client_id}-requests",
+                    settings.worker_group_id,
+                    "cooperative-sticky",
+                    [self._topics.requests],
+                ),
+                (f"{client_id}-retries", settings.retry_group_id, "roundrobin", self._topics.retry_topics),
+            ]
+            feeders = []
+            for consumer_id, group_id, assignor, topics in subscriptions:
+                consumer = Consumer(self._consumer_config(consumer_id, group_id, assignor))
+                stack.callback(consumer.close)
+                feeders.append(feed(consumer=consumer, topics=topics))
+            for feeder in feeders:
+                stack.callback(feeder.join, settings.shutdown_timeout_s)
+                stack.callback(feeder.stopping.set)
+            yield feeders, outcomes, ready, producer
+
+    def _consumer_config(self, client_id: str, group_id: str, assignor: str) -> dict[str, object]:
+        return consumer_config(
+            self._kafka,
+            self._topics,
+            client_id=client_id,
+            group_id=group_id,
+            **{
+                "max.poll.interval.ms": 600_000,
+                "session.timeout.ms": self.settings.session_timeout_ms,
+                "partition.assignment.strategy": assignor,
+            },
+        )
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
         return functools.partial(model.pixels, max_pixels=self._images.max_image_pixels)
@@ -165,18 +187,20 @@ class InferenceWorker:
     def _serve(
         self,
         model: CaptionModel,
-        feeder: JobFeeder,
+        feeders: list[JobFeeder],
         outcomes: OutcomePublisher,
         ready: queue.Queue[Job],
         producer: Producer,
     ) -> None:
-        while not (self.stopping.is_set() or feeder.stopping.is_set()):
+        while not (self.stopping.is_set() or any(feeder.stopping.is_set() for feeder in feeders)):
             batch = self._next_batch(ready)
             producer.poll(0)
             if batch:
                 self._run_batch(model, batch, outcomes)
-        feeder.stopping.set()
-        feeder.join(self.settings.shutdown_timeout_s)
+        for feeder in feeders:
+            feeder.stopping.set()
+        for feeder in feeders:
+            feeder.join(self.settings.shutdown_timeout_s)
         while batch := self._next_batch(ready, first_wait_s=0, fill=False):
             self._run_batch(model, batch, outcomes)
 
