@@ -4,18 +4,31 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 INSTALLED := $(VENV)/.installed
+LOCK := requirements/lock.txt
+LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install run broker broker-stop lint typecheck test test-unit bench bench-gpu clean
+.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-gpu clean
 
 install: $(INSTALLED)
 
-$(INSTALLED): pyproject.toml
+# Every package comes pinned, with hashes, from the lock; the project itself goes in without resolving
+# anything, built by the locked setuptools.
+$(INSTALLED): pyproject.toml $(LOCK)
 	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --upgrade pip
-	$(BIN)/pip install -e '.[dev,int8]'
+	$(BIN)/pip install --require-hashes -r $(LOCK)
+	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	@touch $@
+
+# Re-resolves the dev and int8 extras for this machine (Linux x86_64, Python 3.11) to the newest
+# releases within pyproject.toml's ranges; pip-tools lives in its own venv, outside the project's.
+lock:
+	@test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install pip-tools; }
+	$(LOCK_TOOLS)/bin/pip-compile --upgrade --generate-hashes --allow-unsafe --all-build-deps \
+		--extra dev --extra int8 --strip-extras --no-emit-index-url --no-emit-find-links \
+		--output-file $(LOCK) pyproject.toml
 
 broker:
 	@if [ -n "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "using cluster $$KAFKA_BOOTSTRAP_SERVERS"; \

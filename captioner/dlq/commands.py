@@ -26,7 +26,14 @@ from captioner.dlq.ledger import DEFAULT_NAMESPACE, commit_metadata, read_ledger
 from captioner.dlq.overview import Bucket, summarize
 from captioner.dlq.reader import LIBRDKAFKA_LOG, DeadLetterTopic, open_dead_letter_topic, plan_ranges
 from captioner.dlq.records import DeadLetter
-from captioner.dlq.replay import Pacer, ReplayCounts, Replayer, ReplaySummary, TargetTopics
+from captioner.dlq.replay import (
+    Pacer,
+    ReplayCounts,
+    Replayer,
+    ReplaySummary,
+    TargetTopics,
+    check_topic_name,
+)
 from captioner.kafka_config import client_config, producer_config
 from captioner.logs import configure_logging
 from captioner.settings import KafkaSettings, TopicSettings
@@ -142,16 +149,26 @@ def replay(
         float | None, typer.Option("--rate", min=0.001, help="At most this many records per second.")
     ] = None,
     dry_run: Annotated[bool, typer.Option("--dry-run", help="List what would be replayed.")] = False,
+    to: Annotated[
+        str | None,
+        typer.Option(
+            "--to",
+            help="Send every selected record to this topic, whatever its captioner.original.topic header.",
+        ),
+    ] = None,
     topic: TopicOption = None,
     json: JsonOption = False,
     timeout: TimeoutOption = 10.0,
 ) -> None:
-    """Re-publish dead letters to their original topic.
+    """Re-publish dead letters to their original topic, if it is one of the service's own.
 
-    Same key and value; the original.* headers are kept, attempt and error headers dropped, and
-    captioner.replayed-from is set, so the worker runs the job even past its deadline. Each record is
-    replayed at most once per --group, whatever the filters of each run. Ctrl-C stops cleanly: only
-    records whose re-publication Kafka acknowledged are committed."""
+    The captioner.original.topic header is trusted only when it names the request topic or a retry tier;
+    without one a record goes to the request topic. A record naming any other topic fails (exit 1) and
+    holds its partition back until it is replayed with --to, which sends every selected record to the
+    topic it names. Same key and value; well-formed original.* headers are kept, attempt and error
+    headers dropped, and captioner.replayed-from is set, so the worker runs the job even past its
+    deadline. Each record is replayed at most once per --group, whatever the filters of each run. Ctrl-C
+    stops cleanly: only records whose re-publication Kafka acknowledged are committed."""
     kafka, topics = KafkaSettings(), TopicSettings()
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
@@ -160,6 +177,7 @@ def replay(
             group=replay_group(group, selection),
             selection=selection.describe(),
             dry_run=dry_run,
+            to=check_topic_name(to),
         )
         run_replay(kafka, topics, summary, selection, namespace=group, rate=rate, timeout_s=timeout)
     typer.echo(render.to_json(summary.to_json()) if json else render.replay_text(summary))
@@ -195,7 +213,7 @@ def run_replay(
             commit=partial(dlq.commit, metadata=metadata),
             selection=selection,
             ledger=read_ledger(admin, namespace=namespace, topic=summary.topic, timeout_s=timeout_s),
-            targets=TargetTopics(producer, fallback=topics.requests, timeout_s=timeout_s),
+            targets=TargetTopics.of_service(producer, topics, override=summary.to, timeout_s=timeout_s),
             pacer=Pacer(rate),
             stop=stop,
         )

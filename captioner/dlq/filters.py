@@ -22,7 +22,10 @@ def parse_time(text: str, *, now: datetime) -> int:
     text = text.strip()
     if relative := _RELATIVE.match(text):
         amount, unit = relative.groups()
-        return int((now - timedelta(**{_UNITS[unit]: float(amount)})).timestamp() * 1000)
+        try:
+            return int((now - timedelta(**{_UNITS[unit]: float(amount)})).timestamp() * 1000)
+        except OverflowError:
+            raise UsageError(f"not a time: {text!r} is further back than a datetime reaches") from None
     if text.isdigit():
         return int(text)
     try:

@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
 from typing import Any
 
 from captioner.dlq.overview import Overview
-from captioner.dlq.records import DeadLetter, ms_to_datetime
+from captioner.dlq.records import DeadLetter, Origin, ms_to_datetime
 from captioner.dlq.replay import ReplaySummary
 from schemas import CaptionRequest
+
+SHOWN_BYTES = 8192  # of one header value or key: the worker's stack header is 4000 characters
+SHOWN_NAME = 256  # characters of a header name
+# Control and format characters (an escape sequence can rewrite the operator's terminal), but not
+# newline and tab, which stack traces need.
+_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
+
+
+def shown(value: bytes, limit: int = SHOWN_BYTES) -> str:
+    """Bytes from a record as text, cut to `limit` bytes with a note of the full size."""
+    text = value[:limit].decode("utf-8", "backslashreplace")
+    return text if len(value) <= limit else f"{text}... ({len(value)} bytes in all)"
+
+
+def printable(text: str) -> str:
+    """Text for a terminal: control characters escaped, as JSON output escapes them."""
+    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
 def to_json(data: Any) -> str:
@@ -23,7 +41,7 @@ def iso(epoch_ms: int | None) -> str | None:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header), *([("-" if c is None else str(c)) for c in row] for row in rows)]
+    cells = [list(header), *([("-" if c is None else printable(str(c))) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -81,39 +99,53 @@ def request_json(request: CaptionRequest) -> dict[str, Any]:
     }
 
 
+def origin_json(origin: Origin) -> dict[str, Any]:
+    return asdict(origin) | {"timestamp": iso(origin.timestamp_ms)}
+
+
 def dead_letter_json(record: DeadLetter) -> dict[str, Any]:
-    request = record.request
+    """Header values and the key are cut to SHOWN_BYTES: they are whatever a producer wrote."""
+    request, origin = record.request, record.origin
     return {
         "topic": record.topic,
         "partition": record.partition,
         "offset": record.offset,
         "timestamp": iso(record.timestamp_ms),
-        "key": record.key_text,
+        "key": shown(record.key) if record.key is not None else None,
         "value_bytes": len(record.value),
         "error_class": record.error_class,
         "error_code": record.error_code,
         "failed_at": iso(record.failed_at_ms),
+        "origin": origin_json(origin) if origin is not None else None,
         "request": request_json(request) if request is not None else None,
         "decode_error": record.decode_error,
-        "headers": {name: value.decode("utf-8", "backslashreplace") for name, value in record.headers},
+        "headers": {name[:SHOWN_NAME]: shown(value) for name, value in record.headers},
+        "headers_unreadable": record.headers_unreadable,
     }
 
 
 def dead_letter_text(record: DeadLetter) -> str:
     data = dead_letter_json(record)
+    origin = data["origin"]
     lines = [
         f"record      {record.topic}[{record.partition}]@{record.offset}  ({data['timestamp']})",
         f"key         {data['key']}",
         f"value       {data['value_bytes']} bytes",
         f"error       {record.error_class} ({record.error_code}) at {data['failed_at']}",
+        "origin      "
+        + (
+            f"{origin['topic']}[{origin['partition']}]@{origin['offset']}  ({origin['timestamp']})"
+            if origin is not None
+            else "unknown (original.* headers missing or malformed)"
+        ),
     ]
     if data["request"] is None:
         lines.append(f"request     not a readable CaptionRequest: {record.decode_error}")
     else:
         lines += _request_lines(data["request"])
-    lines.append("headers")
+    lines.append("headers" + ("     unreadable (a name is not UTF-8)" if record.headers_unreadable else ""))
     lines += [_header_line(name, value) for name, value in data["headers"].items()]
-    return "\n".join(lines)
+    return printable("\n".join(lines))
 
 
 def _request_lines(request: dict[str, Any]) -> list[str]:
@@ -154,8 +186,10 @@ def replay_text(summary: ReplaySummary) -> str:
         f"held back {counts.held_back}, unconfirmed {counts.unconfirmed}",
         f"  progress group: {summary.group}{DRY_RUN_NOTE if summary.dry_run else ''}",
     ]
+    if summary.to is not None:
+        lines.append(f"  every record to: {summary.to} (--to)")
     lines += [f"  {p.position} -> {p.target}  {p.error_class}  {p.correlation_id}" for p in summary.planned]
     if summary.interrupted:
         lines.append("  interrupted: acknowledged records are committed; run again to continue")
     lines += [f"  error: {error}" for error in summary.errors]
-    return "\n".join(lines)
+    return printable("\n".join(lines))

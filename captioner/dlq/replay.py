@@ -1,4 +1,5 @@
-"""Re-publishes dead letters to their original topic and commits each one only once Kafka acknowledged it."""
+"""Re-publishes dead letters to their original topic, if it is one of the service's own, and commits each
+one only once Kafka acknowledged it."""
 
 from __future__ import annotations
 
@@ -10,12 +11,14 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from captioner.dlq.errors import DlqError, ExitCode
+from captioner.dlq.errors import DlqError, ExitCode, UsageError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.ledger import ReplayLedger
 from captioner.dlq.reader import require_topic
-from captioner.dlq.records import DeadLetter
+from captioner.dlq.records import TOPIC_NAME, DeadLetter
+from captioner.settings import TopicSettings
 from inference_consumer.offsets import OffsetTracker
+from schemas import headers as names
 
 log = logging.getLogger(__name__)
 
@@ -39,21 +42,70 @@ class Pacer:
         self._next += self._interval
 
 
-class TargetTopics:
-    """Where each record goes back to: its original topic, checked once to exist."""
+def check_topic_name(name: str | None) -> str | None:
+    if name is not None and not TOPIC_NAME.fullmatch(name):
+        raise UsageError(f"--to {name!r} is not a topic name")
+    return name
 
-    def __init__(self, client: Any, *, fallback: str, timeout_s: float) -> None:
+
+class UntrustedTargetError(Exception):
+    """A record's original-topic header names a topic that is not the service's own."""
+
+
+class TargetTopics:
+    """Where each record goes back to, each target checked once to exist.
+
+    The original-topic header is hostile input, so it is followed only to the service's own topics: the
+    request topic and the retry tiers. A record without one (or with one that is no topic name) goes to
+    the request topic, the entry point every record first came in by. One naming any other topic is not
+    replayed (UntrustedTargetError) unless the operator names the target: `override` (--to) is used for
+    every record, whatever its headers."""
+
+    def __init__(
+        self,
+        client: Any,
+        *,
+        requests: str,
+        retries: Iterable[str] = (),
+        override: str | None = None,
+        timeout_s: float,
+    ) -> None:
         self._client = client
-        self._fallback = fallback
+        self._requests = requests
+        self._trusted = frozenset({requests, *retries})
+        self._override = override
         self._timeout_s = timeout_s
         self._known: set[str] = set()
 
+    @classmethod
+    def of_service(
+        cls, client: Any, topics: TopicSettings, *, override: str | None, timeout_s: float
+    ) -> TargetTopics:
+        return cls(
+            client,
+            requests=topics.requests,
+            retries=topics.retry_topics,
+            override=override,
+            timeout_s=timeout_s,
+        )
+
     def of(self, record: DeadLetter) -> str:
-        topic = record.original_topic or self._fallback
+        topic = self._override or self._trusted_origin(record)
         if topic not in self._known:
             require_topic(self._client, topic, timeout_s=self._timeout_s)
             self._known.add(topic)
         return topic
+
+    def _trusted_origin(self, record: DeadLetter) -> str:
+        origin = record.original_topic
+        if origin is None:
+            return self._requests
+        if origin not in self._trusted:
+            raise UntrustedTargetError(
+                f"not replayed: its {names.ORIGINAL_TOPIC} header names {origin!r}, not one of this "
+                f"service's topics; name the target with --to to replay it"
+            )
+        return origin
 
 
 @dataclass
@@ -63,7 +115,7 @@ class ReplayCounts:
     would_replay: int = 0  # --dry-run
     not_selected: int = 0
     already_replayed: int = 0
-    failed: int = 0
+    failed: int = 0  # not acknowledged by Kafka, or refused: its original topic is not the service's own
     held_back: int = 0  # after a failure in their partition, so the commit can stay behind the failure
     unconfirmed: int = 0  # sent, but no acknowledgement before the end: may have been published
 
@@ -82,6 +134,7 @@ class ReplaySummary:
     group: str
     selection: str
     dry_run: bool
+    to: str | None = None  # --to: the one target of every record
     counts: ReplayCounts = field(default_factory=ReplayCounts)
     interrupted: bool = False
     errors: list[str] = field(default_factory=list)
@@ -154,22 +207,29 @@ class Replayer:
         elif record.partition in self._failed_partitions:
             counts.held_back += 1
             return
-        elif self.summary.dry_run:
-            counts.would_replay += 1
-            self.summary.planned.append(self._plan(record))
-            return
         else:
-            self._send(record)
+            self._replay(record)
             return
         self._tracker.finish(record.topic, record.partition, record.offset)
 
-    def _plan(self, record: DeadLetter) -> PlannedReplay:
-        return PlannedReplay(
-            record.position, record.correlation_id, record.error_class, self._targets.of(record)
-        )
+    def _replay(self, record: DeadLetter) -> None:
+        """A refused record counts as failed, like one Kafka refused: left uncommitted, it holds its
+        partition back, so a rerun with --to can still replay it (the ledger would count a record
+        committed past as replayed)."""
+        try:
+            target = self._targets.of(record)
+        except UntrustedTargetError as exc:
+            self._fail(record, str(exc))
+            return
+        if self.summary.dry_run:
+            self.summary.counts.would_replay += 1
+            self.summary.planned.append(
+                PlannedReplay(record.position, record.correlation_id, record.error_class, target)
+            )
+        else:
+            self._send(record, target)
 
-    def _send(self, record: DeadLetter) -> None:
-        target = self._targets.of(record)
+    def _send(self, record: DeadLetter, target: str) -> None:
         self._pacer.wait(self._producer.poll, self._stop)
         while True:
             try:
@@ -190,10 +250,13 @@ class Replayer:
             self.summary.counts.replayed += 1
             self._tracker.finish(record.topic, record.partition, record.offset)
             return
+        self._fail(record, error.str())
+
+    def _fail(self, record: DeadLetter, reason: str) -> None:
         self.summary.counts.failed += 1
         self._failed_partitions.add(record.partition)
-        self.summary.errors.append(f"{record.position}: {error.str()}")
-        log.error("could not replay %s: %s", record.position, error.str())
+        self.summary.errors.append(f"{record.position}: {reason}")
+        log.error("could not replay %s: %s", record.position, reason)
 
     def _commit_if_due(self) -> None:
         if time.monotonic() >= self._next_commit:

@@ -25,7 +25,7 @@ from captioner.dlq.ledger import (
 from captioner.dlq.overview import Bucket, summarize
 from captioner.dlq.reader import plan_ranges
 from captioner.dlq.records import DeadLetter, header_pairs
-from captioner.dlq.replay import Pacer, PlannedReplay, Replayer, ReplaySummary, TargetTopics
+from captioner.dlq.replay import Pacer, PlannedReplay, Replayer, ReplaySummary, TargetTopics, check_topic_name
 from schemas import REQUEST_CODEC, CaptionRequest
 from schemas import headers as names
 
@@ -123,6 +123,79 @@ def test_headers_are_read_as_text_and_numbers() -> None:
     assert record.int_header(names.ORIGINAL_OFFSET) == 41
     assert record.int_header(names.DLQ_ERROR_CLASS) is None
     assert record.failed_at_ms == NOW_MS - 10
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        b"",
+        b"\xff\xfe",
+        b"\xd9\xa1\xd9\xa2",  # Arabic-Indic digits: int() reads them as 12
+        b"1_0",
+        b" 7",
+        b"-3",
+        b"0x10",
+        b"9" * 30,  # past int64
+        b"9" * 5000,  # past int()'s digit limit
+        b"99999999999999999",  # a time past year 9999
+    ],
+)
+def test_malformed_origin_numbers_count_as_absent(value: bytes) -> None:
+    record = dead_letter(
+        extra=(
+            (names.ORIGINAL_PARTITION, value),
+            (names.ORIGINAL_OFFSET, value),
+            (names.ORIGINAL_TIMESTAMP_MS, value),
+            (names.DLQ_FAILED_AT_MS, value),
+        ),
+        failed_at_ms=None,
+    )
+
+    assert record.int_header(names.ORIGINAL_PARTITION, high=2**31 - 1) is None
+    assert record.origin is None
+    assert record.failed_at_ms == record.timestamp_ms
+
+
+def test_a_well_formed_origin_is_read_whole() -> None:
+    origin = dead_letter().origin
+
+    assert origin is not None
+    assert (origin.topic, origin.partition, origin.offset, origin.timestamp_ms) == (
+        "app.requests",
+        3,
+        41,
+        NOW_MS - 1000,
+    )
+
+
+def test_replay_leaves_out_an_origin_that_does_not_parse_whole() -> None:
+    record = dead_letter(extra=((names.ORIGINAL_PARTITION, b"\xff"),))  # the last value counts
+
+    headers = dict(record.replay_headers())
+
+    assert not {names.ORIGINAL_TOPIC, names.ORIGINAL_PARTITION, names.ORIGINAL_OFFSET} & headers.keys()
+    assert headers[names.REPLAYED_FROM] == b"app.dlq:0:0"
+
+
+def test_unreadable_header_names_leave_a_record_without_headers() -> None:
+    def headers() -> None:
+        raise SystemError("<built-in method headers> returned a result with an exception set")
+
+    message = SimpleNamespace(
+        topic=lambda: "app.dlq",
+        partition=lambda: 0,
+        offset=lambda: 3,
+        timestamp=lambda: (1, NOW_MS),
+        key=lambda: b"k",
+        value=lambda: b"v",
+        headers=headers,
+    )
+
+    record = DeadLetter.from_message(message)
+
+    assert record.headers == () and record.headers_unreadable
+    assert record.error_class == "unknown" and record.origin is None
+    assert "unreadable" in render.dead_letter_text(record)
 
 
 def test_a_readable_value_is_decoded_as_a_request() -> None:
@@ -321,6 +394,9 @@ class FakeProducer:
         return SimpleNamespace(topics={topic: SimpleNamespace(error=None, partitions={0: None})})
 
 
+RETRY_TOPICS = ("app.requests.retry.1", "app.requests.retry.2")
+
+
 def no_commits() -> list[dict[int, int]]:
     return []
 
@@ -333,14 +409,17 @@ def replayer(
     ledger: ReplayLedger | None = None,
     dry_run: bool = False,
     stop: threading.Event | None = None,
+    to: str | None = None,
 ) -> Replayer:
     return Replayer(
-        summary=ReplaySummary(topic="app.dlq", group="g", selection="test", dry_run=dry_run),
+        summary=ReplaySummary(topic="app.dlq", group="g", selection="test", dry_run=dry_run, to=to),
         producer=producer,
         commit=commits.append,
         selection=selection or DeadLetterFilter(),
         ledger=ledger or ReplayLedger(),
-        targets=TargetTopics(producer, fallback="fallback.requests", timeout_s=1),
+        targets=TargetTopics(
+            producer, requests="app.requests", retries=RETRY_TOPICS, override=to, timeout_s=1
+        ),
         pacer=Pacer(None),
         stop=stop or threading.Event(),
     )
@@ -423,13 +502,76 @@ def test_stopping_ends_after_the_current_record_and_commits_it() -> None:
     assert commits == [{0: 1}]
 
 
-def test_a_record_without_an_origin_goes_to_the_fallback_topic() -> None:
+def test_a_record_without_an_origin_goes_to_the_request_topic() -> None:
     record = replace(dead_letter(), headers=())
     producer = FakeProducer()
 
     replayer(producer, []).run([record], lambda _: None)
 
-    assert producer.sent[0]["topic"] == "fallback.requests"
+    assert producer.sent[0]["topic"] == "app.requests"
+
+
+def with_origin(record: DeadLetter, topic: bytes) -> DeadLetter:
+    return replace(record, headers=((names.ORIGINAL_TOPIC, topic), *record.headers[1:]))
+
+
+@pytest.mark.parametrize("dry_run", [False, True])
+def test_replay_follows_the_origin_header_only_to_the_services_own_topics(dry_run: bool) -> None:
+    producer, commits = FakeProducer(), no_commits()
+    records = [
+        with_origin(dead_letter(offset=0, correlation_id="retried"), b"app.requests.retry.2"),
+        with_origin(dead_letter(offset=1, correlation_id="forged"), b"app.replies"),
+        dead_letter(offset=2, correlation_id="after-the-forged-one"),
+        dead_letter(offset=0, partition=1, correlation_id="other-partition"),
+    ]
+
+    summary = replayer(producer, commits, dry_run=dry_run).run(records, lambda _: producer.poll())
+
+    sent = summary.planned if dry_run else [SimpleNamespace(**s) for s in producer.sent]
+    assert [s.target if dry_run else s.topic for s in sent] == ["app.requests.retry.2", "app.requests"]
+    counts = summary.counts
+    assert (counts.failed, counts.held_back) == (1, 1)  # the rest of its partition waits behind it
+    assert summary.exit_code is ExitCode.REPLAY_FAILED
+    [error] = summary.errors
+    assert error.startswith(
+        "app.dlq:0:1: not replayed: its captioner.original.topic header names 'app.replies'"
+    )
+    assert "--to" in error
+    assert commits == ([] if dry_run else [{0: 1, 1: 1}])  # never past the refused record
+
+
+def test_to_sends_every_record_to_the_named_topic_whatever_its_origin() -> None:
+    producer, commits = FakeProducer(), no_commits()
+    records = [
+        with_origin(dead_letter(offset=0), b"app.replies"),
+        replace(dead_letter(offset=1), headers=()),
+        dead_letter(offset=2),
+    ]
+
+    summary = replayer(producer, commits, to="app.requests").run(records, lambda _: None)
+
+    assert [s["topic"] for s in producer.sent] == ["app.requests"] * 3
+    assert summary.counts.replayed == 3 and summary.exit_code is ExitCode.OK
+    assert "every record to: app.requests (--to)" in render.replay_text(summary)
+
+
+@pytest.mark.parametrize(
+    "topic", [b"", b"\xff\xfeapp.replies", b"app replies", b"app/replies", b"x" * 250, b"r\xc3\xa9ponses"]
+)
+def test_an_origin_that_is_no_topic_name_counts_as_absent(topic: bytes) -> None:
+    record = with_origin(dead_letter(), topic)
+    producer = FakeProducer()
+
+    replayer(producer, []).run([record], lambda _: None)
+
+    assert record.original_topic is None and record.origin is None
+    assert producer.sent[0]["topic"] == "app.requests"
+
+
+def test_to_must_be_a_topic_name() -> None:
+    assert check_topic_name("app.requests") == "app.requests"
+    with pytest.raises(UsageError, match="not a topic name"):
+        check_topic_name("app requests; rm -rf")
 
 
 def test_the_pacer_spaces_sends_to_the_rate() -> None:
@@ -524,6 +666,44 @@ def test_show_of_an_unreadable_record_names_the_key_and_the_decode_error() -> No
 
     assert "key         k-9" in text
     assert "request     not a readable CaptionRequest: NotSingleObjectError" in text
+
+
+def garbage_dead_letter(offset: int = 0) -> DeadLetter:
+    return replace(
+        dead_letter(offset=offset, value=b"junk"),
+        timestamp_ms=2**62,  # a producer's clock: Kafka takes any CreateTime
+        key=b"\x1b]0;owned\x07" + b"k" * 100_000,
+        headers=(
+            (names.DLQ_ERROR_CLASS, b"\xff\xfe\x1b[2J" + b"E" * 100_000),
+            (names.DLQ_ERROR_CODE, b""),
+            (names.DLQ_FAILED_AT_MS, b"99999999999999999"),
+            (names.ORIGINAL_TOPIC, b"\x80"),
+            (names.DLQ_ERROR_MESSAGE, b"m" * 1_000_000),
+            ("\u202e" + "n" * 1000, b"\r\x1b[1A"),
+        ),
+    )
+
+
+def test_list_and_show_survive_garbage_headers_and_bound_what_they_print() -> None:
+    records = [garbage_dead_letter(0), garbage_dead_letter(1)]
+
+    overview = summarize(records, topic="app.dlq", selection="all records", bucket=Bucket.day)
+    texts = [render.overview_text(overview), render.to_json(render.overview_json(overview))]
+    texts += [render.dead_letter_text(records[0]), render.to_json(render.dead_letter_json(records[0]))]
+
+    assert overview.total == 2 and len(overview.by_error) == 1
+    assert overview.by_error[0].error_code == "unknown"
+    assert "9999-12-31" in texts[0]  # clamped to the last day a datetime holds
+    for text in texts:
+        assert len(text) < 40_000
+        assert not {"\x1b", "\r", "\x07", "\u202e"} & set(text)
+    assert "(1000000 bytes in all)" in texts[2]
+    assert "origin      unknown" in texts[2]
+
+
+def test_an_age_beyond_the_calendar_is_a_usage_error() -> None:
+    with pytest.raises(UsageError):
+        parse_time("99999999999w", now=NOW)
 
 
 def test_the_replay_summary_is_one_line_per_fact() -> None:

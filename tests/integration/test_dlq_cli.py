@@ -13,10 +13,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
 from captioner.settings import TopicSettings
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
+from schemas import headers as names
 from tests.conftest import StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
 from tests.support.services import CAPTIONER, REPO, service_env
@@ -70,15 +71,27 @@ def await_reply(
     raise AssertionError(f"no {status} reply for {correlation_id}")
 
 
-def request_topic_end(bootstrap: str, topics: TopicSettings) -> int:
+def topic_end(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30) -> int:
+    """The sum of the partitions' high watermarks; a topic created a moment ago may have no leader yet."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
+    give_up = time.monotonic() + timeout_s
     try:
-        return sum(
-            consumer.get_watermark_offsets(TopicPartition(topics.requests, p), timeout=10)[1]
-            for p in range(topics.request_partitions)
-        )
+        while True:
+            try:
+                return sum(
+                    consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
+                    for p in range(partitions)
+                )
+            except KafkaException:
+                if time.monotonic() > give_up:
+                    raise
+                time.sleep(0.2)
     finally:
         consumer.close()
+
+
+def request_topic_end(bootstrap: str, topics: TopicSettings) -> int:
+    return topic_end(bootstrap, topics.requests, topics.request_partitions)
 
 
 def test_a_poison_image_is_inspected_and_replayed_once_after_the_fix(
@@ -191,3 +204,44 @@ def test_a_missing_topic_exits_3(env: dict[str, str]) -> None:
     result = captioner_dlq(env, "list", "--topic", f"missing-{uuid.uuid4().hex}")
     assert result.returncode == 3
     assert "does not exist" in result.stderr
+
+
+def test_a_forged_origin_is_not_replayed_until_the_operator_names_the_target(
+    topics: TopicSettings, env: dict[str, str], kafka_bootstrap: str
+) -> None:
+    """Whoever can write to the DLQ writes its headers: one claims to come from the reply topic, where a
+    replay would forge callers' replies; the others are garbage that list and show have to get through."""
+    forged = [
+        (names.ORIGINAL_TOPIC, topics.replies.encode()),
+        (names.ORIGINAL_PARTITION, b"\xff\xfe"),
+        (names.ORIGINAL_OFFSET, None),
+        (names.DLQ_ERROR_CLASS, b"\x1b[2J\xff" + b"E" * 10_000),
+        (names.DLQ_FAILED_AT_MS, b"99999999999999999"),
+        (names.DLQ_ERROR_MESSAGE, b"m" * 200_000),
+    ]
+    producer = Producer({"bootstrap.servers": kafka_bootstrap})
+    producer.produce(topics.dead_letter, partition=0, key=b"forged", value=b"junk", headers=forged)
+    producer.produce(topics.dead_letter, partition=0, key=b"no-origin", value=b"junk", headers=[])
+    assert producer.flush(10) == 0
+    replies = topic_end(kafka_bootstrap, topics.replies, topics.reply_partitions)
+    requests = request_topic_end(kafka_bootstrap, topics)
+
+    wait_for_dead_letters(env, 2)
+    listed = captioner_dlq(env, "list")
+    [shown] = dlq_json(env, "show", "--id", "forged")["records"]
+    shown_text = captioner_dlq(env, "show", "--partition", "0", "--offset", str(shown["offset"]))
+    assert listed.returncode == 0 and shown_text.returncode == 0, listed.stderr + shown_text.stderr
+    assert "\x1b" not in listed.stdout + shown_text.stdout
+    assert shown["origin"] is None and shown["failed_at"] == shown["timestamp"]  # header unusable
+    assert shown["headers"][names.DLQ_ERROR_MESSAGE].endswith("(200000 bytes in all)")
+
+    refused = captioner_dlq(env, "replay", "--json")
+    summary = json.loads(refused.stdout)
+    assert refused.returncode == 1
+    assert (summary["counts"]["failed"], summary["counts"]["held_back"]) == (1, 1)
+    assert f"names {topics.replies!r}" in summary["errors"][0]
+
+    named = dlq_json(env, "replay", "--to", topics.requests)
+    assert named["counts"]["replayed"] == 2 and named["to"] == topics.requests
+    assert topic_end(kafka_bootstrap, topics.replies, topics.reply_partitions) == replies
+    assert request_topic_end(kafka_bootstrap, topics) == requests + 2
