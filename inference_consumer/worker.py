@@ -12,20 +12,23 @@ import threading
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from types import FrameType
+from typing import Any
 
 import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
+from captioner.errors import CaptionerError
 from captioner.kafka_config import consumer_config, producer_config
 from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchPolicy
-from inference_consumer.errors import InferenceError, WorkerError, WorkerFatalError
+from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
@@ -40,6 +43,12 @@ log = logging.getLogger(__name__)
 # few dozen small ops could wait that long per op. 0.5 ms took p50 latency at 400 req/s on the tiny
 # model from ~320 ms to ~70 ms (2 cores).
 GIL_SWITCH_INTERVAL_S = 0.0005
+
+
+@dataclass(frozen=True)
+class Subscription:
+    config: dict[str, Any]
+    topics: list[str]
 
 
 class InferenceWorker:
@@ -149,27 +158,33 @@ class InferenceWorker:
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,
             )
-            subscriptions = [
-                (
-                    f"{client_id}-requests",
-                    settings.worker_group_id,
-                    "cooperative-sticky",
-                    [self._topics.requests],
-                ),
-                (f"{client_id}-retries", settings.retry_group_id, "roundrobin", self._topics.retry_topics),
-            ]
             feeders = []
-            for consumer_id, group_id, assignor, topics in subscriptions:
-                consumer = Consumer(self._consumer_config(consumer_id, group_id, assignor))
+            for subscription in self.subscriptions():
+                consumer = Consumer(subscription.config)
                 stack.callback(consumer.close)
-                feeders.append(feed(consumer=consumer, topics=topics))
+                feeders.append(feed(consumer=consumer, topics=subscription.topics))
             for feeder in feeders:
                 stack.callback(feeder.join, settings.shutdown_timeout_s)
                 stack.callback(feeder.stopping.set)
             yield feeders, outcomes, ready, producer
 
-    def _consumer_config(self, client_id: str, group_id: str, assignor: str) -> dict[str, object]:
-        return consumer_config(
+    def subscriptions(self) -> list[Subscription]:
+        """The request topic's consumer and the retry tiers' consumer, each in its own group."""
+        client_id = f"captioner-worker-{self.settings.worker_id}"
+        return [
+            self._subscription(
+                f"{client_id}-requests",
+                self.settings.worker_group_id,
+                "cooperative-sticky",
+                [self._topics.requests],
+            ),
+            self._subscription(
+                f"{client_id}-retries", self.settings.retry_group_id, "roundrobin", self._topics.retry_topics
+            ),
+        ]
+
+    def _subscription(self, client_id: str, group_id: str, assignor: str, topics: list[str]) -> Subscription:
+        config = consumer_config(
             self._kafka,
             self._topics,
             client_id=client_id,
@@ -180,6 +195,7 @@ class InferenceWorker:
                 "partition.assignment.strategy": assignor,
             },
         )
+        return Subscription(config=config, topics=topics)
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
         return functools.partial(model.pixels, max_pixels=self._images.max_image_pixels)
@@ -236,7 +252,7 @@ class InferenceWorker:
             assert job.pixels is not None and job.request is not None
             try:
                 pixels = job.pixels.result()
-            except WorkerError as exc:
+            except CaptionerError as exc:  # an invalid image, say: its own outcome, never a retry
                 outcomes.failed(job, exc)
                 continue
             except Exception as exc:
