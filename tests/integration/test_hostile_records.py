@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, Phase, given, settings
 
-from captioner.settings import TopicSettings
+from captioner.settings import TopicSettings, WorkerSettings
 from schemas import REPLY_CODEC, REQUEST_CODEC, ReplyStatus, SchemaContractError
 from schemas import headers as record_headers
 from tests.conftest import StartWorker
@@ -113,11 +113,11 @@ def publish_all(
 
 
 def wait_until_committed(
-    bootstrap: str, group: str, targets: list[str], partitions: int, *, timeout_s: float
+    bootstrap: str, groups: dict[str, str], partitions: int, *, timeout_s: float
 ) -> None:
-    """Until the group's committed offset of every partition is its end offset."""
+    """Until each topic's committed offset in its group is its end offset, on every partition."""
     give_up = time.monotonic() + timeout_s
-    for topic in targets:
+    for topic, group in groups.items():
         ends = end_offsets(bootstrap, topic, partitions)
         assert all(ends.values()), f"{topic}: a partition got no record: {ends}"
         while (committed := committed_offsets(bootstrap, group, topic, partitions)) != ends:
@@ -151,9 +151,10 @@ def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
     partitions = topics.request_partitions
 
     published = publish_all(kafka_bootstrap, targets, partitions, records)
-    wait_until_committed(
-        kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], targets, partitions, timeout_s=240
-    )
+    group = env["CAPTIONER_WORKER_GROUP_ID"]
+    retry_group = WorkerSettings(worker_group_id=group).retry_group_id
+    groups = {topics.requests: group} | dict.fromkeys(topics.retry_topics, retry_group)
+    wait_until_committed(kafka_bootstrap, groups, partitions, timeout_s=150)
 
     assert worker.alive(), worker.log()[-3000:]
     dead = read_all(kafka_bootstrap, topics.dead_letter, partitions)
