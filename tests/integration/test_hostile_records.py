@@ -63,26 +63,38 @@ def generate(reply_topics: list[str]) -> list[HostileRecord]:
     return drawn
 
 
-def named_cases(topics: TopicSettings) -> list[HostileRecord]:
-    """The cases that once stopped a worker or exhausted it, whatever hypothesis draws."""
+def refused_cases(topics: TopicSettings) -> list[HostileRecord]:
+    """Valid records with a field the worker must refuse: each ends in the dead-letter topic."""
     good = caption_request(make_image_bytes("PNG", seed=4), reply_topic=topics.replies, reply_partition=1)
     values = [
         replace(good, correlation_id=uuid.uuid4().hex, reply_partition=999),
         replace(good, correlation_id=uuid.uuid4().hex, reply_partition=-5),
         replace(good, correlation_id=uuid.uuid4().hex, reply_topic=f"missing-{uuid.uuid4().hex}"),
         replace(good, correlation_id=uuid.uuid4().hex, reply_topic=f"missing-{uuid.uuid4().hex}"),
-        replace(good, correlation_id=uuid.uuid4().hex, image=bad_images()[18]),  # 40000x2 PNG
         replace(good, correlation_id=uuid.uuid4().hex, max_new_tokens=-1),
     ]
-    values += [replace(good, correlation_id=uuid.uuid4().hex, image=image) for image in bad_images()]
-    cases = [HostileRecord(REQUEST_CODEC.encode(value), []) for value in values]
-    cases.append(
-        HostileRecord(
-            REQUEST_CODEC.encode(replace(good, correlation_id=uuid.uuid4().hex)),
-            [(record_headers.ATTEMPT, b"x")],
-        )
-    )
-    return cases
+    return [HostileRecord(REQUEST_CODEC.encode(value), []) for value in values]
+
+
+def served_cases(topics: TopicSettings) -> list[HostileRecord]:
+    """Cases that once stopped or exhausted a worker and must now be captioned."""
+    good = caption_request(make_image_bytes("PNG", seed=4), reply_topic=topics.replies, reply_partition=1)
+    strip = replace(good, correlation_id=uuid.uuid4().hex, image=bad_images()[18])  # 40000x2 PNG
+    bad_attempt = replace(good, correlation_id=uuid.uuid4().hex)
+    return [
+        HostileRecord(REQUEST_CODEC.encode(strip), []),
+        HostileRecord(REQUEST_CODEC.encode(bad_attempt), [(record_headers.ATTEMPT, b"x")]),
+    ]
+
+
+def bad_image_cases(topics: TopicSettings) -> list[HostileRecord]:
+    good = caption_request(make_image_bytes("PNG", seed=4), reply_topic=topics.replies, reply_partition=1)
+    values = [replace(good, correlation_id=uuid.uuid4().hex, image=image) for image in bad_images()]
+    return [HostileRecord(REQUEST_CODEC.encode(value), []) for value in values]
+
+
+def correlation_ids(records: list[HostileRecord]) -> set[str]:
+    return {REQUEST_CODEC.decode(record.value or b"").correlation_id for record in records}
 
 
 def publish_all(
@@ -146,7 +158,8 @@ def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
 ) -> None:
     worker = start_worker()
     reply_topics = [topics.replies, f"missing-{uuid.uuid4().hex}", topics.requests, topics.dead_letter]
-    records = named_cases(topics) + generate(reply_topics)
+    refused, served = refused_cases(topics), served_cases(topics)
+    records = refused + served + bad_image_cases(topics) + generate(reply_topics)
     targets = [topics.requests, *topics.retry_topics]
     partitions = topics.request_partitions
 
@@ -163,8 +176,9 @@ def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
     dead_values = Counter(record.value for record in dead)
     missing = [item for item in published if not accounted(item, dead_values, succeeded)]
     assert len(published) >= GENERATED and not missing, missing[:5]
-    named = {REQUEST_CODEC.decode(case.value or b"").correlation_id for case in named_cases(topics)[:6]}
-    assert not named & succeeded  # each named hostile case is refused, not captioned
+    assert not correlation_ids(refused) & succeeded
+    assert correlation_ids(served) <= succeeded
+    assert {record.value for record in refused} <= set(dead_values)
     codes = Counter(r.headers.get(record_headers.DLQ_ERROR_CODE, b"?").decode() for r in dead)
     print(f"{len(published)} hostile records: {len(succeeded)} captioned, dead letters by code: {codes}")
 
