@@ -11,6 +11,7 @@ import typer
 
 from captioner.dlq.commands import dlq_app
 from captioner.logs import configure_logging
+from captioner.settings import LogSettings
 
 
 class ModelSizeChoice(StrEnum):
@@ -29,7 +30,7 @@ app.add_typer(dlq_app, name="dlq")
 @app.command()
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
-    configure_logging()
+    configure_logging(LogSettings().level)
     from producer_api.app import run_api
 
     run_api()
@@ -38,7 +39,7 @@ def api() -> None:
 @app.command()
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
-    configure_logging()
+    configure_logging(LogSettings().level)
     from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
     from inference_consumer.worker import run_worker
 

@@ -1,13 +1,12 @@
-"""Logging set-up shared by every entry point."""
+"""Logging set-up shared by every entry point; the level comes from settings, read by the caller."""
 
 from __future__ import annotations
 
 import logging
-import os
 
 
-def configure_logging(level: str | None = None) -> None:
+def configure_logging(level: str) -> None:
     logging.basicConfig(
-        level=(level or os.environ.get("CAPTIONER_LOG_LEVEL", "INFO")).upper(),
+        level=level.upper(),
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )

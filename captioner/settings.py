@@ -12,7 +12,7 @@ import uuid
 from functools import cache
 from typing import Literal
 
-from pydantic import AliasChoices, Field, SecretStr
+from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 
@@ -80,6 +80,17 @@ class ApiSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+
+
+class LogSettings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_LOG_", frozen=True, extra="ignore")
+
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+
+    @field_validator("level", mode="before")
+    @classmethod
+    def _any_case(cls, value: object) -> object:
+        return value.upper() if isinstance(value, str) else value
 
 
 class ImageSettings(BaseSettings):

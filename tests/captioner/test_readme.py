@@ -7,13 +7,20 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from captioner.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from captioner.settings import (
+    ApiSettings,
+    ImageSettings,
+    KafkaSettings,
+    LogSettings,
+    TopicSettings,
+    WorkerSettings,
+)
 
 README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
-    "settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings]
+    "settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings, LogSettings]
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     prefix = settings.model_config.get("env_prefix", "")
