@@ -17,8 +17,8 @@ import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
 from captioner.consuming import poll_batch
+from captioner.offsets import OffsetTracker
 from inference_consumer.jobs import Job, position
-from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
 from schemas import REQUEST_CODEC, CaptionerError

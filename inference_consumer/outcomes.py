@@ -17,11 +17,11 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
+from captioner.offsets import OffsetTracker
 from captioner.settings import TopicSettings
 from inference_consumer import metrics
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job
-from inference_consumer.offsets import OffsetTracker
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyError, ReplyStatus
 from schemas import headers as record_headers
 

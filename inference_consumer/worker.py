@@ -23,6 +23,7 @@ from prometheus_client import start_http_server
 
 from captioner.errors import CaptionerError
 from captioner.kafka_config import consumer_config, producer_config
+from captioner.offsets import OffsetTracker
 from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from captioner.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
@@ -32,7 +33,6 @@ from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
-from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 

@@ -15,9 +15,9 @@ import torch
 from confluent_kafka import Message
 from hypothesis import given, settings
 
+from captioner.offsets import OffsetTracker
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
-from inference_consumer.offsets import OffsetTracker
 from inference_consumer.validation import RequestRules
 from schemas import REQUEST_CODEC, CaptionerError
 from tests.support.hostile import HostileRecord, hostile_records

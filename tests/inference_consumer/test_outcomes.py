@@ -9,10 +9,10 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from captioner.offsets import OffsetTracker
 from captioner.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
 from inference_consumer.jobs import Job, ReplyAddress
-from inference_consumer.offsets import OffsetTracker
 from inference_consumer.outcomes import OutcomePublisher
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus
 from schemas import headers as record_headers

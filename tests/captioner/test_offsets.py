@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from inference_consumer.offsets import OffsetTracker
+from captioner.offsets import OffsetTracker
 
 
 def positions(tracker: OffsetTracker) -> list[tuple[str, int, int]]:
