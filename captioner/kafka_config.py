@@ -11,7 +11,8 @@ from typing import Any
 from captioner.settings import KafkaSettings, TopicSettings
 
 _SOCKET_TIMEOUT_MS = 10_000
-# Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group gives up.
+# Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group
+# gives up.
 _HEARTBEATS_PER_SESSION = 3
 
 
@@ -22,9 +23,10 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
         "security.protocol": kafka.security_protocol,
         "socket.keepalive.enable": True,
         "reconnect.backoff.max.ms": 1000,
-        # A broker that hangs (paused, cut off) keeps its TCP connections open: librdkafka's default 60 s wait
-        # for an answer outlasts the API's whole request timeout. 10 s stays above the 9 s it takes a cluster
-        # with default settings to fence a lost broker, so a produce waiting on a lost follower is not cut off.
+        # A broker that hangs (paused, cut off) keeps its TCP connections open: librdkafka's default 60 s
+        # wait for an answer outlasts the API's whole request timeout. 10 s stays above the 9 s it takes a
+        # cluster with default settings to fence a lost broker, so a produce waiting on a lost follower is
+        # not cut off.
         "socket.timeout.ms": _SOCKET_TIMEOUT_MS,
         "socket.connection.setup.timeout.ms": 10_000,  # a cut-off broker drops SYNs: not 30 s per attempt
         # Errors trigger a metadata refresh at once; this periodic one catches leader moves that raise none
@@ -57,8 +59,9 @@ def producer_config(
         "compression.type": "none",  # image bytes are already compressed
         # The most that keeps an idempotent producer's ordering across retries (librdkafka's own cap, stated).
         "max.in.flight.requests.per.connection": 5,
-        # How long a broker may hold a produce waiting for the in-sync replicas: it answers (a retriable timeout)
-        # before the client's socket timeout, so the connection survives and the retry goes out at once.
+        # How long a broker may hold a produce waiting for the in-sync replicas: it answers (a retriable
+        # timeout) before the client's socket timeout, so the connection survives and the retry goes out at
+        # once.
         "request.timeout.ms": _SOCKET_TIMEOUT_MS - 2_000,
     }
 
@@ -78,5 +81,7 @@ def consumer_config(
     }
     config |= overrides
     if "session.timeout.ms" in overrides and "heartbeat.interval.ms" not in overrides:
-        config["heartbeat.interval.ms"] = max(1, int(overrides["session.timeout.ms"]) // _HEARTBEATS_PER_SESSION)
+        config["heartbeat.interval.ms"] = max(
+            1, int(overrides["session.timeout.ms"]) // _HEARTBEATS_PER_SESSION
+        )
     return config

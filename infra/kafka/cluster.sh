@@ -108,19 +108,26 @@ EOF
 }
 
 format_storage() {
-  local cluster_id node dir
+  local node dir failed=0
   if [[ ! -f "$state/cluster.id" ]]; then
-    "$(java_cmd)" "${java_opts[@]}" kafka.tools.StorageTool random-uuid 2>/dev/null > "$state/cluster.id"
+    # A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what `StorageTool random-uuid` prints).
+    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$state/cluster.id"
   fi
-  cluster_id="$(cat "$state/cluster.id")"
   for node in "${nodes[@]}"; do
     dir="$(node_dir "$node")"
     [[ -f "$dir/data/meta.properties" ]] && continue
-    if ! "$(java_cmd)" "${java_opts[@]}" kafka.tools.StorageTool format -t "$cluster_id" \
-      -c "$dir/server.properties" >>"$dir/broker.log" 2>&1; then
-      echo "cluster.sh: formatting node $node failed; see $dir/broker.log" >&2; tail -5 "$dir/broker.log" >&2; exit 1
+    "$(java_cmd)" "${java_opts[@]}" kafka.tools.StorageTool format -t "$(cat "$state/cluster.id")" \
+      -c "$dir/server.properties" >>"$dir/broker.log" 2>&1 &
+  done
+  wait
+  for node in "${nodes[@]}"; do
+    dir="$(node_dir "$node")"
+    if [[ ! -f "$dir/data/meta.properties" ]]; then
+      echo "cluster.sh: formatting node $node failed; see $dir/broker.log" >&2; tail -5 "$dir/broker.log" >&2
+      failed=1
     fi
   done
+  [[ "$failed" == 0 ]] || exit 1
 }
 
 launch() {

@@ -46,7 +46,11 @@ def test_group_heartbeats_fit_three_times_in_the_session(session_ms: int) -> Non
 
 def test_an_explicit_heartbeat_is_kept() -> None:
     config = consumer_config(
-        KAFKA, TOPICS, client_id="c", group_id="g", **{"session.timeout.ms": 6_000, "heartbeat.interval.ms": 500}
+        KAFKA,
+        TOPICS,
+        client_id="c",
+        group_id="g",
+        **{"session.timeout.ms": 6_000, "heartbeat.interval.ms": 500},
     )
 
     assert config["heartbeat.interval.ms"] == 500
