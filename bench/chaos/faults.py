@@ -20,6 +20,7 @@ from bench.chaos.traffic import Traffic
 from bench.processes import ManagedProcess
 
 _HEAL_TIMEOUT_S = 120.0
+_BACKLOG_BATCHES = 3  # jobs to pile up before a worker kill, in full batches
 _BATCH_LINE = re.compile(rb"captioned (\d+) jobs")
 
 
@@ -111,12 +112,24 @@ def rolling_restart(chaos: Chaos, record: FaultRecord) -> None:
 
 
 def worker_kill(chaos: Chaos, record: FaultRecord) -> None:
-    """kill -9 of a worker right after it finished a full batch, so the next one is in its hands; a new worker
-    replaces it once the group has recovered without it."""
+    """kill -9 of a worker holding a full batch; a new worker replaces it once the group has recovered
+    without it. At a modest rate batches rarely fill, so the worker is first stopped briefly (well inside its
+    session timeout) while jobs pile up: it then runs full batches back to back, and is killed the moment it
+    finished one, with the next full one already in its hands."""
     victim = _busiest_worker(chaos)
-    record.info["worker"] = victim.name
-    record.info |= _wait_for_full_batch(victim, chaos.config.max_batch_size, timeout_s=30)
-    chaos.observe(record, "recovery_s", lambda: _kill(victim))
+    config = chaos.config
+    backlog_s = min(
+        _BACKLOG_BATCHES * config.max_batch_size / chaos.traffic.workload.rate,
+        config.session_timeout_ms / 2000,
+    )
+    record.info |= {"worker": victim.name, "backlog_pause_s": round(backlog_s, 1)}
+
+    def strike() -> None:
+        _pause(victim, backlog_s)
+        record.info.update(_wait_for_full_batch(victim, config.max_batch_size, timeout_s=10))
+        _kill(victim)
+
+    chaos.observe(record, "recovery_s", strike)
     chaos.deployment.workers.remove(victim)
     chaos.observe(record, "heal_recovery_s", lambda: _replace_worker(chaos.deployment))
 
@@ -128,14 +141,7 @@ def zombie_worker(chaos: Chaos, record: FaultRecord) -> None:
     pause_s = chaos.config.zombie_pause_s
     record.info |= {"worker": victim.name, "paused_s": pause_s}
 
-    def pause() -> None:
-        os.kill(victim.pid, signal.SIGSTOP)
-        try:
-            time.sleep(pause_s)
-        finally:
-            os.kill(victim.pid, signal.SIGCONT)
-
-    chaos.observe(record, "recovery_s", pause)
+    chaos.observe(record, "recovery_s", lambda: _pause(victim, pause_s))
 
 
 def network_partition(chaos: Chaos, record: FaultRecord) -> None:
@@ -179,6 +185,14 @@ def _busiest_worker(chaos: Chaos) -> ManagedProcess:
     """The worker holding the most request partitions: the one whose loss the callers feel."""
     held = chaos.view.request_partitions_by_member(chaos.deployment.group, chaos.requests_topic)
     return max(chaos.deployment.workers, key=lambda worker: held.get(worker_client_id(worker.name), 0))
+
+
+def _pause(process: ManagedProcess, seconds: float) -> None:
+    os.kill(process.pid, signal.SIGSTOP)
+    try:
+        time.sleep(seconds)
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
 
 
 def _kill(process: ManagedProcess) -> None:
