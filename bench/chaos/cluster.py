@@ -4,6 +4,7 @@ stands)."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import time
@@ -11,7 +12,6 @@ from collections import Counter
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from confluent_kafka import Consumer, ConsumerGroupTopicPartitions, Message, TopicPartition
 from confluent_kafka.admin import AdminClient
@@ -219,10 +219,8 @@ def _original_position(message: Message) -> tuple[str, int, int]:
     )
 
 
-def _quiet_logger() -> Any:
+def _quiet_logger() -> logging.Logger:
     """librdkafka logs every refused connection to a killed node; the run expects those."""
-    import logging
-
     logger = logging.getLogger("chaos.librdkafka")
     logger.setLevel(logging.CRITICAL)
     return logger

@@ -4,6 +4,7 @@ worker`s on the cluster, started as bench/service.py starts one of each, with to
 from __future__ import annotations
 
 import json
+import os
 import time
 import urllib.error
 import urllib.request
@@ -32,8 +33,6 @@ def worker_client_id(worker_id: str) -> str:
 def service_env(config: ChaosConfig, *, bootstrap: str, model_dir: Path) -> dict[str, str]:
     """What every process of the run shares: the cluster, replicated topics, the model, forced-length captions
     (so a batch costs fixed work and fills under load), short retry delays and this run's deadline."""
-    import os
-
     return {
         **os.environ,
         **topic_env(config.run_id, "chaos"),
