@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-gpu clean
+.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-gpu chaos clean
 
 install: $(INSTALLED)
 
@@ -58,6 +58,9 @@ bench: install
 
 bench-gpu: install  # needs a CUDA device
 	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)
+
+chaos: install  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~10 min)
+	$(BIN)/python -m bench.chaos
 
 clean:
 	-infra/kafka/broker.sh stop

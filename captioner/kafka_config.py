@@ -1,10 +1,19 @@
-"""librdkafka configuration for every client the project makes, built from settings in one place."""
+"""librdkafka configuration for every client the project makes, built from settings in one place.
+
+The failover settings (README, "Running on a replicated cluster") bound how long a client keeps talking to a
+broker that has died or hangs, and how soon it learns a partition's new leader.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 from captioner.settings import KafkaSettings, TopicSettings
+
+_SOCKET_TIMEOUT_MS = 10_000
+# Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group
+# gives up.
+_HEARTBEATS_PER_SESSION = 3
 
 
 def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
@@ -14,6 +23,16 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
         "security.protocol": kafka.security_protocol,
         "socket.keepalive.enable": True,
         "reconnect.backoff.max.ms": 1000,
+        # A broker that hangs (paused, cut off) keeps its TCP connections open: librdkafka's default 60 s
+        # wait for an answer outlasts the API's whole request timeout. 10 s stays above the 9 s it takes a
+        # cluster with default settings to fence a lost broker, so a produce waiting on a lost follower is
+        # not cut off.
+        "socket.timeout.ms": _SOCKET_TIMEOUT_MS,
+        "socket.connection.setup.timeout.ms": 10_000,  # a cut-off broker drops SYNs: not 30 s per attempt
+        # Errors trigger a metadata refresh at once; this periodic one catches leader moves that raise none
+        # (a hung leader, leadership handed back to a returning broker). Default: every 5 min.
+        "topic.metadata.refresh.interval.ms": 5_000,
+        "metadata.max.age.ms": 15_000,
     }
     if kafka.debug:
         config["debug"] = kafka.debug
@@ -38,6 +57,12 @@ def producer_config(
         "linger.ms": linger_ms,
         "message.max.bytes": topics.max_message_bytes,
         "compression.type": "none",  # image bytes are already compressed
+        # The most that keeps an idempotent producer's ordering across retries (librdkafka's own cap, stated).
+        "max.in.flight.requests.per.connection": 5,
+        # How long a broker may hold a produce waiting for the in-sync replicas: it answers (a retriable
+        # timeout) before the client's socket timeout, so the connection survives and the retry goes out at
+        # once.
+        "request.timeout.ms": _SOCKET_TIMEOUT_MS - 2_000,
     }
 
 
@@ -54,4 +79,9 @@ def consumer_config(
         "fetch.max.bytes": max(52428800, topics.max_message_bytes),
         "max.partition.fetch.bytes": topics.max_message_bytes,
     }
-    return config | overrides
+    config |= overrides
+    if "session.timeout.ms" in overrides and "heartbeat.interval.ms" not in overrides:
+        config["heartbeat.interval.ms"] = max(
+            1, int(overrides["session.timeout.ms"]) // _HEARTBEATS_PER_SESSION
+        )
+    return config

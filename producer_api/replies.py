@@ -62,6 +62,14 @@ class PendingReplies:
                 future.set_result(reply)
 
 
+def listener_config(config: dict[str, Any]) -> dict[str, Any]:
+    """The reply consumer commits nothing (it starts at the end it saw at start-up), and should its position
+    ever be out of range (a leader that lost records: not with acks=all and clean elections), it re-reads the
+    partition from its start rather than jumping to the end: replies nobody waits for are dropped, and none
+    that somebody waits for is skipped."""
+    return config | {"enable.auto.commit": False, "auto.offset.reset": "earliest"}
+
+
 class ReplyListener:
     def __init__(
         self,
@@ -76,7 +84,7 @@ class ReplyListener:
         self.partition = partition
         self._pending = pending
         self._loop = loop
-        self._consumer = Consumer(config | {"enable.auto.commit": False, "error_cb": self._on_client_error})
+        self._consumer = Consumer(listener_config(config) | {"error_cb": self._on_client_error})
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
         self.assigned = threading.Event()

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
-from producer_api.replies import PendingReplies
+from producer_api.replies import PendingReplies, listener_config
 from schemas import CaptionReply, ReplyError, ReplyStatus
 
 
@@ -48,3 +48,10 @@ async def test_replies_for_other_instances_are_ignored() -> None:
     pending.deliver([make_reply("someone-elses")])
     assert not waiting.done()
     assert len(pending) == 1
+
+
+def test_the_reply_listener_never_skips_ahead_after_losing_its_position() -> None:
+    config = listener_config({"group.id": "api", "auto.offset.reset": "latest", "enable.auto.commit": True})
+
+    assert config["auto.offset.reset"] == "earliest"
+    assert config["enable.auto.commit"] is False

@@ -1,0 +1,86 @@
+"""The chaos harness's bookkeeping: which requests count as what, and when throughput came back."""
+
+from __future__ import annotations
+
+import pytest
+
+from bench.chaos.config import FAULTS, load_config
+from bench.chaos.outcomes import Tally, degraded_s, last_dip_end
+from bench.chaos.traffic import NO_ANSWER, Answer, Workload
+
+
+def answered(done_times: list[float], *, status: int = 200, title_ok: bool = True) -> list[Answer]:
+    return [
+        Answer(
+            due=done - 0.1,
+            done=done,
+            api=0,
+            image=0,
+            status=status,
+            id=f"id-{index}-{done}",
+            title_ok=title_ok,
+        )
+        for index, done in enumerate(done_times)
+    ]
+
+
+def steady(rate: int, start: float, end: float) -> list[float]:
+    """Completion times of `rate` answers a second in [start, end)."""
+    return [start + step / rate for step in range(int((end - start) * rate))]
+
+
+def test_throughput_that_never_drops_needs_no_recovery() -> None:
+    answers = answered(steady(10, 0, 20))
+
+    assert last_dip_end(answers, 0, 20, steady_rate=10) == 0
+    assert degraded_s(answers, 0, 20, steady_rate=10) == 0
+
+
+def test_recovery_ends_with_the_last_second_below_ninety_percent() -> None:
+    answers = answered(steady(10, 0, 5) + steady(10, 9, 20))  # nothing answered for 4 s
+
+    dip_end = last_dip_end(answers, 0, 20, steady_rate=10)
+
+    assert dip_end == 10  # the 2 s average is back to 10/s once the second 9..10 is full
+    assert degraded_s(answers, 0, 20, steady_rate=10) == 5
+
+
+def test_errors_are_not_answered_throughput() -> None:
+    answers = answered(steady(10, 0, 20), status=503)
+
+    assert last_dip_end(answers, 0, 20, steady_rate=10) == 20
+
+
+def test_a_tally_counts_each_outcome_once() -> None:
+    answers = [
+        *answered([1.0, 2.0]),
+        *answered([3.0], title_ok=False),
+        *answered([4.0], status=503),
+        *answered([5.0], status=504),
+        *answered([6.0], status=NO_ANSWER),
+        *answered([7.0], status=500),
+    ]
+    duplicate = Answer(due=7.5, done=8.0, api=1, image=0, status=200, id=answers[0].id, title_ok=True)
+
+    tally = Tally.of([*answers, duplicate])
+
+    assert (tally.sent, tally.answered_200, tally.errors_503, tally.errors_504) == (8, 4, 1, 1)
+    assert (tally.lost, tally.errors_other, tally.wrong_title, tally.duplicate_ids) == (1, 1, 1, 1)
+
+
+def test_requests_alternate_instances_and_each_instance_sees_every_image() -> None:
+    workload = Workload(
+        urls=("a", "b"), images=(b"1", b"2", b"3"), titles=("x", "y", "z"), rate=1, client_timeout_s=1
+    )
+
+    picks = [workload.pick(index) for index in range(12)]
+
+    assert {api for api, _ in picks} == {0, 1}
+    assert {(api, image) for api, image in picks} == {(api, image) for api in (0, 1) for image in (0, 1, 2)}
+
+
+def test_config_names_every_fault_by_default_and_refuses_unknown_ones() -> None:
+    assert load_config({}).faults == FAULTS
+    assert load_config({"CHAOS_FAULTS": "worker-kill, leader-kill"}).faults == ("worker-kill", "leader-kill")
+    with pytest.raises(ValueError, match="unknown"):
+        load_config({"CHAOS_FAULTS": "meteor"})
