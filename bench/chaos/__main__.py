@@ -55,7 +55,7 @@ from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
 from bench.models import ensure_model
 from bench.stats import percentile
-from captioner.settings import TopicSettings
+from captioner.settings import TopicSettings, WorkerSettings
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
 _IN_FLIGHT_S = 2.0
@@ -157,10 +157,13 @@ def _faults(chaos: Chaos) -> list[FaultRecord]:
 
 def _drain(chaos: Chaos) -> dict[str, int]:
     """Waits until every job offset is committed by the worker group or its job is in the dead letters."""
-    job_topics = [chaos.topics[0], *chaos.topics[2:-1]]
+    group = chaos.deployment.group
+    retry_group = WorkerSettings(worker_group_id=group).retry_group_id  # the retry tiers' own group
     give_up = time.monotonic() + _DRAIN_TIMEOUT_S
     while True:
-        unfinished = chaos.view.unfinished_jobs(chaos.deployment.group, job_topics)
+        unfinished = chaos.view.unfinished_jobs(group, [chaos.topics[0]]) | chaos.view.unfinished_jobs(
+            retry_group, chaos.topics[2:-1]
+        )
         dead = chaos.view.dead_lettered(chaos.topics[-1])
         left = sum(
             1
