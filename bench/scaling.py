@@ -29,6 +29,8 @@ What each number means (the JSON object on the last line of stdout; lists in the
                         sustained: every request answered 200 and answers keeping pace with arrivals (the
                         `make bench` capacity_rps criterion).
     sustained_rps       that offered rate (capacity_rps of `make bench` for this worker count).
+    overload_answered_rps  answers/s at the first offered rate that was not sustained: the rate at
+                        saturation, with a backlog growing (null if every step passed).
     request_partitions  request partitions held by each worker when the measurement started ...
     request_partitions_after  ... and when it ended (a change means a rebalance during the run).
     answers_by_worker   answers given by each worker over all the steps (`worker_id` of each answer).
@@ -227,6 +229,12 @@ class ScalingPoint:
     def sustained_rps(self) -> float:
         return self.capacity.capacity_rps
 
+    @property
+    def overload_answered_rps(self) -> float | None:
+        """Answers/s at the lowest offered rate that was not sustained; None if every step passed."""
+        failed = [step for step in self.capacity.steps if not step.passed]
+        return min(failed, key=lambda step: step.rate).achieved if failed else None
+
 
 def answers_in_order(capacity: CapacityResult, worker_ids: Sequence[str]) -> tuple[int, ...]:
     by_worker = capacity.answers_by_worker()
@@ -282,6 +290,7 @@ class ScalingResults:
             "workers": [point.workers for point in points],
             "answered_rps": [round(point.answered_rps, 1) for point in points],
             "sustained_rps": [point.sustained_rps for point in points],
+            "overload_answered_rps": [_rounded(point.overload_answered_rps) for point in points],
             "request_partitions": [list(point.request_partitions) for point in points],
             "request_partitions_after": [list(point.request_partitions_after) for point in points],
             "answers_by_worker": [list(point.answers_by_worker) for point in points],
@@ -295,6 +304,10 @@ class ScalingResults:
         }
 
 
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 1)
+
+
 def _shares_text(answers: Sequence[int]) -> str:
     total = sum(answers)
     return " / ".join(f"{count} ({count / total:.0%})" if total else "0" for count in answers)
@@ -303,7 +316,15 @@ def _shares_text(answers: Sequence[int]) -> str:
 def scaling_table(results: ScalingResults) -> Table:
     cpus = len(results.config.cpus)
     table = Table(title=f"answered rate by worker count (tiny model, each worker pinned; {cpus} CPUs)")
-    for column in ("workers", "CPUs", "request partitions", "sustained req/s", "answered/s", "vs 1 worker"):
+    for column in (
+        "workers",
+        "CPUs",
+        "request partitions",
+        "sustained req/s",
+        "answered/s",
+        "vs 1 worker",
+        "answered/s overloaded",
+    ):
         table.add_column(column, justify="right")
     table.add_column("answers by worker")
     table.add_column("load avg", justify="right")
@@ -319,6 +340,7 @@ def scaling_table(results: ScalingResults) -> Table:
             f"{point.sustained_rps:.0f}",
             f"{point.answered_rps:.0f}",
             f"{point.answered_rps / first:.2f}x" if first else "-",
+            "-" if point.overload_answered_rps is None else f"{point.overload_answered_rps:.0f}",
             _shares_text(point.answers_by_worker),
             f"{point.load_avg_1m:.2f}",
         )
@@ -327,7 +349,8 @@ def scaling_table(results: ScalingResults) -> Table:
 
 def print_scaling_report(results: ScalingResults) -> None:
     console = stdout_console()
-    console.print(f"CPU: {results.cpu.describe()}; nproc {len(results.config.cpus)}", highlight=False)
+    console.print(f"CPU: {results.cpu.describe()}", highlight=False)
+    console.print(f"nproc: {len(results.config.cpus)}", highlight=False)
     for point in results.points:
         console.print(capacity_table(point.capacity, title=f"capacity steps, {point.workers} worker(s)"))
     console.print(scaling_table(results))

@@ -1,9 +1,12 @@
-"""The pure parts of bench.scaling (and what it adds to the bench's pieces): worker counts, pinning, the CPU
-description, request shares, answers by worker, and the JSON summary printed last. No broker, no service."""
+"""bench.scaling: its pure parts (worker counts, pinning, the CPU description, request shares, answers by
+worker, the JSON summary printed last) without a broker; and, against a real broker, two pinned workers of
+the bench's service holding 3/3 request partitions and signing their answers."""
 
 from __future__ import annotations
 
 import json
+import os
+import uuid
 from pathlib import Path
 from typing import cast
 
@@ -11,11 +14,12 @@ import pytest
 
 from bench.config import QUICK, load_config
 from bench.images import make_image
-from bench.load import LoadClient, LoadRun, LoadSpec, OpenLoop, Outcome, answered
-from bench.measure import CapacityResult, CapacityStep, measure_capacity
+from bench.load import LoadClient, LoadRun, LoadSpec, OpenLoop, Outcome, Sequential, answered, load_client
+from bench.measure import CapacityResult, CapacityStep, measure_capacity, target
 from bench.processes import CAPTIONER
 from bench.scaling import (
     CpuInfo,
+    GroupReader,
     ScalingConfig,
     ScalingPoint,
     ScalingResults,
@@ -27,7 +31,7 @@ from bench.scaling import (
     request_client_id,
     shares_by_worker,
 )
-from bench.service import Service, ServiceSpec
+from bench.service import Service, ServiceSpec, running_service
 from bench.stats import LatencySummary
 
 CPUINFO = """processor\t: 0
@@ -176,7 +180,7 @@ def test_the_answered_rate_is_that_of_the_highest_sustained_step() -> None:
         capacity=capacity,
         load_avg_1m=0.5,
     )
-    assert (point.sustained_rps, point.answered_rps) == (300, 296.0)
+    assert (point.sustained_rps, point.answered_rps, point.overload_answered_rps) == (300, 296.0, 150.0)
     nothing = ScalingPoint(
         workers=1,
         worker_cpus=(0,),
@@ -186,7 +190,7 @@ def test_the_answered_rate_is_that_of_the_highest_sustained_step() -> None:
         capacity=CapacityResult([_step(100, 10.0, ())]),
         load_avg_1m=0.5,
     )
-    assert (nothing.sustained_rps, nothing.answered_rps) == (0, 0.0)
+    assert (nothing.sustained_rps, nothing.answered_rps, nothing.overload_answered_rps) == (0, 0.0, 10.0)
 
 
 def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[str]) -> None:
@@ -212,7 +216,42 @@ def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[
     assert summary["workers"] == [1, 2, 3]
     assert summary["answered_rps"] == [497.0, 557.0, 537.0]
     assert summary["sustained_rps"] == [500.0, 560.0, 540.0]
+    assert summary["overload_answered_rps"] == [None, None, None]  # no step failed
     assert summary["request_partitions"] == [[6], [3, 3], [2, 2, 2]]
     assert summary["answers_by_worker"] == [[600], [300, 300], [200, 200, 200]]
     assert summary["worker_cpus"] == [[0], [0, 1], [0, 1, 0]]
     assert (summary["nproc"], summary["cpu_flags"]) == (2, "avx2 avx512f avx512_bf16 avx512_vnni")
+
+
+def _allowed_cpus(pid: int) -> str:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return next(line.split()[1] for line in status.splitlines() if line.startswith("Cpus_allowed_list:"))
+
+
+@pytest.mark.integration
+@pytest.mark.slow
+def test_pinned_workers_hold_their_share_and_sign_their_answers(
+    kafka_bootstrap: str, tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    spec = ServiceSpec(
+        label="scale2",
+        model_dir=tiny_model_dir,
+        workers=2,
+        worker_threads=1,
+        max_new_tokens=4,
+        min_new_tokens=4,
+        worker_cpus=pinned_cpus(2, sorted(os.sched_getaffinity(0))),
+    )
+    run_id = f"t-scaling-{uuid.uuid4().hex[:6]}"
+    with (
+        running_service(spec, bootstrap=kafka_bootstrap, run_id=run_id, log_dir=tmp_path) as service,
+        load_client() as client,
+    ):
+        assert GroupReader(kafka_bootstrap).wait_for_fair_shares(service, partitions=6) == (3, 3)
+        assert [_allowed_cpus(worker.pid) for worker in service.workers] == [
+            str(cpu) for cpu in spec.worker_cpus
+        ]
+        run = client.run(Sequential(target(service, [make_image(320, 240, seed=3)]), count=24))
+    assert all(outcome.ok for outcome in run.outcomes)
+    # Keys are random request ids: all 24 on one worker's 3 partitions would have odds of 2 in 2**24.
+    assert {outcome.worker_id for outcome in run.outcomes} == set(service.worker_ids)
