@@ -308,23 +308,22 @@ def _rounded(value: float | None) -> float | None:
     return None if value is None else round(value, 1)
 
 
-def _shares_text(answers: Sequence[int]) -> str:
+def _spread_text(answers: Sequence[int]) -> str:
+    """e.g. "870/816/794 (35/33/32 %)"."""
     total = sum(answers)
-    return " / ".join(f"{count} ({count / total:.0%})" if total else "0" for count in answers)
+    counts = "/".join(map(str, answers))
+    return f"{counts} ({'/'.join(f'{100 * count / total:.0f}' for count in answers)} %)" if total else counts
 
 
 def scaling_table(results: ScalingResults) -> Table:
     cpus = len(results.config.cpus)
-    table = Table(title=f"answered rate by worker count (tiny model, each worker pinned; {cpus} CPUs)")
-    for column in (
-        "workers",
-        "CPUs",
-        "request partitions",
-        "sustained req/s",
-        "answered/s",
-        "vs 1 worker",
-        "answered/s overloaded",
-    ):
+    table = Table(
+        title=f"answered rate by worker count (tiny model, each worker pinned; {cpus} CPUs)",
+        caption="partitions: request partitions of each worker; sustained/s: the highest offered rate "
+        "sustained, answered/s: answers/s at that rate; overloaded/s: answers/s at the first rate not "
+        "sustained",
+    )
+    for column in ("workers", "CPUs", "partitions", "sustained/s", "answered/s", "vs first", "overloaded/s"):
         table.add_column(column, justify="right")
     table.add_column("answers by worker")
     table.add_column("load avg", justify="right")
@@ -341,7 +340,7 @@ def scaling_table(results: ScalingResults) -> Table:
             f"{point.answered_rps:.0f}",
             f"{point.answered_rps / first:.2f}x" if first else "-",
             "-" if point.overload_answered_rps is None else f"{point.overload_answered_rps:.0f}",
-            _shares_text(point.answers_by_worker),
+            _spread_text(point.answers_by_worker),
             f"{point.load_avg_1m:.2f}",
         )
     return table

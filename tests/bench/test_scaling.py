@@ -212,6 +212,7 @@ def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[
     out = capsys.readouterr().out
     assert "Example CPU @ 2.0GHz: AVX-512 yes, AVX2 yes" in out
     assert "1.12x" in out  # 557 / 497 answered/s
+    assert "200/200/200 (33/33/33 %)" in out
     summary = json.loads(out.strip().splitlines()[-1])
     assert summary["workers"] == [1, 2, 3]
     assert summary["answered_rps"] == [497.0, 557.0, 537.0]
