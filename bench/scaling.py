@@ -5,6 +5,7 @@ How to run
     make bench-scaling                        # N = 1, 2, 3; about 5 minutes on 2 cores
     BENCH_QUICK=1 make bench-scaling          # shorter capacity steps, no bisection; about 3 minutes
     BENCH_SCALING_WORKERS=1,2,4 make bench-scaling
+    BENCH_SCALING_PIN=0 make bench-scaling    # no taskset: the scheduler places the workers (for comparison)
 KAFKA_BOOTSTRAP_SERVERS, CAPTIONER_* and the generation length pass through as in `make bench`
 (bench/__main__.py); the worker runs 1 torch thread unless CAPTIONER_WORKER_THREADS is set, as in the
 bench's capacity run.
@@ -34,8 +35,10 @@ What each number means (the JSON object on the last line of stdout; lists in the
     request_partitions  request partitions held by each worker when the measurement started ...
     request_partitions_after  ... and when it ended (a change means a rebalance during the run).
     answers_by_worker   answers given by each worker over all the steps (`worker_id` of each answer).
-    worker_cpus         the CPU each worker was pinned to.
-    load_avg_1m         the machine's 1-minute load average just before each measurement.
+    worker_cpus         the CPU each worker was pinned to (empty lists: not pinned).
+    load_avg_1m         the machine's 1-minute load average just before each measurement: it includes
+                        this run's own service and broker, so on an otherwise idle machine it is ~2 ...
+    load_avg_at_start   ... and before anything started: what others were running.
     cpu_model, cpu_flags, nproc   the machine: the model name and the vector-extension flags of
                         /proc/cpuinfo, and the CPUs this process may use.
 """
@@ -140,6 +143,7 @@ class ScalingConfig:
     bench: BenchConfig  # run id and directory, phases, generation length, worker threads
     worker_counts: tuple[int, ...]
     cpus: tuple[int, ...]  # the CPUs this process may use, which the workers are pinned to
+    pin: bool  # False: no taskset, for comparison
 
 
 def load_scaling_config(env: Mapping[str, str] = os.environ) -> ScalingConfig:
@@ -148,6 +152,7 @@ def load_scaling_config(env: Mapping[str, str] = os.environ) -> ScalingConfig:
         bench=load_config(env),
         worker_counts=parse_worker_counts(counts) if counts else DEFAULT_WORKER_COUNTS,
         cpus=tuple(sorted(os.sched_getaffinity(0))),
+        pin=env.get("BENCH_SCALING_PIN", "1") not in ("0", "false", "no"),
     )
 
 
@@ -253,9 +258,9 @@ def measure_workers(
         worker_threads=bench.capacity_worker_threads,
         max_new_tokens=bench.max_new_tokens,
         min_new_tokens=bench.min_new_tokens,
-        worker_cpus=pinned_cpus(workers, config.cpus),
+        worker_cpus=pinned_cpus(workers, config.cpus) if config.pin else (),
     )
-    log(f"{workers} worker(s) on CPUs {list(spec.worker_cpus)}: starting the service")
+    log(f"{workers} worker(s) on CPUs {list(spec.worker_cpus) or 'of the scheduler'}: starting the service")
     with running_service(spec, bootstrap=bootstrap, run_id=bench.run_id, log_dir=bench.run_dir) as service:
         shares = group.wait_for_fair_shares(service, partitions)
         load_avg = os.getloadavg()[0]
@@ -282,6 +287,7 @@ class ScalingResults:
     config: ScalingConfig
     cpu: CpuInfo
     points: list[ScalingPoint]
+    load_avg_at_start: float
     wall_s: float
 
     def summary(self) -> dict[str, Any]:
@@ -296,6 +302,7 @@ class ScalingResults:
             "answers_by_worker": [list(point.answers_by_worker) for point in points],
             "worker_cpus": [list(point.worker_cpus) for point in points],
             "load_avg_1m": [round(point.load_avg_1m, 2) for point in points],
+            "load_avg_at_start": round(self.load_avg_at_start, 2),
             "cpu_model": self.cpu.model,
             "cpu_flags": self.cpu.vector_flags,
             "nproc": len(self.config.cpus),
@@ -317,8 +324,9 @@ def _spread_text(answers: Sequence[int]) -> str:
 
 def scaling_table(results: ScalingResults) -> Table:
     cpus = len(results.config.cpus)
+    pinning = "each worker pinned" if results.config.pin else "workers not pinned"
     table = Table(
-        title=f"answered rate by worker count (tiny model, each worker pinned; {cpus} CPUs)",
+        title=f"answered rate by worker count (tiny model, {pinning}; {cpus} CPUs)",
         caption="partitions: request partitions of each worker; sustained/s: the highest offered rate "
         "sustained, answered/s: answers/s at that rate; overloaded/s: answers/s at the first rate not "
         "sustained",
@@ -334,7 +342,7 @@ def scaling_table(results: ScalingResults) -> Table:
             partitions += " -> " + "/".join(map(str, point.request_partitions_after))
         table.add_row(
             str(point.workers),
-            ",".join(map(str, point.worker_cpus)),
+            ",".join(map(str, point.worker_cpus)) or "any",
             partitions,
             f"{point.sustained_rps:.0f}",
             f"{point.answered_rps:.0f}",
@@ -360,9 +368,10 @@ def print_scaling_report(results: ScalingResults) -> None:
 
 
 def run(config: ScalingConfig) -> ScalingResults:
-    started = time.perf_counter()
+    started, load_avg = time.perf_counter(), os.getloadavg()[0]
     cpu = read_cpu_info()
-    log(f"run {config.bench.run_id}: workers {list(config.worker_counts)}; CPU {cpu.describe()}")
+    log(f"run {config.bench.run_id}: workers {list(config.worker_counts)}; load average {load_avg:.2f}")
+    log(f"CPU {cpu.describe()}")
     ensure_model("tiny")
     partitions = TopicSettings().request_partitions
     points: list[ScalingPoint] = []
@@ -376,7 +385,13 @@ def run(config: ScalingConfig) -> ScalingResults:
         client = stack.enter_context(load_client())
         for workers in config.worker_counts:
             points.append(measure_workers(config, workers, client, bootstrap, partitions))
-    return ScalingResults(config=config, cpu=cpu, points=points, wall_s=time.perf_counter() - started)
+    return ScalingResults(
+        config=config,
+        cpu=cpu,
+        points=points,
+        load_avg_at_start=load_avg,
+        wall_s=time.perf_counter() - started,
+    )
 
 
 def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:

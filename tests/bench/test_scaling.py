@@ -25,6 +25,7 @@ from bench.scaling import (
     ScalingResults,
     answers_in_order,
     fair,
+    load_scaling_config,
     parse_worker_counts,
     pinned_cpus,
     print_scaling_report,
@@ -49,6 +50,13 @@ def test_worker_counts_parse_in_order_and_reject_nonsense() -> None:
     for bad in ("", "0,1", "-1", "two"):
         with pytest.raises(ValueError):
             parse_worker_counts(bad)
+
+
+def test_the_run_pins_workers_and_measures_one_two_three_unless_told_otherwise() -> None:
+    default = load_scaling_config({})
+    assert (default.worker_counts, default.pin) == ((1, 2, 3), True)
+    told = load_scaling_config({"BENCH_SCALING_WORKERS": "2", "BENCH_SCALING_PIN": "0"})
+    assert (told.worker_counts, told.pin) == ((2,), False)
 
 
 def test_workers_pin_to_the_usable_cpus_in_turn() -> None:
@@ -206,8 +214,12 @@ def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[
         )
         for workers, shares, rate in ((1, (6,), 500.0), (2, (3, 3), 560.0), (3, (2, 2, 2), 540.0))
     ]
-    config = ScalingConfig(bench=load_config({"BENCH_QUICK": "1"}), worker_counts=(1, 2, 3), cpus=(0, 1))
-    results = ScalingResults(config=config, cpu=CpuInfo.parse(CPUINFO), points=points, wall_s=300.0)
+    config = ScalingConfig(
+        bench=load_config({"BENCH_QUICK": "1"}), worker_counts=(1, 2, 3), cpus=(0, 1), pin=True
+    )
+    results = ScalingResults(
+        config=config, cpu=CpuInfo.parse(CPUINFO), points=points, load_avg_at_start=0.5, wall_s=300.0
+    )
     print_scaling_report(results)
     out = capsys.readouterr().out
     assert "Example CPU @ 2.0GHz: AVX-512 yes, AVX2 yes" in out
@@ -222,6 +234,7 @@ def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[
     assert summary["answers_by_worker"] == [[600], [300, 300], [200, 200, 200]]
     assert summary["worker_cpus"] == [[0], [0, 1], [0, 1, 0]]
     assert (summary["nproc"], summary["cpu_flags"]) == (2, "avx2 avx512f avx512_bf16 avx512_vnni")
+    assert (summary["load_avg_1m"], summary["load_avg_at_start"]) == ([1.25] * 3, 0.5)
 
 
 def _allowed_cpus(pid: int) -> str:
