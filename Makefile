@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-gpu chaos clean
+.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-scaling bench-gpu chaos clean
 
 install: $(INSTALLED)
 
@@ -55,6 +55,9 @@ test-unit: install
 
 bench: install
 	$(BIN)/python -m bench
+
+bench-scaling: install  # answered rate with 1, 2, 3 pinned workers (BENCH_SCALING_WORKERS)
+	$(BIN)/python -m bench.scaling
 
 bench-gpu: install  # needs a CUDA device
 	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)

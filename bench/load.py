@@ -77,6 +77,7 @@ class Outcome:
     api_latency_ms: float | None = None  # from the 200 body: the API's own request time ...
     inference_ms: float | None = None  # ... and the worker's batch inference time
     words: int | None = None  # words in the caption
+    worker_id: str | None = None  # the worker that answered (from the 200 body)
 
     @property
     def ok(self) -> bool:
@@ -147,15 +148,21 @@ async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, 
     done = time.perf_counter()
     if status != 200:
         return Outcome(due=due, sent=sent, done=done, status=status)
+    return answered(body, due=due, sent=sent, done=done)
+
+
+def answered(body: bytes, *, due: float, sent: float, done: float) -> Outcome:
+    """The outcome of a 200, with what its JSON body says about the request."""
     answer: dict[str, Any] = json.loads(body)
     return Outcome(
         due=due,
         sent=sent,
         done=done,
-        status=status,
+        status=200,
         api_latency_ms=float(answer["latency_ms"]),
         inference_ms=float(answer["inference_ms"]),
         words=len(str(answer.get("title", "")).split()),
+        worker_id=str(answer["worker_id"]) if "worker_id" in answer else None,
     )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -167,6 +168,7 @@ class CapacityStep:
     client_cpu_share: float  # the client's CPU over the step, in cores
     max_lag_ms: float  # how late the client sent its latest request
     min_pace: float  # achieved/offered needed to pass
+    answers_by_worker: tuple[tuple[str, int], ...] = ()  # (worker_id, answers) of the step
 
     @property
     def passed(self) -> bool:
@@ -183,6 +185,18 @@ class CapacityResult:
     @property
     def capacity_rps(self) -> float:
         return max((step.rate for step in self.steps if step.passed), default=0.0)
+
+    @property
+    def sustained(self) -> CapacityStep | None:
+        """The step at capacity_rps: the highest offered rate that passed."""
+        return max((step for step in self.steps if step.passed), key=lambda step: step.rate, default=None)
+
+    def answers_by_worker(self) -> Counter[str]:
+        """Answers of every step, by the worker that gave them."""
+        total: Counter[str] = Counter()
+        for step in self.steps:
+            total.update(dict(step.answers_by_worker))
+        return total
 
 
 def measure_capacity(
@@ -215,6 +229,7 @@ def _capacity_step(
     run = _run_checked(client, service, spec)
     time.sleep(0.5)  # let the service settle (commits, GC) before the next step
     answered = sorted(outcome.done for outcome in run.outcomes if outcome.ok)
+    by_worker = Counter(outcome.worker_id for outcome in run.outcomes if outcome.ok and outcome.worker_id)
     span = answered[-1] - answered[0] if len(answered) > 1 else 0.0
     return CapacityStep(
         rate=rate,
@@ -223,6 +238,7 @@ def _capacity_step(
         client_cpu_share=run.client_cpu_share,
         max_lag_ms=run.max_lag_ms,
         min_pace=phases.capacity_min_pace,
+        answers_by_worker=tuple(sorted(by_worker.items())),
     )
 
 

@@ -78,16 +78,16 @@ def _json_number(value: float | bool) -> float | bool | None:
     return None if math.isnan(value) else round(value, 3 if abs(value) < 10 else 1)
 
 
-def _console() -> Console:
+def stdout_console() -> Console:
     return Console(file=sys.stdout, width=None if sys.stdout.isatty() else 130, soft_wrap=False)
 
 
 def print_report(results: BenchResults) -> None:
     """The tables, then the JSON summary as the very last line of stdout."""
-    console = _console()
+    console = stdout_console()
     console.print(_headline(results))
     console.print(_idle_table(results))
-    console.print(_capacity_table(results))
+    console.print(capacity_table(results.capacity))
     console.print(results.warmup.describe(), highlight=False)
     console.print(
         f"logs: {results.config.run_dir}   wall time: {results.wall_s:.0f} s   quick: {results.config.quick}",
@@ -182,8 +182,10 @@ def _idle_table(results: BenchResults) -> Table:
     return table
 
 
-def _capacity_table(results: BenchResults) -> Table:
-    table = Table(title="capacity steps (tiny model, open loop, constant rate)")
+def capacity_table(
+    capacity: CapacityResult, title: str = "capacity steps (tiny model, open loop, constant rate)"
+) -> Table:
+    table = Table(title=title)
     for column in (
         "offered/s",
         "achieved/s",
@@ -195,7 +197,7 @@ def _capacity_table(results: BenchResults) -> Table:
         "pass",
     ):
         table.add_column(column, justify="right")
-    for step in results.capacity.steps:
+    for step in capacity.steps:
         table.add_row(
             f"{step.rate:.0f}",
             f"{step.achieved:.0f}",

@@ -27,12 +27,25 @@ _READY_TIMEOUT_S = 300.0  # a worker loads its model first
 
 @dataclass(frozen=True)
 class ServiceSpec:
-    label: str  # "base" or "tiny": names the topics, the consumer group and the logs
+    label: str  # e.g. "base" or "tiny": names the topics, the consumer group and the logs
     model_dir: Path
     workers: int
     worker_threads: int
     max_new_tokens: int
     min_new_tokens: int
+    # CPU of each worker, in order (`taskset -c`); empty: no pinning, the scheduler places them.
+    worker_cpus: tuple[int, ...] = ()
+
+    def worker_command(self, index: int) -> list[str]:
+        """`captioner worker`, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
+        if not self.worker_cpus:
+            return [CAPTIONER, "worker"]
+        return ["taskset", "-c", str(self.worker_cpus[index - 1]), CAPTIONER, "worker"]
+
+
+def worker_id(run_id: str, label: str, index: int) -> str:
+    """CAPTIONER_WORKER_ID of worker `index` (from 1): the `worker_id` of each answer it gives."""
+    return f"{run_id}-{label}-worker-{index}"
 
 
 @dataclass(frozen=True)
@@ -41,6 +54,17 @@ class Service:
     url: str  # http://127.0.0.1:<port>
     api: ManagedProcess
     workers: tuple[ManagedProcess, ...]
+    run_id: str
+
+    @property
+    def worker_ids(self) -> tuple[str, ...]:
+        count = len(self.workers)
+        return tuple(worker_id(self.run_id, self.spec.label, index) for index in range(1, count + 1))
+
+    @property
+    def topics(self) -> dict[str, str]:
+        """This service's topic names and worker group, as topic_env gives them."""
+        return topic_env(self.run_id, self.spec.label)
 
     @property
     def predictions_url(self) -> str:
@@ -114,8 +138,8 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
                 stack,
                 spawn(
                     f"{spec.label} worker {index}",
-                    [CAPTIONER, "worker"],
-                    env={**env, "CAPTIONER_WORKER_ID": f"{run_id}-{spec.label}-worker-{index}"},
+                    spec.worker_command(index),
+                    env={**env, "CAPTIONER_WORKER_ID": worker_id(run_id, spec.label, index)},
                     log_path=log_dir / f"{spec.label}-worker-{index}.log",
                 ),
             )
@@ -127,7 +151,7 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
                 f"{spec.label} api", [CAPTIONER, "api"], env=env, log_path=log_dir / f"{spec.label}-api.log"
             ),
         )
-        service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers)
+        service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers, run_id=run_id)
         _wait_ready(service)
         yield service
 
