@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -72,7 +73,7 @@ class ReplyTopicPartitions:
     """Partition counts of reply topics from the producer's metadata, cached and bounded in size (a
     hostile stream could name a new topic in every record). A topic the broker says does not exist
     raises ReplyUndeliverableError; when the broker cannot be asked, the count is unknown (None) and
-    the produce itself is the judge."""
+    the produce itself is the judge. Thread-safe: both of a worker's feeders share one."""
 
     def __init__(
         self,
@@ -88,13 +89,14 @@ class ReplyTopicPartitions:
         self._ttl_s = ttl_s
         self._missing_ttl_s = missing_ttl_s
         self._max_topics = max_topics
-        self._known: OrderedDict[str, tuple[float, int]] = (
-            OrderedDict()
-        )  # topic -> (expires, count; 0 = none)
+        # topic -> (expires, partition count; 0 = no such topic)
+        self._known: OrderedDict[str, tuple[float, int]] = OrderedDict()
+        self._lock = threading.Lock()
 
     def __call__(self, topic: str) -> int | None:
         now = time.monotonic()
-        cached = self._known.get(topic)
+        with self._lock:
+            cached = self._known.get(topic)
         count = cached[1] if cached is not None and cached[0] > now else self._look_up(topic, now)
         if count == 0:
             raise ReplyUndeliverableError("reply_topic does not exist")
@@ -111,8 +113,9 @@ class ReplyTopicPartitions:
                 return None  # a leader election, say: ask again next time
             described = None
         count = 0 if described is None else len(described.partitions)
-        self._known[topic] = (now + (self._ttl_s if count else self._missing_ttl_s), count)
-        self._known.move_to_end(topic)
-        while len(self._known) > self._max_topics:
-            self._known.popitem(last=False)
+        with self._lock:
+            self._known[topic] = (now + (self._ttl_s if count else self._missing_ttl_s), count)
+            self._known.move_to_end(topic)
+            while len(self._known) > self._max_topics:
+                self._known.popitem(last=False)
         return count
