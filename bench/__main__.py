@@ -59,12 +59,10 @@ and error counts by HTTP status.
 from __future__ import annotations
 
 import json
-import signal
 import sys
 import time
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 
 from rich.console import Console
 
@@ -85,7 +83,7 @@ from bench.measure import (
 )
 from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
-from bench.processes import rss_peak
+from bench.processes import exit_on_sigterm, rss_peak
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
@@ -247,12 +245,8 @@ def run(config: BenchConfig) -> BenchResults:
     )
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds every ExitStack: service processes and broker are stopped
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     config = load_config()
     results = run(config)
     config.run_dir.mkdir(parents=True, exist_ok=True)

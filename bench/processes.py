@@ -12,10 +12,20 @@ from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from types import FrameType
 
 from bench.models import REPO
 
 CAPTIONER = str(Path(sys.executable).parent / "captioner")
+
+
+def exit_on_sigterm() -> None:
+    """SIGTERM raises SystemExit, which unwinds every ExitStack: service processes and brokers stop."""
+
+    def on_sigterm(signum: int, _frame: FrameType | None) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, on_sigterm)
 
 
 def free_port() -> int:

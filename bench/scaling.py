@@ -47,14 +47,12 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import sys
 import time
 from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 from rich.console import Console
@@ -65,6 +63,7 @@ from bench.images import make_image
 from bench.load import LoadClient, load_client
 from bench.measure import CapacityResult, measure_capacity
 from bench.models import ensure_model
+from bench.processes import exit_on_sigterm
 from bench.report import capacity_table, stdout_console
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
@@ -394,12 +393,8 @@ def run(config: ScalingConfig) -> ScalingResults:
     )
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)  # unwinds every ExitStack: service processes and broker are stopped
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     config = load_scaling_config()
     results = run(config)
     config.bench.run_dir.mkdir(parents=True, exist_ok=True)

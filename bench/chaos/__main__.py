@@ -37,13 +37,11 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
 import time
 from collections.abc import Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
-from types import FrameType
 from typing import Any
 
 from bench.chaos.cluster import NODES, ClusterView, KafkaCluster
@@ -54,6 +52,7 @@ from bench.chaos.services import deploy, learn_titles, measure_capacity, service
 from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
 from bench.models import ensure_model
+from bench.processes import exit_on_sigterm
 from bench.stats import percentile
 from captioner.settings import TopicSettings, WorkerSettings
 
@@ -273,12 +272,8 @@ def _remove_data(config: ChaosConfig) -> None:
         shutil.rmtree(config.run_dir / "kafka" / f"node-{node}" / "data", ignore_errors=True)
 
 
-def _exit_on_sigterm(signum: int, _frame: FrameType | None) -> None:
-    raise SystemExit(128 + signum)
-
-
 def main() -> int:
-    signal.signal(signal.SIGTERM, _exit_on_sigterm)
+    exit_on_sigterm()
     config = load_config()
     summary = run(config)
     return (
