@@ -138,13 +138,15 @@ def decode_image(data: bytes, *, max_pixels: int, target_edge: int | None = None
             image.draft("RGB", (2 * target_edge, 2 * target_edge))
         orientation = _orientation(image)
         picture = image.convert("RGB")
+        if target_edge:  # before the transpose, which would copy the whole picture again
+            picture = bound_picture(picture, target_edge)
         if orientation in _TRANSPOSE_FOR_ORIENTATION:
             picture = picture.transpose(_TRANSPOSE_FOR_ORIENTATION[orientation])
     except _DECODE_ERRORS as exc:
         raise InvalidImageError(_NOT_DECODABLE, detail=_describe(exc)) from None
     finally:
         image.close()
-    return bound_picture(picture, target_edge) if target_edge else picture
+    return picture
 
 
 def bound_picture(picture: Image.Image, target_edge: int) -> Image.Image:

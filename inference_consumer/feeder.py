@@ -95,7 +95,7 @@ class JobFeeder:
         try:
             while not self.stopping.is_set():
                 messages = poll_batch(self._consumer, max_messages=self._fetch_size, timeout_s=0.1)
-                self._producer.poll(0)
+                self._outcomes.serve()
                 for message in messages:
                     self._take(message)
                 self._store_finished()
@@ -181,14 +181,15 @@ class JobFeeder:
             for key in due:
                 del self._held_until[key]
 
-    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
+        consumer.resume(partitions)  # librdkafka keeps a pause across revoke and reassignment
         self.assigned.set()
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Let in-flight jobs of these partitions finish and commit them before another worker starts."""
         keys = [(p.topic, p.partition) for p in partitions]
-        if not self._tracker.wait_finished(keys, timeout_s=self._revoke_timeout_s):
+        if not self._wait_finished(keys):
             log.warning("revoking %d partitions with jobs still running; they will run again", len(keys))
         self._producer.flush(5.0)
         self._store_finished()
@@ -199,3 +200,12 @@ class JobFeeder:
         self._tracker.forget(keys)
         for key in keys:
             self._held_until.pop(key, None)
+
+    def _wait_finished(self, keys: list[tuple[str, int]]) -> bool:
+        """Serves delivery reports while it waits: at shutdown no other loop does."""
+        give_up = time.monotonic() + self._revoke_timeout_s
+        while not self._tracker.wait_finished(keys, timeout_s=0.05):
+            if time.monotonic() > give_up:
+                return False
+            self._outcomes.serve()
+        return True

@@ -26,7 +26,12 @@ _MAX_INT64 = 2**63 - 1
 
 
 def header_map(message: Message) -> dict[str, bytes]:
-    raw = message.headers() or []
+    """Headers by name; none at all when the client cannot read them (a name that is not UTF-8 makes
+    confluent-kafka raise SystemError)."""
+    try:
+        raw = message.headers() or []
+    except Exception:
+        return {}
     pairs = raw.items() if isinstance(raw, dict) else raw
     return {
         name: value.encode() if isinstance(value, str) else value

@@ -8,6 +8,7 @@ longer keep a job anywhere.
 
 from __future__ import annotations
 
+import collections
 import logging
 import time
 import traceback
@@ -56,6 +57,19 @@ class OutcomePublisher:
         self._worker_id = worker_id
         self._group_id = group_id
         self._on_fatal = on_fatal or _log_fatal
+        # Follow-ups decided in a delivery callback (a send again, a dead letter): a callback must not
+        # produce into a full queue, which would mean polling the producer inside its own poll.
+        self._deferred: collections.deque[Callable[[], object]] = collections.deque()
+
+    def serve(self) -> None:
+        """Serves delivery reports, then the follow-ups they asked for. Called by the loops' threads."""
+        self._producer.poll(0)
+        while True:
+            try:
+                follow_up = self._deferred.popleft()
+            except IndexError:  # empty, or another loop took the last one
+                return
+            follow_up()
 
     def succeeded(self, job: Job, title: str, *, inference_ms: float) -> None:
         self._reply(
@@ -103,10 +117,11 @@ class OutcomePublisher:
             tier,
         )
         metrics.JOBS.labels(outcome="retried").inc()
-        self._send(
+        accepted = self._send(
             job, self._topics.retry_topic(tier), headers, refused=lambda: self._dead_letter(job, error)
         )
-        self._reply(job, status=ReplyStatus.RETRYING, error=_reply_error(error, retriable=True))
+        if accepted:  # refused at once, the job was dead-lettered and its caller told FAILED
+            self._reply(job, status=ReplyStatus.RETRYING, error=_reply_error(error, retriable=True))
 
     def _dead_letter(self, job: Job, error: BaseException) -> None:
         code = error.code if isinstance(error, CaptionerError) else "internal_error"
@@ -157,7 +172,7 @@ class OutcomePublisher:
             record_headers.ORIGINAL_TIMESTAMP_MS: str(origin.timestamp_ms).encode(),
         }
 
-    def _send(self, job: Job, topic: str, headers: dict[str, bytes], *, refused: Callable[[], None]) -> None:
+    def _send(self, job: Job, topic: str, headers: dict[str, bytes], *, refused: Callable[[], None]) -> bool:
         """The record's own bytes to `topic`; its offset finishes once acknowledged. A failure the
         producer may overcome (broker down past message.timeout.ms) sends it again; one it cannot
         (refused by the topic) calls `refused`."""
@@ -174,16 +189,17 @@ class OutcomePublisher:
                     topic,
                     error,
                 )
-                self._send(job, topic, headers, refused=refused)
+                self._deferred.append(lambda: self._send(job, topic, headers, refused=refused))
             else:
                 log.error("%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error)
-                refused()
+                self._deferred.append(refused)
 
         if self._produce(
             topic, key=job.key, value=job.value, headers=list(headers.items()), on_delivery=on_delivery
         ):
-            return
+            return True
         refused()
+        return False
 
     def _reply(
         self,
@@ -224,7 +240,8 @@ class OutcomePublisher:
 
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
             if delivery_error is not None:
-                undeliverable(delivery_error.str())
+                reason = delivery_error.str()
+                self._deferred.append(lambda: undeliverable(reason))
             elif then:
                 then()
 

@@ -210,7 +210,7 @@ class InferenceWorker:
     ) -> None:
         while not (self.stopping.is_set() or any(feeder.stopping.is_set() for feeder in feeders)):
             batch = self._next_batch(ready)
-            producer.poll(0)
+            outcomes.serve()
             if batch:
                 self._run_batch(model, batch, outcomes)
         for feeder in feeders:

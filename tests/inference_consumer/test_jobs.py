@@ -76,3 +76,18 @@ def test_null_header_values_and_a_null_value_are_tolerated() -> None:
     )
     job = Job.from_message(raw)
     assert job.value == b"" and job.headers == {} and job.key is None
+
+
+class UnreadableHeaders:
+    """What confluent-kafka does with a header name that is not UTF-8."""
+
+    def __getattr__(self, name: str) -> object:
+        return getattr(message([]), name)
+
+    def headers(self) -> object:
+        raise SystemError("<built-in method headers> returned a result with an exception set")
+
+
+def test_headers_the_client_cannot_read_are_treated_as_absent() -> None:
+    job = Job.from_message(UnreadableHeaders())  # type: ignore[arg-type]
+    assert job.headers == {} and job.attempt == 1 and job.offset == 42

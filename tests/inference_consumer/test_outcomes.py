@@ -241,3 +241,32 @@ def test_a_job_without_a_valid_reply_address_only_goes_to_the_dlq(topics: TopicS
     publisher.failed(job, InvalidImageError("garbage"))
 
     assert producer.to("results") == [] and len(producer.to(topics.dead_letter)) == 1
+
+
+def test_a_retry_refused_at_once_tells_the_caller_failed_and_nothing_after(topics: TopicSettings) -> None:
+    producer = RefusingProducer({topics.retry_topic(1)})
+    publisher, _ = publisher_with(producer, topics)
+
+    publisher.failed(make_job(), InferenceError("boom"))
+
+    statuses = [REPLY_CODEC.decode(record["value"]).status for record in producer.to("results")]
+    assert statuses == [ReplyStatus.FAILED]
+
+
+class FailingDeliveryProducer(RefusingProducer):
+    def deliver_error(self, code: int) -> None:
+        for record in list(self.sent):
+            if callback := record.pop("on_delivery", None):
+                callback(KafkaError(code), None)
+
+
+def test_follow_ups_of_a_failed_delivery_wait_for_the_next_serve(topics: TopicSettings) -> None:
+    producer = FailingDeliveryProducer(set())
+    publisher, _ = publisher_with(producer, topics)
+    publisher.failed(make_job(), InvalidImageError("garbage"))
+
+    producer.deliver_error(KafkaError._MSG_TIMED_OUT)  # inside the producer's poll: no produce here
+    assert len(producer.to(topics.dead_letter)) == 1
+
+    publisher.serve()
+    assert len(producer.to(topics.dead_letter)) == 2  # sent again from the loop's thread
