@@ -43,18 +43,25 @@ class OffsetTracker:
     def __init__(self) -> None:
         self._partitions: dict[PartitionKey, _PartitionProgress] = {}
         self._positions: dict[PartitionKey, int] = {}
+        # Bumped when a partition is forgotten: a job of an earlier assignment that finishes late must
+        # not move the commit position of the partition's next assignment past jobs not yet re-run.
+        self._generations: dict[PartitionKey, int] = {}
         self._lock = threading.Lock()
         self._changed = threading.Condition(self._lock)
 
-    def track(self, topic: str, partition: int, offset: int) -> None:
+    def track(self, topic: str, partition: int, offset: int) -> int:
+        """Returns the partition's assignment generation, for `finish`."""
         with self._lock:
             progress = self._partitions.get((topic, partition))
             if progress is None:
                 progress = self._partitions[(topic, partition)] = _PartitionProgress(offset)
             progress.outstanding.add(offset)
+            return self._generations.get((topic, partition), 0)
 
-    def finish(self, topic: str, partition: int, offset: int) -> None:
+    def finish(self, topic: str, partition: int, offset: int, generation: int | None = None) -> None:
         with self._lock:
+            if generation is not None and generation != self._generations.get((topic, partition), 0):
+                return  # tracked under an earlier assignment: its new owner runs the record again
             progress = self._partitions.get((topic, partition))
             if progress is None:
                 return  # partition was revoked meanwhile; its new owner re-runs the record
@@ -96,4 +103,5 @@ class OffsetTracker:
             for key in keys:
                 self._partitions.pop(key, None)
                 self._positions.pop(key, None)
+                self._generations[key] = self._generations.get(key, 0) + 1
             self._changed.notify_all()

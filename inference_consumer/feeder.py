@@ -117,7 +117,7 @@ class JobFeeder:
         job = Job.from_message(message)
         if topic in self._retry_topics and self._hold_if_not_due(job):
             return
-        self._tracker.track(topic, partition, offset)
+        job.generation = self._tracker.track(topic, partition, offset)
         try:
             self._admit(job)
         except Exception as exc:  # whatever one record does, it ends in its outcome, not here

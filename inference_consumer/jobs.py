@@ -86,6 +86,7 @@ class Job:
     headers: dict[str, bytes]
     timestamp_ms: int
     attempt: int = 1
+    generation: int = 0  # the OffsetTracker's, for this record's partition assignment
     request: CaptionRequest | None = None
     reply_to: ReplyAddress | None = None  # set once the request's reply address is known to be good
     pixels: Future[torch.Tensor] | None = field(default=None, repr=False)

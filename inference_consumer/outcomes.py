@@ -268,7 +268,7 @@ class OutcomePublisher:
                 return False
 
     def _finish(self, job: Job) -> None:
-        self._tracker.finish(job.topic, job.partition, job.offset)
+        self._tracker.finish(job.topic, job.partition, job.offset, job.generation)
 
 
 def _log_fatal(reason: str) -> None:

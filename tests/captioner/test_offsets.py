@@ -55,3 +55,14 @@ def test_wait_finished_times_out_while_work_is_outstanding() -> None:
     assert tracker.wait_finished([("t", 0)], timeout_s=0.05) is False
     tracker.finish("t", 0, 1)
     assert tracker.wait_finished([("t", 0)], timeout_s=0.05) is True
+
+
+def test_a_late_finish_from_an_earlier_assignment_moves_nothing() -> None:
+    tracker = OffsetTracker()
+    old = tracker.track("t", 0, 105)
+    tracker.forget([("t", 0)])  # revoked with the job still running; the partition comes back
+    new = tracker.track("t", 0, 100)
+    tracker.finish("t", 0, 100, new)
+    tracker.finish("t", 0, 105, old)  # the earlier run finishes late
+
+    assert [(tp.partition, tp.offset) for tp in tracker.take_positions()] == [(0, 101)]
