@@ -85,11 +85,11 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
-        with self._components(model) as (feeders, outcomes, ready, producer):
+        with self._components(model) as (feeders, outcomes, ready):
             for feeder in feeders:
                 feeder.start()
             log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
-            self._serve(model, feeders, outcomes, ready, producer)
+            self._serve(model, feeders, outcomes, ready)
         if self._fatal_reason is not None:
             raise WorkerFatalError(self._fatal_reason)
 
@@ -105,7 +105,7 @@ class InferenceWorker:
     @contextlib.contextmanager
     def _components(
         self, model: CaptionModel
-    ) -> Iterator[tuple[list[JobFeeder], OutcomePublisher, queue.Queue[Job], Producer]]:
+    ) -> Iterator[tuple[list[JobFeeder], OutcomePublisher, queue.Queue[Job]]]:
         """One producer for every outcome, and two consumers, each in a group of its own: the request
         topic's (cooperative-sticky, so a rebalance moves only what it must) and the retry tiers'
         (round-robin, which spreads each tier evenly). In one group, the assignors balance partition
@@ -166,7 +166,7 @@ class InferenceWorker:
             for feeder in feeders:
                 stack.callback(feeder.join, settings.shutdown_timeout_s)
                 stack.callback(feeder.stopping.set)
-            yield feeders, outcomes, ready, producer
+            yield feeders, outcomes, ready
 
     def subscriptions(self) -> list[Subscription]:
         """The request topic's consumer and the retry tiers' consumer, each in its own group."""
@@ -206,7 +206,6 @@ class InferenceWorker:
         feeders: list[JobFeeder],
         outcomes: OutcomePublisher,
         ready: queue.Queue[Job],
-        producer: Producer,
     ) -> None:
         while not (self.stopping.is_set() or any(feeder.stopping.is_set() for feeder in feeders)):
             batch = self._next_batch(ready)
