@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock run broker broker-stop lint typecheck imports test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -22,12 +22,14 @@ $(INSTALLED): pyproject.toml $(LOCK)
 	$(BIN)/pip install --no-deps --no-build-isolation -e .
 	@touch $@
 
-# Re-resolves the dev and int8 extras for this machine (Linux x86_64, Python 3.11) to the newest
-# releases within pyproject.toml's ranges; pip-tools lives in its own venv, outside the project's.
+# Re-resolves every extra for this machine (Linux x86_64, Python 3.11) to the newest releases within
+# pyproject.toml's ranges (LOCK_UPGRADE= keeps today's pins and only adds what is new); pip-tools lives
+# in its own venv, outside the project's.
+LOCK_UPGRADE ?= --upgrade
 lock:
 	@test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install pip-tools; }
-	$(LOCK_TOOLS)/bin/pip-compile --upgrade --generate-hashes --allow-unsafe --all-build-deps \
-		--extra dev --extra int8 --strip-extras --no-emit-index-url --no-emit-find-links \
+	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --all-build-deps \
+		--extra api --extra worker --extra dev --extra int8 --strip-extras --no-emit-index-url --no-emit-find-links \
 		--output-file $(LOCK) pyproject.toml
 
 broker:
@@ -47,7 +49,12 @@ lint: install
 typecheck: install
 	$(BIN)/mypy
 
-test: lint typecheck
+imports: install  # the layers contract in pyproject.toml ([tool.importlinter])
+	$(BIN)/lint-imports
+
+# Kafka's jars are fetched before the tests start, so that the tests write nothing inside the repository.
+test: lint typecheck imports
+	infra/kafka/broker.sh fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install

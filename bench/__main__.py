@@ -83,10 +83,10 @@ from bench.measure import (
 )
 from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
-from bench.processes import exit_on_sigterm, rss_peak
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
+from captioner.processes import exit_on_sigterm, rss_peak
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 

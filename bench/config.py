@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bench.models import REPO
-from captioner.settings import WorkerSettings
+from core.settings import WorkerSettings
 
 FORCED_NEW_TOKENS = 20
 BASE_CPU_BATCH = 16

@@ -220,7 +220,7 @@ def _cycle(items: list[Item], size: int) -> list[Item]:
 
 
 def _preprocessor(model: CaptionModel) -> Callable[[BenchImage], torch.Tensor]:
-    from captioner.settings import ImageSettings
+    from core.settings import ImageSettings
 
     max_pixels = ImageSettings().max_image_pixels
     return lambda image: worker_pixels(model, image.data, max_pixels=max_pixels)

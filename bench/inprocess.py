@@ -41,7 +41,7 @@ class DecoderCheck:
 def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterator[CaptionModel]:
     """The model as a worker loads it (its settings from the environment, this model directory, and any
     overrides such as dtype or device), with the worker's thread count; released on exit."""
-    from captioner.settings import WorkerSettings
+    from core.settings import WorkerSettings
     from inference_consumer.model import configure_torch_threads, load_caption_model
 
     configure_torch_threads(threads)
@@ -56,7 +56,7 @@ def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterato
 def check_decoders(
     model_dir: Path, images: list[BenchImage], *, max_new_tokens: int, min_new_tokens: int, threads: int
 ) -> DecoderCheck:
-    from captioner.settings import WorkerSettings
+    from core.settings import WorkerSettings
 
     with caption_model(model_dir, threads=threads) as model:
         identical = decoders_agree(
@@ -90,7 +90,7 @@ def reference_runner(
     model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
 ) -> Iterator[Callable[[], ReferenceRun]]:
     """A callable that runs the worker's work for `image` once, in-process, and returns its timings."""
-    from captioner.settings import ImageSettings, WorkerSettings
+    from core.settings import ImageSettings, WorkerSettings
     from inference_consumer.allocator import keep_freed_memory
 
     settings = WorkerSettings()

@@ -28,7 +28,7 @@ from typing import Any, cast
 
 import aiohttp
 
-from captioner.event_loop import new_event_loop
+from core.event_loop import new_event_loop
 
 _HEADERS = {"Content-Type": "image/jpeg"}
 _CONNECTIONS = 1024

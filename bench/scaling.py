@@ -63,12 +63,12 @@ from bench.images import make_image
 from bench.load import LoadClient, load_client
 from bench.measure import CapacityResult, measure_capacity
 from bench.models import ensure_model
-from bench.processes import exit_on_sigterm
 from bench.report import capacity_table, stdout_console
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.kafka_config import client_config
-from captioner.settings import KafkaSettings, TopicSettings
+from captioner.processes import exit_on_sigterm
+from core.kafka_config import client_config
+from core.settings import KafkaSettings, TopicSettings
 
 DEFAULT_WORKER_COUNTS = (1, 2, 3)
 SHARE_TIMEOUT_S = 60.0

@@ -4,22 +4,20 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TypeVar
 
 from bench.models import REPO
-from bench.processes import CAPTIONER, ManagedProcess, free_port, spawn
-from captioner.kafka_config import client_config
-from captioner.settings import KafkaSettings, TopicSettings
+from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from core.kafka_config import client_config
+from core.settings import KafkaSettings, TopicSettings
 
 BROKER_SH = REPO / "infra" / "kafka" / "broker.sh"
 _READY_TIMEOUT_S = 300.0  # a worker loads its model first
@@ -52,8 +50,8 @@ def worker_id(run_id: str, label: str, index: int) -> str:
 class Service:
     spec: ServiceSpec
     url: str  # http://127.0.0.1:<port>
-    api: ManagedProcess
-    workers: tuple[ManagedProcess, ...]
+    api: ApiProcess
+    workers: tuple[ServiceProcess, ...]
     run_id: str
 
     @property
@@ -124,6 +122,9 @@ def service_env(spec: ServiceSpec, *, bootstrap: str, run_id: str, port: int) ->
     }
 
 
+Started = TypeVar("Started", bound=ServiceProcess)
+
+
 @contextlib.contextmanager
 def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: Path) -> Iterator[Service]:
     """Start the service, wait until it answers /readyz and every worker has partitions; on exit (normal or
@@ -147,16 +148,14 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
         )
         api = _start(
             stack,
-            spawn(
-                f"{spec.label} api", [CAPTIONER, "api"], env=env, log_path=log_dir / f"{spec.label}-api.log"
-            ),
+            spawn_api(f"{spec.label} api", port=port, env=env, log_path=log_dir / f"{spec.label}-api.log"),
         )
         service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers, run_id=run_id)
         _wait_ready(service)
         yield service
 
 
-def _start(stack: ExitStack, process: ManagedProcess) -> ManagedProcess:
+def _start(stack: ExitStack, process: Started) -> Started:
     stack.callback(process.stop)
     return process
 
@@ -180,21 +179,8 @@ def _wait_ready(service: Service) -> None:
     give_up = time.monotonic() + _READY_TIMEOUT_S
     for worker in service.workers:
         worker.wait_for_log("assigned", timeout_s=max(give_up - time.monotonic(), 1.0))
-    while not _ready(service.url):
-        service.check_alive()
-        if time.monotonic() > give_up:
-            raise TimeoutError(
-                f"{service.api.name} not ready in {_READY_TIMEOUT_S:g} s:\n{service.api.log_tail()}"
-            )
-        time.sleep(0.2)
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-            return bool(response.status == 200 and json.load(response).get("status") == "ready")
-    except (urllib.error.URLError, OSError, ValueError):
-        return False
+    service.check_alive()
+    service.api.wait_ready(timeout_s=max(give_up - time.monotonic(), 1.0))
 
 
 def delete_topics(bootstrap: str, run_id: str, label: str) -> None:

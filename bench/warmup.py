@@ -19,8 +19,8 @@ from confluent_kafka import Consumer, Producer, TopicPartition
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
 from bench.stats import median
-from captioner.kafka_config import client_config, consumer_config, producer_config
-from captioner.settings import KafkaSettings, TopicSettings
+from core.kafka_config import client_config, consumer_config, producer_config
+from core.settings import KafkaSettings, TopicSettings
 
 _TIMEOUT_S = 30.0
 ROUND_TRIPS = 4000  # the median round trip stops falling after ~3000 on a fresh broker

@@ -10,8 +10,8 @@ from typing import Annotated
 import typer
 
 from captioner.dlq.commands import dlq_app
-from captioner.logs import configure_logging
-from captioner.settings import LogSettings
+from core.logs import configure_logging
+from core.settings import LogSettings
 
 
 class ModelSizeChoice(StrEnum):
@@ -108,8 +108,8 @@ def caption_folder_command(
 @topics_app.command("create")
 def topics_create() -> None:
     """Create every topic that is missing (idempotent)."""
-    from captioner.settings import KafkaSettings, TopicSettings
-    from captioner.topics import ensure_topics
+    from core.settings import KafkaSettings, TopicSettings
+    from core.topics import ensure_topics
 
     created = ensure_topics(KafkaSettings(), TopicSettings())
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")

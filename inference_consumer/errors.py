@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from captioner.errors import (
+from core.errors import (
     CaptionerError,
     ImageTooLargeError,
     InvalidImageError,

@@ -16,8 +16,8 @@ from datetime import UTC, datetime
 import torch
 from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
 
-from captioner.consuming import poll_batch
-from captioner.offsets import OffsetTracker
+from core.consuming import poll_batch
+from core.offsets import OffsetTracker
 from inference_consumer.jobs import Job, position
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address

@@ -10,8 +10,8 @@ from typing import Any
 import torch
 from PIL import Image
 
-from captioner.images import decode_image
-from captioner.settings import WorkerSettings
+from core.images import decode_image
+from core.settings import WorkerSettings
 from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
 

@@ -18,8 +18,8 @@ from typing import Any
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from captioner.offsets import OffsetTracker
-from captioner.settings import TopicSettings
+from core.offsets import OffsetTracker
+from core.settings import TopicSettings
 from inference_consumer import metrics
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job

@@ -14,8 +14,8 @@ from dataclasses import dataclass
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
-from captioner.errors import InvalidImageError, InvalidRequestError
-from captioner.images import ACCEPTED_CONTENT_TYPES
+from core.errors import InvalidImageError, InvalidRequestError
+from core.images import ACCEPTED_CONTENT_TYPES
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import ReplyAddress, legal_topic_name
 from schemas import CaptionRequest

@@ -21,11 +21,11 @@ import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
-from captioner.errors import CaptionerError
-from captioner.kafka_config import consumer_config, producer_config
-from captioner.offsets import OffsetTracker
-from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-from captioner.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
+from core.errors import CaptionerError
+from core.kafka_config import consumer_config, producer_config
+from core.offsets import OffsetTracker
+from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchPolicy

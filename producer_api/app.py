@@ -14,11 +14,11 @@ from typing import Protocol
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from captioner.errors import CaptionerError
-from captioner.event_loop import new_event_loop
-from captioner.kafka_config import consumer_config, producer_config
-from captioner.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
-from captioner.topics import ensure_topics
+from core.errors import CaptionerError
+from core.event_loop import new_event_loop
+from core.kafka_config import consumer_config, producer_config
+from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
+from core.topics import ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
 from producer_api.errors import RequestTimeoutError, error_body

@@ -1,11 +1,11 @@
 """Errors the API answers with. They belong to captioner's error family, so the error middleware turns
-any CaptionerError (an image error from captioner.images, say) into the same JSON with its status."""
+any CaptionerError (an image error from core.images, say) into the same JSON with its status."""
 
 from __future__ import annotations
 
 from typing import Any
 
-from captioner.errors import CaptionerError
+from core.errors import CaptionerError
 
 
 def error_body(error: CaptionerError) -> dict[str, Any]:

@@ -19,7 +19,7 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_content_disposition
 
-from captioner.images import inspect_image
+from core.images import inspect_image
 from producer_api.errors import MalformedRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
 
 READ_CHUNK_BYTES = 256 * 1024
@@ -102,7 +102,7 @@ async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:
 
 
 def prepare_upload(body: bytes, plan: BodyPlan, *, max_image_bytes: int, max_pixels: int) -> ImageUpload:
-    """The image out of the body, checked by captioner.images. Blocking: run it in an executor."""
+    """The image out of the body, checked by core.images. Blocking: run it in an executor."""
     if plan.kind is BodyKind.JSON:
         data = image_from_json(body, max_image_bytes)
     elif plan.kind is BodyKind.MULTIPART:

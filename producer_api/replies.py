@@ -16,7 +16,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
-from captioner.consuming import poll_batch
+from core.consuming import poll_batch
 from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
 
 log = logging.getLogger(__name__)

@@ -10,14 +10,14 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from captioner.errors import (
+from core.errors import (
     CaptionerError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidRequestError,
     UnsupportedImageFormatError,
 )
-from captioner.settings import ApiSettings, TopicSettings
+from core.settings import ApiSettings, TopicSettings
 from producer_api.errors import CaptionFailedError, CaptionTimeoutError, CaptionUnavailableError
 from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
@@ -26,7 +26,7 @@ from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
 
 log = logging.getLogger(__name__)
 
-# Worker error codes whose message is written for the caller (captioner.errors); any other
+# Worker error codes whose message is written for the caller (core.errors); any other
 # worker message may hold a library's text, so callers get only its code.
 _CALLER_ERRORS: dict[str, type[CaptionerError]] = {
     InvalidImageError.code: InvalidImageError,

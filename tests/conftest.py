@@ -7,12 +7,35 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings as hypothesis_settings
 
 from captioner.model_factory import make_model
-from captioner.settings import KafkaSettings, TopicSettings
-from captioner.topics import ensure_topics
+from core.settings import KafkaSettings, TopicSettings
+from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
-from tests.support.services import ApiProcess, ServiceProcess, free_port, service_env
+from tests.support.repo import repo_files
+from tests.support.services import (
+    CAPTIONER,
+    ApiProcess,
+    ServiceProcess,
+    free_port,
+    service_env,
+    spawn,
+    spawn_api,
+)
+
+# Failing examples are printed with a reproduce blob; no example database inside the repository.
+hypothesis_settings.register_profile("captioner", database=None)
+hypothesis_settings.load_profile("captioner")
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_as_found() -> Iterator[None]:
+    """Tests write only to temporary directories: a file that appears inside the repository fails the run."""
+    before = repo_files()
+    yield
+    appeared = sorted(repo_files() - before)
+    assert not appeared, f"tests wrote inside the repository: {appeared[:20]}"
 
 
 @pytest.fixture(scope="session")
@@ -72,11 +95,12 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
 
     def start(**overrides: str) -> ServiceProcess:
         worker_id = overrides.pop("CAPTIONER_WORKER_ID", f"worker-{len(started) + 1}")
-        process = ServiceProcess(
-            role="worker",
+        process = spawn(
+            worker_id,
+            [CAPTIONER, "worker"],
             env=service_env(env, CAPTIONER_WORKER_ID=worker_id, **overrides),
             log_path=tmp_path / f"{worker_id}.log",
-        ).start()
+        )
         started.append(process)
         process.wait_for_log("assigned", timeout_s=90)
         return process
@@ -91,20 +115,18 @@ def start_api(env: dict[str, str], tmp_path: Path) -> Iterator[StartApi]:
     started: list[ApiProcess] = []
 
     def start(**overrides: str) -> ApiProcess:
-        port = free_port()
         index = len(started)
-        process = ApiProcess(
-            role="api",
+        process = spawn_api(
+            f"api-{index}",
+            port=free_port(),
             env=service_env(
                 env,
-                CAPTIONER_API_PORT=str(port),
                 CAPTIONER_API_REPLY_PARTITION=str(index),
                 CAPTIONER_API_INSTANCE_ID=f"api-{index}",
                 **overrides,
             ),
             log_path=tmp_path / f"api-{index}.log",
-            port=port,
-        ).start()
+        )
         started.append(process)
         process.wait_ready()
         return process

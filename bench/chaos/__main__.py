@@ -52,9 +52,9 @@ from bench.chaos.services import deploy, learn_titles, measure_capacity, service
 from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
 from bench.models import ensure_model
-from bench.processes import exit_on_sigterm
 from bench.stats import percentile
-from captioner.settings import TopicSettings, WorkerSettings
+from captioner.processes import exit_on_sigterm
+from core.settings import TopicSettings, WorkerSettings
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
 _IN_FLIGHT_S = 2.0

@@ -18,8 +18,8 @@ from confluent_kafka.admin import AdminClient
 
 from bench.models import REPO
 from captioner.dlq.records import header_pairs
-from captioner.kafka_config import client_config
-from captioner.settings import KafkaSettings
+from core.kafka_config import client_config
+from core.settings import KafkaSettings
 from schemas import headers as record_headers
 
 CLUSTER_SH = REPO / "infra" / "kafka" / "cluster.sh"

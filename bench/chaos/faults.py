@@ -17,7 +17,7 @@ from bench.chaos.config import ChaosConfig
 from bench.chaos.outcomes import degraded_s, last_dip_end
 from bench.chaos.services import WORKER_COUNT, Deployment, worker_client_id
 from bench.chaos.traffic import Traffic
-from bench.processes import ManagedProcess
+from captioner.processes import ServiceProcess
 
 _HEAL_TIMEOUT_S = 120.0
 _BACKLOG_BATCHES = 3  # jobs to pile up before a worker kill, in full batches
@@ -181,13 +181,13 @@ def run_fault(chaos: Chaos, name: str) -> FaultRecord:
     return record
 
 
-def _busiest_worker(chaos: Chaos) -> ManagedProcess:
+def _busiest_worker(chaos: Chaos) -> ServiceProcess:
     """The worker holding the most request partitions: the one whose loss the callers feel."""
     held = chaos.view.request_partitions_by_member(chaos.deployment.group, chaos.requests_topic)
     return max(chaos.deployment.workers, key=lambda worker: held.get(worker_client_id(worker.name), 0))
 
 
-def _pause(process: ManagedProcess, seconds: float) -> None:
+def _pause(process: ServiceProcess, seconds: float) -> None:
     os.kill(process.pid, signal.SIGSTOP)
     try:
         time.sleep(seconds)
@@ -195,7 +195,7 @@ def _pause(process: ManagedProcess, seconds: float) -> None:
         os.kill(process.pid, signal.SIGCONT)
 
 
-def _kill(process: ManagedProcess) -> None:
+def _kill(process: ServiceProcess) -> None:
     process.popen.kill()
     process.popen.wait()
 
@@ -204,7 +204,7 @@ def _replace_worker(deployment: Deployment) -> None:
     deployment.start_worker()
 
 
-def _wait_for_full_batch(worker: ManagedProcess, size: int, *, timeout_s: float) -> dict[str, Any]:
+def _wait_for_full_batch(worker: ServiceProcess, size: int, *, timeout_s: float) -> dict[str, Any]:
     """Follows the worker's log (it logs every batch at DEBUG) until a batch of `size` finishes: under this
     load the next full batch is already waiting, so a kill now lands on it."""
     give_up = time.monotonic() + timeout_s

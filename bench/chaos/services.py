@@ -16,8 +16,8 @@ from pathlib import Path
 
 from bench.chaos.config import ChaosConfig
 from bench.load import ClosedLoop, Target, load_client
-from bench.processes import CAPTIONER, ManagedProcess, free_port, spawn
 from bench.service import topic_env
+from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 
 API_COUNT = 2
 WORKER_COUNT = 2
@@ -55,9 +55,9 @@ class Deployment:
     env: dict[str, str]
     log_dir: Path
     stack: ExitStack
-    apis: list[ManagedProcess] = field(default_factory=list)
+    apis: list[ApiProcess] = field(default_factory=list)
     api_urls: list[str] = field(default_factory=list)
-    workers: list[ManagedProcess] = field(default_factory=list)
+    workers: list[ServiceProcess] = field(default_factory=list)
     _started_workers: int = 0
 
     @property
@@ -68,7 +68,7 @@ class Deployment:
     def predict_urls(self) -> tuple[str, ...]:
         return tuple(url + PREDICT for url in self.api_urls)
 
-    def start_worker(self) -> ManagedProcess:
+    def start_worker(self) -> ServiceProcess:
         """A new worker (a replacement gets a new id); it logs each batch (DEBUG) so a fault can pick its
         moment. Returns once it holds partitions."""
         self._started_workers += 1
@@ -85,13 +85,11 @@ class Deployment:
         return worker
 
     def start_api(self, partition: int) -> None:
-        port = free_port()
-        api = spawn(
+        api = spawn_api(
             f"api-{partition}",
-            [CAPTIONER, "api"],
+            port=free_port(),
             env={
                 **self.env,
-                "CAPTIONER_API_PORT": str(port),
                 "CAPTIONER_API_REPLY_PARTITION": str(partition),
                 "CAPTIONER_API_INSTANCE_ID": f"chaos-api-{partition}",
             },
@@ -99,16 +97,12 @@ class Deployment:
         )
         self.stack.callback(api.stop)
         self.apis.append(api)
-        self.api_urls.append(f"http://127.0.0.1:{port}")
+        self.api_urls.append(api.url)
 
     def wait_ready(self) -> None:
         give_up = time.monotonic() + _READY_TIMEOUT_S
-        for api, url in zip(self.apis, self.api_urls, strict=True):
-            while not _ready(url):
-                api.check_alive()
-                if time.monotonic() > give_up:
-                    raise TimeoutError(f"{api.name} not ready:\n{api.log_tail()}")
-                time.sleep(0.2)
+        for api in self.apis:
+            api.wait_ready(timeout_s=max(give_up - time.monotonic(), 1.0))
 
 
 def deploy(stack: ExitStack, env: dict[str, str], log_dir: Path) -> Deployment:
@@ -119,14 +113,6 @@ def deploy(stack: ExitStack, env: dict[str, str], log_dir: Path) -> Deployment:
         deployment.start_api(partition)
     deployment.wait_ready()
     return deployment
-
-
-def _ready(url: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"{url}/readyz", timeout=5) as response:
-            return bool(response.status == 200)
-    except (urllib.error.URLError, OSError):
-        return False
 
 
 def caption(url: str, image: bytes, *, timeout_s: float) -> str:

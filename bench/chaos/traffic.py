@@ -18,7 +18,7 @@ from typing import Any
 
 import aiohttp
 
-from captioner.event_loop import new_event_loop
+from core.event_loop import new_event_loop
 
 _HEADERS = {"Content-Type": "image/jpeg"}
 NO_ANSWER = 0  # status of a request that got no HTTP answer within the client timeout

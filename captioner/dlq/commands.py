@@ -34,9 +34,9 @@ from captioner.dlq.replay import (
     TargetTopics,
     check_topic_name,
 )
-from captioner.kafka_config import client_config, producer_config
-from captioner.logs import configure_logging
-from captioner.settings import KafkaSettings, TopicSettings
+from core.kafka_config import client_config, producer_config
+from core.logs import configure_logging
+from core.settings import KafkaSettings, TopicSettings
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, inspect and replay its records.\n\n"

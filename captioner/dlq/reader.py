@@ -13,12 +13,12 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from captioner.consuming import poll_batch
 from captioner.dlq.errors import KafkaUnavailableError, TopicMissingError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.records import DeadLetter
-from captioner.kafka_config import consumer_config
-from captioner.settings import KafkaSettings, TopicSettings
+from core.consuming import poll_batch
+from core.kafka_config import consumer_config
+from core.settings import KafkaSettings, TopicSettings
 
 READER_GROUP = "captioner-dlq-reader"  # librdkafka wants a group.id; readers never commit to it
 LIBRDKAFKA_LOG = logging.getLogger("captioner.dlq.librdkafka")

@@ -16,8 +16,8 @@ from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.ledger import ReplayLedger
 from captioner.dlq.reader import require_topic
 from captioner.dlq.records import TOPIC_NAME, DeadLetter
-from captioner.offsets import OffsetTracker
-from captioner.settings import TopicSettings
+from core.offsets import OffsetTracker
+from core.settings import TopicSettings
 from schemas import headers as names
 
 log = logging.getLogger(__name__)

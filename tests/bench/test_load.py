@@ -12,7 +12,7 @@ import pytest
 from aiohttp import web
 
 from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client
-from bench.processes import free_port
+from captioner.processes import free_port
 
 _ANSWER = json.dumps({"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}).encode()
 

@@ -16,7 +16,6 @@ from bench.config import QUICK, load_config
 from bench.images import make_image
 from bench.load import LoadClient, LoadRun, LoadSpec, OpenLoop, Outcome, Sequential, answered, load_client
 from bench.measure import CapacityResult, CapacityStep, measure_capacity, target
-from bench.processes import CAPTIONER
 from bench.scaling import (
     CpuInfo,
     GroupReader,
@@ -34,6 +33,7 @@ from bench.scaling import (
 )
 from bench.service import Service, ServiceSpec, running_service
 from bench.stats import LatencySummary
+from captioner.processes import CAPTIONER
 
 CPUINFO = """processor\t: 0
 model name\t: Example CPU @ 2.0GHz

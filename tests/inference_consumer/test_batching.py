@@ -10,7 +10,7 @@ from typing import cast
 
 import pytest
 
-from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from inference_consumer.batching import BatchPolicy
 from inference_consumer.jobs import Job
 from inference_consumer.worker import InferenceWorker

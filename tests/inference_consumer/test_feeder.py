@@ -15,7 +15,7 @@ import torch
 from confluent_kafka import Message
 from hypothesis import given, settings
 
-from captioner.offsets import OffsetTracker
+from core.offsets import OffsetTracker
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.validation import RequestRules

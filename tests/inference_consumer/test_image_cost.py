@@ -17,7 +17,7 @@ pytestmark = pytest.mark.slow
 
 MEASURE = """
 import json, resource, sys
-from captioner.settings import WorkerSettings
+from core.settings import WorkerSettings
 from inference_consumer.model import load_caption_model
 
 model = load_caption_model(WorkerSettings(model=sys.argv[1], device="cpu"))

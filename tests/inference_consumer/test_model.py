@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.settings import WorkerSettings
+from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
 from inference_consumer.model import configure_torch_threads, load_caption_model
 from tests.support.images import make_picture, reference_captioner

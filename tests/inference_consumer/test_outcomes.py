@@ -9,8 +9,8 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from captioner.offsets import OffsetTracker
-from captioner.settings import TopicSettings
+from core.offsets import OffsetTracker
+from core.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
 from inference_consumer.jobs import Job, ReplyAddress
 from inference_consumer.outcomes import OutcomePublisher

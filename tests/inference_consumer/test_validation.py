@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
-from captioner.errors import InvalidImageError, InvalidRequestError
+from core.errors import InvalidImageError, InvalidRequestError
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import ReplyAddress
 from inference_consumer.validation import (

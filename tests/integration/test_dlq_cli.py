@@ -15,19 +15,19 @@ from typing import Any
 import pytest
 from confluent_kafka import Consumer, KafkaException, Producer, TopicPartition
 
-from captioner.settings import TopicSettings
+from core.settings import TopicSettings
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
 from schemas import headers as names
 from tests.conftest import StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
-from tests.support.services import CAPTIONER, REPO, service_env
+from tests.support.services import CAPTIONER, service_env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 
 def captioner_dlq(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [CAPTIONER, "dlq", *args], env=service_env(env), cwd=REPO, capture_output=True, text=True, timeout=60
+        [CAPTIONER, "dlq", *args], env=service_env(env), capture_output=True, text=True, timeout=60
     )
 
 

@@ -15,7 +15,7 @@ from confluent_kafka import KafkaError, Message, Producer
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 from hypothesis import HealthCheck, Phase, given, settings
 
-from captioner.settings import TopicSettings, WorkerSettings
+from core.settings import TopicSettings, WorkerSettings
 from schemas import REPLY_CODEC, REQUEST_CODEC, ReplyStatus, SchemaContractError
 from schemas import headers as record_headers
 from tests.conftest import StartWorker
@@ -214,6 +214,6 @@ def test_a_dead_letter_topic_that_refuses_records_stops_the_worker_non_zero(
     publish(kafka_bootstrap, requests_topic, b"garbage" * 1000, partition=0)
 
     assert worker.process is not None
-    assert worker.process.wait(timeout=60) == 3, worker.log()[-3000:]
+    assert worker.wait_exit(timeout_s=60) == 3, worker.log()[-3000:]
     assert "refused" in worker.log()
     assert committed_offsets(kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], requests_topic, 6)[0] <= 0

@@ -12,7 +12,7 @@ import pytest
 import requests
 from confluent_kafka import Consumer, Producer
 
-from captioner.settings import TopicSettings
+from core.settings import TopicSettings
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes, reference_captioner

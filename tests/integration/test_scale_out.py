@@ -12,7 +12,7 @@ import pytest
 from confluent_kafka import Consumer
 from confluent_kafka.admin import AdminClient
 
-from captioner.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from inference_consumer.worker import InferenceWorker
 from tests.conftest import StartWorker
 

@@ -14,7 +14,7 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from captioner.settings import ApiSettings, ImageSettings, TopicSettings
+from core.settings import ApiSettings, ImageSettings, TopicSettings
 from producer_api.app import ADMISSION, SERVICE, make_api_app
 from producer_api.replies import PendingReplies
 from producer_api.service import CaptionService

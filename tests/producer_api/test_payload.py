@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from captioner.errors import InvalidImageError, UnsupportedImageFormatError
+from core.errors import InvalidImageError, UnsupportedImageFormatError
 from producer_api.errors import MalformedRequestError, PayloadTooLargeError
 from producer_api.payload import (
     MAX_JSON_CONTAINERS,

@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -44,14 +45,24 @@ def _testcontainers_kafka() -> Iterator[str]:
 
 
 def _local_broker() -> Iterator[str]:
-    state = REPO / ".local" / "kafka" / f"test-state-{TEST_BROKER_PORT}"
-    env = os.environ | {"KAFKA_LOCAL_PORT": str(TEST_BROKER_PORT), "KAFKA_LOCAL_STATE": str(state)}
-    subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, check=False)  # one an aborted run left
-    shutil.rmtree(state, ignore_errors=True)
+    prefix = f"captioner-test-broker-{TEST_BROKER_PORT}-"
+    for left_behind in Path(tempfile.gettempdir()).glob(prefix + "*"):  # by an aborted run
+        _stop(left_behind)
+    state = Path(tempfile.mkdtemp(prefix=prefix))
+    env = _broker_env(state)
     started = subprocess.run([str(BROKER_SCRIPT), "start"], env=env, capture_output=True, text=True)
     if started.returncode != 0:
         raise RuntimeError(f"local Kafka broker did not start:\n{started.stdout}\n{started.stderr}")
     try:
         yield started.stdout.strip().splitlines()[-1]
     finally:
-        subprocess.run([str(BROKER_SCRIPT), "stop"], env=env, check=False)
+        _stop(state)
+
+
+def _broker_env(state: Path) -> dict[str, str]:
+    return os.environ | {"KAFKA_LOCAL_PORT": str(TEST_BROKER_PORT), "KAFKA_LOCAL_STATE": str(state)}
+
+
+def _stop(state: Path) -> None:
+    subprocess.run([str(BROKER_SCRIPT), "stop"], env=_broker_env(state), check=False)
+    shutil.rmtree(state, ignore_errors=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 from confluent_kafka import Consumer, Producer
 
-from captioner.kafka_config import client_config, consumer_config, producer_config
-from captioner.settings import ApiSettings, KafkaSettings, TopicSettings
-from captioner.topics import min_insync_replicas, topic_specs
+from core.kafka_config import client_config, consumer_config, producer_config
+from core.settings import ApiSettings, KafkaSettings, TopicSettings
+from core.topics import min_insync_replicas, topic_specs
 
 KAFKA = KafkaSettings(bootstrap_servers="127.0.0.1:1")
 TOPICS = TopicSettings()

@@ -1,20 +1,23 @@
-"""Child processes of the benchmark: started with a log file, stopped with SIGTERM then a wait."""
+"""Service processes run as children (`captioner api`, `captioner worker`, ...): started with a log file,
+watched, stopped with SIGTERM then a wait. The benchmarks, `make chaos` and the integration tests all
+start the service through this one module."""
 
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-
-from bench.models import REPO
 
 CAPTIONER = str(Path(sys.executable).parent / "captioner")
 
@@ -35,7 +38,7 @@ def free_port() -> int:
 
 
 @dataclass
-class ManagedProcess:
+class ServiceProcess:
     name: str
     popen: subprocess.Popen[bytes]
     log_path: Path
@@ -47,20 +50,26 @@ class ManagedProcess:
     def alive(self) -> bool:
         return self.popen.poll() is None
 
-    def log_tail(self, chars: int = 3000) -> str:
-        return self.log_path.read_text(errors="replace")[-chars:]
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log()[-chars:]
 
     def check_alive(self) -> None:
         if not self.alive():
             raise RuntimeError(f"{self.name} exited ({self.popen.returncode}):\n{self.log_tail()}")
 
-    def wait_for_log(self, text: str, *, timeout_s: float) -> None:
+    def wait_for_log(self, text: str, *, timeout_s: float = 60.0) -> None:
         give_up = time.monotonic() + timeout_s
-        while text not in self.log_path.read_text(errors="replace"):
+        while text not in self.log():
             self.check_alive()
             if time.monotonic() > give_up:
                 raise TimeoutError(f"{self.name} did not log {text!r} in {timeout_s:g} s:\n{self.log_tail()}")
-            time.sleep(0.2)
+            time.sleep(0.1)
+
+    def wait_exit(self, *, timeout_s: float) -> int:
+        return self.popen.wait(timeout_s)
 
     def stop(self, *, timeout_s: float = 60.0) -> int:
         """SIGTERM (a graceful stop for every captioner role), then wait; SIGKILL only past timeout_s."""
@@ -71,6 +80,10 @@ class ManagedProcess:
             except subprocess.TimeoutExpired:
                 self.popen.kill()
         return self.popen.wait()
+
+    def kill(self) -> None:
+        self.popen.kill()
+        self.popen.wait()
 
     def rss_mb(self) -> float:
         """Resident memory now (VmRSS), in MiB; 0 once the process is gone."""
@@ -84,22 +97,56 @@ class ManagedProcess:
         return 0.0
 
 
-def spawn(name: str, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ManagedProcess:
-    """Start args in its own session (so a terminal's Ctrl-C reaches only the harness, which then stops
-    the children in order), with stdout and stderr going to log_path."""
+@dataclass
+class ApiProcess(ServiceProcess):
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
+                return bool(response.status == 200 and json.load(response).get("status") == "ready")
+        except (urllib.error.URLError, OSError, ValueError):
+            return False
+
+    def wait_ready(self, *, timeout_s: float = 60.0) -> None:
+        give_up = time.monotonic() + timeout_s
+        while not self.ready():
+            self.check_alive()
+            if time.monotonic() > give_up:
+                raise TimeoutError(f"{self.name} not ready in {timeout_s:g} s:\n{self.log_tail()}")
+            time.sleep(0.2)
+
+
+def _popen(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """In its own session, so a terminal's Ctrl-C reaches only the harness, which then stops the children
+    in order; stdout and stderr go to log_path."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
-        popen = subprocess.Popen(
-            list(args), env=dict(env), stdout=log, stderr=subprocess.STDOUT, cwd=REPO, start_new_session=True
+        return subprocess.Popen(
+            list(args), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
         )
-    return ManagedProcess(name=name, popen=popen, log_path=log_path)
+
+
+def spawn(name: str, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ServiceProcess:
+    return ServiceProcess(name=name, popen=_popen(args, env=env, log_path=log_path), log_path=log_path)
+
+
+def spawn_api(
+    name: str, *, port: int, env: Mapping[str, str], log_path: Path, args: Sequence[str] = (CAPTIONER, "api")
+) -> ApiProcess:
+    env = {**env, "CAPTIONER_API_PORT": str(port)}
+    return ApiProcess(name=name, popen=_popen(args, env=env, log_path=log_path), log_path=log_path, port=port)
 
 
 @dataclass
 class RssPeak:
     """Peak of the summed resident memory of some processes, sampled on a thread."""
 
-    processes: Sequence[ManagedProcess]
+    processes: Sequence[ServiceProcess]
     interval_s: float = 0.25
     peak_mb: float = 0.0
     _stop: threading.Event = field(default_factory=threading.Event)
@@ -113,7 +160,7 @@ class RssPeak:
 
 
 @contextmanager
-def rss_peak(processes: Sequence[ManagedProcess]) -> Iterator[RssPeak]:
+def rss_peak(processes: Sequence[ServiceProcess]) -> Iterator[RssPeak]:
     peak = RssPeak(processes)
     peak.sample()
     thread = threading.Thread(target=peak._run, name="rss-sampler", daemon=True)

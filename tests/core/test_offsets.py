@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from captioner.offsets import OffsetTracker
+from core.offsets import OffsetTracker
 
 
 def positions(tracker: OffsetTracker) -> list[tuple[str, int, int]]:

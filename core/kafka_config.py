@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from captioner.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings
 
 _SOCKET_TIMEOUT_MS = 10_000
 # Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group

@@ -94,7 +94,7 @@ class LogSettings(BaseSettings):
 
 
 class ImageSettings(BaseSettings):
-    """Image limits that the API and the workers enforce alike (captioner.images)."""
+    """Image limits that the API and the workers enforce alike (core.images)."""
 
     model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
-from captioner.kafka_config import client_config, consumer_config, producer_config
-from captioner.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.kafka_config import client_config, consumer_config, producer_config
+from core.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
 
 
 def test_bootstrap_servers_come_from_the_standard_variable(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -9,8 +9,8 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from captioner.kafka_config import client_config
-from captioner.settings import KafkaSettings, TopicSettings
+from core.kafka_config import client_config
+from core.settings import KafkaSettings, TopicSettings
 
 log = logging.getLogger(__name__)
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
-from captioner.settings import (
+from core.settings import (
     ApiSettings,
     ImageSettings,
     KafkaSettings,
@@ -16,7 +16,7 @@ from captioner.settings import (
     WorkerSettings,
 )
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 @pytest.mark.parametrize(

@@ -8,8 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from captioner.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
-from captioner.images import decode_image, inspect_image
+from core.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
+from core.images import decode_image, inspect_image
 from tests.support.images import encode, make_image_bytes, make_picture
 
 

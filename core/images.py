@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 from PIL import Image, UnidentifiedImageError
 
-from captioner.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
+from core.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
 
 ACCEPTED_FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
