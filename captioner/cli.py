@@ -13,6 +13,9 @@ from captioner.dlq.commands import dlq_app
 from core.logs import configure_logging
 from core.settings import LogSettings
 
+# What `pip install captioner[worker]` adds to the base install.
+WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
+
 
 class ModelSizeChoice(StrEnum):
     tiny = "tiny"
@@ -40,8 +43,14 @@ def api() -> None:
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
     configure_logging(LogSettings().level)
-    from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
-    from inference_consumer.worker import run_worker
+    try:
+        from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
+        from inference_consumer.worker import run_worker
+    except ImportError as exc:
+        if exc.name not in WORKER_EXTRA:
+            raise
+        typer.echo(f"captioner worker needs {exc.name}: pip install 'captioner[worker]'", err=True)
+        raise typer.Exit(2) from None
 
     try:
         run_worker()

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from enum import IntEnum
 
+from schemas.errors import CaptionerError
+
 
 class ExitCode(IntEnum):
     OK = 0
@@ -14,7 +16,10 @@ class ExitCode(IntEnum):
     INTERRUPTED = 130  # Ctrl-C / SIGTERM: stopped cleanly after committing acknowledged records
 
 
-class DlqError(Exception):
+class DlqError(CaptionerError):
+    """The operator tool's branch of the one error family; each member also names its exit status."""
+
+    code = "usage_error"
     exit_code = ExitCode.USAGE
 
 
@@ -23,14 +28,20 @@ class UsageError(DlqError):
 
 
 class KafkaUnavailableError(DlqError):
+    code = "kafka_unavailable"
+    retriable = True
     exit_code = ExitCode.KAFKA_UNAVAILABLE
 
 
 class TopicMissingError(KafkaUnavailableError):
+    code = "topic_missing"
+    retriable = False
+
     def __init__(self, topic: str) -> None:
         super().__init__(f"topic {topic!r} does not exist")
         self.topic = topic
 
 
 class RecordNotFoundError(DlqError):
+    code = "record_not_found"
     exit_code = ExitCode.NOT_FOUND
