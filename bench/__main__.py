@@ -66,9 +66,10 @@ from dataclasses import dataclass
 
 from rich.console import Console
 
+from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
 from bench.images import BenchImage, make_image, make_images
-from bench.inprocess import DecoderCheck, check_decoders, reference_runner
+from bench.inprocess import DecoderCheck, check_decoders, measure_ceiling, reference_runner
 from bench.load import LoadClient, load_client
 from bench.measure import (
     CapacityResult,
@@ -124,8 +125,18 @@ class BaseServiceResults:
     worker_rss_mb: float
 
 
-def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult]:
+def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
     base = ensure_model("base")
+    log("machine: sgemm rate on the worker's threads; the model's FLOPs per image")
+    ceiling = measure_ceiling(
+        base,
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+    )
+    machine = ceiling.machine
+    log(f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s")
     log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
     decoders = check_decoders(
         base,
@@ -143,7 +154,7 @@ def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderChe
         budget_s=config.phases.naive_budget_s,
     )
     log(f"naive: {naive.img_s:.3f} img/s")
-    return decoders, naive
+    return decoders, naive, ceiling
 
 
 def service_spec(config: BenchConfig, label: str) -> ServiceSpec:
@@ -215,7 +226,7 @@ def run(config: BenchConfig) -> BenchResults:
     ensure_model("base")
     ensure_model("tiny")
     images = ImageSets.make(config.phases.images)
-    decoders, naive = in_process_phase(config, images)
+    decoders, naive, ceiling = in_process_phase(config, images)
     with ExitStack() as stack:
         bootstrap = start_broker(stack)
         log("broker warm-up: produce+fetch round trips on a scratch topic")
@@ -241,6 +252,7 @@ def run(config: BenchConfig) -> BenchResults:
         steady=base.steady,
         capacity=capacity,
         worker_rss_mb=base.worker_rss_mb,
+        ceiling=ceiling,
         wall_s=time.perf_counter() - started,
     )
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from bench.ceiling import Ceiling, describe_machine, model_gflop_per_image
 from bench.images import BenchImage
 
 if TYPE_CHECKING:
@@ -51,6 +52,21 @@ def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterato
     finally:
         del model
         gc.collect()
+
+
+def measure_ceiling(
+    model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
+) -> Ceiling:
+    """The machine's sgemm rate on the worker's thread count, and one image's caption FLOPs."""
+    machine = describe_machine(threads)
+    with caption_model(model_dir, threads=threads) as model:
+        gflop = model_gflop_per_image(
+            model,
+            worker_pixels(model, image.data),
+            max_new_tokens=max_new_tokens,
+            min_new_tokens=min_new_tokens,
+        )
+    return Ceiling(machine=machine, model_gflop_per_img=gflop)
 
 
 def check_decoders(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from bench.ceiling import Ceiling
 from bench.config import BenchConfig
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
@@ -29,6 +30,11 @@ SUMMARY_KEYS = (
     "capacity_rps",
     "worker_rss_mb",
     "decoder_identical",
+    "sgemm_gflops",
+    "model_gflop_per_img",
+    "cpu_ceiling_img_s",
+    "ceiling_share",
+    "cpu_flags",
 )
 
 
@@ -46,6 +52,7 @@ class BenchResults:
     steady: SteadyResult
     capacity: CapacityResult
     worker_rss_mb: float
+    ceiling: Ceiling
     wall_s: float
 
     @property
@@ -56,8 +63,8 @@ class BenchResults:
         overhead in noise; the model time is taken from the same request instead."""
         return median(self.idle.outside_model_ms) - median(self.idle.reference_prep_ms)
 
-    def summary(self) -> dict[str, float | bool | None]:
-        values: dict[str, float | bool] = {
+    def summary(self) -> dict[str, float | bool | str | None]:
+        values: dict[str, float | bool | str] = {
             "naive_img_s": self.naive.img_s,
             "service_img_s": self.saturation.img_s,
             "ratio": self.saturation.img_s / self.naive.img_s,
@@ -68,12 +75,17 @@ class BenchResults:
             "capacity_rps": self.capacity.capacity_rps,
             "worker_rss_mb": self.worker_rss_mb,
             "decoder_identical": self.decoders.identical,
+            "sgemm_gflops": self.ceiling.machine.sgemm_gflops,
+            "model_gflop_per_img": self.ceiling.model_gflop_per_img,
+            "cpu_ceiling_img_s": self.ceiling.img_s,
+            "ceiling_share": self.ceiling.share(self.saturation.img_s),
+            "cpu_flags": " ".join(self.ceiling.machine.flags),
         }
         return {key: _json_number(values[key]) for key in SUMMARY_KEYS}
 
 
-def _json_number(value: float | bool) -> float | bool | None:
-    if isinstance(value, bool):
+def _json_number(value: float | bool | str) -> float | bool | str | None:
+    if isinstance(value, bool | str):
         return value
     return None if math.isnan(value) else round(value, 3 if abs(value) < 10 else 1)
 
@@ -152,7 +164,26 @@ def _headline(results: BenchResults) -> Table:
         f"fast decoder token ids == HF generate's, batch of 4, {config.max_new_tokens} tokens "
         f"(service decoder: {results.decoders.decoder})",
     )
+    _ceiling_rows(table, results)
     return table
+
+
+def _ceiling_rows(table: Table, results: BenchResults) -> None:
+    ceiling, machine = results.ceiling, results.ceiling.machine
+    table.add_row(
+        "sgemm_gflops", f"{machine.sgemm_gflops:.0f}", f"fp32 {machine.describe()}, best of 5 4096^3 matmuls"
+    )
+    table.add_row(
+        "model_gflop_per_img",
+        f"{ceiling.model_gflop_per_img:.1f}",
+        "torch's FLOP counter over one caption (encoder and every decoding step), batch of 1",
+    )
+    table.add_row("cpu_ceiling_img_s", f"{ceiling.img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
+    table.add_row(
+        "ceiling_share",
+        f"{ceiling.share(results.saturation.img_s):.0%}",
+        "service_img_s / cpu_ceiling_img_s: comparable across machines",
+    )
 
 
 def _idle_table(results: BenchResults) -> Table:

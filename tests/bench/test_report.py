@@ -5,6 +5,7 @@ import math
 
 import pytest
 
+from bench.ceiling import Ceiling, Machine, cpu_flags
 from bench.config import load_config
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
@@ -71,6 +72,10 @@ def _results() -> BenchResults:
         steady=SteadyResult(rate=1.3, duration_s=20.0, latency=_latency(), max_lag_ms=0.0),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
         worker_rss_mb=2000.0,
+        ceiling=Ceiling(
+            machine=Machine(cpu_model="test CPU", flags=("avx2", "fma"), threads=2, sgemm_gflops=100.0),
+            model_gflop_per_img=25.0,
+        ),
         wall_s=100.0,
     )
 
@@ -83,6 +88,15 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["overhead_p50_ms"] == pytest.approx(175.0)
     assert summary["capacity_rps"] == 100
     assert summary["decoder_identical"] is True
+    assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
+    assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
+    assert summary["cpu_flags"] == "avx2 fma"
+
+
+def test_cpu_flags_name_the_matrix_extensions_only() -> None:
+    cpuinfo = "model name\t: Some Xeon\nflags\t\t: fpu sse2 avx2 fma avx512f amx_tile amx_bf16 ht\n"
+    assert cpu_flags(cpuinfo) == ("Some Xeon", ("avx2", "fma", "avx512f", "amx_tile", "amx_bf16"))
+    assert cpu_flags("") == ("unknown CPU", ())
 
 
 def test_json_is_the_last_stdout_line(capsys: pytest.CaptureFixture[str]) -> None:
