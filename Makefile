@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck imports test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock run broker broker-stop lint typecheck imports browser test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -52,8 +52,15 @@ typecheck: install
 imports: install  # the layers contract in pyproject.toml ([tool.importlinter])
 	$(BIN)/lint-imports
 
+# The demo page's test drives Debian's chromium (Playwright downloads no browser): as root with apt it is
+# installed; elsewhere this says what to install, and that test fails saying the same.
+browser:
+	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
+		|| echo "chromium missing: install it (Debian/Ubuntu: apt-get install chromium); the demo page test will fail"; }
+
 # Kafka's jars are fetched before the tests start, so that the tests write nothing inside the repository.
-test: lint typecheck imports
+test: lint typecheck imports browser
 	infra/kafka/broker.sh fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

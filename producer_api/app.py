@@ -21,6 +21,7 @@ from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettin
 from core.topics import ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
+from producer_api.demo import add_demo_routes
 from producer_api.errors import RequestTimeoutError, error_body
 from producer_api.payload import ImageUpload, plan_body, prepare_upload, read_body
 from producer_api.publisher import RequestPublisher
@@ -221,6 +222,7 @@ def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/metrics", metrics_endpoint)
+    add_demo_routes(app)
     return app
 
 
