@@ -12,6 +12,7 @@ from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from producer_api.admission import RETRY_AFTER_S
 from producer_api.errors import BrokerUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
@@ -92,7 +93,9 @@ class RequestPublisher:
             self._producer.produce(item.topic, key=item.key, value=item.value, on_delivery=on_delivery)
         except BufferError:
             self._loop.call_soon_threadsafe(
-                _fail, item.future, OverloadedError("the local Kafka send queue is full")
+                _fail,
+                item.future,
+                OverloadedError("the local Kafka send queue is full", retry_after_s=RETRY_AFTER_S),
             )
         except Exception as exc:
             refused = BrokerUnavailableError("Kafka did not accept the job", detail=str(exc))

@@ -17,6 +17,7 @@ from typing import Any
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.consuming import poll_batch
+from producer_api import metrics
 from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
 
 log = logging.getLogger(__name__)
@@ -55,6 +56,7 @@ class PendingReplies:
         for reply in replies:
             future = self._waiting.get(reply.correlation_id)
             if future is None or future.done():
+                metrics.REPLIES_UNCLAIMED.inc()
                 continue
             if reply.status is ReplyStatus.RETRYING:
                 self._retrying[reply.correlation_id] = reply

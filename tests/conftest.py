@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from hypothesis import settings as hypothesis_settings
+from hypothesis.configuration import set_hypothesis_home_dir
 
 from captioner.model_factory import make_model
 from core.settings import KafkaSettings, TopicSettings
@@ -30,7 +31,14 @@ hypothesis_settings.load_profile("captioner")
 
 
 @pytest.fixture(scope="session", autouse=True)
-def repository_left_as_found() -> Iterator[None]:
+def hypothesis_home_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Even without an example database, Hypothesis caches the constants it reads from the source
+    (.hypothesis/constants) under its home directory, the working directory by default."""
+    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis-home"))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def repository_left_as_found(hypothesis_home_outside_the_repository: None) -> Iterator[None]:
     """Tests write only to temporary directories: a file that appears inside the repository fails the run."""
     before = repo_files()
     yield

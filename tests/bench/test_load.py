@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -13,6 +12,7 @@ from aiohttp import web
 
 from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client
 from captioner.processes import free_port
+from tests.support.waiting import wait_until
 
 _ANSWER = json.dumps({"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}).encode()
 
@@ -35,13 +35,15 @@ def stub_url() -> Iterator[str]:
     process = multiprocessing.get_context("spawn").Process(target=_serve, args=(port,), daemon=True)
     process.start()
     url = f"http://127.0.0.1:{port}/api/v1/predictions"
-    give_up = time.monotonic() + 30
-    while time.monotonic() < give_up:
+
+    def answers() -> bool:
         try:
             urllib.request.urlopen(urllib.request.Request(url, data=b"x"), timeout=1).close()
-            break
+            return True
         except OSError:
-            time.sleep(0.1)
+            return False
+
+    wait_until(answers, timeout_s=30, message="the stub server never answered")
     yield url
     process.terminate()
     process.join(5)

@@ -21,6 +21,7 @@ from schemas import headers as names
 from tests.conftest import StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
 from tests.support.services import CAPTIONER, service_env
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -38,11 +39,18 @@ def dlq_json(env: dict[str, str], *args: str) -> Any:
 
 
 def wait_for_dead_letters(env: dict[str, str], count: int, *, timeout_s: float = 60) -> Any:
-    give_up = time.monotonic() + timeout_s
-    while (overview := dlq_json(env, "list"))["total"] < count:
-        assert time.monotonic() < give_up, f"{overview['total']} dead letters, expected {count}"
-        time.sleep(0.5)
-    return overview
+    seen: list[Any] = []
+
+    def listed() -> Any:
+        seen.append(overview := dlq_json(env, "list"))
+        return overview if overview["total"] >= count else None
+
+    return wait_until(
+        listed,
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        message=lambda: f"{seen[-1]['total']} dead letters, expected {count}",
+    )
 
 
 def reply_consumer(bootstrap: str, topic: str) -> Consumer:
@@ -74,18 +82,25 @@ def await_reply(
 def topic_end(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 30) -> int:
     """The sum of the partitions' high watermarks; a topic created a moment ago may have no leader yet."""
     consumer = Consumer({"bootstrap.servers": bootstrap, "group.id": "watermarks"})
-    give_up = time.monotonic() + timeout_s
-    try:
-        while True:
-            try:
-                return sum(
+    ends: list[int] = []
+    failures: list[KafkaException] = []
+
+    def answered() -> bool:
+        try:
+            ends.append(
+                sum(
                     consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)[1]
                     for p in range(partitions)
                 )
-            except KafkaException:
-                if time.monotonic() > give_up:
-                    raise
-                time.sleep(0.2)
+            )
+            return True
+        except KafkaException as exc:
+            failures.append(exc)
+            return False
+
+    try:
+        wait_until(answered, timeout_s=timeout_s, message=lambda: failures[-1])
+        return ends[-1]
     finally:
         consumer.close()
 
@@ -182,7 +197,9 @@ def test_a_poison_image_is_inspected_and_replayed_once_after_the_fix(
         assert request_topic_end(kafka_bootstrap, topics) == before
 
         # the replay: past its deadline, the job still runs and the caller's topic gets the title
-        time.sleep(max(0.0, (deadline - datetime.now(UTC)).total_seconds()))
+        wait_until(
+            lambda: datetime.now(UTC) > deadline, timeout_s=30, message="the request's deadline never passed"
+        )
         replayed = dlq_json(env, "replay", "--error-class", "ImageTooLargeError")
         assert replayed["counts"]["replayed"] == 1 and replayed["exit_code"] == 0
         reply = await_reply(replies, correlation_id, ReplyStatus.SUCCEEDED)

@@ -3,7 +3,6 @@ process: the worker lives, every record is accounted for, and a normal request i
 
 from __future__ import annotations
 
-import time
 import uuid
 from collections import Counter
 from dataclasses import dataclass, replace
@@ -30,6 +29,7 @@ from tests.support.kafka import (
     read_all,
     read_until,
 )
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -128,13 +128,22 @@ def wait_until_committed(
     bootstrap: str, groups: dict[str, str], partitions: int, *, timeout_s: float
 ) -> None:
     """Until each topic's committed offset in its group is its end offset, on every partition."""
-    give_up = time.monotonic() + timeout_s
-    for topic, group in groups.items():
-        ends = end_offsets(bootstrap, topic, partitions)
-        assert all(ends.values()), f"{topic}: a partition got no record: {ends}"
-        while (committed := committed_offsets(bootstrap, group, topic, partitions)) != ends:
-            assert time.monotonic() < give_up, f"{topic}: committed {committed}, end {ends}"
-            time.sleep(0.5)
+    ends = {topic: end_offsets(bootstrap, topic, partitions) for topic in groups}
+    for topic, topic_ends in ends.items():
+        assert all(topic_ends.values()), f"{topic}: a partition got no record: {topic_ends}"
+
+    def behind() -> dict[str, dict[int, int]]:
+        committed = {
+            topic: committed_offsets(bootstrap, group, topic, partitions) for topic, group in groups.items()
+        }
+        return {topic: offsets for topic, offsets in committed.items() if offsets != ends[topic]}
+
+    wait_until(
+        lambda: not behind(),
+        timeout_s=timeout_s,
+        interval_s=0.5,
+        message=lambda: f"committed {behind()}, end {ends}",
+    )
 
 
 def accounted(item: Published, dead_values: Counter[bytes], succeeded: set[str]) -> bool:
@@ -217,3 +226,50 @@ def test_a_dead_letter_topic_that_refuses_records_stops_the_worker_non_zero(
     assert worker.wait_exit(timeout_s=60) == 3, worker.log()[-3000:]
     assert "refused" in worker.log()
     assert committed_offsets(kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], requests_topic, 6)[0] <= 0
+
+
+def test_a_reply_the_broker_refuses_sends_the_job_to_the_dlq_and_the_partition_goes_on(
+    start_worker: StartWorker,
+    topics: TopicSettings,
+    env: dict[str, str],
+    kafka_bootstrap: str,
+    tiny_model_dir: Path,
+) -> None:
+    """The reply topic exists, so the request passes the worker's address check; the broker refuses
+    the reply itself (larger than the topic takes): a refusal that comes with the delivery report."""
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
+    narrow = f"{env['CAPTIONER_TOPIC_REPLIES']}.narrow"
+    topic = NewTopic(narrow, num_partitions=1, replication_factor=1, config={"max.message.bytes": "64"})
+    admin.create_topics([topic])[narrow].result(timeout=30)
+    start_worker()
+    refused = caption_request(make_image_bytes("PNG", seed=8), reply_topic=narrow)
+    refused_bytes = REQUEST_CODEC.encode(refused)
+    image = make_image_bytes("PNG", seed=9)
+    served = caption_request(image, reply_topic=topics.replies)
+    publish(kafka_bootstrap, topics.requests, refused_bytes, key=refused.correlation_id.encode(), partition=2)
+    publish_request(kafka_bootstrap, topics.requests, served, partition=2)
+
+    [dead] = read_until(kafka_bootstrap, topics.dead_letter, lambda records: len(records) >= 1)
+    replies = read_until(
+        kafka_bootstrap,
+        topics.replies,
+        lambda seen: any(r.key == served.correlation_id.encode() for r in seen),
+    )
+
+    assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"reply_undeliverable"
+    assert b"refused the reply" in dead.headers[record_headers.DLQ_ERROR_MESSAGE]  # not the address check
+    assert dead.value == refused_bytes  # the original record, byte for byte
+    assert dead.key == refused.correlation_id.encode()
+    assert dead.headers[record_headers.ORIGINAL_PARTITION] == b"2"
+    assert dead.headers[record_headers.ORIGINAL_OFFSET] == b"0"
+    [answer] = [REPLY_CODEC.decode(r.value) for r in replies if r.key == served.correlation_id.encode()]
+    assert answer.status is ReplyStatus.SUCCEEDED
+    assert answer.title == reference_captioner(tiny_model_dir).caption(image)
+    assert end_offsets(kafka_bootstrap, narrow, 1) == {0: 0}
+    group = env["CAPTIONER_WORKER_GROUP_ID"]
+    wait_until(
+        lambda: committed_offsets(kafka_bootstrap, group, topics.requests, topics.request_partitions)[2] == 2,
+        timeout_s=30,
+        interval_s=0.5,
+        message="the refused job's offset was not committed with the next one's",
+    )

@@ -4,7 +4,6 @@ each retry tier, after every join, leave and crash. Against a real broker."""
 from __future__ import annotations
 
 import threading
-import time
 from collections import Counter
 from collections.abc import Iterator
 
@@ -15,6 +14,7 @@ from confluent_kafka.admin import AdminClient
 from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from inference_consumer.worker import InferenceWorker
 from tests.conftest import StartWorker
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -65,12 +65,14 @@ def fair(members: list[WorkerConsumers], topics: TopicSettings) -> bool:
 
 
 def wait_fair(members: list[WorkerConsumers], topics: TopicSettings, *, timeout_s: float = 60) -> None:
-    give_up = time.monotonic() + timeout_s
-    while not fair(members, topics):
-        assert time.monotonic() < give_up, [
+    wait_until(
+        lambda: fair(members, topics),
+        timeout_s=timeout_s,
+        interval_s=0.2,
+        message=lambda: [
             [member.held()[topic] for topic in [topics.requests, *topics.retry_topics]] for member in members
-        ]
-        time.sleep(0.2)
+        ],
+    )
 
 
 @pytest.fixture
@@ -113,17 +115,10 @@ def test_three_worker_processes_share_the_request_topic_and_the_survivors_take_o
     group = env["CAPTIONER_WORKER_GROUP_ID"]
     workers = [start_worker(CAPTIONER_SESSION_TIMEOUT_MS="6000") for _ in range(3)]
 
-    give_up = time.monotonic() + 60
-    while request_partitions_by_member(kafka_bootstrap, group, topics.requests) != [2, 2, 2]:
-        assert time.monotonic() < give_up, request_partitions_by_member(
-            kafka_bootstrap, group, topics.requests
-        )
-        time.sleep(0.5)
+    def shares() -> list[int]:
+        return request_partitions_by_member(kafka_bootstrap, group, topics.requests)
+
+    wait_until(lambda: shares() == [2, 2, 2], timeout_s=60, interval_s=0.5, message=shares)
 
     workers[0].kill()
-    give_up = time.monotonic() + 60
-    while request_partitions_by_member(kafka_bootstrap, group, topics.requests) != [3, 3]:
-        assert time.monotonic() < give_up, request_partitions_by_member(
-            kafka_bootstrap, group, topics.requests
-        )
-        time.sleep(0.5)
+    wait_until(lambda: shares() == [3, 3], timeout_s=60, interval_s=0.5, message=shares)

@@ -28,19 +28,27 @@ LEAKS = ("object at 0x", "Traceback", "/work/", 'File "', "Error:", "Exception")
 
 @dataclass
 class FakePublisher:
-    """Answers every job at once, as a worker would: a caption, or the failure set in `answer`."""
+    """Answers every job at once, as a worker would: a caption, or the failure set in `answer`.
+    `refusal` is raised instead, as the real publisher raises when Kafka does not take the job, and
+    `replies` replaces the answer with the replies it returns for the job (none: the job waits)."""
 
     pending: PendingReplies
     published: list[CaptionRequest] = field(default_factory=list)
     answer: ReplyError | None = None
+    refusal: Exception | None = None
+    replies: Callable[[CaptionRequest], list[CaptionReply]] | None = None
 
     async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
+        if self.refusal is not None:
+            raise self.refusal
         job = REQUEST_CODEC.decode(value)
         self.published.append(job)
+        self.pending.deliver(self.replies(job) if self.replies else [self._answer(job)])
+
+    def _answer(self, job: CaptionRequest) -> CaptionReply:
         status = ReplyStatus.SUCCEEDED if self.answer is None else ReplyStatus.FAILED
         title = "a picture" if self.answer is None else None
-        reply = CaptionReply(job.correlation_id, status, "m", "w", title=title, error=self.answer)
-        self.pending.deliver([reply])
+        return CaptionReply(job.correlation_id, status, "m", "w", title=title, error=self.answer)
 
 
 @dataclass
@@ -117,13 +125,6 @@ def request_head(content_type: str, content_length: int) -> str:
 
 def in_flight_gauge() -> float:
     return REGISTRY.get_sample_value("captioner_api_in_flight") or 0.0
-
-
-async def wait_until(condition: Callable[[], bool], *, deadline_s: float = 10.0) -> None:
-    async with asyncio.timeout(deadline_s):
-        # The server's counters have no event to wait on; poll them until the deadline.
-        while not condition():  # noqa: ASYNC110
-            await asyncio.sleep(0.01)
 
 
 def assert_plain_error(response: Response, status: int | None = None, code: str | None = None) -> None:

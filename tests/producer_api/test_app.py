@@ -15,9 +15,9 @@ from tests.producer_api.conftest import (
     assert_plain_error,
     in_flight_gauge,
     request_head,
-    wait_until,
 )
 from tests.support.images import encode, make_image_bytes
+from tests.support.waiting import wait_until_async
 
 PNG = make_image_bytes("PNG")
 
@@ -39,7 +39,8 @@ async def test_a_full_instance_answers_429_before_reading_the_body(serve_api: St
     api = await serve_api(max_in_flight=1)
     gauge = in_flight_gauge()
     stalled = await api.open_raw(request_head("image/png", len(PNG)), PNG[:10])
-    await wait_until(lambda: in_flight_gauge() == gauge + 1)  # its handler runs and waits for the body
+    # Its handler runs and waits for the body.
+    await wait_until_async(lambda: in_flight_gauge() == gauge + 1, message="the handler never ran")
 
     # Only the head is sent: the answer comes though the server has none of the body.
     waiting = await api.open_raw(request_head("image/png", len(PNG)))
@@ -57,7 +58,9 @@ async def test_a_full_instance_answers_429_before_reading_the_body(serve_api: St
 async def test_the_byte_budget_refuses_bodies_it_cannot_hold(serve_api: StartApi) -> None:
     api = await serve_api(max_in_flight=100, max_buffered_bytes=100_000)
     stalled = await api.open_raw(request_head("image/png", 60_000), b"x" * 10)
-    await wait_until(lambda: api.buffered_bytes == 60_000)
+    await wait_until_async(
+        lambda: api.buffered_bytes == 60_000, message="the stalled body's bytes were never reserved"
+    )
 
     refused = await api.open_raw(request_head("image/png", 60_000))
     response = await refused.response()
@@ -68,7 +71,10 @@ async def test_the_byte_budget_refuses_bodies_it_cannot_hold(serve_api: StartApi
     assert small.status == 200, small.body
     for connection in (refused, stalled):
         await connection.close()
-    await wait_until(lambda: (api.in_flight, api.buffered_bytes) == (0, 0))
+    await wait_until_async(
+        lambda: (api.in_flight, api.buffered_bytes) == (0, 0),
+        message=lambda: (api.in_flight, api.buffered_bytes),
+    )
 
 
 async def test_a_trickling_body_gets_408_and_frees_its_slot(serve_api: StartApi) -> None:
@@ -79,18 +85,21 @@ async def test_a_trickling_body_gets_408_and_frees_its_slot(serve_api: StartApi)
 
     assert_plain_error(response, 408, "request_timeout")
     await trickle.close()
-    await wait_until(lambda: api.in_flight == 0)
+    await wait_until_async(lambda: api.in_flight == 0, message="the timed-out request kept its slot")
     assert (await api.post(PNG, "image/png")).status == 200
 
 
 async def test_a_client_that_hangs_up_mid_body_frees_its_slot(serve_api: StartApi) -> None:
     api = await serve_api(max_in_flight=1)
     gone = await api.open_raw(request_head("image/png", len(PNG)), PNG[:10])
-    await wait_until(lambda: api.in_flight == 1)
+    await wait_until_async(lambda: api.in_flight == 1, message="the request never took its slot")
 
     await gone.close()
 
-    await wait_until(lambda: (api.in_flight, api.buffered_bytes) == (0, 0))
+    await wait_until_async(
+        lambda: (api.in_flight, api.buffered_bytes) == (0, 0),
+        message=lambda: (api.in_flight, api.buffered_bytes),
+    )
     assert (await api.post(PNG, "image/png")).status == 200
 
 

@@ -2,6 +2,8 @@ from __future__ import annotations
 
 from datetime import UTC, datetime
 
+from prometheus_client import REGISTRY
+
 from producer_api.replies import PendingReplies, listener_config
 from schemas import CaptionReply, ReplyError, ReplyStatus
 
@@ -42,12 +44,19 @@ async def test_retrying_notice_keeps_the_caller_waiting() -> None:
     assert pending.forget("a") is not None  # the notice is still there to explain a timeout
 
 
-async def test_replies_for_other_instances_are_ignored() -> None:
+def unclaimed() -> float:
+    return REGISTRY.get_sample_value("captioner_api_replies_unclaimed_total") or 0.0
+
+
+async def test_replies_for_other_instances_are_ignored_and_counted() -> None:
     pending = PendingReplies()
     waiting = pending.expect("mine")
-    pending.deliver([make_reply("someone-elses")])
-    assert not waiting.done()
-    assert len(pending) == 1
+    before = unclaimed()
+
+    pending.deliver([make_reply("someone-elses"), make_reply("mine"), make_reply("mine", title="again")])
+
+    assert (await waiting).title == "t"
+    assert unclaimed() == before + 2  # another instance's reply, and the duplicate of ours
 
 
 def test_the_reply_listener_never_skips_ahead_after_losing_its_position() -> None:
