@@ -83,9 +83,9 @@ class BenchConfig:
     @property
     def saturation_concurrency(self) -> int:
         """One and a half batches per worker in flight: while a batch runs, half the next one is queued and
-        its fill wait (CAPTIONER_BATCH_WAIT_SHARE) takes the rest from the answers' round trip (~0.1 s a
-        batch on CPU). Two batches in flight closed that gap but gave no more images/s (decoding then
-        overlaps inference on the same cores), and deeper queues only add latency."""
+        its fill wait (CAPTIONER_BATCH_WAIT_SHARE) takes the rest from the answers' round trip. Two batches
+        in flight closed that gap but gave no more images/s (decoding then overlaps inference on the same
+        cores), and deeper queues only add latency."""
         return (self.batch_size + (self.batch_size + 1) // 2) * self.workers
 
     @property
@@ -97,10 +97,10 @@ class BenchConfig:
 
 
 def _default_batch_size(env: Mapping[str, str]) -> int:
-    """What the worker's batching policy settles on for GIT-base on 2 CPU cores (16 at the default
-    CAPTIONER_BATCH_BUDGET_MS), never more than CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE
-    to the batch the worker logs (`captioned N jobs`, at debug level) or its captioner_worker_batch_size
-    metric."""
+    """What the worker's batching policy settles on for GIT-base on 2 CPU cores at the default
+    CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; README, Performance), never more than
+    CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE to the batch the worker logs (`captioned N
+    jobs`, at debug level) or its captioner_worker_batch_size metric."""
     limit = env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
     return min(int(limit), BASE_CPU_BATCH)
 
@@ -121,7 +121,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
         worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers)),
         # The tiny model gains nothing from intra-op threads, and their OpenMP barriers spinning against the
         # API, broker and client for the same cores would make the capacity run measure that, not transport
-        # (on 2 cores: under 50 req/s with 2 threads, over 300 with 1).
+        # (README, Performance).
         capacity_worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or 1),
         batch_size=int(env.get("BENCH_BATCH_SIZE") or _default_batch_size(env)),
         run_id=run_id,

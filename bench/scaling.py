@@ -2,8 +2,8 @@
 1, 2, 3... workers, each worker pinned to a CPU of its own.
 
 How to run
-    make bench-scaling                        # N = 1, 2, 3; about 5 minutes on 2 cores
-    BENCH_QUICK=1 make bench-scaling          # shorter capacity steps, no bisection; about 3 minutes
+    make bench-scaling                        # N = 1, 2, 3 (a full run's duration: README, Scaling out)
+    BENCH_QUICK=1 make bench-scaling          # shorter capacity steps, no bisection
     BENCH_SCALING_WORKERS=1,2,4 make bench-scaling
     BENCH_SCALING_PIN=0 make bench-scaling    # no taskset: the scheduler places the workers (for comparison)
 KAFKA_BOOTSTRAP_SERVERS, CAPTIONER_* and the generation length pass through as in `make bench`
@@ -37,7 +37,7 @@ What each number means (the JSON object on the last line of stdout; lists in the
     answers_by_worker   answers given by each worker over all the steps (`worker_id` of each answer).
     worker_cpus         the CPU each worker was pinned to (empty lists: not pinned).
     load_avg_1m         the machine's 1-minute load average just before each measurement: it includes
-                        this run's own service and broker, so on an otherwise idle machine it is ~2 ...
+                        this run's own service and broker, so it is high even on an idle machine ...
     load_avg_at_start   ... and before anything started: what others were running.
     cpu_model, cpu_flags, nproc   the machine: the model name and the vector-extension flags of
                         /proc/cpuinfo, and the CPUs this process may use.

@@ -34,15 +34,18 @@ app.add_typer(dlq_app, name="dlq")
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
     configure_logging(LogSettings().level)
+    from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
     from producer_api.app import run_api
 
-    run_api()
+    run_api(api=ApiSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings())
 
 
 @app.command()
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
     configure_logging(LogSettings().level)
+    from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+
     try:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
         from inference_consumer.worker import run_worker
@@ -53,7 +56,9 @@ def worker() -> None:
         raise typer.Exit(2) from None
 
     try:
-        run_worker()
+        run_worker(
+            settings=WorkerSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings()
+        )
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
         raise typer.Exit(2) from None

@@ -5,7 +5,7 @@ reach their parsers or Ghostscript). The pixel limit is checked on the header, b
 decoded, so one image costs at most ~7 bytes per allowed pixel to decode (its own mode, at most 4
 bytes a pixel, plus the RGB copy). What reaches the model's processor is bounded further: the
 centre of pictures wider or taller than MAX_ASPECT_RATIO (the processor centre-crops to a square
-anyway, after scaling the short side to the model's edge, which made a 40000x2 strip cost ~10 GB),
+anyway, after scaling the short side to the model's edge, which blew a 40000x2 strip up to gigabytes),
 reduced by a box filter until its short side is under four times the model's edge. Blocking: run it
 on a worker's decode pool or an executor, never on an event loop.
 """

@@ -1,6 +1,7 @@
 """Every setting of the service, read from the environment in one place.
 
-Each role reads only the groups it needs; all models are frozen.
+Each entry point (a `captioner` command) builds the groups its role needs, once, and passes them down;
+nothing below it reads the environment. All models are frozen.
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ import os
 import re
 import socket
 import uuid
-from functools import cache
 from typing import Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -123,12 +123,6 @@ class WorkerSettings(BaseSettings):
     )
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
-
-    @property
-    def retry_group_id(self) -> str:
-        """The retry tiers' own consumer group, so they never crowd the request topic's assignment."""
-        return f"{self.worker_group_id}.retries"
-
     min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=64, ge=1)
     batch_budget_ms: float = Field(
@@ -167,12 +161,7 @@ class WorkerSettings(BaseSettings):
         description="fail the first N inference batches with a transient error (drills, tests)",
     )
 
-
-@cache
-def kafka_settings() -> KafkaSettings:
-    return KafkaSettings()
-
-
-@cache
-def topic_settings() -> TopicSettings:
-    return TopicSettings()
+    @property
+    def retry_group_id(self) -> str:
+        """The retry tiers' own consumer group, so they never crowd the request topic's assignment."""
+        return f"{self.worker_group_id}.retries"

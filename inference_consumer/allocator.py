@@ -1,11 +1,11 @@
 """glibc malloc tuning: let big tensors reuse freed heap memory instead of fresh pages.
 
 glibc serves allocations above its mmap threshold (at most 32 MiB by its own heuristic) with a fresh
-`mmap` and unmaps them on free, so every batch's activations (a ViT-B/16 MLP output at batch 16 is
-39 MB) fault in page by page again: ~550k page faults per vision-encoder pass, ~17% of its time on
-a 2-core machine. Raising the mmap and trim thresholds keeps freed blocks in the heap for the next
-batch. Memory freed after a peak is kept by the process for reuse instead of being handed back, and some
-of it fragments: the benchmark's base worker peaked ~50-150 MB higher (2067-2160 vs 2010 MB).
+`mmap` and unmaps them on free, so every batch's activations (a ViT-B/16 MLP output at batch 16 is tens
+of MB) fault in page by page again, a sizeable share of each vision-encoder pass. Raising the mmap and
+trim thresholds keeps freed blocks in the heap for the next batch. Memory freed after a peak is kept by the
+process for reuse instead of being handed back, and some of it fragments, so the worker's peak is somewhat
+higher. Both effects are measured in the README (Performance).
 """
 
 from __future__ import annotations

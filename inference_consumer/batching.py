@@ -3,14 +3,20 @@
 A batch's cost is a fixed part (encoder and decoder launch, per-step overhead) plus a part per image. A
 model whose fixed part dominates (a small one, or any on a GPU) gains from large batches; a slow one gains
 little past a point and only makes everyone in the batch wait longer and holds more activation memory
-(GIT-base on 2 CPU cores: 2.83 img/s at 16 and at 32, peak RSS 1.8 GB against 2.4 GB). So a batch grows
-only while the last batch's time per job says it still ends within `budget_s`, up to `max_size`.
+(README, Architecture and Performance). So a batch grows only while the last batch's time per job says it
+still ends within `budget_s`, up to `max_size`. `BatchCollector` takes each batch from the feeders' queue
+as the policy says.
 """
 
 from __future__ import annotations
 
 import math
+import queue
+import time
 from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+Item = TypeVar("Item")
 
 
 @dataclass
@@ -55,3 +61,41 @@ class BatchPolicy:
         self.last_inference_s = inference_s
         if size >= min(self.sizing_jobs, self.limit()):
             self.sizing_jobs, self.sizing_job_s = size, inference_s / size
+
+
+class BatchCollector(Generic[Item]):
+    """Forms the inference loop's next batch from the jobs the feeders queued, as `policy` allows."""
+
+    def __init__(self, ready: queue.Queue[Item], policy: BatchPolicy) -> None:
+        self._ready = ready
+        self._policy = policy
+
+    def next_batch(self, *, first_wait_s: float = 0.1) -> list[Item]:
+        """The first job waits up to first_wait_s, then whatever is queued joins it, up to the policy's
+        limit, and the batch waits the policy's fill time for more. Empty when no job came."""
+        return self._collect(first_wait_s=first_wait_s, fill=True)
+
+    def drain(self) -> list[Item]:
+        """At shutdown: what is queued now, up to the policy's limit, without waiting for more."""
+        return self._collect(first_wait_s=0.0, fill=False)
+
+    def _collect(self, *, first_wait_s: float, fill: bool) -> list[Item]:
+        try:
+            batch = [self._ready.get(timeout=first_wait_s) if first_wait_s else self._ready.get_nowait()]
+        except queue.Empty:
+            return []
+        limit = self._policy.limit()
+        until = time.monotonic() + (self._policy.fill_wait_s() if fill else 0.0)
+        while len(batch) < limit:
+            try:
+                batch.append(self._ready.get_nowait())
+            except queue.Empty:
+                remaining = until - time.monotonic()
+                if remaining <= 0:
+                    break
+                try:
+                    batch.append(self._ready.get(timeout=remaining))
+                except queue.Empty:
+                    break
+        self._policy.took(len(batch))
+        return batch

@@ -13,8 +13,8 @@ The arithmetic mirrors `GitSelfAttention`/`GitLayer` op for op (matmul + softmax
 division by sqrt(head_dim), the same additive mask in the prefill), so as long as no row has finished the
 logits are bit-identical to `generate`'s. Once rows are dropped, the matrix products run on fewer rows, and
 BLAS may round the last bit differently than on the full batch; a token can then only differ on an exact
-near-tie of the two best logits (~1e-6 apart). The opt-in `packed_cpu_weights` trades bit-identity of the
-decoding steps for the same kind of last-bit differences, for steps about twice as fast on CPU.
+near-tie of the two best logits (last-bit apart). The opt-in `packed_cpu_weights` trades bit-identity of
+the decoding steps for the same kind of last-bit differences, for faster steps on CPU (README, Performance).
 """
 
 from __future__ import annotations
@@ -120,8 +120,8 @@ class _OneDnnPackedLinears:
     """Linear layers with their float32 weights pre-packed for oneDNN (CPU only).
 
     `F.linear` on CPU calls MKL sgemm, which re-packs the whole weight on every call; with the few rows of a
-    decoding step that packing dominates, and these pre-packed weights make the step ~2x faster. oneDNN sums
-    in another order, so results differ from `F.linear`'s in the last bits (~1e-6 relative): token ids stay
+    decoding step that packing dominates, and these pre-packed weights skip it (README, Performance). oneDNN
+    sums in another order, so results differ from `F.linear`'s in the last bits: token ids stay
     the same unless the two best logits are that close. The packed copies cost as much memory as the weights
     and do not follow later changes to them.
     """
@@ -396,9 +396,9 @@ def _unfinished_rows(next_ids: Tensor, eos_ids: Tensor) -> Tensor | None:
 def quantize_int8(model: GitForCausalLM) -> GitForCausalLM:
     """Quantize every `nn.Linear` weight of `model` to int8 (per output channel) in place, with torchao.
 
-    Off by default: it changes numerics, so captions drift from the float model's (on a random-weight
-    GIT-base only 2 of 8 captions kept all 20 tokens). torchao's weight-only kernel dequantizes the weight
-    on each call, so on CPU it saves memory at rest but is ~3x slower. Needs `pip install torchao`.
+    Off by default: it changes numerics, so captions drift from the float model's. torchao's weight-only
+    kernel dequantizes the weight on each call, so on CPU it saves memory at rest but runs slower (README,
+    Performance, for both). Needs `pip install torchao`.
     """
     torchao_quantization = importlib.import_module("torchao.quantization")  # optional and untyped
     torchao_quantization.quantize_(model, torchao_quantization.Int8WeightOnlyConfig())

@@ -1,4 +1,5 @@
-"""The consumer side of a worker: takes records, holds retry records until due, starts image decoding.
+"""The consumer side of a worker: takes records, holds retry records until due (holds.py), starts image
+decoding.
 
 Runs on its own thread so the consumer is polled (and rebalances are served) while a batch runs.
 """
@@ -18,6 +19,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Produ
 
 from core.consuming import poll_batch
 from core.offsets import OffsetTracker
+from inference_consumer.holds import RetryHolds
 from inference_consumer.jobs import Job, position
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
@@ -27,7 +29,7 @@ log = logging.getLogger(__name__)
 
 Preprocess = Callable[[bytes], torch.Tensor]
 
-_BACKLOG_CHECK_S = 0.005  # a full backlog frees a batch at a time, every 10 ms or more
+_BACKLOG_CHECK_S = 0.005  # a full backlog frees a whole batch at a time, far less often than this
 # Errors after which this consumer cannot go on: an orchestrator must restart it, and someone must look.
 _FATAL_CONSUMER_ERRORS = frozenset(
     {
@@ -64,7 +66,6 @@ class JobFeeder:
         self._consumer = consumer
         self._producer = producer
         self._topics = topics
-        self._retry_topics = retry_topics
         self._tracker = tracker
         self._outcomes = outcomes
         self._ready = ready
@@ -75,11 +76,9 @@ class JobFeeder:
         self._revoke_timeout_s = revoke_timeout_s
         self._rules = rules
         self._reply_partitions = reply_partitions
-        self._max_hold_s = max_hold_s
         self._on_fatal = on_fatal
-        self._held_until: dict[tuple[str, int], float] = {}
+        self._holds = RetryHolds(consumer, retry_topics=retry_topics, max_hold_s=max_hold_s)
         self.stopping = threading.Event()
-        self.assigned = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-feeder", daemon=True)
 
     def start(self) -> None:
@@ -99,7 +98,7 @@ class JobFeeder:
                 for message in messages:
                     self._take(message)
                 self._store_finished()
-                self._release_due()
+                self._holds.release_due()
         except Exception as exc:  # a bug, not a record: _take contains each record's failures
             log.exception("job feeder failed")
             self._on_fatal(f"job feeder failed: {type(exc).__name__}: {exc}")
@@ -112,10 +111,10 @@ class JobFeeder:
             self._consumer_error(error)
             return
         topic, partition, offset = position(message)
-        if (topic, partition) in self._held_until:
+        if self._holds.holds(topic, partition):
             return  # fetched behind a held retry record; it is fetched again after the hold
         job = Job.from_message(message)
-        if topic in self._retry_topics and self._hold_if_not_due(job):
+        if self._holds.hold_if_not_due(job):
             return
         job.generation = self._tracker.track(topic, partition, offset)
         try:
@@ -160,31 +159,9 @@ class JobFeeder:
             except KafkaException as exc:  # revoked meanwhile: its next owner re-runs those jobs
                 log.info("could not store offsets %s: %s", positions, exc)
 
-    def _hold_if_not_due(self, job: Job) -> bool:
-        """A retry tier holds records in due order, so waiting on the head holds the whole partition:
-        pause it and rewind to the head, without blocking other partitions or the poll loop. No
-        header can hold a partition longer than the longest retry delay."""
-        wait_s = min(job.retry_due_ms() / 1000 - time.time(), self._max_hold_s)
-        if wait_s <= 0:
-            return False
-        head = TopicPartition(job.topic, job.partition, job.offset)
-        self._consumer.pause([head])
-        self._consumer.seek(head)
-        self._held_until[(job.topic, job.partition)] = time.monotonic() + wait_s
-        return True
-
-    def _release_due(self) -> None:
-        now = time.monotonic()
-        due = [key for key, until in self._held_until.items() if until <= now]
-        if due:
-            self._consumer.resume([TopicPartition(topic, partition) for topic, partition in due])
-            for key in due:
-                del self._held_until[key]
-
-    def _on_assign(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+    def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
-        consumer.resume(partitions)  # librdkafka keeps a pause across revoke and reassignment
-        self.assigned.set()
+        self._holds.assigned(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Let in-flight jobs of these partitions finish and commit them before another worker starts."""
@@ -198,8 +175,7 @@ class JobFeeder:
         except Exception as exc:
             log.info("commit on revoke: %s", exc)
         self._tracker.forget(keys)
-        for key in keys:
-            self._held_until.pop(key, None)
+        self._holds.forget(keys)
 
     def _wait_finished(self, keys: list[tuple[str, int]]) -> bool:
         """Serves delivery reports while it waits: at shutdown no other loop does."""

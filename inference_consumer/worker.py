@@ -1,4 +1,6 @@
-"""The inference worker: a thin front over the feeder (consumer side), the batch loop and outcomes."""
+"""The inference worker: a thin front that wires the feeders (consumer side, feeder.py), the batch
+collector and its policy (batching.py), the model and the outcome publisher (outcomes.py), and runs the
+inference loop over them."""
 
 from __future__ import annotations
 
@@ -28,7 +30,8 @@ from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSet
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
-from inference_consumer.batching import BatchPolicy
+from inference_consumer.batching import BatchCollector, BatchPolicy
+from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
@@ -39,9 +42,9 @@ from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 log = logging.getLogger(__name__)
 
 # The inference thread gives up the GIL inside every torch op and needs it back right after; with the
-# decode pool and the feeder holding it for up to Python's default 5 ms each time, a decoding step of a
-# few dozen small ops could wait that long per op. 0.5 ms took p50 latency at 400 req/s on the tiny
-# model from ~320 ms to ~70 ms (2 cores).
+# decode pool and the feeder holding it for Python's whole default switch interval each time, a decoding
+# step of a few dozen small ops would wait that long per op. A tenth of the default keeps the inference
+# thread's waits short (README, Performance).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -68,7 +71,7 @@ class InferenceWorker:
         self._model = model
         self.stopping = threading.Event()
         self._fatal_reason: str | None = None
-        self._chaos_failures_left = settings.chaos_failing_batches
+        self._chaos = FailingBatches(settings.chaos_failing_batches)
         self._batching = BatchPolicy(
             max_size=settings.max_batch_size,
             budget_s=settings.batch_budget_ms / 1000,
@@ -85,11 +88,11 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
-        with self._components(model) as (feeders, outcomes, ready):
+        with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()
             log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
-            self._serve(model, feeders, outcomes, ready)
+            self._serve(model, feeders, outcomes, collector)
         if self._fatal_reason is not None:
             raise WorkerFatalError(self._fatal_reason)
 
@@ -105,7 +108,7 @@ class InferenceWorker:
     @contextlib.contextmanager
     def _components(
         self, model: CaptionModel
-    ) -> Iterator[tuple[list[JobFeeder], OutcomePublisher, queue.Queue[Job]]]:
+    ) -> Iterator[tuple[list[JobFeeder], OutcomePublisher, BatchCollector[Job]]]:
         """One producer for every outcome, and two consumers, each in a group of its own: the request
         topic's (cooperative-sticky, so a rebalance moves only what it must) and the retry tiers'
         (round-robin, which spreads each tier evenly). In one group, the assignors balance partition
@@ -166,7 +169,7 @@ class InferenceWorker:
             for feeder in feeders:
                 stack.callback(feeder.join, settings.shutdown_timeout_s)
                 stack.callback(feeder.stopping.set)
-            yield feeders, outcomes, ready
+            yield feeders, outcomes, BatchCollector(ready, self._batching)
 
     def subscriptions(self) -> list[Subscription]:
         """The request topic's consumer and the retry tiers' consumer, each in its own group."""
@@ -205,10 +208,10 @@ class InferenceWorker:
         model: CaptionModel,
         feeders: list[JobFeeder],
         outcomes: OutcomePublisher,
-        ready: queue.Queue[Job],
+        collector: BatchCollector[Job],
     ) -> None:
         while not (self.stopping.is_set() or any(feeder.stopping.is_set() for feeder in feeders)):
-            batch = self._next_batch(ready)
+            batch = collector.next_batch()
             outcomes.serve()
             if batch:
                 self._run_batch(model, batch, outcomes)
@@ -216,33 +219,8 @@ class InferenceWorker:
             feeder.stopping.set()
         for feeder in feeders:
             feeder.join(self.settings.shutdown_timeout_s)
-        while batch := self._next_batch(ready, first_wait_s=0, fill=False):
+        while batch := collector.drain():
             self._run_batch(model, batch, outcomes)
-
-    def _next_batch(
-        self, ready: queue.Queue[Job], *, first_wait_s: float = 0.1, fill: bool = True
-    ) -> list[Job]:
-        """The first job waits up to first_wait_s, then whatever is queued joins it, up to the batching
-        policy's limit, and with `fill` the batch waits the policy's fill time for more."""
-        try:
-            batch = [ready.get(timeout=first_wait_s) if first_wait_s else ready.get_nowait()]
-        except queue.Empty:
-            return []
-        limit = self._batching.limit()
-        until = time.monotonic() + (self._batching.fill_wait_s() if fill else 0.0)
-        while len(batch) < limit:
-            try:
-                batch.append(ready.get_nowait())
-            except queue.Empty:
-                remaining = until - time.monotonic()
-                if remaining <= 0:
-                    break
-                try:
-                    batch.append(ready.get(timeout=remaining))
-                except queue.Empty:
-                    break
-        self._batching.took(len(batch))
-        return batch
 
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
         runnable: list[tuple[Job, torch.Tensor]] = []
@@ -271,7 +249,7 @@ class InferenceWorker:
         limits = [self._max_new_tokens(job) for job, _ in runnable]
         started = time.perf_counter()
         try:
-            self._chaos()
+            self._chaos.before_batch()
             titles = model.caption(
                 [pixels for _, pixels in runnable],
                 max_new_tokens=limits,
@@ -303,11 +281,6 @@ class InferenceWorker:
         for (job, _), title in zip(runnable, titles, strict=True):
             outcomes.succeeded(job, title, inference_ms=elapsed_ms)
 
-    def _chaos(self) -> None:
-        if self._chaos_failures_left > 0:
-            self._chaos_failures_left -= 1
-            raise InferenceError("chaos: injected transient inference failure")
-
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None
         return min(requested or self.settings.max_new_tokens, self.settings.max_new_tokens)
@@ -319,14 +292,11 @@ def _flush(producer: Producer, timeout_s: float) -> None:
         log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
 
 
-def run_worker(settings: WorkerSettings | None = None) -> None:
-    """Run a worker in this process until SIGTERM or SIGINT."""
-    worker = InferenceWorker(
-        settings=settings or WorkerSettings(),
-        kafka=KafkaSettings(),
-        topics=TopicSettings(),
-        images=ImageSettings(),
-    )
+def run_worker(
+    *, settings: WorkerSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings
+) -> None:
+    """Run a worker in this process until SIGTERM or SIGINT, with the settings its entry point read."""
+    worker = InferenceWorker(settings=settings, kafka=kafka, topics=topics, images=images)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: finishing in-flight work", signum)

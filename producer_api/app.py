@@ -227,24 +227,20 @@ def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
 
 
 def make_app(
-    *,
-    api: ApiSettings | None = None,
-    kafka: KafkaSettings | None = None,
-    topics: TopicSettings | None = None,
-    images: ImageSettings | None = None,
+    *, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings
 ) -> web.Application:
-    app = make_api_app(api=api or ApiSettings(), images=images or ImageSettings())
-    app[KAFKA_SETTINGS] = kafka or KafkaSettings()
-    app[TOPIC_SETTINGS] = topics or TopicSettings()
+    app = make_api_app(api=api, images=images)
+    app[KAFKA_SETTINGS] = kafka
+    app[TOPIC_SETTINGS] = topics
     app.cleanup_ctx.append(kafka_clients)
     return app
 
 
-def run_api(api: ApiSettings | None = None) -> None:
-    """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close."""
-    api = api or ApiSettings()
+def run_api(*, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings) -> None:
+    """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close.
+    The settings are the ones its entry point read."""
     web.run_app(
-        make_app(api=api),
+        make_app(api=api, kafka=kafka, topics=topics, images=images),
         loop=new_event_loop(),
         host=api.host,
         port=api.port,

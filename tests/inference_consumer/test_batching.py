@@ -4,66 +4,69 @@ batch grows only as far as the model's time per job allows."""
 from __future__ import annotations
 
 import queue
-import threading
-import time
-from typing import cast
 
 import pytest
 
-from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-from inference_consumer.batching import BatchPolicy
-from inference_consumer.jobs import Job
-from inference_consumer.worker import InferenceWorker
+from inference_consumer.batching import BatchCollector, BatchPolicy
 
 
-def make_worker(**settings: float) -> InferenceWorker:
-    return InferenceWorker(
-        settings=WorkerSettings.model_validate({"max_batch_size": 4, "batch_budget_ms": 0, **settings}),
-        kafka=KafkaSettings(),
-        topics=TopicSettings(),
-        images=ImageSettings(),
-    )
+class ScriptedQueue(queue.Queue[int]):
+    """The feeders' queue, with `queued` jobs in it and `arriving` more that come one per wait. It never
+    waits: it records how long each get() was willing to wait, then hands over an arriving job or none."""
+
+    def __init__(self, queued: int, *, arriving: int = 0) -> None:
+        super().__init__()
+        for job in range(queued):
+            self.put(job)
+        self.arriving = arriving
+        self.waits: list[float | None] = []
+
+    def get(self, block: bool = True, timeout: float | None = None) -> int:
+        if not block or self.qsize():
+            return super().get(block=False)
+        self.waits.append(timeout)
+        if self.arriving:
+            self.arriving -= 1
+            return -1
+        raise queue.Empty
 
 
-def fake_jobs(count: int) -> list[Job]:
-    return [cast(Job, object()) for _ in range(count)]
-
-
-def queued(jobs: list[Job]) -> queue.Queue[Job]:
-    ready: queue.Queue[Job] = queue.Queue()
-    for job in jobs:
-        ready.put(job)
-    return ready
+def collector_over(ready: ScriptedQueue, **policy: float) -> BatchCollector[int]:
+    return BatchCollector(ready, make_policy(**{"max_size": 4, "budget_s": 0, **policy}))
 
 
 def test_idle_worker_takes_a_lone_job_without_waiting() -> None:
-    worker = make_worker(batch_wait_ms=5000)
-    started = time.monotonic()
+    ready = ScriptedQueue(1, arriving=1)
+    collector = collector_over(ready, wait_s=5.0)
 
-    batch = worker._next_batch(queued(fake_jobs(1)))
+    assert collector.next_batch() == [0]
+    assert ready.waits == []
 
-    assert len(batch) == 1
-    assert time.monotonic() - started < 1.0
+
+def test_an_empty_queue_waits_only_the_first_wait() -> None:
+    ready = ScriptedQueue(0)
+
+    assert collector_over(ready).next_batch(first_wait_s=0.1) == []
+    assert ready.waits == [0.1]
 
 
 def test_batch_takes_what_is_queued_up_to_the_size_limit() -> None:
-    worker = make_worker(batch_wait_ms=0)
+    ready = ScriptedQueue(6)
 
-    assert len(worker._next_batch(queued(fake_jobs(6)))) == 4
+    assert collector_over(ready, wait_s=0).next_batch() == [0, 1, 2, 3]
+    assert ready.qsize() == 2
 
 
 def test_busy_worker_waits_for_jobs_still_on_their_way() -> None:
-    worker = make_worker(batch_wait_ms=600)
-    ready = queued(fake_jobs(2))
-    worker._next_batch(ready)  # a batch of two: the worker is busy now
-    ready.put(fake_jobs(1)[0])
-    late = threading.Timer(0.2, ready.put, args=(fake_jobs(1)[0],))
-    late.start()
+    policy = make_policy(max_size=4, budget_s=0, wait_s=0.6)
+    collector = BatchCollector(ScriptedQueue(2), policy)
+    assert len(collector.next_batch()) == 2  # a batch of two: the worker is busy now
+    ready = ScriptedQueue(1, arriving=1)
 
-    batch = worker._next_batch(ready)
+    batch = BatchCollector(ready, policy).next_batch()
 
-    late.join()
-    assert len(batch) == 2
+    assert batch == [0, -1]
+    assert ready.waits and all(wait is not None and 0 < wait <= 0.6 for wait in ready.waits)
 
 
 @pytest.mark.parametrize(
@@ -79,12 +82,12 @@ def test_busy_wait_grows_with_the_models_batch_time(last_inference_s: float, exp
 
 
 def test_draining_does_not_wait() -> None:
-    worker = make_worker(batch_wait_ms=5000)
-    worker._batching.took(2)
-    started = time.monotonic()
+    ready = ScriptedQueue(1, arriving=1)
+    policy = make_policy(max_size=4, budget_s=0, wait_s=5.0)
+    policy.took(2)
 
-    assert len(worker._next_batch(queued(fake_jobs(1)), first_wait_s=0, fill=False)) == 1
-    assert time.monotonic() - started < 1.0
+    assert BatchCollector(ready, policy).drain() == [0]
+    assert ready.waits == []
 
 
 def make_policy(**overrides: float) -> BatchPolicy:
@@ -141,8 +144,10 @@ def test_no_budget_means_the_maximum() -> None:
     assert policy.limit() == 64
 
 
-def test_worker_batches_to_the_policys_limit() -> None:
-    worker = make_worker(max_batch_size=8, batch_budget_ms=1000, batch_wait_ms=0)
-    worker._batching.captioned(4, 1.0)  # 250 ms a job: 4 fit in the budget
+def test_collector_batches_to_the_policys_limit() -> None:
+    policy = make_policy(max_size=8, budget_s=1.0, wait_s=0)
+    policy.captioned(4, 1.0)  # 250 ms a job: 4 fit in the budget
+    ready = ScriptedQueue(8)
 
-    assert len(worker._next_batch(queued(fake_jobs(8)))) == 4
+    assert len(BatchCollector(ready, policy).next_batch()) == 4
+    assert policy.last_size == 4

@@ -76,13 +76,14 @@ def build_feeder(
     pool: ThreadPoolExecutor,
     on_fatal: Any,
     outcomes: Any = None,
+    consumer: Any = None,  # most paths under test touch no consumer
+    retry_topics: frozenset[str] = frozenset(),
 ) -> JobFeeder:
-    unused: Any = None  # the paths under test touch no consumer
     return JobFeeder(
-        consumer=unused,
+        consumer=consumer,
         producer=IdleProducer(),  # type: ignore[arg-type]
         topics=["captioner.requests"],
-        retry_topics=set(),
+        retry_topics=set(retry_topics),
         tracker=OffsetTracker(),
         outcomes=outcomes,
         ready=ready,
@@ -229,23 +230,30 @@ def test_an_unexpected_error_is_contained_in_the_records_outcome(feeder: JobFeed
     assert isinstance(error, KeyError)
 
 
-def test_no_header_holds_a_retry_partition_longer_than_the_longest_delay(feeder: JobFeeder) -> None:
-    consumer = PausingConsumer()
-    feeder._consumer = consumer  # type: ignore[assignment]
-    feeder._retry_topics = {"captioner.requests.retry.1"}
-    far_future = str(int((time.time() + 10**9) * 1000)).encode()
-
-    feeder._take(
-        raw_message(
-            hostile_request(),
-            headers=[("captioner.retry.due-ms", far_future)],
-            topic="captioner.requests.retry.1",
+def test_a_retry_record_not_yet_due_holds_its_partition(ready: queue.Queue[Job]) -> None:
+    consumer, outcomes = PausingConsumer(), RecordingOutcomes()
+    due_later = str(int((time.time() + 10**9) * 1000)).encode()
+    with ThreadPoolExecutor(1) as pool:
+        feeder = build_feeder(
+            backlog=Backlog(8),
+            ready=ready,
+            pool=pool,
+            on_fatal=list[str]().append,
+            outcomes=outcomes,
+            consumer=consumer,
+            retry_topics=frozenset(["captioner.requests.retry.1"]),
         )
-    )
+
+        feeder._take(
+            raw_message(
+                hostile_request(),
+                headers=[("captioner.retry.due-ms", due_later)],
+                topic="captioner.requests.retry.1",
+            )
+        )
 
     assert len(consumer.paused) == 1
-    [until] = feeder._held_until.values()
-    assert until <= time.monotonic() + 1.0  # max_hold_s
+    assert ready.empty() and outcomes.failures == []
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
