@@ -57,6 +57,9 @@ def producer_config(
         "linger.ms": linger_ms,
         "message.max.bytes": topics.max_message_bytes,
         "compression.type": "none",  # image bytes are already compressed
+        # Keyed records go where Kafka's Java clients and Kafka Streams put them (murmur2), not where
+        # librdkafka's default CRC32 would: consumers of a reply topic may partition by the same rule.
+        "partitioner": "murmur2_random",
         # The most that keeps an idempotent producer's ordering across retries (librdkafka's own cap, stated).
         "max.in.flight.requests.per.connection": 5,
         # How long a broker may hold a produce waiting for the in-sync replicas: it answers (a retriable
