@@ -16,7 +16,13 @@ pytestmark = [pytest.mark.integration]
 @pytest.mark.parametrize(
     ("key", "java_hash"),
     # Utils.murmur2 values from Kafka's Java client, as other ports test against them.
-    [("1", -1993445489), ("12", 126087238), ("123", -267702483), ("1234", -1614185708), ("kafka", -798503068)],
+    [
+        ("1", -1993445489),
+        ("12", 126087238),
+        ("123", -267702483),
+        ("1234", -1614185708),
+        ("kafka", -798503068),
+    ],
 )
 def test_the_helper_hashes_like_kafkas_java_client(key: str, java_hash: int) -> None:
     assert murmur2(key.encode()) == java_hash
