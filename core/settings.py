@@ -108,6 +108,12 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
 
     model: str = "microsoft/git-base-textcaps"
+    model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="the model's public name in replies; default: a hub id as given, a directory's own name",
+    )
     decoder: Literal["hf", "fast"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"

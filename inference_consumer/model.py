@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -37,6 +38,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def public_model_id(settings: WorkerSettings) -> str:
+    """The model's name in replies and API answers: never a path on this server."""
+    if settings.model_id:
+        return settings.model_id
+    path = Path(settings.model)
+    if not path.is_dir():
+        return settings.model  # a hub id
+    path = path.resolve()
+    repo = path.parent.parent.name  # the hub cache's layout: models--<owner>--<name>/snapshots/<revision>
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
 
 
 @dataclass
@@ -107,9 +122,12 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             raise ModelUnavailableError(
                 "CAPTIONER_QUANTIZE=int8 needs torchao: pip install 'captioner[int8]'"
             ) from exc
-    log.info("loaded %s on %s (%s), decoder=%s", settings.model, device, dtype, settings.decoder)
+    name = public_model_id(settings)
+    log.info(
+        "loaded %s from %s on %s (%s), decoder=%s", name, settings.model, device, dtype, settings.decoder
+    )
     return CaptionModel(
-        name=settings.model,
+        name=name,
         processor=processor,
         model=model,
         decoder=build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights),

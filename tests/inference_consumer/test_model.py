@@ -11,7 +11,7 @@ import torch
 
 from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
-from inference_consumer.model import configure_torch_threads, load_caption_model
+from inference_consumer.model import configure_torch_threads, load_caption_model, public_model_id
 from tests.support.images import make_picture, reference_captioner
 
 
@@ -63,3 +63,32 @@ def test_threads_come_from_config() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("model", "model_id", "public"),
+    [
+        ("microsoft/git-base-textcaps", None, "microsoft/git-base-textcaps"),
+        ("{dir}/tiny", None, "tiny"),
+        (
+            "{dir}/hub/models--microsoft--git-base-textcaps/snapshots/0123abc",
+            None,
+            "microsoft/git-base-textcaps",
+        ),
+        ("{dir}/tiny", "captioner/tiny@v2", "captioner/tiny@v2"),
+    ],
+)
+def test_replies_name_the_model_by_a_public_id(
+    tmp_path: Path, model: str, model_id: str | None, public: str
+) -> None:
+    if model.startswith("{dir}"):
+        model = model.format(dir=tmp_path)
+        Path(model).mkdir(parents=True)
+
+    assert public_model_id(WorkerSettings(model=model, model_id=model_id)) == public
+
+
+def test_a_loaded_directory_is_named_without_its_path(tiny_model_dir: Path) -> None:
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"))
+
+    assert model.name == tiny_model_dir.name
