@@ -42,7 +42,19 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
         config["sasl.username"] = kafka.sasl_username
     if kafka.sasl_password:
         config["sasl.password"] = kafka.sasl_password.get_secret_value()
-    return config
+    return config | _tls_config(kafka)
+
+
+def _tls_config(kafka: KafkaSettings) -> dict[str, str]:
+    """Only what is set: librdkafka's defaults (the system's CA store) stay in force otherwise."""
+    config = {
+        "ssl.ca.location": kafka.ssl_ca_location,
+        "ssl.certificate.location": kafka.ssl_certificate_location,
+        "ssl.key.location": kafka.ssl_key_location,
+    }
+    if kafka.ssl_key_password:
+        config["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
+    return {key: value for key, value in config.items() if value}
 
 
 def producer_config(

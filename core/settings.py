@@ -33,6 +33,10 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(default=None, description="CA certificate(s) to verify brokers by")
+    ssl_certificate_location: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    ssl_key_location: str | None = Field(default=None, description="the client certificate's private key")
+    ssl_key_password: SecretStr | None = None
     replication_factor: int = Field(default=1, ge=1)
     debug: str | None = Field(default=None, description="librdkafka debug contexts, e.g. fetch,cgrp")
 
