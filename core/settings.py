@@ -5,15 +5,19 @@ Each role reads only the groups it needs; all models are frozen.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
 import uuid
+from collections.abc import Mapping
 from functools import cache
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import CaptionerError
 
 
 def _default_instance_id() -> str:
@@ -186,3 +190,72 @@ def kafka_settings() -> KafkaSettings:
 @cache
 def topic_settings() -> TopicSettings:
     return TopicSettings()
+
+
+# Every group, by the name `captioner config` shows it under.
+SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
+    "kafka": KafkaSettings,
+    "topics": TopicSettings,
+    "api": ApiSettings,
+    "worker": WorkerSettings,
+    "images": ImageSettings,
+    "log": LogSettings,
+}
+PREFIX = "CAPTIONER_"
+# CAPTIONER_* variables that are not settings but may sit in a service's environment: the test
+# harness's, inherited by the services the tests start.
+NOT_SETTINGS: dict[str, str] = {
+    "CAPTIONER_TEST_BROKER_PORT": "the port of the tests' local Kafka broker (tests/support/broker.py)",
+}
+
+
+class UnknownSettingError(CaptionerError):
+    """A CAPTIONER_* variable that no setting reads: a typo would otherwise leave a default (a security
+    setting, say) silently in force."""
+
+    code = "unknown_setting"
+
+
+def variable_names(group: type[BaseSettings]) -> dict[str, str]:
+    """Field name -> the CAPTIONER_* variable that sets it."""
+    prefix = group.model_config.get("env_prefix", "")
+    return {name: (prefix + name).upper() for name in group.model_fields}
+
+
+def known_variables() -> frozenset[str]:
+    names = {variable for group in SETTINGS_GROUPS.values() for variable in variable_names(group).values()}
+    return frozenset(names | NOT_SETTINGS.keys())
+
+
+def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Raises UnknownSettingError naming each CAPTIONER_* variable no setting reads (settings are read
+    case-insensitively, so the check is too), with the closest known name."""
+    known = known_variables()
+    unknown = sorted(
+        name
+        for name in (os.environ if environ is None else environ)
+        if name.upper().startswith(PREFIX) and name.upper() not in known
+    )
+    if not unknown:
+        return
+    suffixes = [name.removeprefix(PREFIX) for name in known]
+    lines = []
+    for name in unknown:
+        # Compared without the prefix every name shares, which would make anything look close.
+        close = difflib.get_close_matches(name.upper().removeprefix(PREFIX), suffixes, n=1)
+        lines.append(f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name)
+    raise UnknownSettingError(
+        "unknown setting"
+        + ("s: " if len(lines) > 1 else ": ")
+        + ", ".join(lines)
+        + "; every setting is listed in README.md, Settings"
+    )
+
+
+def effective_settings() -> dict[str, dict[str, Any]]:
+    """Each group's values as the services would read them now, by variable name; secrets masked."""
+    effective = {}
+    for name, group in SETTINGS_GROUPS.items():
+        values = group().model_dump(mode="json")
+        effective[name] = {variable: values[field] for field, variable in variable_names(group).items()}
+    return effective
