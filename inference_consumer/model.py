@@ -18,6 +18,8 @@ from inference_consumer.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
 
+_HUB_PROBE_TIMEOUT_S = 5.0
+
 
 def configure_torch_threads(threads: int) -> int:
     """Intra-op threads from config (0 = every core), never torch's own guess."""
@@ -96,18 +98,52 @@ class CaptionModel:
         return [title.strip() for title in titles]
 
 
+def hub_answers(repo_id: str) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, as huggingface_hub reads it) answers for repo_id
+    within seconds. Asked once, without retries: from_pretrained retries each file it looks for with
+    backoff, minutes in all when the hub cannot be reached. Raises when the hub answers no."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]  # public, not re-exported
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ModelUnavailableError(
+            f"CAPTIONER_MODEL {repo_id!r} is neither a model directory nor a Hugging Face hub id"
+        ) from exc
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=_HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError as exc:  # an answer: no such model, gated, not authorised
+        raise ModelUnavailableError(
+            f"the Hugging Face hub at {constants.ENDPOINT} will not serve model {repo_id!r}: {exc}\n"
+            "Check CAPTIONER_MODEL, and HF_TOKEN for a gated or private model."
+        ) from exc
+    except Exception as exc:  # no answer: the hub client's HTTP library raises its own transport errors
+        log.warning("the Hugging Face hub at %s does not answer (%s)", constants.ENDPOINT, exc)
+        return False
+    return True
+
+
 def load_caption_model(settings: WorkerSettings) -> CaptionModel:
-    """from_pretrained of a hub id or local directory; one clear error when it can't be had."""
+    """from_pretrained of a hub id or local directory; one clear error when it can't be had. A hub id is
+    downloaded (or refreshed) while the hub answers, else taken from the local cache alone."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    offline = not Path(settings.model).is_dir() and not hub_answers(settings.model)
     try:
-        processor = AutoProcessor.from_pretrained(settings.model)  # type: ignore[no-untyped-call]
-        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            settings.model, local_files_only=offline
+        )
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype, local_files_only=offline)
     except (OSError, ValueError) as exc:
+        unreachable = " (the Hugging Face hub does not answer and it is not in the local cache)"
         raise ModelUnavailableError(
-            f"cannot load model {settings.model!r}: {exc}\n"
+            f"cannot load model {settings.model!r}{unreachable if offline else ''}: {exc}\n"
             "Set CAPTIONER_MODEL to a local model directory (for a test model: "
             "`captioner model make --size tiny --out DIR`), or give this machine access to the "
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
