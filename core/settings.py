@@ -27,7 +27,9 @@ def _default_instance_id() -> str:
 class KafkaSettings(BaseSettings):
     """How to reach the cluster. Secrets stay SecretStr until they reach librdkafka."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPTIONER_KAFKA_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_KAFKA_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
