@@ -11,7 +11,7 @@ import typer
 
 from captioner.dlq.commands import dlq_app
 from core.logs import configure_logging
-from core.settings import LogSettings
+from core.settings import LogSettings, UnknownSettingError, refuse_unknown_variables
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -28,6 +28,33 @@ topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(topics_app, name="topics")
 app.add_typer(dlq_app, name="dlq")
+
+
+@app.callback()
+def check_settings() -> None:
+    """captioner: Kafka event-driven image captioning."""
+    try:
+        refuse_unknown_variables()
+    except UnknownSettingError as exc:
+        typer.echo(f"captioner: {exc.message}", err=True)
+        raise typer.Exit(2) from None
+
+
+@app.command("config")
+def show_config() -> None:
+    """Print the effective settings of every group as JSON, secrets masked."""
+    import json
+
+    from pydantic import ValidationError
+
+    from core.settings import effective_settings
+
+    try:
+        effective = effective_settings()
+    except ValidationError as exc:
+        typer.echo(f"captioner config: {exc}", err=True)
+        raise typer.Exit(2) from None
+    typer.echo(json.dumps(effective, indent=2))
 
 
 @app.command()

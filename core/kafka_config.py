@@ -42,7 +42,19 @@ def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
         config["sasl.username"] = kafka.sasl_username
     if kafka.sasl_password:
         config["sasl.password"] = kafka.sasl_password.get_secret_value()
-    return config
+    return config | _tls_config(kafka)
+
+
+def _tls_config(kafka: KafkaSettings) -> dict[str, str]:
+    """Only what is set: librdkafka's defaults (the system's CA store) stay in force otherwise."""
+    config = {
+        "ssl.ca.location": kafka.ssl_ca_location,
+        "ssl.certificate.location": kafka.ssl_certificate_location,
+        "ssl.key.location": kafka.ssl_key_location,
+    }
+    if kafka.ssl_key_password:
+        config["ssl.key.password"] = kafka.ssl_key_password.get_secret_value()
+    return {key: value for key, value in config.items() if value}
 
 
 def producer_config(
@@ -57,6 +69,9 @@ def producer_config(
         "linger.ms": linger_ms,
         "message.max.bytes": topics.max_message_bytes,
         "compression.type": "none",  # image bytes are already compressed
+        # Keyed records go where Kafka's Java clients and Kafka Streams put them (murmur2), not where
+        # librdkafka's default CRC32 would: consumers of a reply topic may partition by the same rule.
+        "partitioner": "murmur2_random",
         # The most that keeps an idempotent producer's ordering across retries (librdkafka's own cap, stated).
         "max.in.flight.requests.per.connection": 5,
         # How long a broker may hold a produce waiting for the in-sync replicas: it answers (a retriable

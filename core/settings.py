@@ -6,14 +6,18 @@ nothing below it reads the environment. All models are frozen.
 
 from __future__ import annotations
 
+import difflib
 import os
 import re
 import socket
 import uuid
-from typing import Literal
+from collections.abc import Mapping
+from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.errors import CaptionerError
 
 
 def _default_instance_id() -> str:
@@ -23,7 +27,9 @@ def _default_instance_id() -> str:
 class KafkaSettings(BaseSettings):
     """How to reach the cluster. Secrets stay SecretStr until they reach librdkafka."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPTIONER_KAFKA_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_KAFKA_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     bootstrap_servers: str = Field(
         default="127.0.0.1:9092",
@@ -33,6 +39,10 @@ class KafkaSettings(BaseSettings):
     sasl_mechanism: str | None = None
     sasl_username: str | None = None
     sasl_password: SecretStr | None = None
+    ssl_ca_location: str | None = Field(default=None, description="CA certificate(s) to verify brokers by")
+    ssl_certificate_location: str | None = Field(default=None, description="client certificate (mutual TLS)")
+    ssl_key_location: str | None = Field(default=None, description="the client certificate's private key")
+    ssl_key_password: SecretStr | None = None
     replication_factor: int = Field(default=1, ge=1)
     debug: str | None = Field(default=None, description="librdkafka debug contexts, e.g. fetch,cgrp")
 
@@ -108,6 +118,12 @@ class WorkerSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
 
     model: str = "microsoft/git-base-textcaps"
+    model_id: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=256,
+        description="the model's public name in replies; default: a hub id as given, a directory's own name",
+    )
     decoder: Literal["hf", "fast"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -165,3 +181,72 @@ class WorkerSettings(BaseSettings):
     def retry_group_id(self) -> str:
         """The retry tiers' own consumer group, so they never crowd the request topic's assignment."""
         return f"{self.worker_group_id}.retries"
+
+
+# Every group, by the name `captioner config` shows it under.
+SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
+    "kafka": KafkaSettings,
+    "topics": TopicSettings,
+    "api": ApiSettings,
+    "worker": WorkerSettings,
+    "images": ImageSettings,
+    "log": LogSettings,
+}
+PREFIX = "CAPTIONER_"
+# CAPTIONER_* variables that are not settings but may sit in a service's environment: the test
+# harness's, inherited by the services the tests start.
+NOT_SETTINGS: dict[str, str] = {
+    "CAPTIONER_TEST_BROKER_PORT": "the port of the tests' local Kafka broker (tests/support/broker.py)",
+}
+
+
+class UnknownSettingError(CaptionerError):
+    """A CAPTIONER_* variable that no setting reads: a typo would otherwise leave a default (a security
+    setting, say) silently in force."""
+
+    code = "unknown_setting"
+
+
+def variable_names(group: type[BaseSettings]) -> dict[str, str]:
+    """Field name -> the CAPTIONER_* variable that sets it."""
+    prefix = group.model_config.get("env_prefix", "")
+    return {name: (prefix + name).upper() for name in group.model_fields}
+
+
+def known_variables() -> frozenset[str]:
+    names = {variable for group in SETTINGS_GROUPS.values() for variable in variable_names(group).values()}
+    return frozenset(names | NOT_SETTINGS.keys())
+
+
+def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
+    """Raises UnknownSettingError naming each CAPTIONER_* variable no setting reads (settings are read
+    case-insensitively, so the check is too), with the closest known name."""
+    known = known_variables()
+    unknown = sorted(
+        name
+        for name in (os.environ if environ is None else environ)
+        if name.upper().startswith(PREFIX) and name.upper() not in known
+    )
+    if not unknown:
+        return
+    suffixes = [name.removeprefix(PREFIX) for name in known]
+    lines = []
+    for name in unknown:
+        # Compared without the prefix every name shares, which would make anything look close.
+        close = difflib.get_close_matches(name.upper().removeprefix(PREFIX), suffixes, n=1)
+        lines.append(f"{name} (did you mean {PREFIX}{close[0]}?)" if close else name)
+    raise UnknownSettingError(
+        "unknown setting"
+        + ("s: " if len(lines) > 1 else ": ")
+        + ", ".join(lines)
+        + "; every setting is listed in README.md, Settings"
+    )
+
+
+def effective_settings() -> dict[str, dict[str, Any]]:
+    """Each group's values as the services would read them now, by variable name; secrets masked."""
+    effective = {}
+    for name, group in SETTINGS_GROUPS.items():
+        values = group().model_dump(mode="json")
+        effective[name] = {variable: values[field] for field, variable in variable_names(group).items()}
+    return effective

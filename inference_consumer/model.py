@@ -5,6 +5,7 @@ from __future__ import annotations
 import logging
 import os
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -16,6 +17,8 @@ from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
+
+_HUB_PROBE_TIMEOUT_S = 5.0
 
 
 def configure_torch_threads(threads: int) -> int:
@@ -37,6 +40,20 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
+
+
+def public_model_id(settings: WorkerSettings) -> str:
+    """The model's name in replies and API answers: never a path on this server."""
+    if settings.model_id:
+        return settings.model_id
+    path = Path(settings.model)
+    if not path.is_dir():
+        return settings.model  # a hub id
+    path = path.resolve()
+    repo = path.parent.parent.name  # the hub cache's layout: models--<owner>--<name>/snapshots/<revision>
+    if path.parent.name == "snapshots" and repo.startswith("models--"):
+        return repo.removeprefix("models--").replace("--", "/")
+    return path.name
 
 
 @dataclass
@@ -81,18 +98,52 @@ class CaptionModel:
         return [title.strip() for title in titles]
 
 
+def hub_answers(repo_id: str) -> bool:
+    """Whether the Hugging Face hub (HF_ENDPOINT, as huggingface_hub reads it) answers for repo_id
+    within seconds. Asked once, without retries: from_pretrained retries each file it looks for with
+    backoff, minutes in all when the hub cannot be reached. Raises when the hub answers no."""
+    from huggingface_hub import constants, get_hf_file_metadata, hf_hub_url
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+    from huggingface_hub.utils import validate_repo_id  # type: ignore[attr-defined]  # public, not re-exported
+
+    try:
+        validate_repo_id(repo_id)
+    except HFValidationError as exc:
+        raise ModelUnavailableError(
+            f"CAPTIONER_MODEL {repo_id!r} is neither a model directory nor a Hugging Face hub id"
+        ) from exc
+    if constants.HF_HUB_OFFLINE:
+        return False
+    try:
+        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=_HUB_PROBE_TIMEOUT_S)
+    except HfHubHTTPError as exc:  # an answer: no such model, gated, not authorised
+        raise ModelUnavailableError(
+            f"the Hugging Face hub at {constants.ENDPOINT} will not serve model {repo_id!r}: {exc}\n"
+            "Check CAPTIONER_MODEL, and HF_TOKEN for a gated or private model."
+        ) from exc
+    except Exception as exc:  # no answer: the hub client's HTTP library raises its own transport errors
+        log.warning("the Hugging Face hub at %s does not answer (%s)", constants.ENDPOINT, exc)
+        return False
+    return True
+
+
 def load_caption_model(settings: WorkerSettings) -> CaptionModel:
-    """from_pretrained of a hub id or local directory; one clear error when it can't be had."""
+    """from_pretrained of a hub id or local directory; one clear error when it can't be had. A hub id is
+    downloaded (or refreshed) while the hub answers, else taken from the local cache alone."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    offline = not Path(settings.model).is_dir() and not hub_answers(settings.model)
     try:
-        processor = AutoProcessor.from_pretrained(settings.model)  # type: ignore[no-untyped-call]
-        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype)
+        processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
+            settings.model, local_files_only=offline
+        )
+        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype, local_files_only=offline)
     except (OSError, ValueError) as exc:
+        unreachable = " (the Hugging Face hub does not answer and it is not in the local cache)"
         raise ModelUnavailableError(
-            f"cannot load model {settings.model!r}: {exc}\n"
+            f"cannot load model {settings.model!r}{unreachable if offline else ''}: {exc}\n"
             "Set CAPTIONER_MODEL to a local model directory (for a test model: "
             "`captioner model make --size tiny --out DIR`), or give this machine access to the "
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
@@ -107,9 +158,12 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             raise ModelUnavailableError(
                 "CAPTIONER_QUANTIZE=int8 needs torchao: pip install 'captioner[int8]'"
             ) from exc
-    log.info("loaded %s on %s (%s), decoder=%s", settings.model, device, dtype, settings.decoder)
+    name = public_model_id(settings)
+    log.info(
+        "loaded %s from %s on %s (%s), decoder=%s", name, settings.model, device, dtype, settings.decoder
+    )
     return CaptionModel(
-        name=settings.model,
+        name=name,
         processor=processor,
         model=model,
         decoder=build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights),

@@ -62,3 +62,28 @@ def test_topics_require_a_majority_of_three_or_more_replicas(replicas: int, in_s
     for spec in topic_specs(TOPICS):
         topic = spec.new_topic(replication_factor=replicas, max_message_bytes=TOPICS.max_message_bytes)
         assert topic.config["min.insync.replicas"] == str(in_sync)
+
+
+def test_tls_settings_reach_librdkafka_and_the_key_password_stays_secret(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("CAPTIONER_KAFKA_SECURITY_PROTOCOL", "SSL")
+    monkeypatch.setenv("CAPTIONER_KAFKA_SSL_CA_LOCATION", "/etc/kafka/ca.pem")
+    monkeypatch.setenv("CAPTIONER_KAFKA_SSL_CERTIFICATE_LOCATION", "/etc/kafka/client.pem")
+    monkeypatch.setenv("CAPTIONER_KAFKA_SSL_KEY_LOCATION", "/etc/kafka/client.key")
+    monkeypatch.setenv("CAPTIONER_KAFKA_SSL_KEY_PASSWORD", "s3cret-key-pass")
+    settings = KafkaSettings()
+
+    config = client_config(settings, client_id="c")
+
+    assert config["security.protocol"] == "SSL"
+    assert config["ssl.ca.location"] == "/etc/kafka/ca.pem"
+    assert config["ssl.certificate.location"] == "/etc/kafka/client.pem"
+    assert config["ssl.key.location"] == "/etc/kafka/client.key"
+    assert config["ssl.key.password"] == "s3cret-key-pass"
+    for shown in (repr(settings), str(settings), settings.model_dump_json()):
+        assert "s3cret-key-pass" not in shown
+
+
+def test_no_tls_settings_leave_librdkafkas_defaults() -> None:
+    assert not [key for key in client_config(KAFKA, client_id="c") if key.startswith("ssl.")]

@@ -12,6 +12,11 @@ def test_bootstrap_servers_come_from_the_standard_variable(monkeypatch: pytest.M
     assert KafkaSettings().bootstrap_servers == "broker-a:9092,broker-b:9092"
 
 
+def test_bootstrap_servers_given_in_code_win_over_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("KAFKA_BOOTSTRAP_SERVERS", "from-env:9092")
+    assert KafkaSettings(bootstrap_servers="given:9092").bootstrap_servers == "given:9092"
+
+
 def test_secrets_stay_hidden_until_they_reach_librdkafka(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("CAPTIONER_KAFKA_SASL_PASSWORD", "hunter2")
     monkeypatch.setenv("CAPTIONER_KAFKA_SASL_USERNAME", "svc")

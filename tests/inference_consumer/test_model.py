@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -9,9 +11,10 @@ from pathlib import Path
 import pytest
 import torch
 
+from captioner.processes import CAPTIONER, free_port
 from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
-from inference_consumer.model import configure_torch_threads, load_caption_model
+from inference_consumer.model import configure_torch_threads, load_caption_model, public_model_id
 from tests.support.images import make_picture, reference_captioner
 
 
@@ -63,3 +66,86 @@ def test_threads_come_from_config() -> None:
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(before)
+
+
+@pytest.mark.parametrize(
+    ("model", "model_id", "public"),
+    [
+        ("microsoft/git-base-textcaps", None, "microsoft/git-base-textcaps"),
+        ("{dir}/tiny", None, "tiny"),
+        (
+            "{dir}/hub/models--microsoft--git-base-textcaps/snapshots/0123abc",
+            None,
+            "microsoft/git-base-textcaps",
+        ),
+        ("{dir}/tiny", "captioner/tiny@v2", "captioner/tiny@v2"),
+    ],
+)
+def test_replies_name_the_model_by_a_public_id(
+    tmp_path: Path, model: str, model_id: str | None, public: str
+) -> None:
+    if model.startswith("{dir}"):
+        model = model.format(dir=tmp_path)
+        Path(model).mkdir(parents=True)
+
+    assert public_model_id(WorkerSettings(model=model, model_id=model_id)) == public
+
+
+def test_a_loaded_directory_is_named_without_its_path(tiny_model_dir: Path) -> None:
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"))
+
+    assert model.name == tiny_model_dir.name
+
+
+def hub_unreachable_env(hf_home: Path, **env: str) -> dict[str, str]:
+    """A fresh Hugging Face cache and a hub endpoint where nothing listens."""
+    inherited = {
+        name: value
+        for name, value in os.environ.items()
+        if not name.startswith(("CAPTIONER_", "HF_", "HUGGINGFACE_", "TRANSFORMERS_"))
+    }
+    return inherited | {
+        "HF_ENDPOINT": f"http://127.0.0.1:{free_port()}",
+        "HF_HOME": str(hf_home),
+        "KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1",
+        "CAPTIONER_WORKER_THREADS": "1",
+        **env,
+    }
+
+
+@pytest.mark.timeout(120)  # imports alone take ~40 s on a loaded 2-core machine
+def test_an_unreachable_hub_fails_a_first_start_at_once(tmp_path: Path) -> None:
+    done = subprocess.run(
+        [CAPTIONER, "worker"],
+        env=hub_unreachable_env(tmp_path / "hf", CAPTIONER_MODEL="microsoft/git-base-textcaps"),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert done.returncode == 2, done.stderr
+    assert "the Hugging Face hub does not answer and it is not in the local cache" in done.stderr
+    assert "Set CAPTIONER_MODEL to a local model directory" in done.stderr
+
+
+@pytest.mark.timeout(120)  # imports alone take ~40 s on a loaded 2-core machine
+def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path: Path, tiny_model_dir: Path) -> None:
+    repo = tmp_path / "hf" / "hub" / "models--captioner--tiny"
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abc")
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text("0123abc")
+    load = (
+        "from core.settings import WorkerSettings; from inference_consumer.model import load_caption_model; "
+    )
+    load += "print(load_caption_model(WorkerSettings()).name)"
+
+    done = subprocess.run(
+        [sys.executable, "-c", load],
+        env=hub_unreachable_env(tmp_path / "hf", CAPTIONER_MODEL="captioner/tiny", CAPTIONER_DEVICE="cpu"),
+        capture_output=True,
+        text=True,
+        timeout=110,
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "captioner/tiny"

@@ -1,4 +1,5 @@
-"""Plain confluent-kafka clients for tests: publish like another system would, read a topic back."""
+"""Plain confluent-kafka clients for tests: publish like another system would (with the project's producer
+config, so keys choose partitions as they do in the service), read a topic back."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from datetime import UTC, datetime, timedelta
 
 from confluent_kafka import Consumer, Producer, TopicPartition
 
+from core.kafka_config import producer_config
+from core.settings import KafkaSettings, TopicSettings
 from schemas import REQUEST_CODEC, CaptionRequest
 
 
@@ -26,7 +29,8 @@ class Record:
 def publish(
     bootstrap: str, topic: str, value: bytes, *, key: bytes | None = None, partition: int = -1
 ) -> None:
-    producer = Producer({"bootstrap.servers": bootstrap, "enable.idempotence": True})
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = Producer(producer_config(kafka, TopicSettings(), client_id="test-publisher"))
     producer.produce(topic, value=value, key=key, partition=partition)
     assert producer.flush(15) == 0, "record was not delivered"
 

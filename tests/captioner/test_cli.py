@@ -1,0 +1,63 @@
+"""The command line as operators run it: a real `captioner` process."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+
+import pytest
+
+from captioner.processes import CAPTIONER
+
+
+def captioner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    inherited = {name: value for name, value in os.environ.items() if not name.startswith("CAPTIONER_")}
+    return subprocess.run(
+        [CAPTIONER, *args], env=inherited | env, capture_output=True, text=True, timeout=60, check=False
+    )
+
+
+def test_a_mistyped_setting_stops_the_process_and_is_named() -> None:
+    done = captioner("config", CAPTIONER_KAFKA_SSL_CA_LOCATON="/etc/kafka/ca.pem")
+
+    assert done.returncode != 0
+    assert "CAPTIONER_KAFKA_SSL_CA_LOCATON" in done.stderr
+    assert "did you mean CAPTIONER_KAFKA_SSL_CA_LOCATION" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+@pytest.mark.parametrize("command", [["topics", "create"], ["worker"], ["api"]])
+def test_every_command_refuses_unknown_settings_before_it_starts(command: list[str]) -> None:
+    done = captioner(*command, CAPTIONER_API_REQUEST_TIMOUT_S="5", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+
+    assert done.returncode == 2
+    assert "CAPTIONER_API_REQUEST_TIMOUT_S (did you mean CAPTIONER_API_REQUEST_TIMEOUT_S?)" in done.stderr
+
+
+def test_the_test_harness_variables_are_allowed() -> None:
+    done = captioner("config", CAPTIONER_TEST_BROKER_PORT="19999")
+
+    assert done.returncode == 0, done.stderr
+
+
+def test_config_prints_every_group_with_secrets_masked() -> None:
+    done = captioner(
+        "config",
+        CAPTIONER_KAFKA_SECURITY_PROTOCOL="SASL_SSL",
+        CAPTIONER_KAFKA_SASL_USERNAME="svc-captioner",
+        CAPTIONER_KAFKA_SASL_PASSWORD="hunter2-sasl-secret",
+        CAPTIONER_KAFKA_SSL_KEY_PASSWORD="hunter3-key-secret",
+        CAPTIONER_MAX_BATCH_SIZE="8",
+    )
+
+    assert done.returncode == 0, done.stderr
+    assert "hunter2" not in done.stdout + done.stderr
+    assert "hunter3" not in done.stdout + done.stderr
+    shown = json.loads(done.stdout)
+    assert set(shown) == {"kafka", "topics", "api", "worker", "images", "log"}
+    assert shown["kafka"]["CAPTIONER_KAFKA_SASL_PASSWORD"] == "**********"
+    assert shown["kafka"]["CAPTIONER_KAFKA_SSL_KEY_PASSWORD"] == "**********"
+    assert shown["kafka"]["CAPTIONER_KAFKA_SASL_USERNAME"] == "svc-captioner"
+    assert shown["worker"]["CAPTIONER_MAX_BATCH_SIZE"] == 8
+    assert shown["topics"]["CAPTIONER_TOPIC_RETRY_DELAYS_S"] == [1.0, 5.0, 30.0]
