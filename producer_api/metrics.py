@@ -11,3 +11,5 @@ LATENCY = Histogram(
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 IN_FLIGHT = Gauge("captioner_api_in_flight", "Caption requests waiting for a reply")
+BATCHES = Counter("captioner_api_batch_requests_total", "Batch requests answered", ["status"])
+BATCH_ITEMS = Counter("captioner_api_batch_items_total", "Batch items answered", ["status"])

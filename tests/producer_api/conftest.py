@@ -33,14 +33,18 @@ class FakePublisher:
     pending: PendingReplies
     published: list[CaptionRequest] = field(default_factory=list)
     answer: ReplyError | None = None
+    held: list[CaptionReply] | None = None  # when a list, replies wait there until the test delivers them
 
     async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
         job = REQUEST_CODEC.decode(value)
         self.published.append(job)
         status = ReplyStatus.SUCCEEDED if self.answer is None else ReplyStatus.FAILED
-        title = "a picture" if self.answer is None else None
+        title = f"a picture of {len(job.image)} bytes" if self.answer is None else None
         reply = CaptionReply(job.correlation_id, status, "m", "w", title=title, error=self.answer)
-        self.pending.deliver([reply])
+        if self.held is not None:
+            self.held.append(reply)
+        else:
+            self.pending.deliver([reply])
 
 
 @dataclass
