@@ -12,6 +12,7 @@ import re
 import socket
 import uuid
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, SecretStr, field_validator
@@ -90,6 +91,26 @@ class ApiSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    max_batch_items: int = Field(default=32, ge=1, le=1024, description="images in one batch request")
+    max_batch_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="the most bytes one batch request body may have"
+    )
+    keys: SecretStr | None = Field(
+        default=None, description="comma-separated API keys; with keys_file, any key configured turns auth on"
+    )
+    keys_file: Path | None = Field(default=None, description="a file of API keys, one a line (# comments)")
+    metrics_port: int | None = Field(
+        default=None, ge=1, le=65535, description="serve /metrics on this port only (default: the API port)"
+    )
+
+    def api_keys(self) -> tuple[SecretStr, ...]:
+        """Every configured key, from CAPTIONER_API_KEYS and the keys file; empty means auth is off.
+        Read once, at start-up: an unreadable keys file stops the API rather than leaving it open."""
+        lines = self.keys.get_secret_value().split(",") if self.keys else []
+        if self.keys_file is not None:
+            lines += self.keys_file.read_text(encoding="utf-8").splitlines()
+        keys = (line.strip() for line in lines)
+        return tuple(SecretStr(key) for key in keys if key and not key.startswith("#"))
 
 
 class LogSettings(BaseSettings):

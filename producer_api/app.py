@@ -9,9 +9,9 @@ import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import CaptionerError
@@ -21,9 +21,23 @@ from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettin
 from core.topics import ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
+from producer_api.appkeys import (
+    ADMISSION,
+    API_SETTINGS,
+    IMAGE_SETTINGS,
+    KAFKA_SETTINGS,
+    LISTENER,
+    PUBLISHER,
+    REQUEST_EXECUTOR,
+    SERVICE,
+    TOPIC_SETTINGS,
+)
+from producer_api.auth import WWW_AUTHENTICATE, ApiKeys, auth_middleware
+from producer_api.batch import BATCH_PATH, predict_batch
 from producer_api.demo import add_demo_routes
-from producer_api.errors import RequestTimeoutError, error_body
-from producer_api.payload import ImageUpload, plan_body, prepare_upload, read_body
+from producer_api.docs import add_docs_routes
+from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
+from producer_api.payload import plan_body, prepare_upload, read_body
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
@@ -39,20 +53,6 @@ KEEPALIVE_TIMEOUT_S = 75.0
 REQUEST_WORK_THREADS = 4
 
 
-class Captioner(Protocol):
-    async def caption(self, upload: ImageUpload) -> CaptionResult: ...
-
-
-API_SETTINGS = web.AppKey("api_settings", ApiSettings)
-KAFKA_SETTINGS = web.AppKey("kafka_settings", KafkaSettings)
-TOPIC_SETTINGS = web.AppKey("topic_settings", TopicSettings)
-IMAGE_SETTINGS = web.AppKey("image_settings", ImageSettings)
-ADMISSION = web.AppKey("admission", Admission)
-REQUEST_EXECUTOR = web.AppKey("request_executor", ThreadPoolExecutor)
-SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")
-PUBLISHER = web.AppKey("request_publisher", RequestPublisher)
-LISTENER = web.AppKey("reply_listener", ReplyListener)
-
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
@@ -60,6 +60,8 @@ def json_error(error: CaptionerError) -> web.Response:
     headers = {}
     if "retry_after_s" in error.fields:
         headers["Retry-After"] = str(error.fields["retry_after_s"])
+    if isinstance(error, UnauthorizedError):
+        headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     response = web.json_response(error_body(error), status=error.http_status, headers=headers)
     if isinstance(error, RequestTimeoutError):
         response.force_close()  # a client that trickles its body gets no second request on this connection
@@ -210,20 +212,42 @@ async def request_executor(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
-    """The HTTP surface without Kafka: routes, error middleware, admission and the request executor.
+    """The HTTP surface without Kafka: routes, error middleware, auth, admission and the request executor.
     The caller puts a caption service under SERVICE (make_app does, once the Kafka clients start)."""
+    middlewares: list[Middleware] = [error_middleware]
+    keys = ApiKeys(api.api_keys())
+    if keys:
+        middlewares.append(auth_middleware(keys))  # inside error_middleware, which answers its 401s
     # client_max_size bounds aiohttp's own request.read()/post(); predict reads through plan_body's limit.
-    app = web.Application(middlewares=[error_middleware], client_max_size=api.max_image_bytes * 2)
+    app = web.Application(middlewares=middlewares, client_max_size=api.max_image_bytes * 2)
     app[API_SETTINGS] = api
     app[IMAGE_SETTINGS] = images
     app[ADMISSION] = Admission(max_in_flight=api.max_in_flight, max_buffered_bytes=api.max_buffered_bytes)
     app.cleanup_ctx.append(request_executor)
     app.router.add_post("/api/v1/predictions", predict)
+    app.router.add_post(BATCH_PATH, predict_batch)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
-    app.router.add_get("/metrics", metrics_endpoint)
+    if api.metrics_port is None:
+        app.router.add_get("/metrics", metrics_endpoint)
+    else:
+        app.cleanup_ctx.append(metrics_server)
+    add_docs_routes(app)
     add_demo_routes(app)
     return app
+
+
+async def metrics_server(app: web.Application) -> AsyncIterator[None]:
+    """/metrics on its own port (CAPTIONER_API_METRICS_PORT), so it can stay off the public listener."""
+    api = app[API_SETTINGS]
+    metrics_app = web.Application()
+    metrics_app.router.add_get("/metrics", metrics_endpoint)
+    runner = web.AppRunner(metrics_app, access_log=None)
+    await runner.setup()
+    await web.TCPSite(runner, api.host, api.metrics_port).start()
+    log.info("metrics on port %s", api.metrics_port)
+    yield
+    await runner.cleanup()
 
 
 def make_app(

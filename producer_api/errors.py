@@ -72,3 +72,14 @@ class CaptionUnavailableError(ApiError):
     http_status = 503
     code = "caption_unavailable"
     retriable = True
+
+
+class UnauthorizedError(ApiError):
+    """No API key, or not one of the configured keys (which key was tried is never said or logged)."""
+
+    http_status = 401
+    code = "unauthorized"
+
+
+class TooManyItemsError(PayloadTooLargeError):
+    """A batch with more images than CAPTIONER_API_MAX_BATCH_ITEMS."""

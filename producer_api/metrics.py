@@ -16,3 +16,5 @@ REPLIES_UNCLAIMED = Counter(
     "Replies read from this instance's reply partition that no request here was waiting for: another "
     "instance's (two instances on one partition), a duplicate, or one that came after its request timed out",
 )
+BATCHES = Counter("captioner_api_batch_requests_total", "Batch requests answered", ["status"])
+BATCH_ITEMS = Counter("captioner_api_batch_items_total", "Batch items answered", ["status"])

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import binascii
 import json
+from collections.abc import Iterator
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
@@ -19,8 +20,14 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_content_disposition
 
+from core.errors import CaptionerError
 from core.images import inspect_image
-from producer_api.errors import MalformedRequestError, PayloadTooLargeError, UnsupportedMediaTypeError
+from producer_api.errors import (
+    MalformedRequestError,
+    PayloadTooLargeError,
+    TooManyItemsError,
+    UnsupportedMediaTypeError,
+)
 
 READ_CHUNK_BYTES = 256 * 1024
 # {"image": "<base64>"} needs one object and one value; these leave room for a few more fields
@@ -32,6 +39,8 @@ MAX_PART_HEADER_BYTES = 8 * 1024
 _WHITESPACE = b" \t\r\n\f\v"
 _PLAIN_ENCODINGS = {"binary", "7bit", "8bit"}
 _JSON_SHAPE = 'the JSON body must be an object with a base64 string field "image"'
+_JSON_BATCH_SHAPE = 'the JSON body must be an object with a non-empty list "images" of {"image": "<base64>"}'
+_MULTIPART_SHAPE = f'the multipart body needs an "image" part among its first {MAX_MULTIPART_PARTS} parts'
 
 
 class BodyKind(StrEnum):
@@ -64,19 +73,35 @@ def max_body_bytes(max_image_bytes: int) -> int:
 def plan_body(request: web.BaseRequest, *, max_image_bytes: int) -> BodyPlan:
     """From the headers only: 415 for a Content-Type we do not read, 413 for a declared length over
     the bound, and how many bytes to reserve before reading."""
-    content_type = request.content_type
-    boundary = b""
-    if content_type == "application/json":
-        kind, limit = BodyKind.JSON, max_body_bytes(max_image_bytes)
-    elif content_type == "multipart/form-data":
-        kind, limit = BodyKind.MULTIPART, max_body_bytes(max_image_bytes)
-        boundary = _boundary(request.headers.get(hdrs.CONTENT_TYPE, ""))
-    elif content_type.startswith("image/") or content_type == "application/octet-stream":
-        kind, limit = BodyKind.IMAGE, max_image_bytes
-    else:
+    kind, boundary = _body_kind(request)
+    limit = max_image_bytes if kind is BodyKind.IMAGE else max_body_bytes(max_image_bytes)
+    return _plan(request, kind, limit, boundary)
+
+
+def plan_batch_body(request: web.BaseRequest, *, max_batch_bytes: int) -> BodyPlan:
+    """plan_body for a batch: JSON or multipart only, its whole body bounded by max_batch_bytes."""
+    kind, boundary = _body_kind(request)
+    if kind is BodyKind.IMAGE:
         raise UnsupportedMediaTypeError(
-            "unsupported Content-Type; send application/json, multipart/form-data or image/*"
+            "unsupported Content-Type; send a batch as application/json or multipart/form-data"
         )
+    return _plan(request, kind, max_batch_bytes, boundary)
+
+
+def _body_kind(request: web.BaseRequest) -> tuple[BodyKind, bytes]:
+    content_type = request.content_type
+    if content_type == "application/json":
+        return BodyKind.JSON, b""
+    if content_type == "multipart/form-data":
+        return BodyKind.MULTIPART, _boundary(request.headers.get(hdrs.CONTENT_TYPE, ""))
+    if content_type.startswith("image/") or content_type == "application/octet-stream":
+        return BodyKind.IMAGE, b""
+    raise UnsupportedMediaTypeError(
+        "unsupported Content-Type; send application/json, multipart/form-data or image/*"
+    )
+
+
+def _plan(request: web.BaseRequest, kind: BodyKind, limit: int, boundary: bytes) -> BodyPlan:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLargeError(f"the request body may have at most {limit} bytes", limit=limit)
@@ -109,10 +134,25 @@ def prepare_upload(body: bytes, plan: BodyPlan, *, max_image_bytes: int, max_pix
         data = image_from_multipart(body, plan.boundary, max_image_bytes)
     else:
         data = body
+    return checked_upload(data, max_pixels=max_pixels)
+
+
+def checked_upload(data: bytes, *, max_pixels: int) -> ImageUpload:
+    """One image's bytes, checked by core.images (4xx errors). Blocking: run it in an executor."""
     if not data:
         raise MalformedRequestError("the request holds no image bytes")
     info = inspect_image(data, max_pixels=max_pixels)
     return ImageUpload(data=data, content_type=info.content_type)
+
+
+def batch_images(
+    body: bytes, plan: BodyPlan, *, max_items: int, max_image_bytes: int
+) -> list[bytes | CaptionerError]:
+    """Each image of a batch body, in order, or the error of that item; the batch's own faults (not
+    JSON, no images, more than max_items) raise. Blocking: run it in an executor."""
+    if plan.kind is BodyKind.JSON:
+        return images_from_json_batch(body, max_items, max_image_bytes)
+    return images_from_multipart_batch(body, plan.boundary, max_items, max_image_bytes)
 
 
 class _RejectedJsonError(ValueError):
@@ -120,10 +160,40 @@ class _RejectedJsonError(ValueError):
 
 
 def image_from_json(body: bytes, max_image_bytes: int) -> bytes:
-    document = _parse_json(body)
+    document = _parse_json(body, max_containers=MAX_JSON_CONTAINERS, max_values=MAX_JSON_VALUES)
     encoded = document.get("image") if isinstance(document, dict) else None
     if not isinstance(encoded, str) or not encoded:
         raise MalformedRequestError(_JSON_SHAPE)
+    return _decode_base64(encoded, max_image_bytes)
+
+
+def images_from_json_batch(body: bytes, max_items: int, max_image_bytes: int) -> list[bytes | CaptionerError]:
+    """{"images": [{"image": "<base64>"}, ...]}: each item checked on its own."""
+    # Room for twice max_items, so a batch somewhat over the limit is told so (413), not a 400.
+    document = _parse_json(
+        body,
+        max_containers=2 * max_items + MAX_JSON_CONTAINERS,
+        max_values=4 * max_items + MAX_JSON_VALUES,
+    )
+    items = document.get("images") if isinstance(document, dict) else None
+    if not isinstance(items, list) or not items:
+        raise MalformedRequestError(_JSON_BATCH_SHAPE)
+    if len(items) > max_items:
+        raise TooManyItemsError(f"a batch may hold at most {max_items} images", limit=max_items)
+    results: list[bytes | CaptionerError] = []
+    for index, item in enumerate(items):
+        encoded = item.get("image") if isinstance(item, dict) else None
+        items[index] = None  # each item's text is dropped once it is decoded
+        try:
+            if not isinstance(encoded, str) or not encoded:
+                raise MalformedRequestError(_JSON_SHAPE)
+            results.append(_decode_base64(encoded, max_image_bytes))
+        except CaptionerError as error:
+            results.append(error)
+    return results
+
+
+def _decode_base64(encoded: str, max_image_bytes: int) -> bytes:
     if encoded.startswith("data:"):
         encoded = encoded.partition(",")[2]
     try:
@@ -142,11 +212,10 @@ def image_from_json(body: bytes, max_image_bytes: int) -> bytes:
     return data
 
 
-def _parse_json(body: bytes) -> Any:
-    if body.count(b"[") + body.count(b"{") > MAX_JSON_CONTAINERS or body.count(b",") >= MAX_JSON_VALUES:
+def _parse_json(body: bytes, *, max_containers: int, max_values: int) -> Any:
+    if body.count(b"[") + body.count(b"{") > max_containers or body.count(b",") >= max_values:
         raise MalformedRequestError(
-            f"the JSON body may hold at most {MAX_JSON_CONTAINERS} objects and arrays "
-            f"and {MAX_JSON_VALUES} values"
+            f"the JSON body may hold at most {max_containers} objects and arrays and {max_values} values"
         )
     try:
         text = body.decode("utf-8")
@@ -201,6 +270,34 @@ def _boundary(content_type_header: str) -> bytes:
 
 def image_from_multipart(body: bytes, boundary: bytes, max_image_bytes: int) -> bytes:
     """The content of the first part named "image" among the first MAX_MULTIPART_PARTS (RFC 7578)."""
+    for headers, start, end in _multipart_parts(body, boundary, MAX_MULTIPART_PARTS):
+        if _part_name(headers) == "image":
+            return _image_part(body, headers, start, end, max_image_bytes)
+    raise MalformedRequestError(_MULTIPART_SHAPE)
+
+
+def images_from_multipart_batch(
+    body: bytes, boundary: bytes, max_items: int, max_image_bytes: int
+) -> list[bytes | CaptionerError]:
+    """Every part named "image", in order; other parts are skipped (at most MAX_MULTIPART_PARTS of them)."""
+    results: list[bytes | CaptionerError] = []
+    for headers, start, end in _multipart_parts(body, boundary, max_items + MAX_MULTIPART_PARTS):
+        if _part_name(headers) != "image":
+            continue
+        if len(results) == max_items:
+            raise TooManyItemsError(f"a batch may hold at most {max_items} images", limit=max_items)
+        try:
+            results.append(_image_part(body, headers, start, end, max_image_bytes))
+        except CaptionerError as error:
+            results.append(error)
+    if not results:
+        raise MalformedRequestError(_MULTIPART_SHAPE)
+    return results
+
+
+def _multipart_parts(body: bytes, boundary: bytes, max_parts: int) -> Iterator[tuple[list[bytes], int, int]]:
+    """Each part's headers and where its content starts and ends, up to the closing delimiter; a body
+    with more than max_parts parts is a 400 once the caller has read that many."""
     delimiter = b"--" + boundary
     next_delimiter = b"\r\n" + delimiter
     if body.startswith(delimiter):
@@ -210,19 +307,17 @@ def image_from_multipart(body: bytes, boundary: bytes, max_image_bytes: int) -> 
         if found < 0:
             raise MalformedRequestError("the multipart body has no part")
         position = found + len(next_delimiter)
-    for _ in range(MAX_MULTIPART_PARTS):
+    for _ in range(max_parts):
         if body.startswith(b"--", position):
-            raise MalformedRequestError('the multipart body has no "image" part')
+            return
         headers, content_start = _part_headers(body, position)
         content_end = body.find(next_delimiter, content_start)
         if content_end < 0:
             raise MalformedRequestError("the multipart body ends inside a part")
-        if _part_name(headers) == "image":
-            return _image_part(body, headers, content_start, content_end, max_image_bytes)
+        yield headers, content_start, content_end
         position = content_end + len(next_delimiter)
-    raise MalformedRequestError(
-        f'the "image" part must be among the first {MAX_MULTIPART_PARTS} parts of a multipart body'
-    )
+    if not body.startswith(b"--", position):
+        raise MalformedRequestError(f"a multipart body may have at most {max_parts} parts")
 
 
 def _part_headers(body: bytes, position: int) -> tuple[list[bytes], int]:

@@ -37,17 +37,23 @@ class FakePublisher:
     answer: ReplyError | None = None
     refusal: Exception | None = None
     replies: Callable[[CaptionRequest], list[CaptionReply]] | None = None
+    held: list[CaptionReply] | None = None  # when a list, replies wait there until the test delivers them
 
     async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
         if self.refusal is not None:
             raise self.refusal
         job = REQUEST_CODEC.decode(value)
         self.published.append(job)
-        self.pending.deliver(self.replies(job) if self.replies else [self._answer(job)])
+        if self.replies is not None:
+            self.pending.deliver(self.replies(job))
+        elif self.held is not None:
+            self.held.append(self._answer(job))
+        else:
+            self.pending.deliver([self._answer(job)])
 
     def _answer(self, job: CaptionRequest) -> CaptionReply:
         status = ReplyStatus.SUCCEEDED if self.answer is None else ReplyStatus.FAILED
-        title = "a picture" if self.answer is None else None
+        title = f"a picture of {len(job.image)} bytes" if self.answer is None else None
         return CaptionReply(job.correlation_id, status, "m", "w", title=title, error=self.answer)
 
 
