@@ -75,10 +75,16 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: flo
 
 
 def create_topics(
-    kafka: KafkaSettings, specs: list[TopicSpec], max_message_bytes: int, *, timeout_s: float = 30.0
+    kafka: KafkaSettings,
+    specs: list[TopicSpec],
+    max_message_bytes: int,
+    *,
+    timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
 ) -> list[str]:
-    """Create the topics of `specs` that are missing and wait until every one has partition leaders."""
-    admin = AdminClient(client_config(kafka, client_id="captioner-admin"))
+    """Create the topics of `specs` that are missing and wait until every one has partition leaders.
+    `client_log` takes librdkafka's own log lines, which otherwise go straight to stderr."""
+    admin = _admin(kafka, client_log)
     futures = admin.create_topics(
         [
             spec.new_topic(replication_factor=kafka.replication_factor, max_message_bytes=max_message_bytes)
@@ -101,9 +107,15 @@ def create_topics(
     return created
 
 
-def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout_s: float = 30.0) -> None:
+def delete_topics(
+    kafka: KafkaSettings,
+    names: list[str],
+    *,
+    timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
+) -> None:
     """Delete topics; one that is already gone is not an error."""
-    admin = AdminClient(client_config(kafka, client_id="captioner-admin"))
+    admin = _admin(kafka, client_log)
     futures = admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s)
     for future in futures.values():
         try:
@@ -111,6 +123,11 @@ def delete_topics(kafka: KafkaSettings, names: list[str], *, timeout_s: float = 
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
+
+
+def _admin(kafka: KafkaSettings, client_log: logging.Logger | None) -> AdminClient:
+    config = client_config(kafka, client_id="captioner-admin")
+    return AdminClient(config if client_log is None else config | {"logger": client_log})
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], *, timeout_s: float) -> None:

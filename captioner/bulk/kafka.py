@@ -163,11 +163,19 @@ class KafkaBackend:
 
     def _create_reply_topic(self) -> None:
         spec = TopicSpec(self.reply_topic, partitions=1, retention_ms=_REPLY_RETENTION_MS)
-        create_topics(self._kafka, [spec], self._topics.max_message_bytes, timeout_s=self._admin_timeout_s)
+        create_topics(
+            self._kafka,
+            [spec],
+            self._topics.max_message_bytes,
+            timeout_s=self._admin_timeout_s,
+            client_log=LIBRDKAFKA_LOG,
+        )
 
     def _delete_reply_topic(self) -> None:
         try:
-            delete_topics(self._kafka, [self.reply_topic], timeout_s=self._admin_timeout_s)
+            delete_topics(
+                self._kafka, [self.reply_topic], timeout_s=self._admin_timeout_s, client_log=LIBRDKAFKA_LOG
+            )
         except KafkaException as exc:
             log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
 
