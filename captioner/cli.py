@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
-import sys
+import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
 import typer
 
+from captioner.bulk.options import Via
+from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
 from core.logs import configure_logging
 from core.settings import LogSettings, UnknownSettingError, refuse_unknown_variables
@@ -107,43 +109,53 @@ def model_make(
     typer.echo(str(out))
 
 
-@app.command("caption-folder")
-def caption_folder_command(
-    folder: Annotated[Path, typer.Argument(exists=True, file_okay=False, help="folder of images")],
-    api_url: Annotated[str, typer.Option(help="the API to send them to")] = "http://127.0.0.1:9000",
-    concurrency: Annotated[int, typer.Option(min=1, help="requests in flight")] = 8,
-    recursive: bool = False,
-    timeout_s: Annotated[float, typer.Option(help="per image")] = 60.0,
-    output: Annotated[Path | None, typer.Option(help="write JSON lines here instead of stdout")] = None,
+@app.command("caption")
+def caption_command(
+    paths: Annotated[
+        list[str] | None,
+        typer.Argument(help="files and folders; - (or nothing, with a pipe) reads paths from stdin"),
+    ] = None,
+    via: Annotated[Via, typer.Option(help="http: the API; kafka: the request topic itself")] = Via.http,
+    api_url: Annotated[str, typer.Option(help="the API (--via http)")] = "http://127.0.0.1:9000",
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="default: stdout")] = None,
+    output_format: Annotated[
+        Format | None, typer.Option("--format", help="default: csv for a .csv output, else jsonl")
+    ] = None,
+    resume: Annotated[bool, typer.Option(help="append to --output, skip the paths already in it")] = False,
+    recursive: Annotated[bool, typer.Option(help="walk folders' subfolders too")] = False,
+    concurrency: Annotated[
+        int | None, typer.Option(min=1, help="images in flight (default: 32 over http, 128 over kafka)")
+    ] = None,
+    timeout_s: Annotated[float, typer.Option(min=0.1, help="per image")] = 60.0,
+    attempts: Annotated[int, typer.Option(min=1, help="tries per image on 429, 503, lost connections")] = 6,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log Kafka client details")] = False,
 ) -> None:
-    """Caption every image in FOLDER through the running pipeline; one JSON line per image.
-    Exits 1 if any image failed."""
-    import asyncio
+    """Caption images through the running service, writing one line per image (JSON lines or CSV) as
+    each result arrives. Failed images are listed at the end; exits 1 if any failed."""
+    from captioner.bulk.command import caption
+    from captioner.bulk.kafka import LIBRDKAFKA_LOG
+    from captioner.bulk.options import UsageError, options_from
+    from core.settings import KafkaSettings, TopicSettings
 
-    from captioner.folder import as_json_line, caption_folder, image_files
-
-    paths = list(image_files(folder, recursive=recursive))
-    if not paths:
-        typer.echo(f"no images in {folder}", err=True)
-        raise typer.Exit(2)
-    results = asyncio.run(
-        caption_folder(
-            paths,
+    configure_logging("INFO" if verbose else "WARNING")
+    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    try:
+        options = options_from(
+            paths=paths or [],
+            via=via,
             api_url=api_url,
+            output=output,
+            format=output_format,
+            resume=resume,
+            recursive=recursive,
             concurrency=concurrency,
             timeout_s=timeout_s,
-            show_progress=sys.stderr.isatty(),
+            attempts=attempts,
         )
-    )
-    lines = "\n".join(as_json_line(result) for result in results) + "\n"
-    if output:
-        output.write_text(lines)
-    else:
-        typer.echo(lines, nl=False)
-    failed = sum(result.status != 200 for result in results)
-    typer.echo(f"{len(results) - failed} captioned, {failed} failed", err=True)
-    if failed:
-        raise typer.Exit(1)
+    except UsageError as exc:
+        typer.echo(f"captioner caption: {exc}", err=True)
+        raise typer.Exit(2) from None
+    raise typer.Exit(caption(options, kafka=KafkaSettings(), topics=TopicSettings()))
 
 
 @topics_app.command("create")

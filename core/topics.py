@@ -71,13 +71,23 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
 
 def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: float = 30.0) -> list[str]:
     """Create missing topics; existing ones are left as they are. Returns the names created."""
-    admin = AdminClient(client_config(kafka, client_id="captioner-admin"))
-    specs = topic_specs(topics)
+    return create_topics(kafka, topic_specs(topics), topics.max_message_bytes, timeout_s=timeout_s)
+
+
+def create_topics(
+    kafka: KafkaSettings,
+    specs: list[TopicSpec],
+    max_message_bytes: int,
+    *,
+    timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
+) -> list[str]:
+    """Create the topics of `specs` that are missing and wait until every one has partition leaders.
+    `client_log` takes librdkafka's own log lines, which otherwise go straight to stderr."""
+    admin = _admin(kafka, client_log)
     futures = admin.create_topics(
         [
-            spec.new_topic(
-                replication_factor=kafka.replication_factor, max_message_bytes=topics.max_message_bytes
-            )
+            spec.new_topic(replication_factor=kafka.replication_factor, max_message_bytes=max_message_bytes)
             for spec in specs
         ],
         operation_timeout=timeout_s,
@@ -95,6 +105,29 @@ def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: flo
         log.info("created topics %s", ", ".join(created))
     _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
     return created
+
+
+def delete_topics(
+    kafka: KafkaSettings,
+    names: list[str],
+    *,
+    timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
+) -> None:
+    """Delete topics; one that is already gone is not an error."""
+    admin = _admin(kafka, client_log)
+    futures = admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s)
+    for future in futures.values():
+        try:
+            future.result(timeout=timeout_s)
+        except KafkaException as exc:
+            if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
+                raise
+
+
+def _admin(kafka: KafkaSettings, client_log: logging.Logger | None) -> AdminClient:
+    config = client_config(kafka, client_id="captioner-admin")
+    return AdminClient(config if client_log is None else config | {"logger": client_log})
 
 
 def _wait_for_leaders(admin: AdminClient, names: list[str], *, timeout_s: float) -> None:

@@ -191,41 +191,6 @@ def test_record_from_another_system_gets_its_reply(
     assert reply.title == reference_captioner(tiny_model_dir).caption(image)
 
 
-def test_caption_folder_cli_sends_every_image_through_the_pipeline(
-    start_worker: StartWorker, start_api: StartApi, tiny_model_dir: Path, tmp_path: Path
-) -> None:
-    import json
-    import subprocess
-    import sys
-
-    start_worker()
-    api = start_api()
-    folder = tmp_path / "album"
-    folder.mkdir()
-    images = {f"photo-{seed}.png": make_image_bytes("PNG", seed=seed) for seed in range(3)}
-    for name, data in images.items():
-        (folder / name).write_bytes(data)
-    (folder / "broken.jpg").write_bytes(b"not really a jpeg")
-    (folder / "notes.txt").write_text("not an image, not sent")
-
-    done = subprocess.run(
-        [str(Path(sys.executable).parent / "captioner"), "caption-folder", str(folder), "--api-url", api.url],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-
-    assert done.returncode == 1, done.stderr  # one image failed
-    results = {Path(row["path"]).name: row for row in map(json.loads, done.stdout.splitlines())}
-    assert set(results) == {*images, "broken.jpg"}
-    assert results["broken.jpg"]["status"] == 422
-    reference = reference_captioner(tiny_model_dir)
-    for name, data in images.items():
-        assert results[name]["status"] == 200
-        assert results[name]["title"] == reference.caption(data)
-    assert "3 captioned, 1 failed" in done.stderr
-
-
 def test_no_worker_means_a_json_504_after_the_timeout(start_api: StartApi) -> None:
     api = start_api(CAPTIONER_API_REQUEST_TIMEOUT_S="1.5")
 
