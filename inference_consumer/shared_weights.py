@@ -61,7 +61,10 @@ def find_safetensors(model: str) -> Path | None:
         return candidate if candidate.is_file() else None
     from huggingface_hub import try_to_load_from_cache
 
-    cached = try_to_load_from_cache(model, SAFETENSORS_FILE)
+    try:
+        cached = try_to_load_from_cache(model, SAFETENSORS_FILE)
+    except ValueError:  # not a valid hub id either
+        return None
     return Path(cached) if isinstance(cached, str) else None
 
 

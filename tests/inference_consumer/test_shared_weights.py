@@ -16,6 +16,7 @@ from inference_consumer.model import load_caption_model
 from inference_consumer.shared_weights import (
     SAFETENSORS_FILE,
     NotShareableError,
+    find_safetensors,
     map_safetensors,
     share_weights,
 )
@@ -105,3 +106,10 @@ def test_offsets_outside_the_file_are_refused(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 8)
     with pytest.raises(NotShareableError, match="offsets"):
         map_safetensors(path)
+
+
+def test_only_a_single_file_checkpoint_is_found(tiny_model_dir: Path, tmp_path: Path) -> None:
+    assert find_safetensors(str(tiny_model_dir)) == tiny_model_dir / SAFETENSORS_FILE
+    assert find_safetensors(str(tmp_path)) is None  # a directory without one (e.g. sharded)
+    assert find_safetensors(str(tmp_path / "nowhere")) is None
+    assert find_safetensors("captioner-tests/not-in-the-hub-cache") is None
