@@ -49,6 +49,10 @@ What each number means (the JSON object on the last line of stdout)
                      is set: a model that small gains nothing from intra-op threads, whose OpenMP barriers
                      would spin against the API, broker and client for the same cores.
     worker_rss_mb    peak resident memory (VmRSS) of the worker process(es), summed, during the base run.
+    uss_mb_per_worker  private memory (USS: pages no other process maps) of each of two base-model workers
+                     running together, splitting the cores, sampled while they serve a closed loop at
+                     saturation: the largest worker's peak. Memory-mapped weights shared by both do not
+                     count. The base run's workers when WORKERS >= 2, else a short phase of its own.
     decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
                      4 images, free-length and forced-length (in-process).
 The tables also show where an idle request's time goes (from the API's latency_ms and the worker's
@@ -59,10 +63,11 @@ and error counts by HTTP status.
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 from contextlib import ExitStack
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from rich.console import Console
 
@@ -70,7 +75,7 @@ from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
 from bench.images import BenchImage, make_image, make_images
 from bench.inprocess import DecoderCheck, check_decoders, measure_ceiling, reference_runner
-from bench.load import LoadClient, load_client
+from bench.load import ClosedLoop, LoadClient, load_client
 from bench.measure import (
     CapacityResult,
     IdleResult,
@@ -81,15 +86,17 @@ from bench.measure import (
     measure_saturation,
     measure_steady,
     steady_rate,
+    target,
 )
 from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm, rss_peak
+from captioner.processes import exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
+MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host
 
 progress = Console(stderr=True)
 
@@ -123,6 +130,7 @@ class BaseServiceResults:
     saturation: SaturationResult
     steady: SteadyResult
     worker_rss_mb: float
+    worker_uss_mb: list[float]  # each worker's peak USS
 
 
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
@@ -190,6 +198,7 @@ def base_service_phase(
     with (
         running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service,
         rss_peak(service.workers) as rss,
+        uss_peaks(service.workers) as uss,
     ):
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
@@ -205,7 +214,38 @@ def base_service_phase(
         log(f"service: {saturation.img_s:.3f} img/s; steady load at {rate:.2f} req/s")
         steady = measure_steady(client, service, images.photos, rate=rate, phases=config.phases)
         log("service (base model): stopping")
-    return BaseServiceResults(idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb)
+    return BaseServiceResults(
+        idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb, worker_uss_mb=uss.peaks_mb
+    )
+
+
+def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> list[float]:
+    """Two base-model workers splitting the cores, as on a host that runs several: each one's peak USS
+    while they serve a closed loop at saturation (1.5 of the base run's batches in flight, until twice
+    that many have been answered)."""
+    log(f"memory: {MEMORY_WORKERS} base-model workers together, private memory (USS) at saturation")
+    spec = replace(
+        service_spec(config, "base"),
+        label="memory",
+        workers=MEMORY_WORKERS,
+        worker_threads=max(1, (os.cpu_count() or 1) // MEMORY_WORKERS),
+    )
+    with (
+        running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service,
+        uss_peaks(service.workers) as uss,
+    ):
+        client.run(
+            ClosedLoop(
+                target=target(service, images.photos),
+                concurrency=config.saturation_concurrency,
+                min_s=0.0,
+                min_completions=2 * config.saturation_concurrency,
+                max_s=max(120.0, 4 * config.phases.saturation_s),
+            )
+        )
+        service.check_alive()
+    log("memory: USS peaks " + ", ".join(f"{peak:.0f} MB" for peak in uss.peaks_mb))
+    return uss.peaks_mb
 
 
 def capacity_phase(
@@ -239,6 +279,11 @@ def run(config: BenchConfig) -> BenchResults:
         client = stack.enter_context(load_client())
         base = base_service_phase(config, images, client, bootstrap)
         capacity = capacity_phase(config, images, client, bootstrap)
+        worker_uss_mb = (
+            base.worker_uss_mb
+            if config.workers >= MEMORY_WORKERS
+            else memory_phase(config, images, client, bootstrap)
+        )
     return BenchResults(
         config=config,
         images=images.photos,
@@ -252,6 +297,7 @@ def run(config: BenchConfig) -> BenchResults:
         steady=base.steady,
         capacity=capacity,
         worker_rss_mb=base.worker_rss_mb,
+        worker_uss_mb=worker_uss_mb,
         ceiling=ceiling,
         wall_s=time.perf_counter() - started,
     )

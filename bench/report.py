@@ -29,6 +29,7 @@ SUMMARY_KEYS = (
     "overhead_p50_ms",
     "capacity_rps",
     "worker_rss_mb",
+    "uss_mb_per_worker",
     "decoder_identical",
     "sgemm_gflops",
     "model_gflop_per_img",
@@ -52,6 +53,7 @@ class BenchResults:
     steady: SteadyResult
     capacity: CapacityResult
     worker_rss_mb: float
+    worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
     ceiling: Ceiling
     wall_s: float
 
@@ -75,6 +77,7 @@ class BenchResults:
             "overhead_p50_ms": self.overhead_p50_ms,
             "capacity_rps": self.capacity.capacity_rps,
             "worker_rss_mb": self.worker_rss_mb,
+            "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
             "decoder_identical": self.decoders.identical,
             "sgemm_gflops": self.ceiling.machine.sgemm_gflops,
             "model_gflop_per_img": self.ceiling.model_gflop_per_img,
@@ -158,6 +161,13 @@ def _headline(results: BenchResults) -> Table:
     )
     table.add_row(
         "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"
+    )
+    peaks = ", ".join(f"{peak:.0f}" for peak in results.worker_uss_mb)
+    table.add_row(
+        "uss_mb_per_worker",
+        f"{max(results.worker_uss_mb, default=math.nan):.0f}",
+        "peak private memory (USS) of the larger of the base-model workers running together at saturation "
+        f"(each: {peaks} MB); shared weights not counted",
     )
     table.add_row(
         "decoder_identical",

@@ -96,6 +96,26 @@ class ServiceProcess:
                 return int(line.split()[1]) / 1024
         return 0.0
 
+    def uss_mb(self) -> float:
+        """Private memory now (USS), in MiB; 0 once the process is gone. See `private_memory_mb`."""
+        return private_memory_mb(self.pid)
+
+
+def private_memory_mb(pid: int) -> float:
+    """USS of a process, in MiB: Private_Clean + Private_Dirty of /proc/PID/smaps_rollup, the pages no
+    other process maps (file pages shared with another process, such as memory-mapped weights, are not
+    counted); 0 once the process is gone."""
+    try:
+        rollup = Path(f"/proc/{pid}/smaps_rollup").read_text()
+    except OSError:
+        return 0.0
+    private_kb = sum(
+        int(line.split()[1])
+        for line in rollup.splitlines()
+        if line.startswith(("Private_Clean:", "Private_Dirty:"))
+    )
+    return private_kb / 1024
+
 
 @dataclass
 class ApiProcess(ServiceProcess):
@@ -170,3 +190,40 @@ def rss_peak(processes: Sequence[ServiceProcess]) -> Iterator[RssPeak]:
     finally:
         peak._stop.set()
         thread.join()
+
+
+@dataclass
+class UssPeaks:
+    """Each process's peak private memory (USS), sampled on a thread."""
+
+    processes: Sequence[ServiceProcess]
+    interval_s: float = 0.5
+    peaks_mb: list[float] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def peak_mb(self) -> float:
+        """The largest process's peak."""
+        return max(self.peaks_mb, default=0.0)
+
+    def sample(self) -> None:
+        now = [process.uss_mb() for process in self.processes]
+        self.peaks_mb = [max(pair) for pair in zip(self.peaks_mb or now, now, strict=True)]
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.sample()
+
+
+@contextmanager
+def uss_peaks(processes: Sequence[ServiceProcess]) -> Iterator[UssPeaks]:
+    peaks = UssPeaks(processes)
+    peaks.sample()
+    thread = threading.Thread(target=peaks._run, name="uss-sampler", daemon=True)
+    thread.start()
+    try:
+        yield peaks
+    finally:
+        peaks._stop.set()
+        thread.join()
+        peaks.sample()

@@ -15,6 +15,7 @@ from core.images import decode_image
 from core.settings import WorkerSettings
 from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
+from inference_consumer.shared_weights import NotShareableError, find_safetensors, share_weights
 
 log = logging.getLogger(__name__)
 
@@ -149,6 +150,10 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
         ) from exc
     model = model.to(device).eval()  # type: ignore[arg-type]
+    if device.type == "cpu" and dtype == torch.float32 and settings.quantize == "none":
+        share_weights_if_possible(model, settings.model)
+    else:
+        log.info("weights: private copy (shared file mapping is for float32 on the CPU, unquantized)")
     if settings.quantize == "int8":
         from inference_consumer.decoding import quantize_int8
 
@@ -170,3 +175,24 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
         device=device,
         dtype=dtype,
     )
+
+
+def share_weights_if_possible(model: torch.nn.Module, name: str) -> bool:
+    """Serve the weights from a read-only shared mapping of the model's safetensors file, so workers on
+    one host share one copy; else keep from_pretrained's tensors. Logs which, and why."""
+    path = find_safetensors(name)
+    if path is None:
+        log.info("weights: private copy (no single model.safetensors file for %s)", name)
+        return False
+    try:
+        shared = share_weights(model, path)
+    except (NotShareableError, OSError) as exc:
+        log.info("weights: private copy (%s: %s)", path.name, exc)
+        return False
+    log.info(
+        "weights: %d tensors (%.0f MB) shared read-only from a memory map of %s",
+        shared.tensors,
+        shared.nbytes / 2**20,
+        path,
+    )
+    return True

@@ -72,6 +72,7 @@ def _results() -> BenchResults:
         steady=SteadyResult(rate=1.3, duration_s=20.0, latency=_latency(), max_lag_ms=0.0),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
         worker_rss_mb=2000.0,
+        worker_uss_mb=[700.0, 750.0],
         ceiling=Ceiling(
             machine=Machine(cpu_model="test CPU", flags=("avx2", "fma"), threads=2, sgemm_gflops=100.0),
             model_gflop_per_img=25.0,
@@ -88,6 +89,7 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["overhead_p50_ms"] == pytest.approx(175.0)
     assert summary["capacity_rps"] == 100
     assert summary["decoder_identical"] is True
+    assert summary["uss_mb_per_worker"] == 750.0  # the larger worker's
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
     assert summary["cpu_flags"] == "avx2 fma"
