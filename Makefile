@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck imports test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -24,13 +24,27 @@ $(INSTALLED): pyproject.toml $(LOCK)
 
 # Re-resolves every extra for this machine (Linux x86_64, Python 3.11) to the newest releases within
 # pyproject.toml's ranges (LOCK_UPGRADE= keeps today's pins and only adds what is new); pip-tools lives
-# in its own venv, outside the project's.
+# in its own venv, outside the project's. Then one lock per image (`lock-roles`): the base install plus
+# one extra, constrained to the full lock's pins, so each image runs exactly what `make test` tested.
 LOCK_UPGRADE ?= --upgrade
-lock:
+LOCK_FLAGS := --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links
+lock: lock-tools
+	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_UPGRADE) $(LOCK_FLAGS) \
+		--extra api --extra worker --extra dev --extra int8 --output-file $(LOCK) pyproject.toml
+	$(MAKE) lock-roles
+
+# A role lock starts as a copy of the full lock, so that pip-compile keeps its pins and reuses its hashes
+# (hashing torch anew downloads every one of its wheels and their CUDA wheels, many GB), and -c holds the
+# resolution to those pins.
+lock-roles: lock-tools
+	for role in api worker; do \
+		cp $(LOCK) requirements/$$role.txt && \
+		$(LOCK_TOOLS)/bin/pip-compile $(LOCK_FLAGS) -c $(LOCK) --extra $$role \
+			--output-file requirements/$$role.txt pyproject.toml || exit 1; \
+	done
+
+lock-tools:
 	@test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install pip-tools; }
-	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --all-build-deps \
-		--extra api --extra worker --extra dev --extra int8 --strip-extras --no-emit-index-url --no-emit-find-links \
-		--output-file $(LOCK) pyproject.toml
 
 broker:
 	@if [ -n "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "using cluster $$KAFKA_BOOTSTRAP_SERVERS"; \
