@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck imports browser test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -24,13 +24,27 @@ $(INSTALLED): pyproject.toml $(LOCK)
 
 # Re-resolves every extra for this machine (Linux x86_64, Python 3.11) to the newest releases within
 # pyproject.toml's ranges (LOCK_UPGRADE= keeps today's pins and only adds what is new); pip-tools lives
-# in its own venv, outside the project's.
+# in its own venv, outside the project's. Then one lock per image (`lock-roles`): the base install plus
+# one extra, constrained to the full lock's pins, so each image runs exactly what `make test` tested.
 LOCK_UPGRADE ?= --upgrade
-lock:
+LOCK_FLAGS := --generate-hashes --allow-unsafe --all-build-deps --strip-extras --no-emit-index-url --no-emit-find-links
+lock: lock-tools
+	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_UPGRADE) $(LOCK_FLAGS) \
+		--extra api --extra worker --extra dev --extra int8 --output-file $(LOCK) pyproject.toml
+	$(MAKE) lock-roles
+
+# A role lock starts as a copy of the full lock, so that pip-compile keeps its pins and reuses its hashes
+# (hashing torch anew downloads every one of its wheels and their CUDA wheels, many GB), and -c holds the
+# resolution to those pins.
+lock-roles: lock-tools
+	for role in api worker; do \
+		cp $(LOCK) requirements/$$role.txt && \
+		$(LOCK_TOOLS)/bin/pip-compile $(LOCK_FLAGS) -c $(LOCK) --extra $$role \
+			--output-file requirements/$$role.txt pyproject.toml || exit 1; \
+	done
+
+lock-tools:
 	@test -x $(LOCK_TOOLS)/bin/pip-compile || { $(PYTHON) -m venv $(LOCK_TOOLS) && $(LOCK_TOOLS)/bin/pip install pip-tools; }
-	$(LOCK_TOOLS)/bin/pip-compile $(LOCK_UPGRADE) --generate-hashes --allow-unsafe --all-build-deps \
-		--extra api --extra worker --extra dev --extra int8 --strip-extras --no-emit-index-url --no-emit-find-links \
-		--output-file $(LOCK) pyproject.toml
 
 broker:
 	@if [ -n "$$KAFKA_BOOTSTRAP_SERVERS" ]; then echo "using cluster $$KAFKA_BOOTSTRAP_SERVERS"; \
@@ -52,15 +66,18 @@ typecheck: install
 imports: install  # the layers contract in pyproject.toml ([tool.importlinter])
 	$(BIN)/lint-imports
 
-# The demo page's test drives Debian's chromium (Playwright downloads no browser): as root with apt it is
-# installed; elsewhere this says what to install, and that test fails saying the same.
-browser:
-	@command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
-		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; } \
-		|| echo "chromium missing: install it (Debian/Ubuntu: apt-get install chromium); the demo page test will fail"; }
+# Programs some tests drive: Debian's chromium for the demo page (Playwright downloads no browser) and
+# nginx to check the compose front's configuration. As root with apt the missing ones are installed;
+# elsewhere this says what to install, and those tests fail saying the same.
+TEST_PROGRAMS := chromium nginx
+test-tools:
+	@missing="$$(for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || echo $$p; done)"; \
+	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
+		|| echo "missing: $$missing (Debian/Ubuntu: apt-get install $$missing); the tests that use them will fail"; }
 
 # Kafka's jars are fetched before the tests start, so that the tests write nothing inside the repository.
-test: lint typecheck imports browser
+test: lint typecheck imports test-tools
 	infra/kafka/broker.sh fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 

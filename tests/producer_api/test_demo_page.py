@@ -28,7 +28,7 @@ def browser() -> Iterator[Browser]:
     executable = shutil.which("chromium")
     if executable is None:
         pytest.fail(
-            "chromium is not installed: run `make browser` as root, or `apt-get install chromium` "
+            "chromium is not installed: run `make test-tools` as root, or `apt-get install chromium` "
             "(Debian's package; Playwright drives it, it downloads no browser)"
         )
     # Chromium's sandbox refuses to start as root.
