@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock run broker broker-stop lint typecheck imports browser test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock run broker broker-stop lint typecheck imports browser test test-unit bench bench-scaling bench-gpu chaos chaos-tools monitoring-tools clean
 
 install: $(INSTALLED)
 
@@ -60,7 +60,7 @@ browser:
 		|| echo "chromium missing: install it (Debian/Ubuntu: apt-get install chromium); the demo page test will fail"; }
 
 # Kafka's jars are fetched before the tests start, so that the tests write nothing inside the repository.
-test: lint typecheck imports browser
+test: lint typecheck imports browser monitoring-tools
 	infra/kafka/broker.sh fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
@@ -85,6 +85,13 @@ chaos-tools:
 	@command -v iptables >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq iptables; } \
 		|| echo "iptables missing: the network-partition fault will be skipped"; }
+
+# The alert rules' test runs `promtool check rules` (Debian's prometheus package); as root with apt it is
+# installed, elsewhere that check is skipped, saying so, and the rules are only parsed.
+monitoring-tools:
+	@command -v promtool >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
+		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus; } \
+		|| echo "promtool missing: the alert rules will only be parsed (Debian/Ubuntu: apt-get install prometheus)"; }
 
 clean:
 	-infra/kafka/broker.sh stop
