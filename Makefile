@@ -66,12 +66,13 @@ typecheck: install
 imports: install  # the layers contract in pyproject.toml ([tool.importlinter])
 	$(BIN)/lint-imports
 
-# Programs some tests drive: Debian's chromium for the demo page (Playwright downloads no browser) and
-# nginx to check the compose front's configuration. As root with apt the missing ones are installed;
-# elsewhere this says what to install, and those tests fail saying the same.
-TEST_PROGRAMS := chromium nginx
+# Programs some tests drive, as program:Debian package: chromium for the demo page (Playwright downloads
+# no browser), nginx to check the compose front's configuration, promtool to check the alert rules. As
+# root with apt the missing ones are installed; elsewhere this says what to install, and those tests fail
+# saying the same.
+TEST_PROGRAMS := chromium:chromium nginx:nginx promtool:prometheus
 test-tools:
-	@missing="$$(for p in $(TEST_PROGRAMS); do command -v $$p >/dev/null || echo $$p; done)"; \
+	@missing="$$(for p in $(TEST_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done)"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \
 		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
 		|| echo "missing: $$missing (Debian/Ubuntu: apt-get install $$missing); the tests that use them will fail"; }

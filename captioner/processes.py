@@ -18,6 +18,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
+from typing import Any
 
 CAPTIONER = str(Path(sys.executable).parent / "captioner")
 
@@ -125,16 +126,31 @@ class ApiProcess(ServiceProcess):
     def url(self) -> str:
         return f"http://127.0.0.1:{self.port}"
 
-    def ready(self) -> bool:
+    def readiness(self) -> dict[str, Any]:
+        """/readyz's body, 200 or 503 alike; empty while the API does not answer."""
         try:
             with urllib.request.urlopen(f"{self.url}/readyz", timeout=5) as response:
-                return bool(response.status == 200 and json.load(response).get("status") == "ready")
+                return dict(json.load(response))
+        except urllib.error.HTTPError as refused:
+            try:
+                return dict(json.load(refused))
+            except ValueError:
+                return {}
         except (urllib.error.URLError, OSError, ValueError):
-            return False
+            return {}
 
-    def wait_ready(self, *, timeout_s: float = 60.0) -> None:
+    def ready(self, *, workers: bool = True) -> bool:
+        """/readyz says ready; with workers=False, every check but the workers' passes (an API started
+        before any worker, which /readyz keeps at 503)."""
+        body = self.readiness()
+        if workers:
+            return body.get("status") == "ready"
+        checks = body.get("checks") or {}
+        return bool(checks) and all(check["ok"] for name, check in checks.items() if name != "workers")
+
+    def wait_ready(self, *, timeout_s: float = 60.0, workers: bool = True) -> None:
         give_up = time.monotonic() + timeout_s
-        while not self.ready():
+        while not self.ready(workers=workers):
             self.check_alive()
             if time.monotonic() > give_up:
                 raise TimeoutError(f"{self.name} not ready in {timeout_s:g} s:\n{self.log_tail()}")

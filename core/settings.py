@@ -91,6 +91,14 @@ class ApiSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    worker_group_id: str = Field(
+        default="captioner-workers",
+        validation_alias=AliasChoices("CAPTIONER_WORKER_GROUP_ID", "CAPTIONER_API_WORKER_GROUP_ID"),
+        description="the workers' consumer group, which /readyz asks for members holding request partitions",
+    )
+    ready_needs_worker: bool = Field(
+        default=True, description="/readyz answers 503 until a worker holds request partitions"
+    )
     max_batch_items: int = Field(default=32, ge=1, le=1024, description="images in one batch request")
     max_batch_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="the most bytes one batch request body may have"

@@ -21,6 +21,7 @@ from core.consuming import poll_batch
 from core.offsets import OffsetTracker
 from inference_consumer.holds import RetryHolds
 from inference_consumer.jobs import Job, position
+from inference_consumer.observing import AssignedPartitions
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
 from schemas import REQUEST_CODEC, CaptionerError
@@ -28,6 +29,7 @@ from schemas import REQUEST_CODEC, CaptionerError
 log = logging.getLogger(__name__)
 
 Preprocess = Callable[[bytes], torch.Tensor]
+Chore = Callable[[Consumer], None]
 
 _BACKLOG_CHECK_S = 0.005  # a full backlog frees a whole batch at a time, far less often than this
 # Errors after which this consumer cannot go on: an orchestrator must restart it, and someone must look.
@@ -62,6 +64,7 @@ class JobFeeder:
         reply_partitions: PartitionCount,
         max_hold_s: float,
         on_fatal: Fatal,
+        chore: Chore | None = None,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -77,7 +80,9 @@ class JobFeeder:
         self._rules = rules
         self._reply_partitions = reply_partitions
         self._on_fatal = on_fatal
+        self._chore = chore  # periodic work of the worker's that needs a consumer (DLQ depth)
         self._holds = RetryHolds(consumer, retry_topics=retry_topics, max_hold_s=max_hold_s)
+        self._assigned = AssignedPartitions(topics)
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-feeder", daemon=True)
 
@@ -99,6 +104,8 @@ class JobFeeder:
                     self._take(message)
                 self._store_finished()
                 self._holds.release_due()
+                if self._chore is not None:
+                    self._chore(self._consumer)
         except Exception as exc:  # a bug, not a record: _take contains each record's failures
             log.exception("job feeder failed")
             self._on_fatal(f"job feeder failed: {type(exc).__name__}: {exc}")
@@ -162,6 +169,7 @@ class JobFeeder:
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
         self._holds.assigned(partitions)
+        self._assigned.assigned(partitions)
 
     def _on_revoke(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
         """Let in-flight jobs of these partitions finish and commit them before another worker starts."""
@@ -176,6 +184,7 @@ class JobFeeder:
             log.info("commit on revoke: %s", exc)
         self._tracker.forget(keys)
         self._holds.forget(keys)
+        self._assigned.revoked(partitions)
 
     def _wait_finished(self, keys: list[tuple[str, int]]) -> bool:
         """Serves delivery reports while it waits: at shutdown no other loop does."""

@@ -99,6 +99,7 @@ class OutcomePublisher:
         if retriable and tier <= len(self._topics.retry_delays_s):
             self._retry(job, error, tier)
         else:
+            metrics.JOBS.labels(outcome="dead_lettered" if retriable else "failed").inc()
             self._dead_letter(job, error)
 
     def _retry(self, job: Job, error: BaseException, tier: int) -> None:
@@ -145,7 +146,6 @@ class OutcomePublisher:
             job.offset,
             _operator_message(error),
         )
-        metrics.JOBS.labels(outcome="dead_lettered").inc()
         self._send(job, self._topics.dead_letter, headers, refused=lambda: self._cannot_keep(job))
         retriable = isinstance(error, CaptionerError) and error.retriable  # True here: retries ran out
         self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=retriable))
@@ -238,11 +238,14 @@ class OutcomePublisher:
                     job, ReplyUndeliverableError("the reply topic refused the reply", detail=reason)
                 )
 
+        produced = time.perf_counter()
+
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
             if delivery_error is not None:
                 reason = delivery_error.str()
                 self._deferred.append(lambda: undeliverable(reason))
             elif then:
+                metrics.REPLY_SECONDS.observe(time.perf_counter() - produced)
                 then()
 
         sent = self._produce(

@@ -33,9 +33,15 @@ from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
 from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import InferenceError, WorkerFatalError
-from inference_consumer.feeder import JobFeeder
+from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
+from inference_consumer.observing import (
+    STATISTICS_INTERVAL_MS,
+    ConsumerLag,
+    DeadLetterDepth,
+    observe_queue_time,
+)
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 
@@ -52,6 +58,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 class Subscription:
     config: dict[str, Any]
     topics: list[str]
+    chore: Chore | None = None  # what the consumer's feeder also does, now and then
 
 
 class InferenceWorker:
@@ -165,15 +172,17 @@ class InferenceWorker:
             for subscription in self.subscriptions():
                 consumer = Consumer(subscription.config)
                 stack.callback(consumer.close)
-                feeders.append(feed(consumer=consumer, topics=subscription.topics))
+                feeders.append(feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore))
             for feeder in feeders:
                 stack.callback(feeder.join, settings.shutdown_timeout_s)
                 stack.callback(feeder.stopping.set)
             yield feeders, outcomes, BatchCollector(ready, self._batching)
 
     def subscriptions(self) -> list[Subscription]:
-        """The request topic's consumer and the retry tiers' consumer, each in its own group."""
+        """The request topic's consumer and the retry tiers' consumer, each in its own group. The retry
+        tiers' feeder, the less busy one, also keeps the dead-letter depth gauge fresh."""
         client_id = f"captioner-worker-{self.settings.worker_id}"
+        dead_letters = DeadLetterDepth(self._topics.dead_letter)
         return [
             self._subscription(
                 f"{client_id}-requests",
@@ -182,26 +191,34 @@ class InferenceWorker:
                 [self._topics.requests],
             ),
             self._subscription(
-                f"{client_id}-retries", self.settings.retry_group_id, "roundrobin", self._topics.retry_topics
+                f"{client_id}-retries",
+                self.settings.retry_group_id,
+                "roundrobin",
+                self._topics.retry_topics,
+                chore=dead_letters.maybe_refresh if self.settings.metrics_port else None,
             ),
         ]
 
-    def _subscription(self, client_id: str, group_id: str, assignor: str, topics: list[str]) -> Subscription:
+    def _subscription(
+        self, client_id: str, group_id: str, assignor: str, topics: list[str], *, chore: Chore | None = None
+    ) -> Subscription:
+        overrides: dict[str, Any] = {
+            "max.poll.interval.ms": 600_000,
+            "session.timeout.ms": self.settings.session_timeout_ms,
+            "partition.assignment.strategy": assignor,
+        }
+        if self.settings.metrics_port:  # per-partition consumer lag, from librdkafka's statistics
+            overrides |= {
+                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
+                "stats_cb": ConsumerLag().on_stats,
+            }
         config = consumer_config(
-            self._kafka,
-            self._topics,
-            client_id=client_id,
-            group_id=group_id,
-            **{
-                "max.poll.interval.ms": 600_000,
-                "session.timeout.ms": self.settings.session_timeout_ms,
-                "partition.assignment.strategy": assignor,
-            },
+            self._kafka, self._topics, client_id=client_id, group_id=group_id, **overrides
         )
-        return Subscription(config=config, topics=topics)
+        return Subscription(config=config, topics=topics, chore=chore)
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
-        return functools.partial(model.pixels, max_pixels=self._images.max_image_pixels)
+        return functools.partial(_timed_pixels, model, max_pixels=self._images.max_image_pixels)
 
     def _serve(
         self,
@@ -227,6 +244,7 @@ class InferenceWorker:
         now = datetime.now(UTC)
         for job in batch:
             assert job.pixels is not None and job.request is not None
+            observe_queue_time(job.request.created_at, now)
             try:
                 pixels = job.pixels.result()
             except CaptionerError as exc:  # an invalid image, say: its own outcome, never a retry
@@ -277,13 +295,21 @@ class InferenceWorker:
             [(job.partition, job.offset) for job, _ in runnable],
         )
         metrics.BATCH_SIZE.observe(len(runnable))
-        metrics.BATCH_SECONDS.observe(elapsed_ms / 1000)
+        metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
+        for _ in runnable:
+            metrics.JOB_INFERENCE_SECONDS.observe(elapsed_ms / 1000 / len(runnable))
         for (job, _), title in zip(runnable, titles, strict=True):
             outcomes.succeeded(job, title, inference_ms=elapsed_ms)
 
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None
         return min(requested or self.settings.max_new_tokens, self.settings.max_new_tokens)
+
+
+def _timed_pixels(model: CaptionModel, image: bytes, *, max_pixels: int) -> torch.Tensor:
+    """An image's decoding and preprocessing on the decode pool, timed (failures included)."""
+    with metrics.DECODE_SECONDS.time():
+        return model.pixels(image, max_pixels=max_pixels)
 
 
 def _flush(producer: Producer, timeout_s: float) -> None:

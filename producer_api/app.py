@@ -6,17 +6,17 @@ import asyncio
 import functools
 import logging
 import random
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
-from core.kafka_config import consumer_config, producer_config
+from core.kafka_config import client_config, consumer_config, producer_config
 from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
@@ -39,6 +39,7 @@ from producer_api.docs import add_docs_routes
 from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
 from producer_api.payload import plan_body, prepare_upload, read_body
 from producer_api.publisher import RequestPublisher
+from producer_api.readiness import READINESS, Readiness, WorkerGroup, WorkersCheck, readyz
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
 
@@ -92,20 +93,12 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
 
 
 async def predict(request: web.Request) -> web.Response:
-    started = time.perf_counter()
     metrics.IN_FLIGHT.inc()
-    status = 500
     try:
         result = await _admitted_caption(request)
-        status = 200
         return web.json_response(result.body())
-    except CaptionerError as error:
-        status = error.http_status
-        raise
     finally:
         metrics.IN_FLIGHT.dec()
-        metrics.REQUESTS.labels(status=str(status)).inc()
-        metrics.LATENCY.observe(time.perf_counter() - started)
 
 
 async def _admitted_caption(request: web.Request) -> CaptionResult:
@@ -138,22 +131,6 @@ async def _admitted_caption(request: web.Request) -> CaptionResult:
 
 async def healthz(_request: web.Request) -> web.Response:
     return web.json_response({"status": "ok"})
-
-
-async def readyz(request: web.Request) -> web.Response:
-    listener = request.app.get(LISTENER)
-    publisher = request.app.get(PUBLISHER)
-    assigned = listener is not None and listener.assigned.is_set()
-    reachable = publisher is not None and await publisher.check_broker(
-        topic=request.app[TOPIC_SETTINGS].requests, timeout_s=2.0
-    )
-    body = {
-        "status": "ready" if assigned and reachable else "not_ready",
-        "broker_reachable": reachable,
-        "reply_consumer_assigned": assigned,
-        "reply_partition": listener.partition if listener else None,
-    }
-    return web.json_response(body, status=200 if assigned and reachable else 503)
 
 
 async def metrics_endpoint(_request: web.Request) -> web.Response:
@@ -196,11 +173,31 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         pending=pending,
         reply_partition=partition,
     )
+    app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
     broker_watch.cancel()
     await publisher.close(timeout_s=api.shutdown_timeout_s)
     await asyncio.to_thread(listener.close, timeout_s=5.0)
+
+
+def _readiness(
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    listener: ReplyListener,
+    publisher: RequestPublisher,
+) -> Readiness:
+    workers = None
+    if api.ready_needs_worker:
+        admin = AdminClient(client_config(kafka, client_id=f"captioner-api-{api.instance_id}-readiness"))
+        group = WorkerGroup(admin, group_id=api.worker_group_id, topic=topics.requests)
+        workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
+    return Readiness(
+        listener=listener,
+        broker_reachable=functools.partial(publisher.check_broker, topic=topics.requests, timeout_s=2.0),
+        workers=workers,
+    )
 
 
 async def request_executor(app: web.Application) -> AsyncIterator[None]:
@@ -214,7 +211,8 @@ async def request_executor(app: web.Application) -> AsyncIterator[None]:
 def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     """The HTTP surface without Kafka: routes, error middleware, auth, admission and the request executor.
     The caller puts a caption service under SERVICE (make_app does, once the Kafka clients start)."""
-    middlewares: list[Middleware] = [error_middleware]
+    # Metrics outermost, so that they count the status the client gets, 401s included.
+    middlewares: list[Middleware] = [metrics.metrics_middleware, error_middleware]
     keys = ApiKeys(api.api_keys())
     if keys:
         middlewares.append(auth_middleware(keys))  # inside error_middleware, which answers its 401s

@@ -1,13 +1,29 @@
-"""Prometheus metrics of the API."""
+"""Prometheus metrics of the API and the middleware that counts every request (README, Metrics and alerts)."""
 
 from __future__ import annotations
 
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+from aiohttp import web
 from prometheus_client import Counter, Gauge, Histogram
 
-REQUESTS = Counter("captioner_api_requests_total", "Caption requests answered", ["status"])
+UNMATCHED_ROUTE = "unmatched"
+# Methods a client may send are any token; a label takes these or "other", so its values stay few.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+# What a request whose client went away before the answer is counted as (nginx's convention).
+CLIENT_CLOSED = "499"
+
+REQUESTS = Counter(
+    "captioner_api_requests_total",
+    "HTTP requests answered, by route (the matched route's path, or 'unmatched'), method and status",
+    ["route", "method", "status"],
+)
 LATENCY = Histogram(
     "captioner_api_request_seconds",
-    "End-to-end caption request latency",
+    "HTTP request latency by route, from the request head to the answer",
+    ["route"],
     buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
 )
 IN_FLIGHT = Gauge("captioner_api_in_flight", "Caption requests waiting for a reply")
@@ -16,5 +32,42 @@ REPLIES_UNCLAIMED = Counter(
     "Replies read from this instance's reply partition that no request here was waiting for: another "
     "instance's (two instances on one partition), a duplicate, or one that came after its request timed out",
 )
-BATCHES = Counter("captioner_api_batch_requests_total", "Batch requests answered", ["status"])
 BATCH_ITEMS = Counter("captioner_api_batch_items_total", "Batch items answered", ["status"])
+WORKERS_ASSIGNED = Gauge(
+    "captioner_api_workers_assigned",
+    "Workers of the group that hold request-topic partitions, as the last readiness check saw them",
+)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def route_label(request: web.Request) -> str:
+    """The canonical path of the route that matched (`/static/{name}` style), never the URL a client sent,
+    so that hostile paths cannot make new series."""
+    resource = request.match_info.route.resource
+    return resource.canonical if resource is not None else UNMATCHED_ROUTE
+
+
+def method_label(request: web.Request) -> str:
+    return request.method if request.method in KNOWN_METHODS else "other"
+
+
+@web.middleware
+async def metrics_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Outermost: it sees the status the client gets, after the error middleware turned errors into JSON."""
+    started = time.perf_counter()
+    status = "500"
+    try:
+        response = await handler(request)
+        status = str(response.status)
+        return response
+    except web.HTTPException as exc:  # redirects and the like, which the error middleware lets through
+        status = str(exc.status)
+        raise
+    except asyncio.CancelledError:
+        status = CLIENT_CLOSED
+        raise
+    finally:
+        route = route_label(request)
+        REQUESTS.labels(route=route, method=method_label(request), status=status).inc()
+        LATENCY.labels(route=route).observe(time.perf_counter() - started)

@@ -114,6 +114,10 @@ class ReplyListener:
                     raise
                 time.sleep(0.2)
 
+    def alive(self) -> bool:
+        """False before start() and once the thread has ended, whether by close() or by a failure."""
+        return self._thread.is_alive()
+
     def close(self, *, timeout_s: float) -> None:
         self._stopping.set()
         self._thread.join(timeout_s)

@@ -122,7 +122,8 @@ def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
 def start_api(env: dict[str, str], tmp_path: Path) -> Iterator[StartApi]:
     started: list[ApiProcess] = []
 
-    def start(**overrides: str) -> ApiProcess:
+    def start(*, wait_for_worker: bool = True, **overrides: str) -> ApiProcess:
+        """wait_for_worker=False: an API that will see no worker is waited for until all else is ready."""
         index = len(started)
         process = spawn_api(
             f"api-{index}",
@@ -136,7 +137,7 @@ def start_api(env: dict[str, str], tmp_path: Path) -> Iterator[StartApi]:
             log_path=tmp_path / f"api-{index}.log",
         )
         started.append(process)
-        process.wait_ready()
+        process.wait_ready(workers=wait_for_worker)
         return process
 
     yield start

@@ -1,0 +1,133 @@
+"""`GET /readyz`: ready only when this instance can answer a caption request end to end: its reply listener's
+thread runs, the broker answers, and at least one worker of the group holds request partitions (a request
+published before then would wait for a worker to join; README, Operations)."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from aiohttp import web
+from confluent_kafka import KafkaException
+from confluent_kafka.admin import AdminClient
+
+from producer_api import metrics
+
+log = logging.getLogger(__name__)
+
+# Each prober asks every few seconds; the group is described at most this often, whoever asks.
+WORKERS_CACHE_S = 3.0
+DESCRIBE_TIMEOUT_S = 2.0
+
+
+@dataclass(frozen=True)
+class Check:
+    ok: bool
+    facts: dict[str, Any] = field(default_factory=dict)  # what the check saw, for the JSON body
+    reason: str | None = None  # a plain sentence when not ok
+
+    def body(self) -> dict[str, Any]:
+        return {"ok": self.ok, **self.facts} | ({"reason": self.reason} if self.reason else {})
+
+
+class CountHolders(Protocol):
+    def __call__(self) -> int:
+        """Blocking: how many members of the workers' group hold partitions of the request topic."""
+        ...
+
+
+class WorkerGroup:
+    """Describes the workers' consumer group with an AdminClient (on a thread, never on the event loop)."""
+
+    def __init__(self, admin: AdminClient, *, group_id: str, topic: str) -> None:
+        self._admin = admin
+        self.group_id = group_id
+        self._topic = topic
+
+    def holders(self) -> int:
+        [future] = self._admin.describe_consumer_groups(
+            [self.group_id], request_timeout=DESCRIBE_TIMEOUT_S
+        ).values()
+        group = future.result(timeout=DESCRIBE_TIMEOUT_S + 1)
+        return sum(
+            1
+            for member in group.members
+            if member.assignment and any(tp.topic == self._topic for tp in member.assignment.topic_partitions)
+        )
+
+
+class WorkersCheck:
+    """The group's answer, kept WORKERS_CACHE_S; concurrent probes share one question to the broker."""
+
+    def __init__(self, holders: CountHolders, *, group_id: str, cache_s: float = WORKERS_CACHE_S) -> None:
+        self._holders = holders
+        self._group_id = group_id
+        self._cache_s = cache_s
+        self._last: tuple[float, Check] | None = None
+        self._asking = asyncio.Lock()
+
+    async def check(self) -> Check:
+        async with self._asking:
+            if self._last is None or time.monotonic() - self._last[0] > self._cache_s:
+                self._last = (time.monotonic(), await self._ask())
+            return self._last[1]
+
+    async def _ask(self) -> Check:
+        facts: dict[str, Any] = {"group": self._group_id}
+        try:
+            holders = await asyncio.to_thread(self._holders)
+        except (KafkaException, TimeoutError, OSError) as exc:
+            log.info("could not describe consumer group %s: %s", self._group_id, exc)
+            return Check(False, facts, "the workers' consumer group could not be described")
+        metrics.WORKERS_ASSIGNED.set(holders)
+        if holders == 0:
+            return Check(False, facts | {"assigned": 0}, "no worker holds request partitions yet")
+        return Check(True, facts | {"assigned": holders})
+
+
+class ReplyListenerState(Protocol):
+    partition: int
+
+    def alive(self) -> bool: ...
+
+
+@dataclass
+class Readiness:
+    listener: ReplyListenerState
+    broker_reachable: Callable[[], Awaitable[bool]]
+    workers: WorkersCheck | None  # None: not waiting for workers (CAPTIONER_API_READY_NEEDS_WORKER=false)
+
+    async def checks(self) -> dict[str, Check]:
+        facts = {"partition": self.listener.partition}
+        listener = (
+            Check(True, facts)
+            if self.listener.alive()
+            else Check(False, facts, "the reply listener's thread has stopped")
+        )
+        broker_ok, workers = await asyncio.gather(self.broker_reachable(), self._workers())
+        found = {
+            "reply_listener": listener,
+            "broker": Check(True) if broker_ok else Check(False, reason="Kafka does not answer"),
+        }
+        return found | ({"workers": workers} if workers else {})
+
+    async def _workers(self) -> Check | None:
+        return await self.workers.check() if self.workers else None
+
+
+READINESS = web.AppKey("readiness", Readiness)
+
+
+async def readyz(request: web.Request) -> web.Response:
+    readiness = request.app.get(READINESS)
+    checks = await readiness.checks() if readiness else {"startup": Check(False, reason="starting")}
+    ready = all(check.ok for check in checks.values())
+    body = {
+        "status": "ready" if ready else "not_ready",
+        "checks": {name: check.body() for name, check in checks.items()},
+    }
+    return web.json_response(body, status=200 if ready else 503)

@@ -1,0 +1,135 @@
+"""`/readyz` in process: 503 with the failing check named while the reply listener's thread is dead, while no
+worker holds request partitions, or while the workers' group cannot be described; 200 when all pass."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+from confluent_kafka import KafkaError, KafkaException
+
+from core.settings import ApiSettings, ImageSettings
+from producer_api.app import make_api_app
+from producer_api.readiness import READINESS, Readiness, WorkersCheck
+
+
+@dataclass
+class FakeListener:
+    running: bool = True
+    partition: int = 3
+
+    def alive(self) -> bool:
+        return self.running
+
+
+@dataclass
+class FakeGroup:
+    """The workers' group as the admin client would describe it: members holding request partitions."""
+
+    holders: int = 1
+    unreachable: bool = False
+    asked_from: str | None = None
+
+    def __call__(self) -> int:
+        self.asked_from = threading.current_thread().name
+        if self.unreachable:
+            raise KafkaException(KafkaError(KafkaError._TIMED_OUT))
+        return self.holders
+
+
+async def answer_true() -> bool:
+    return True
+
+
+Probe = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
+
+
+@pytest.fixture
+async def probe() -> AsyncIterator[Probe]:
+    clients: list[TestClient[Any, Any]] = []
+
+    async def readyz(listener: FakeListener, group: FakeGroup | None) -> tuple[int, dict[str, Any]]:
+        app = make_api_app(api=ApiSettings(instance_id="test"), images=ImageSettings())
+        workers = WorkersCheck(group, group_id="the-workers", cache_s=0) if group else None
+        app[READINESS] = Readiness(listener=listener, broker_reachable=answer_true, workers=workers)
+        client = TestClient(TestServer(app))
+        await client.start_server()
+        clients.append(client)
+        async with client.get("/readyz") as response:
+            return response.status, await response.json()
+
+    yield readyz
+    for client in clients:
+        await client.close()
+
+
+async def test_ready_when_the_listener_runs_and_a_worker_holds_request_partitions(probe: Probe) -> None:
+    group = FakeGroup(holders=2)
+
+    status, body = await probe(FakeListener(), group)
+
+    assert status == 200, body
+    assert body["status"] == "ready"
+    assert body["checks"]["workers"] == {"ok": True, "group": "the-workers", "assigned": 2}
+    assert body["checks"]["reply_listener"] == {"ok": True, "partition": 3}
+    assert group.asked_from != "MainThread"  # the admin client blocks: never on the event loop
+
+
+async def test_not_ready_while_the_reply_listeners_thread_is_dead(probe: Probe) -> None:
+    status, body = await probe(FakeListener(running=False), FakeGroup())
+
+    assert status == 503
+    assert body["status"] == "not_ready"
+    assert body["checks"]["reply_listener"]["ok"] is False
+    assert body["checks"]["reply_listener"]["reason"] == "the reply listener's thread has stopped"
+
+
+async def test_not_ready_while_no_worker_holds_request_partitions(probe: Probe) -> None:
+    status, body = await probe(FakeListener(), FakeGroup(holders=0))
+
+    assert status == 503
+    assert body["checks"]["workers"]["ok"] is False
+    assert body["checks"]["workers"]["assigned"] == 0
+    assert "no worker" in body["checks"]["workers"]["reason"]
+
+
+async def test_not_ready_when_the_group_cannot_be_described(probe: Probe) -> None:
+    status, body = await probe(FakeListener(), FakeGroup(unreachable=True))
+
+    assert status == 503
+    assert body["checks"]["workers"]["reason"] == "the workers' consumer group could not be described"
+    assert "Local" not in str(body)  # what librdkafka said stays in the log
+
+
+async def test_an_instance_told_not_to_wait_for_workers_skips_that_check(probe: Probe) -> None:
+    status, body = await probe(FakeListener(), None)
+
+    assert status == 200, body
+    assert "workers" not in body["checks"]
+
+
+async def test_the_group_is_asked_at_most_once_per_cache_period() -> None:
+    group = FakeGroup(holders=1)
+    calls = 0
+
+    def counted() -> int:
+        nonlocal calls
+        calls += 1
+        return group()
+
+    check = WorkersCheck(counted, group_id="g", cache_s=3600)
+    first, second = await check.check(), await check.check()
+
+    assert first == second and first.ok
+    assert calls == 1
+
+
+async def test_before_the_kafka_clients_start_it_is_not_ready() -> None:
+    app = make_api_app(api=ApiSettings(instance_id="test"), images=ImageSettings())
+    async with TestClient(TestServer(app)) as client, client.get("/readyz") as response:
+        assert response.status == 503
+        assert (await response.json())["status"] == "not_ready"
