@@ -29,10 +29,15 @@ What each number means (the JSON object on the last line of stdout)
                      gives GIT-base on 2 CPU cores -> 24), so the next batch is always queued; counted over
                      whole answered batches after the first.
     ratio            service_img_s / naive_img_s.
+    p99_ms_30, p99_ms_65, p99_ms_90
+                     client end-to-end latency (99th percentile) at steady loads below saturation: one
+                     open-loop Poisson run each at 30%, 65% and 90% of service_img_s, in that order, the
+                     same images; latency counts from each request's due time (no coordinated omission).
     p50_ms, p95_ms, p99_ms
-                     client end-to-end latency at a steady load below saturation: open-loop Poisson
-                     arrivals at 65% of service_img_s, the same images; latency counts from each request's
-                     due time (no coordinated omission).
+                     the 65% run's p50, p95 and p99 (the one steady run of earlier versions).
+    idle_ms          idle latency of one image: the median end-to-end time of the sequential requests of
+                     the overhead measurement (1024x768 image, base model). The target at 65% load is
+                     p99_ms_65 <= 3 x idle_ms.
     overhead_p50_ms  what the service adds to one request: the median, over sequential requests on the idle
                      base-model service (1024x768 image), of end-to-end latency minus the worker's own
                      inference_ms for that request, less the median in-process time of the worker's decode
@@ -128,7 +133,7 @@ class ImageSets:
 class BaseServiceResults:
     idle: IdleResult
     saturation: SaturationResult
-    steady: SteadyResult
+    steady: tuple[SteadyResult, ...]
     worker_rss_mb: float
     worker_uss_mb: list[float]  # each worker's peak USS
 
@@ -210,9 +215,13 @@ def base_service_phase(
             min_completions=config.saturation_min_completions,
             phases=config.phases,
         )
-        rate = steady_rate(saturation.img_s, config.phases.steady_fraction)
-        log(f"service: {saturation.img_s:.3f} img/s; steady load at {rate:.2f} req/s")
-        steady = measure_steady(client, service, images.photos, rate=rate, phases=config.phases)
+        log(f"service: {saturation.img_s:.3f} img/s")
+        steady = tuple(
+            steady_phase(
+                config, images, client, service, saturation_img_s=saturation.img_s, fraction=fraction
+            )
+            for fraction in config.phases.steady_fractions
+        )
         log("service (base model): stopping")
     return BaseServiceResults(
         idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb, worker_uss_mb=uss.peaks_mb
@@ -246,6 +255,25 @@ def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, boo
         service.check_alive()
     log("memory: USS peaks " + ", ".join(f"{peak:.0f} MB" for peak in uss.peaks_mb))
     return uss.peaks_mb
+
+
+def steady_phase(
+    config: BenchConfig,
+    images: ImageSets,
+    client: LoadClient,
+    service: Service,
+    *,
+    saturation_img_s: float,
+    fraction: float,
+) -> SteadyResult:
+    rate = steady_rate(saturation_img_s, fraction)
+    log(f"service: steady load at {fraction:.0%}, {rate:.2f} req/s")
+    steady = measure_steady(
+        client, service, images.photos, fraction=fraction, rate=rate, phases=config.phases
+    )
+    latency = steady.latency
+    log(f"  p50/p95/p99 {latency.p50_ms:.0f}/{latency.p95_ms:.0f}/{latency.p99_ms:.0f} ms")
+    return steady
 
 
 def capacity_phase(

@@ -14,6 +14,7 @@ from core.settings import WorkerSettings
 
 FORCED_NEW_TOKENS = 20
 BASE_CPU_BATCH = 16
+STEADY_FRACTIONS = (0.3, 0.65, 0.9)  # the summary's p99_ms_30, p99_ms_65 (and p50/p95/p99_ms), p99_ms_90
 
 
 @dataclass(frozen=True)
@@ -25,10 +26,10 @@ class Phases:
     overhead_samples: int  # idle sequential requests, and in-process runs, of the overhead image
     saturation_s: float  # closed-loop run at saturation, at least ...
     saturation_min_rounds: int  # ... and this many full batches per worker past the first answers
-    steady_s: float  # open-loop run below saturation, at least ...
+    steady_s: float  # each open-loop run below saturation, at least ...
     steady_min_requests: int  # ... this many requests (longer at low rates), but at most ...
     steady_max_s: float  # ... this long
-    steady_fraction: float  # of the measured service throughput
+    steady_fractions: tuple[float, ...]  # of the measured service throughput, one run each
     capacity_rates: tuple[int, ...]  # requests/s offered, one step each, until one fails
     capacity_step_s: float
     capacity_min_pace: float  # answers/s over offered/s a step needs (short steps need more slack)
@@ -41,10 +42,10 @@ FULL = Phases(
     overhead_samples=15,
     saturation_s=90.0,
     saturation_min_rounds=3,
-    steady_s=90.0,
-    steady_min_requests=60,
-    steady_max_s=180.0,
-    steady_fraction=0.65,
+    steady_s=45.0,
+    steady_min_requests=40,
+    steady_max_s=90.0,
+    steady_fractions=STEADY_FRACTIONS,
     capacity_rates=(50, 100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000),
     capacity_step_s=4.0,
     capacity_min_pace=0.95,
@@ -56,10 +57,10 @@ QUICK = Phases(
     overhead_samples=4,
     saturation_s=20.0,
     saturation_min_rounds=1,
-    steady_s=20.0,
-    steady_min_requests=10,
-    steady_max_s=40.0,
-    steady_fraction=0.65,
+    steady_s=10.0,
+    steady_min_requests=8,
+    steady_max_s=20.0,
+    steady_fractions=STEADY_FRACTIONS,
     capacity_rates=(50, 100, 200, 400, 600, 800, 1000, 1500),
     capacity_step_s=2.0,
     capacity_min_pace=0.9,

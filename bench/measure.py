@@ -139,6 +139,7 @@ def measure_saturation(
 
 @dataclass(frozen=True)
 class SteadyResult:
+    fraction: float  # of the saturation throughput
     rate: float
     duration_s: float
     latency: LatencySummary
@@ -146,15 +147,30 @@ class SteadyResult:
 
 
 def measure_steady(
-    client: LoadClient, service: Service, images: Sequence[BenchImage], *, rate: float, phases: Phases
+    client: LoadClient,
+    service: Service,
+    images: Sequence[BenchImage],
+    *,
+    fraction: float,
+    rate: float,
+    phases: Phases,
 ) -> SteadyResult:
     """Open-loop Poisson arrivals at `rate`; latency counts from each request's due time."""
     duration = min(max(phases.steady_s, phases.steady_min_requests / rate), phases.steady_max_s)
     spec = OpenLoop(target=target(service, images), rate=rate, duration_s=duration, poisson=True, seed=1)
     run = _run_checked(client, service, spec)
     return SteadyResult(
-        rate=rate, duration_s=duration, latency=LatencySummary.of(run.outcomes), max_lag_ms=run.max_lag_ms
+        fraction=fraction,
+        rate=rate,
+        duration_s=duration,
+        latency=LatencySummary.of(run.outcomes),
+        max_lag_ms=run.max_lag_ms,
     )
+
+
+def steady_at(levels: Sequence[SteadyResult], fraction: float) -> SteadyResult | None:
+    """The run at `fraction` of the saturation throughput, if there was one."""
+    return next((level for level in levels if math.isclose(level.fraction, fraction)), None)
 
 
 # ---- transport capacity (tiny model) --------------------------------------------------------------------

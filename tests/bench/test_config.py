@@ -24,3 +24,8 @@ def test_quick_and_overrides() -> None:
 def test_closed_loop_is_sized_for_the_base_models_cpu_batch() -> None:
     assert load_config({}).batch_size == 16
     assert load_config({"BENCH_BATCH_SIZE": "40"}).saturation_concurrency == 60
+
+
+def test_latency_is_measured_at_three_load_levels_in_both_sizes() -> None:
+    assert FULL.steady_fractions == QUICK.steady_fractions == (0.3, 0.65, 0.9)
+    assert QUICK.steady_s < FULL.steady_s and QUICK.steady_max_s < FULL.steady_max_s

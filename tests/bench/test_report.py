@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 
@@ -17,8 +18,11 @@ from bench.stats import LatencySummary
 from bench.warmup import WarmupResult
 
 
-def _latency(errors: int = 0) -> LatencySummary:
-    outcomes = [Outcome(due=0.0, sent=0.0, done=0.1 * (index + 1), status=200) for index in range(10)]
+def _latency(errors: int = 0, slower: float = 1.0) -> LatencySummary:
+    """Ten answers 100..1000 ms (times `slower`), and `errors` 504s."""
+    outcomes = [
+        Outcome(due=0.0, sent=0.0, done=0.1 * slower * (index + 1), status=200) for index in range(10)
+    ]
     outcomes += [Outcome(due=0.0, sent=0.0, done=30.0, status=504)] * errors
     return LatencySummary.of(outcomes)
 
@@ -69,7 +73,16 @@ def _results() -> BenchResults:
             words_per_title=20.0,
             client_cpu_share=0.01,
         ),
-        steady=SteadyResult(rate=1.3, duration_s=20.0, latency=_latency(), max_lag_ms=0.0),
+        steady=tuple(
+            SteadyResult(
+                fraction=fraction, rate=2.0 * fraction, duration_s=20.0, latency=latency, max_lag_ms=0.0
+            )
+            for fraction, latency in (
+                (0.3, _latency()),
+                (0.65, _latency(errors=1)),
+                (0.9, _latency(slower=3)),
+            )
+        ),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
         worker_rss_mb=2000.0,
         worker_uss_mb=[700.0, 750.0],
@@ -93,6 +106,24 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
     assert summary["cpu_flags"] == "avx2 fma"
+
+
+def test_summary_reports_each_load_level_and_the_idle_latency() -> None:
+    summary = _results().summary()
+
+    assert summary["idle_ms"] == pytest.approx(1150.0)  # median of the idle run's 1100 and 1200 ms
+    assert summary["p99_ms_30"] == pytest.approx(991.0)  # 100..1000 ms: p99 interpolates to 991
+    assert summary["p99_ms_65"] == summary["p99_ms"] == pytest.approx(991.0)
+    assert summary["p99_ms_90"] == pytest.approx(2973.0)  # three times slower
+    assert (summary["p50_ms"], summary["p95_ms"]) == (pytest.approx(550.0), pytest.approx(955.0))
+
+
+def test_a_missing_load_level_is_null_not_nan() -> None:
+    results = _results()
+    summary = dataclasses.replace(results, steady=results.steady[:1]).summary()
+
+    assert summary["p99_ms_30"] == pytest.approx(991.0)
+    assert summary["p99_ms_65"] is None and summary["p99_ms_90"] is None and summary["p50_ms"] is None
 
 
 def test_cpu_flags_name_the_matrix_extensions_only() -> None:
