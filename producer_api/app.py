@@ -41,6 +41,7 @@ from producer_api.payload import plan_body, prepare_upload, read_body
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
+from producer_api.tracing import tracing_middleware
 
 log = logging.getLogger(__name__)
 
@@ -214,7 +215,7 @@ async def request_executor(app: web.Application) -> AsyncIterator[None]:
 def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     """The HTTP surface without Kafka: routes, error middleware, auth, admission and the request executor.
     The caller puts a caption service under SERVICE (make_app does, once the Kafka clients start)."""
-    middlewares: list[Middleware] = [error_middleware]
+    middlewares: list[Middleware] = [tracing_middleware, error_middleware]
     keys = ApiKeys(api.api_keys())
     if keys:
         middlewares.append(auth_middleware(keys))  # inside error_middleware, which answers its 401s
