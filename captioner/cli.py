@@ -42,6 +42,16 @@ def check_settings() -> None:
         raise typer.Exit(2) from None
 
 
+def _observe(service_name: str) -> None:
+    """Logging and tracing of a long-running service, from CAPTIONER_LOG_* and CAPTIONER_TRACING."""
+    from core.settings import TracingSettings
+    from core.tracing import configure_tracing
+
+    log_settings = LogSettings()
+    configure_logging(log_settings.level, log_settings.format)
+    configure_tracing(TracingSettings(), service_name=service_name)
+
+
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings of every group as JSON, secrets masked."""
@@ -62,7 +72,7 @@ def show_config() -> None:
 @app.command()
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
-    configure_logging(LogSettings().level)
+    _observe("captioner-api")
     from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
     from producer_api.app import run_api
 
@@ -72,7 +82,7 @@ def api() -> None:
 @app.command()
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
-    configure_logging(LogSettings().level)
+    _observe("captioner-worker")
     from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 
     try:

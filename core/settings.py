@@ -125,11 +125,27 @@ class LogSettings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CAPTIONER_LOG_", frozen=True, extra="ignore")
 
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"] = "INFO"
+    format: Literal["text", "json", "auto"] = Field(
+        default="auto", description="auto: text on a terminal, JSON lines otherwise"
+    )
 
     @field_validator("level", mode="before")
     @classmethod
     def _any_case(cls, value: object) -> object:
         return value.upper() if isinstance(value, str) else value
+
+
+class TracingSettings(BaseSettings):
+    """OpenTelemetry spans. The exporters' own OTEL_* variables (endpoint, headers, service name,
+    sampling) are read by the OpenTelemetry SDK, as its documentation says."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
+
+    tracing: str = Field(
+        default="off",
+        pattern=r"^(off|otlp|console|file:.+)$",
+        description="where spans go: off, otlp (OTEL_EXPORTER_OTLP_*), console, or file:<path> (JSON lines)",
+    )
 
 
 class ImageSettings(BaseSettings):
@@ -220,6 +236,7 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "worker": WorkerSettings,
     "images": ImageSettings,
     "log": LogSettings,
+    "tracing": TracingSettings,
 }
 PREFIX = "CAPTIONER_"
 # CAPTIONER_* variables that are not settings but may sit in a service's environment: the test

@@ -23,6 +23,7 @@ from inference_consumer.holds import RetryHolds
 from inference_consumer.jobs import Job, position
 from inference_consumer.observing import AssignedPartitions
 from inference_consumer.outcomes import Fatal, OutcomePublisher
+from inference_consumer.tracing import job_log_context, start_job_trace, traced_decode
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
 from schemas import REQUEST_CODEC, CaptionerError
 
@@ -124,12 +125,14 @@ class JobFeeder:
         if self._holds.hold_if_not_due(job):
             return
         job.generation = self._tracker.track(topic, partition, offset)
-        try:
-            self._admit(job)
-        except Exception as exc:  # whatever one record does, it ends in its outcome, not here
-            if not isinstance(exc, CaptionerError):
-                log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
-            self._outcomes.failed(job, exc)
+        job.trace = start_job_trace(job)
+        with job_log_context(job):
+            try:
+                self._admit(job)
+            except Exception as exc:  # whatever one record does, it ends in its outcome, not here
+                if not isinstance(exc, CaptionerError):
+                    log.exception("unexpected error on %s[%d]@%d", topic, partition, offset)
+                self._outcomes.failed(job, exc)
 
     def _admit(self, job: Job) -> None:
         """Decode and check the record, then start decoding its image and queue it for a batch."""
@@ -139,7 +142,7 @@ class JobFeeder:
         if job.expired(datetime.now(UTC)):
             self._outcomes.skipped_expired(job)
             return
-        job.pixels = self._decode_pool.submit(self._preprocess, job.request.image)
+        job.pixels = self._decode_pool.submit(traced_decode(job, self._preprocess), job.request.image)
         while not self.stopping.is_set():
             if self._ready.qsize() < self._backlog():
                 self._ready.put(job)

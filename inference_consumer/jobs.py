@@ -14,6 +14,7 @@ from datetime import datetime
 import torch
 from confluent_kafka import Message
 
+from inference_consumer.tracing import JobTrace
 from schemas import CaptionRequest
 from schemas import headers as record_headers
 
@@ -82,7 +83,7 @@ class Job:
     partition: int
     offset: int
     key: bytes | None
-    value: bytes
+    value: bytes = field(repr=False)  # the record holds the image
     headers: dict[str, bytes]
     timestamp_ms: int
     attempt: int = 1
@@ -90,6 +91,7 @@ class Job:
     request: CaptionRequest | None = None
     reply_to: ReplyAddress | None = None  # set once the request's reply address is known to be good
     pixels: Future[torch.Tensor] | None = field(default=None, repr=False)
+    trace: JobTrace | None = field(default=None, repr=False)  # set once the worker takes the record
 
     @classmethod
     def from_message(cls, message: Message) -> Job:
@@ -121,6 +123,10 @@ class Job:
     @property
     def correlation_id(self) -> str | None:
         return self.request.correlation_id if self.request else None
+
+    @property
+    def trace_id(self) -> str | None:
+        return self.trace.trace_id if self.trace else None
 
     def origin(self) -> Origin:
         """Where the record was first published: from its headers when all four are well formed."""

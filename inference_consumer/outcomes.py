@@ -23,6 +23,14 @@ from core.settings import TopicSettings
 from inference_consumer import metrics
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job
+from inference_consumer.tracing import (
+    about_job,
+    end_job_trace,
+    end_publish_span,
+    job_failed,
+    job_log_context,
+    start_publish_span,
+)
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyError, ReplyStatus
 from schemas import headers as record_headers
 
@@ -81,6 +89,7 @@ class OutcomePublisher:
         )
         metrics.JOBS.labels(outcome="succeeded").inc()
 
+    @about_job
     def skipped_expired(self, job: Job) -> None:
         """The caller was already answered 504; running the job would only waste the model."""
         log.info(
@@ -93,7 +102,9 @@ class OutcomePublisher:
         metrics.JOBS.labels(outcome="expired").inc()
         self._finish(job)
 
+    @about_job
     def failed(self, job: Job, error: BaseException) -> None:
+        job_failed(job, error)
         retriable = isinstance(error, CaptionerError) and error.retriable
         tier = job.attempt  # attempt 1 failed -> retry tier 1
         if retriable and tier <= len(self._topics.retry_delays_s):
@@ -102,6 +113,7 @@ class OutcomePublisher:
             metrics.JOBS.labels(outcome="dead_lettered" if retriable else "failed").inc()
             self._dead_letter(job, error)
 
+    @about_job
     def _retry(self, job: Job, error: BaseException, tier: int) -> None:
         due_ms = int((time.time() + self._topics.retry_delays_s[tier - 1]) * 1000)
         headers = self._origin_headers(job) | {
@@ -124,6 +136,7 @@ class OutcomePublisher:
         if accepted:  # refused at once, the job was dead-lettered and its caller told FAILED
             self._reply(job, status=ReplyStatus.RETRYING, error=_reply_error(error, retriable=True))
 
+    @about_job
     def _dead_letter(self, job: Job, error: BaseException) -> None:
         code = error.code if isinstance(error, CaptionerError) else "internal_error"
         headers = self._origin_headers(job) | {
@@ -230,8 +243,13 @@ class OutcomePublisher:
             completed_at=datetime.now(UTC),
         )
 
+        span, headers = start_publish_span(job, address.topic)
+
         def undeliverable(reason: str) -> None:
-            log.error("reply for %s to %s undeliverable: %s", request.correlation_id, address.topic, reason)
+            with job_log_context(job):
+                log.error(
+                    "reply for %s to %s undeliverable: %s", request.correlation_id, address.topic, reason
+                )
             if then:
                 job.reply_to = None  # the dead letter's FAILED reply would meet the same refusal
                 self._dead_letter(
@@ -241,6 +259,7 @@ class OutcomePublisher:
         produced = time.perf_counter()
 
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
+            end_publish_span(span, None if delivery_error is None else delivery_error.str())
             if delivery_error is not None:
                 reason = delivery_error.str()
                 self._deferred.append(lambda: undeliverable(reason))
@@ -253,9 +272,11 @@ class OutcomePublisher:
             key=request.correlation_id.encode(),
             value=REPLY_CODEC.encode(reply),
             partition=-1 if address.partition is None else address.partition,
+            headers=headers,
             on_delivery=on_delivery,
         )
         if not sent:
+            end_publish_span(span, "produce refused the record")
             undeliverable("produce refused the record")
 
     def _produce(self, topic: str, **record: Any) -> bool:
@@ -271,6 +292,7 @@ class OutcomePublisher:
                 return False
 
     def _finish(self, job: Job) -> None:
+        end_job_trace(job)
         self._tracker.finish(job.topic, job.partition, job.offset, job.generation)
 
 

@@ -43,6 +43,7 @@ from inference_consumer.observing import (
     observe_queue_time,
 )
 from inference_consumer.outcomes import OutcomePublisher
+from inference_consumer.tracing import inference_spans
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 
 log = logging.getLogger(__name__)
@@ -267,12 +268,13 @@ class InferenceWorker:
         limits = [self._max_new_tokens(job) for job, _ in runnable]
         started = time.perf_counter()
         try:
-            self._chaos.before_batch()
-            titles = model.caption(
-                [pixels for _, pixels in runnable],
-                max_new_tokens=limits,
-                min_new_tokens=self.settings.min_new_tokens,
-            )
+            with inference_spans([job for job, _ in runnable]):
+                self._chaos.before_batch()
+                titles = model.caption(
+                    [pixels for _, pixels in runnable],
+                    max_new_tokens=limits,
+                    min_new_tokens=self.settings.min_new_tokens,
+                )
         except Exception as exc:
             if len(runnable) > 1:
                 # Split the batch so one bad input cannot sink the others.

@@ -42,6 +42,7 @@ from producer_api.publisher import RequestPublisher
 from producer_api.readiness import READINESS, Readiness, WorkerGroup, WorkersCheck, readyz
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
+from producer_api.tracing import tracing_middleware
 
 log = logging.getLogger(__name__)
 
@@ -211,8 +212,8 @@ async def request_executor(app: web.Application) -> AsyncIterator[None]:
 def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     """The HTTP surface without Kafka: routes, error middleware, auth, admission and the request executor.
     The caller puts a caption service under SERVICE (make_app does, once the Kafka clients start)."""
-    # Metrics outermost, so that they count the status the client gets, 401s included.
-    middlewares: list[Middleware] = [metrics.metrics_middleware, error_middleware]
+    # Tracing, then metrics, outermost: they see the status the client gets, 401s included.
+    middlewares: list[Middleware] = [tracing_middleware, metrics.metrics_middleware, error_middleware]
     keys = ApiKeys(api.api_keys())
     if keys:
         middlewares.append(auth_middleware(keys))  # inside error_middleware, which answers its 401s

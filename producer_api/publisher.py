@@ -23,6 +23,7 @@ class _Outgoing:
     topic: str
     key: bytes
     value: bytes
+    headers: list[tuple[str, str | bytes | None]]
     future: asyncio.Future[None]
 
 
@@ -42,11 +43,15 @@ class RequestPublisher:
         self._producing.start()
         self._delivering.start()
 
-    async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(
+        self, *, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if self.brokers_down:
             raise BrokerUnavailableError("Kafka is unreachable; try again shortly")
         future: asyncio.Future[None] = self._loop.create_future()
-        self._outgoing.put(_Outgoing(topic=topic, key=key, value=value, future=future))
+        self._outgoing.put(
+            _Outgoing(topic=topic, key=key, value=value, headers=list(headers or []), future=future)
+        )
         await future
 
     async def check_broker(self, *, topic: str, timeout_s: float) -> bool:
@@ -90,7 +95,9 @@ class RequestPublisher:
             self._loop.call_soon_threadsafe(_settle, item.future, error)
 
         try:
-            self._producer.produce(item.topic, key=item.key, value=item.value, on_delivery=on_delivery)
+            self._producer.produce(
+                item.topic, key=item.key, value=item.value, headers=item.headers, on_delivery=on_delivery
+            )
         except BufferError:
             self._loop.call_soon_threadsafe(
                 _fail,

@@ -17,11 +17,13 @@ from core.errors import (
     InvalidRequestError,
     UnsupportedImageFormatError,
 )
+from core.logs import log_context
 from core.settings import ApiSettings, TopicSettings
 from producer_api.errors import CaptionFailedError, CaptionTimeoutError, CaptionUnavailableError
 from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies
+from producer_api.tracing import publish_span
 from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
 
 log = logging.getLogger(__name__)
@@ -72,8 +74,12 @@ class CaptionService:
 
     async def caption(self, upload: ImageUpload) -> CaptionResult:
         """Admission (app.predict) and the image check (payload.prepare_upload) come first."""
-        started = time.perf_counter()
         correlation_id = uuid.uuid4().hex
+        with log_context(correlation_id=correlation_id):
+            return await self._caption(upload, correlation_id)
+
+    async def _caption(self, upload: ImageUpload, correlation_id: str) -> CaptionResult:
+        started = time.perf_counter()
         now = datetime.now(UTC)
         job = CaptionRequest(
             correlation_id=correlation_id,
@@ -86,9 +92,13 @@ class CaptionService:
         )
         reply_future = self._pending.expect(correlation_id)
         try:
-            await self._publisher.publish(
-                topic=self._topics.requests, key=correlation_id.encode(), value=REQUEST_CODEC.encode(job)
-            )
+            with publish_span(self._topics.requests, correlation_id) as headers:
+                await self._publisher.publish(
+                    topic=self._topics.requests,
+                    key=correlation_id.encode(),
+                    value=REQUEST_CODEC.encode(job),
+                    headers=headers,
+                )
             remaining = self._api.request_timeout_s - (time.perf_counter() - started)
             reply = await asyncio.wait_for(reply_future, timeout=max(remaining, 0.0))
         except TimeoutError:

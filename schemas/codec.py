@@ -33,7 +33,7 @@ def utc_now() -> datetime:
 @dataclass(frozen=True, slots=True)
 class CaptionRequest:
     correlation_id: str
-    image: bytes
+    image: bytes = field(repr=False)  # a log line or an error shows the job, never its image
     content_type: str
     reply_topic: str
     deadline: datetime

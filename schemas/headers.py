@@ -27,3 +27,11 @@ DLQ_FAILED_AT_MS = "captioner.dlq.failed-at-ms"
 # Set by `captioner dlq replay`: the job runs even though its deadline has passed, because its
 # original caller has gone and the result is wanted on the reply topic.
 REPLAYED_FROM = "captioner.replayed-from"  # "<dlq topic>:<partition>:<offset>"
+
+# W3C Trace Context (https://www.w3.org/TR/trace-context/), the same two fields as the HTTP headers of
+# that name, lower case, ASCII text. The API writes them on each request record; a system that publishes
+# jobs itself may too. Workers continue the trace they name (a malformed or oversized value is ignored
+# and the job starts a new trace), put it on replies, and carry both unchanged through retry tiers, the
+# dead-letter topic and `dlq replay`.
+TRACEPARENT = "traceparent"  # 00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>
+TRACESTATE = "tracestate"  # vendor entries; at most 512 bytes are read

@@ -13,6 +13,7 @@ from core.settings import (
     KafkaSettings,
     LogSettings,
     TopicSettings,
+    TracingSettings,
     WorkerSettings,
 )
 
@@ -20,7 +21,8 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
 @pytest.mark.parametrize(
-    "settings", [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings, LogSettings]
+    "settings",
+    [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings, LogSettings, TracingSettings],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     prefix = settings.model_config.get("env_prefix", "")

@@ -34,16 +34,20 @@ class FakePublisher:
 
     pending: PendingReplies
     published: list[CaptionRequest] = field(default_factory=list)
+    headers: list[list[tuple[str, bytes]]] = field(default_factory=list)  # each published record's
     answer: ReplyError | None = None
     refusal: Exception | None = None
     replies: Callable[[CaptionRequest], list[CaptionReply]] | None = None
     held: list[CaptionReply] | None = None  # when a list, replies wait there until the test delivers them
 
-    async def publish(self, *, topic: str, key: bytes, value: bytes) -> None:
+    async def publish(
+        self, *, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    ) -> None:
         if self.refusal is not None:
             raise self.refusal
         job = REQUEST_CODEC.decode(value)
         self.published.append(job)
+        self.headers.append(list(headers or []))
         if self.replies is not None:
             self.pending.deliver(self.replies(job))
         elif self.held is not None:

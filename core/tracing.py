@@ -1,0 +1,144 @@
+"""OpenTelemetry spans and W3C Trace Context in HTTP and Kafka headers.
+
+Spans always exist in-process (so every job has a trace id, for logs and for the records it causes);
+`CAPTIONER_TRACING` chooses where they are exported: nowhere (the default), OTLP (configured by the
+SDK's own OTEL_EXPORTER_OTLP_* variables), the console, or a file of JSON lines.
+
+Trace context is as hostile as any other header: a value that is not ASCII, too long, repeated or
+malformed is ignored, and the work it came with starts a new trace.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from opentelemetry.context import Context
+from opentelemetry.sdk.resources import SERVICE_NAME, Resource
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import (
+    BatchSpanProcessor,
+    ConsoleSpanExporter,
+    SpanExporter,
+    SpanExportResult,
+)
+from opentelemetry.trace import Span, Tracer, format_trace_id
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from core.settings import TracingSettings
+from schemas.headers import TRACEPARENT, TRACESTATE
+
+# A version-00 traceparent is 55 characters; later versions may append fields, so some room is left.
+MAX_TRACEPARENT_CHARS = 256
+# W3C: at most 32 list members; platforms should propagate at least 512 characters.
+MAX_TRACESTATE_CHARS = 512
+_LIMITS = {TRACEPARENT: MAX_TRACEPARENT_CHARS, TRACESTATE: MAX_TRACESTATE_CHARS}
+
+_PROPAGATOR = TraceContextTextMapPropagator()
+# Until an entry point configures tracing: spans with ids, exported nowhere.
+_provider = TracerProvider()
+
+HeaderValue = str | bytes | None
+
+
+def tracer(name: str) -> Tracer:
+    return _provider.get_tracer(name)
+
+
+def use_tracer_provider(provider: TracerProvider) -> TracerProvider:
+    """Makes `provider` the one every span comes from; returns the previous one (tests swap them)."""
+    global _provider
+    previous, _provider = _provider, provider
+    return previous
+
+
+def configure_tracing(settings: TracingSettings, *, service_name: str) -> TracerProvider:
+    """Called once by an entry point. OTEL_SERVICE_NAME, when set, names the service instead."""
+    provider = TracerProvider(resource=_resource(service_name))
+    exporter = span_exporter(settings.tracing)
+    if exporter is not None:
+        # Batched on a thread of its own, so no span end waits on the exporter; flushed at exit.
+        provider.add_span_processor(BatchSpanProcessor(exporter))
+    use_tracer_provider(provider)
+    return provider
+
+
+def span_exporter(destination: str) -> SpanExporter | None:
+    if destination == "off":
+        return None
+    if destination == "console":
+        return ConsoleSpanExporter()
+    if destination == "otlp":
+        from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+        return OTLPSpanExporter()
+    return JsonLinesSpanExporter(Path(destination.removeprefix("file:")))
+
+
+def _resource(service_name: str) -> Resource:
+    detected = Resource.create()  # OTEL_SERVICE_NAME and OTEL_RESOURCE_ATTRIBUTES, read by the SDK
+    if str(detected.attributes.get(SERVICE_NAME, "")).startswith("unknown_service"):
+        return detected.merge(Resource({SERVICE_NAME: service_name}))
+    return detected
+
+
+class JsonLinesSpanExporter(SpanExporter):
+    """One JSON object per span and line (the SDK's own span.to_json), appended to a file."""
+
+    def __init__(self, path: Path) -> None:
+        self._path = path
+        self._lock = threading.Lock()
+
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        lines = "".join(span.to_json(indent=None) + "\n" for span in spans)
+        try:
+            with self._lock, self._path.open("a", encoding="utf-8") as file:
+                file.write(lines)
+        except OSError:
+            return SpanExportResult.FAILURE
+        return SpanExportResult.SUCCESS
+
+
+def extract_context(fields: Iterable[tuple[object, object]]) -> Context:
+    """The trace context named by header (name, value) pairs, HTTP's or Kafka's; an empty context (a
+    new trace) when `traceparent` is absent, repeated, not ASCII, too long or malformed."""
+    found: dict[str, list[str | None]] = {}
+    for name, value in fields:
+        key = name.lower() if isinstance(name, str) else None
+        if key in _LIMITS:
+            found.setdefault(key, []).append(_bounded_text(value, _LIMITS[key]))
+    parents = found.get(TRACEPARENT, [])
+    if len(parents) != 1 or parents[0] is None:
+        return Context()
+    carrier = {TRACEPARENT: parents[0]}
+    states = found.get(TRACESTATE, [])
+    if len(states) == 1 and states[0] is not None:
+        carrier[TRACESTATE] = states[0]
+    return _PROPAGATOR.extract(carrier, context=Context())
+
+
+def _bounded_text(value: object, limit: int) -> str | None:
+    if isinstance(value, bytes):
+        if len(value) > limit:
+            return None
+        try:
+            return value.decode("ascii")
+        except UnicodeDecodeError:
+            return None
+    if isinstance(value, str) and len(value) <= limit and value.isascii():
+        return value
+    return None
+
+
+def context_headers(context: Context) -> list[tuple[str, bytes]]:
+    """Kafka record headers naming `context` (its current span); none when it has no valid span."""
+    carrier: dict[str, str] = {}
+    _PROPAGATOR.inject(carrier, context=context)
+    return [(name, value.encode("ascii")) for name, value in carrier.items()]
+
+
+def trace_id(span: Span) -> str | None:
+    """32 lower-case hex digits, as W3C and log search tools write it; None for an invalid span."""
+    span_context = span.get_span_context()
+    return format_trace_id(span_context.trace_id) if span_context.is_valid else None

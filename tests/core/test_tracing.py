@@ -1,0 +1,119 @@
+"""W3C trace context in and out of Kafka headers, and what hostile header values do (nothing)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from opentelemetry.context import Context
+from opentelemetry.trace import format_span_id, format_trace_id, get_current_span, set_span_in_context
+
+from core.settings import TracingSettings
+from core.tracing import (
+    JsonLinesSpanExporter,
+    context_headers,
+    extract_context,
+    span_exporter,
+    trace_id,
+    tracer,
+)
+from tests.support.tracing import recorded_spans
+
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+SPAN_ID = "00f067aa0ba902b7"
+TRACEPARENT = f"00-{TRACE_ID}-{SPAN_ID}-01"
+
+
+def remote_ids(context: Context) -> tuple[str, str] | None:
+    span_context = get_current_span(context).get_span_context()
+    if not span_context.is_valid:
+        return None
+    return format_trace_id(span_context.trace_id), format_span_id(span_context.span_id)
+
+
+def test_a_span_context_survives_kafka_headers_both_ways() -> None:
+    with recorded_spans():
+        span = tracer("test").start_span("publish")
+        headers = context_headers(set_span_in_context(span))
+        span.end()
+
+    assert [name for name, _ in headers] == ["traceparent"]
+    assert all(isinstance(value, bytes) for _, value in headers)
+    extracted = extract_context(headers)
+    assert remote_ids(extracted) == (trace_id(span), format_span_id(span.get_span_context().span_id))
+
+
+def test_tracestate_travels_with_traceparent() -> None:
+    context = extract_context([("traceparent", TRACEPARENT.encode()), ("tracestate", b"vendor=abc")])
+
+    assert remote_ids(context) == (TRACE_ID, SPAN_ID)
+    assert dict(context_headers(context)) == {
+        "traceparent": TRACEPARENT.encode(),
+        "tracestate": b"vendor=abc",
+    }
+
+
+def test_http_headers_are_read_too() -> None:
+    assert remote_ids(extract_context([("Traceparent", TRACEPARENT)])) == (TRACE_ID, SPAN_ID)
+
+
+HOSTILE = [
+    pytest.param([("traceparent", b"garbage")], id="garbage"),
+    pytest.param([("traceparent", b"")], id="empty"),
+    pytest.param([("traceparent", f"01-{TRACE_ID}-{SPAN_ID}-01-".encode() + b"a" * 10_000_000)], id="huge"),
+    pytest.param([("traceparent", b"00-\xff\xfe" + TRACEPARENT.encode()[5:])], id="not-utf8"),
+    pytest.param([("traceparent", "00-" + "é" * 32 + f"-{SPAN_ID}-01")], id="not-ascii"),
+    pytest.param([("traceparent", f"ff-{TRACE_ID}-{SPAN_ID}-01".encode())], id="version-ff"),
+    pytest.param([("traceparent", f"00-{TRACE_ID}-{SPAN_ID}-01-extra".encode())], id="v00-extra-field"),
+    pytest.param([("traceparent", f"00-{'0' * 32}-{SPAN_ID}-01".encode())], id="zero-trace-id"),
+    pytest.param([("traceparent", f"00-{TRACE_ID}-{'0' * 16}-01".encode())], id="zero-span-id"),
+    pytest.param([("traceparent", f"00-{TRACE_ID.upper()}-{SPAN_ID}-01".encode())], id="upper-case"),
+    pytest.param([("traceparent", TRACEPARENT.encode())] * 2, id="repeated"),
+    pytest.param([("traceparent", None)], id="null-value"),
+    pytest.param([(None, TRACEPARENT.encode())], id="null-name"),
+    pytest.param([("traceparent", 12345)], id="not-text"),
+]
+
+
+@pytest.mark.parametrize("headers", HOSTILE)
+def test_a_hostile_traceparent_is_ignored_and_the_work_starts_a_new_trace(
+    headers: list[tuple[object, object]],
+) -> None:
+    context = extract_context(headers)
+
+    assert remote_ids(context) is None
+    with recorded_spans() as exporter:
+        tracer("test").start_span("process", context=context).end()
+    (span,) = exporter.get_finished_spans()
+    assert span.parent is None
+    assert trace_id(span) not in (None, TRACE_ID)
+
+
+def test_an_oversized_or_binary_tracestate_is_dropped_but_the_parent_kept() -> None:
+    for state in (b"v=" + b"a" * 10_000, b"v=\xff"):
+        context = extract_context([("traceparent", TRACEPARENT.encode()), ("tracestate", state)])
+
+        assert remote_ids(context) == (TRACE_ID, SPAN_ID)
+        assert "tracestate" not in dict(context_headers(context))
+
+
+def test_tracing_destinations() -> None:
+    assert span_exporter("off") is None
+    assert type(span_exporter("console")).__name__ == "ConsoleSpanExporter"
+    assert type(span_exporter("otlp")).__name__ == "OTLPSpanExporter"
+    assert isinstance(span_exporter("file:/tmp/x.jsonl"), JsonLinesSpanExporter)
+    assert TracingSettings().tracing == "off"
+    with pytest.raises(ValueError):
+        TracingSettings(tracing="zipkin")
+
+
+def test_the_file_exporter_writes_one_json_span_a_line(tmp_path: Path) -> None:
+    path = tmp_path / "spans.jsonl"
+    with recorded_spans() as exporter:
+        tracer("test").start_span("a").end()
+        tracer("test").start_span("b").end()
+    JsonLinesSpanExporter(path).export(exporter.get_finished_spans())
+
+    lines = path.read_text().splitlines()
+    assert [json.loads(line)["name"] for line in lines] == ["a", "b"]
