@@ -50,6 +50,7 @@ class TopicSettings(BaseSettings):
     reply_partitions: int = Field(default=12, ge=1)
     retry_delays_s: tuple[float, ...] = (1.0, 5.0, 30.0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    captions: str = Field(default="captioner.captions", description="the compacted caption-cache topic")
 
     def retry_topic(self, tier: int) -> str:
         return f"{self.retry_prefix}.{tier}"
@@ -80,6 +81,10 @@ class ApiSettings(BaseSettings):
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    cache_max_entries: int = Field(default=100_000, ge=1, description="caption-cache entries held in memory")
+    cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="caption-cache memory bound (entries' estimated size)"
+    )
 
 
 class LogSettings(BaseSettings):
@@ -165,6 +170,27 @@ class WorkerSettings(BaseSettings):
         default=0,
         ge=0,
         description="fail the first N inference batches with a transient error (drills, tests)",
+    )
+
+
+class CacheSettings(BaseSettings):
+    """The caption cache (README, "Caption cache"): workers write it, API instances read it. An API
+    instance keys its look-ups with the CAPTIONER_MODEL and CAPTIONER_MAX_NEW_TOKENS its workers
+    caption with (set both alike; where they differ, look-ups only miss)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_CACHE_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    enabled: bool = True
+    model: str = Field(
+        default=WorkerSettings.model_fields["model"].default, validation_alias="CAPTIONER_MODEL"
+    )
+    max_new_tokens: int = Field(
+        default=WorkerSettings.model_fields["max_new_tokens"].default,
+        ge=1,
+        le=512,
+        validation_alias="CAPTIONER_MAX_NEW_TOKENS",
     )
 
 

@@ -13,3 +13,8 @@ BATCH_SECONDS = Histogram(
     "Inference time per batch",
     buckets=(0.01, 0.05, 0.1, 0.25, 0.5, 1, 2, 4, 8, 16, 32),
 )
+CACHE_WRITES = Counter(
+    "captioner_worker_cache_writes_total",
+    "Caption-cache entries: written (acknowledged), failed (refused), dropped (queue full, not sent)",
+    ["result"],
+)

@@ -17,10 +17,11 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import consumer_config, producer_config
-from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
+from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
+from producer_api.cache import cache_bypassed, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.errors import RequestTimeoutError, error_body
 from producer_api.payload import ImageUpload, plan_body, prepare_upload, read_body
@@ -40,13 +41,14 @@ REQUEST_WORK_THREADS = 4
 
 
 class Captioner(Protocol):
-    async def caption(self, upload: ImageUpload) -> CaptionResult: ...
+    async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult: ...
 
 
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 KAFKA_SETTINGS = web.AppKey("kafka_settings", KafkaSettings)
 TOPIC_SETTINGS = web.AppKey("topic_settings", TopicSettings)
 IMAGE_SETTINGS = web.AppKey("image_settings", ImageSettings)
+CACHE_SETTINGS = web.AppKey("cache_settings", CacheSettings)
 ADMISSION = web.AppKey("admission", Admission)
 REQUEST_EXECUTOR = web.AppKey("request_executor", ThreadPoolExecutor)
 SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")
@@ -131,7 +133,7 @@ async def _admitted_caption(request: web.Request) -> CaptionResult:
             ),
         )
         del body  # the image is what is held from here on
-        return await app[SERVICE].caption(upload)
+        return await app[SERVICE].caption(upload, use_cache=not cache_bypassed(request.headers))
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -165,6 +167,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(ensure_topics, kafka, topics)
+    cache = await start_caption_cache(app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics)
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -193,12 +196,15 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         publisher=publisher,
         pending=pending,
         reply_partition=partition,
+        cache=cache.captions if cache else None,
     )
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
     broker_watch.cancel()
     await publisher.close(timeout_s=api.shutdown_timeout_s)
     await asyncio.to_thread(listener.close, timeout_s=5.0)
+    if cache is not None:
+        await asyncio.to_thread(cache.reader.close, timeout_s=5.0)
 
 
 async def request_executor(app: web.Application) -> AsyncIterator[None]:
@@ -232,10 +238,12 @@ def make_app(
     kafka: KafkaSettings | None = None,
     topics: TopicSettings | None = None,
     images: ImageSettings | None = None,
+    cache: CacheSettings | None = None,
 ) -> web.Application:
     app = make_api_app(api=api or ApiSettings(), images=images or ImageSettings())
     app[KAFKA_SETTINGS] = kafka or KafkaSettings()
     app[TOPIC_SETTINGS] = topics or TopicSettings()
+    app[CACHE_SETTINGS] = cache or CacheSettings()
     app.cleanup_ctx.append(kafka_clients)
     return app
 
