@@ -28,6 +28,12 @@ What each number means (the JSON object on the last line of stdout)
                      flight over HTTP (BENCH_BATCH_SIZE: by default 16, the batch the worker's time budget
                      gives GIT-base on 2 CPU cores -> 24), so the next batch is always queued; counted over
                      whole answered batches after the first.
+    service_img_s_repeat50
+                     images/s of the same service, same closed loop, with the caption cache in use: every
+                     other request sends one of the photos already captioned (answered from the cache, no
+                     inference), the others a photo never sent before (the same picture under new bytes: a
+                     JPEG comment segment, so the same work). Every other phase sends X-Captioner-Cache:
+                     bypass, so each of its requests reaches a worker (entries are still written).
     ratio            service_img_s / naive_img_s.
     p50_ms, p95_ms, p99_ms
                      client end-to-end latency at a steady load below saturation: open-loop Poisson
@@ -74,10 +80,12 @@ from bench.load import LoadClient, load_client
 from bench.measure import (
     CapacityResult,
     IdleResult,
+    RepeatResult,
     SaturationResult,
     SteadyResult,
     measure_capacity,
     measure_idle,
+    measure_repeat50,
     measure_saturation,
     measure_steady,
     steady_rate,
@@ -122,6 +130,7 @@ class BaseServiceResults:
     idle: IdleResult
     saturation: SaturationResult
     steady: SteadyResult
+    repeat50: RepeatResult
     worker_rss_mb: float
 
 
@@ -204,8 +213,20 @@ def base_service_phase(
         rate = steady_rate(saturation.img_s, config.phases.steady_fraction)
         log(f"service: {saturation.img_s:.3f} img/s; steady load at {rate:.2f} req/s")
         steady = measure_steady(client, service, images.photos, rate=rate, phases=config.phases)
+        log("service: saturation again, every other image one already captioned (caption cache)")
+        repeat50 = measure_repeat50(
+            client,
+            service,
+            images.photos,
+            concurrency=config.saturation_concurrency,
+            min_completions=config.saturation_min_completions,
+            phases=config.phases,
+        )
+        log(f"service: {repeat50.saturation.img_s:.3f} img/s, {repeat50.cached} answers from the cache")
         log("service (base model): stopping")
-    return BaseServiceResults(idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb)
+    return BaseServiceResults(
+        idle=idle, saturation=saturation, steady=steady, repeat50=repeat50, worker_rss_mb=rss.peak_mb
+    )
 
 
 def capacity_phase(
@@ -250,6 +271,7 @@ def run(config: BenchConfig) -> BenchResults:
         idle=base.idle,
         saturation=base.saturation,
         steady=base.steady,
+        repeat50=base.repeat50,
         capacity=capacity,
         worker_rss_mb=base.worker_rss_mb,
         ceiling=ceiling,
