@@ -28,6 +28,12 @@ What each number means (the JSON object on the last line of stdout)
                      flight over HTTP (BENCH_BATCH_SIZE: by default 16, the batch the worker's time budget
                      gives GIT-base on 2 CPU cores -> 24), so the next batch is always queued; counted over
                      whole answered batches after the first.
+    service_img_s_repeat50
+                     images/s of the same service, same closed loop, with the caption cache in use: every
+                     other request sends one of the photos already captioned (answered from the cache, no
+                     inference), the others a photo never sent before (the same picture under new bytes: a
+                     JPEG comment segment, so the same work). Every other phase sends X-Captioner-Cache:
+                     bypass, so each of its requests reaches a worker (entries are still written).
     ratio            service_img_s / naive_img_s.
     p99_ms_30, p99_ms_65, p99_ms_90
                      client end-to-end latency (99th percentile) at steady loads below saturation: one
@@ -84,10 +90,12 @@ from bench.load import ClosedLoop, LoadClient, load_client
 from bench.measure import (
     CapacityResult,
     IdleResult,
+    RepeatResult,
     SaturationResult,
     SteadyResult,
     measure_capacity,
     measure_idle,
+    measure_repeat50,
     measure_saturation,
     measure_steady,
     steady_rate,
@@ -134,6 +142,7 @@ class BaseServiceResults:
     idle: IdleResult
     saturation: SaturationResult
     steady: tuple[SteadyResult, ...]
+    repeat50: RepeatResult
     worker_rss_mb: float
     worker_uss_mb: list[float]  # each worker's peak USS
 
@@ -222,9 +231,24 @@ def base_service_phase(
             )
             for fraction in config.phases.steady_fractions
         )
+        log("service: saturation again, every other image one already captioned (caption cache)")
+        repeat50 = measure_repeat50(
+            client,
+            service,
+            images.photos,
+            concurrency=config.saturation_concurrency,
+            min_completions=config.saturation_min_completions,
+            phases=config.phases,
+        )
+        log(f"service: {repeat50.saturation.img_s:.3f} img/s, {repeat50.cached} answers from the cache")
         log("service (base model): stopping")
     return BaseServiceResults(
-        idle=idle, saturation=saturation, steady=steady, worker_rss_mb=rss.peak_mb, worker_uss_mb=uss.peaks_mb
+        idle=idle,
+        saturation=saturation,
+        steady=steady,
+        repeat50=repeat50,
+        worker_rss_mb=rss.peak_mb,
+        worker_uss_mb=uss.peaks_mb,
     )
 
 
@@ -323,6 +347,7 @@ def run(config: BenchConfig) -> BenchResults:
         idle=base.idle,
         saturation=base.saturation,
         steady=base.steady,
+        repeat50=base.repeat50,
         capacity=capacity,
         worker_rss_mb=base.worker_rss_mb,
         worker_uss_mb=worker_uss_mb,

@@ -30,6 +30,7 @@ class Phases:
     steady_min_requests: int  # ... this many requests (longer at low rates), but at most ...
     steady_max_s: float  # ... this long
     steady_fractions: tuple[float, ...]  # of the measured service throughput, one run each
+    repeat50_s: float  # closed-loop run with half the images repeated (caption cache), at least
     capacity_rates: tuple[int, ...]  # requests/s offered, one step each, until one fails
     capacity_step_s: float
     capacity_min_pace: float  # answers/s over offered/s a step needs (short steps need more slack)
@@ -46,6 +47,7 @@ FULL = Phases(
     steady_min_requests=40,
     steady_max_s=90.0,
     steady_fractions=STEADY_FRACTIONS,
+    repeat50_s=45.0,
     capacity_rates=(50, 100, 200, 300, 400, 500, 600, 700, 800, 1000, 1200, 1500, 2000),
     capacity_step_s=4.0,
     capacity_min_pace=0.95,
@@ -61,6 +63,7 @@ QUICK = Phases(
     steady_min_requests=8,
     steady_max_s=20.0,
     steady_fractions=STEADY_FRACTIONS,
+    repeat50_s=15.0,
     capacity_rates=(50, 100, 200, 400, 600, 800, 1000, 1500),
     capacity_step_s=2.0,
     capacity_min_pace=0.9,

@@ -13,11 +13,14 @@ Three shapes of load:
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import math
 import multiprocessing
+import os
 import random
 import signal
+import struct
 import time
 import traceback
 from collections.abc import Iterator
@@ -39,6 +42,16 @@ class Target:
     url: str  # http://127.0.0.1:<port>/api/v1/predictions
     payloads: tuple[bytes, ...]  # JPEG bodies, sent in turn
     timeout_s: float
+    headers: tuple[tuple[str, str], ...] = ()  # besides Content-Type, on every request
+    # Closed loop only: every n-th request (by the order they are sent, across callers) is a JPEG never
+    # sent before (payloads[...] with a unique comment segment: other bytes, same pixels and work); 0: none.
+    fresh_every: int = 0
+
+
+def unique_jpeg(jpeg: bytes, tag: bytes) -> bytes:
+    """The same picture under other bytes: a COM segment holding `tag` right after the SOI marker."""
+    comment = b"captioner-bench " + tag
+    return jpeg[:2] + b"\xff\xfe" + struct.pack(">H", len(comment) + 2) + comment + jpeg[2:]
 
 
 @dataclass(frozen=True)
@@ -78,6 +91,7 @@ class Outcome:
     inference_ms: float | None = None  # ... and the worker's batch inference time
     words: int | None = None  # words in the caption
     worker_id: str | None = None  # the worker that answered (from the 200 body)
+    cached: bool = False  # answered from the caption cache (from the 200 body)
 
     @property
     def ok(self) -> bool:
@@ -140,7 +154,8 @@ async def _run(spec: LoadSpec) -> LoadRun:
 async def _post(session: aiohttp.ClientSession, target: Target, payload: bytes, due: float) -> Outcome:
     sent = time.perf_counter()
     try:
-        async with session.post(target.url, data=payload, headers=_HEADERS) as response:
+        headers = {**_HEADERS, **dict(target.headers)}
+        async with session.post(target.url, data=payload, headers=headers) as response:
             body = await response.read()
             status = response.status
     except (aiohttp.ClientError, TimeoutError):
@@ -163,6 +178,7 @@ def answered(body: bytes, *, due: float, sent: float, done: float) -> Outcome:
         inference_ms=float(answer["inference_ms"]),
         words=len(str(answer.get("title", "")).split()),
         worker_id=str(answer["worker_id"]) if "worker_id" in answer else None,
+        cached=answer.get("cached") is True,
     )
 
 
@@ -176,6 +192,8 @@ async def _sequential(session: aiohttp.ClientSession, spec: Sequential) -> list[
 
 
 async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list[Outcome]:
+    if spec.target.fresh_every:
+        return await _mixed_closed_loop(session, spec)
     payloads, outcomes = spec.target.payloads, list[Outcome]()
     started = time.perf_counter()
     stop = asyncio.Event()
@@ -194,6 +212,29 @@ async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list
                 stop.set()
 
     await asyncio.gather(*(caller(first) for first in range(spec.concurrency)))
+    return outcomes
+
+
+async def _mixed_closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list[Outcome]:
+    """As _closed_loop, but requests take payloads by one sequence across callers, so that exactly every
+    fresh_every-th request sent is an image never sent before, whichever callers are fast."""
+    payloads, every, outcomes = spec.target.payloads, spec.target.fresh_every, list[Outcome]()
+    sequence, run_tag = itertools.count(), os.urandom(8).hex().encode()
+    started = time.perf_counter()
+
+    def enough() -> bool:
+        elapsed = time.perf_counter() - started
+        return elapsed >= spec.max_s or (elapsed >= spec.min_s and len(outcomes) >= spec.min_completions)
+
+    def payload(index: int) -> bytes:
+        picture = payloads[index % len(payloads)]
+        return unique_jpeg(picture, b"%s-%d" % (run_tag, index)) if index % every == 0 else picture
+
+    async def caller() -> None:
+        while not enough():
+            outcomes.append(await _post(session, spec.target, payload(next(sequence)), time.perf_counter()))
+
+    await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
     return outcomes
 
 

@@ -6,7 +6,7 @@ import math
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from bench.config import Phases
 from bench.images import BenchImage
@@ -16,13 +16,17 @@ from bench.service import Service
 from bench.stats import LatencySummary, completion_rate
 
 CLIENT_TIMEOUT_S = 180.0  # longer than the API's request timeout (bench.service), so a 504 is the API's
+# Every phase but the repeated-images one sends the same few images again and again: each must reach a
+# worker (the caption cache still gets its entries written, as in production).
+BYPASS_CACHE = (("X-Captioner-Cache", "bypass"),)
 
 
-def target(service: Service, images: Sequence[BenchImage]) -> Target:
+def target(service: Service, images: Sequence[BenchImage], *, use_cache: bool = False) -> Target:
     return Target(
         url=service.predictions_url,
         payloads=tuple(image.data for image in images),
         timeout_s=CLIENT_TIMEOUT_S,
+        headers=() if use_cache else BYPASS_CACHE,
     )
 
 
@@ -171,6 +175,47 @@ def measure_steady(
 def steady_at(levels: Sequence[SteadyResult], fraction: float) -> SteadyResult | None:
     """The run at `fraction` of the saturation throughput, if there was one."""
     return next((level for level in levels if math.isclose(level.fraction, fraction)), None)
+
+
+# ---- saturation with repeated images (caption cache) ----------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RepeatResult:
+    saturation: SaturationResult
+    cached: int  # answers that came from the caption cache
+
+
+def measure_repeat50(
+    client: LoadClient,
+    service: Service,
+    images: Sequence[BenchImage],
+    *,
+    concurrency: int,
+    min_completions: int,
+    phases: Phases,
+) -> RepeatResult:
+    """As measure_saturation, with the cache in use: every other request sends an image already captioned
+    (the saturation run's photos), the others one never seen (a photo under new bytes: same work)."""
+    spec = ClosedLoop(
+        target=replace(target(service, images, use_cache=True), fresh_every=2),
+        concurrency=concurrency,
+        min_s=phases.repeat50_s,
+        min_completions=min_completions,
+        max_s=2 * phases.repeat50_s,
+    )
+    run = _run_checked(client, service, spec)
+    answered = [outcome for outcome in run.outcomes if outcome.ok]
+    saturation = SaturationResult(
+        img_s=completion_rate([outcome.done for outcome in answered]),
+        concurrency=concurrency,
+        answered=len(answered),
+        wall_s=run.wall_s,
+        latency=LatencySummary.of(run.outcomes),
+        words_per_title=words_per_title(answered),
+        client_cpu_share=run.client_cpu_share,
+    )
+    return RepeatResult(saturation=saturation, cached=sum(outcome.cached for outcome in answered))
 
 
 # ---- transport capacity (tiny model) --------------------------------------------------------------------

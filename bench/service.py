@@ -99,6 +99,7 @@ def topic_env(run_id: str, label: str) -> dict[str, str]:
         "CAPTIONER_TOPIC_REPLIES": f"{prefix}.replies",
         "CAPTIONER_TOPIC_RETRY_PREFIX": f"{prefix}.requests.retry",
         "CAPTIONER_TOPIC_DEAD_LETTER": f"{prefix}.requests.dlq",
+        "CAPTIONER_TOPIC_CAPTIONS": f"{prefix}.captions",
         "CAPTIONER_WORKER_GROUP_ID": f"{prefix}.workers",
     }
 
@@ -193,12 +194,14 @@ def delete_topics(bootstrap: str, run_id: str, label: str) -> None:
         replies=names["CAPTIONER_TOPIC_REPLIES"],
         retry_prefix=names["CAPTIONER_TOPIC_RETRY_PREFIX"],
         dead_letter=names["CAPTIONER_TOPIC_DEAD_LETTER"],
+        captions=names["CAPTIONER_TOPIC_CAPTIONS"],
     )
     config = client_config(KafkaSettings(), client_id=f"{run_id}-admin") | {"bootstrap.servers": bootstrap}
     try:
         admin = AdminClient(config)  # kept referenced until the futures are done
         futures = admin.delete_topics(
-            [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter], operation_timeout=30
+            [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter, topics.captions],
+            operation_timeout=30,
         )
         for future in futures.values():
             future.result(timeout=30)

@@ -73,17 +73,23 @@ def show_config() -> None:
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
     _observe("captioner-api")
-    from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
+    from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
     from producer_api.app import run_api
 
-    run_api(api=ApiSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings())
+    run_api(
+        api=ApiSettings(),
+        kafka=KafkaSettings(),
+        topics=TopicSettings(),
+        images=ImageSettings(),
+        cache=CacheSettings(),
+    )
 
 
 @app.command()
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
     _observe("captioner-worker")
-    from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+    from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 
     try:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
@@ -96,7 +102,11 @@ def worker() -> None:
 
     try:
         run_worker(
-            settings=WorkerSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings()
+            settings=WorkerSettings(),
+            kafka=KafkaSettings(),
+            topics=TopicSettings(),
+            images=ImageSettings(),
+            cache=CacheSettings(),
         )
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)

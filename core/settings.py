@@ -61,6 +61,7 @@ class TopicSettings(BaseSettings):
     reply_partitions: int = Field(default=12, ge=1)
     retry_delays_s: tuple[float, ...] = (1.0, 5.0, 30.0)
     max_message_bytes: int = Field(default=16 * 1024 * 1024, ge=1024)
+    captions: str = Field(default="captioner.captions", description="the compacted caption-cache topic")
 
     def retry_topic(self, tier: int) -> str:
         return f"{self.retry_prefix}.{tier}"
@@ -93,7 +94,7 @@ class ApiSettings(BaseSettings):
     shutdown_timeout_s: float = Field(default=10.0, ge=0)
     worker_group_id: str = Field(
         default="captioner-workers",
-        validation_alias=AliasChoices("CAPTIONER_WORKER_GROUP_ID", "CAPTIONER_API_WORKER_GROUP_ID"),
+        validation_alias=AliasChoices("CAPTIONER_API_WORKER_GROUP_ID", "CAPTIONER_WORKER_GROUP_ID"),
         description="the workers' consumer group, which /readyz asks for members holding request partitions",
     )
     ready_needs_worker: bool = Field(
@@ -119,6 +120,11 @@ class ApiSettings(BaseSettings):
             lines += self.keys_file.read_text(encoding="utf-8").splitlines()
         keys = (line.strip() for line in lines)
         return tuple(SecretStr(key) for key in keys if key and not key.startswith("#"))
+
+    cache_max_entries: int = Field(default=100_000, ge=1, description="caption-cache entries held in memory")
+    cache_max_bytes: int = Field(
+        default=64 * 1024 * 1024, ge=1024, description="caption-cache memory bound (entries' estimated size)"
+    )
 
 
 class LogSettings(BaseSettings):
@@ -228,6 +234,31 @@ class WorkerSettings(BaseSettings):
         return f"{self.worker_group_id}.retries"
 
 
+class CacheSettings(BaseSettings):
+    """The caption cache (README, "Caption cache"): workers write it, API instances read it. An API
+    instance keys its look-ups with the model (CAPTIONER_MODEL, CAPTIONER_MODEL_ID) and
+    CAPTIONER_MAX_NEW_TOKENS its workers caption with (set them alike; where they differ, look-ups only
+    miss)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_CACHE_", frozen=True, extra="ignore", populate_by_name=True
+    )
+
+    enabled: bool = True
+    model: str = Field(
+        default=WorkerSettings.model_fields["model"].default, validation_alias="CAPTIONER_MODEL"
+    )
+    model_id: str | None = Field(
+        default=None, min_length=1, max_length=256, validation_alias="CAPTIONER_MODEL_ID"
+    )
+    max_new_tokens: int = Field(
+        default=WorkerSettings.model_fields["max_new_tokens"].default,
+        ge=1,
+        le=512,
+        validation_alias="CAPTIONER_MAX_NEW_TOKENS",
+    )
+
+
 # Every group, by the name `captioner config` shows it under.
 SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
@@ -237,6 +268,7 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "images": ImageSettings,
     "log": LogSettings,
     "tracing": TracingSettings,
+    "cache": CacheSettings,
 }
 PREFIX = "CAPTIONER_"
 # CAPTIONER_* variables that are not settings but may sit in a service's environment: the test
@@ -253,14 +285,29 @@ class UnknownSettingError(CaptionerError):
     code = "unknown_setting"
 
 
+def field_variables(group: type[BaseSettings], name: str) -> list[str]:
+    """The variables that set one field, its own name first: an alias where it has one (several for
+    AliasChoices), else the group's prefix and the field's name."""
+    alias = group.model_fields[name].validation_alias
+    if isinstance(alias, str):
+        return [alias.upper()]
+    if isinstance(alias, AliasChoices):
+        return [choice.upper() for choice in alias.choices if isinstance(choice, str)]
+    return [(group.model_config.get("env_prefix", "") + name).upper()]
+
+
 def variable_names(group: type[BaseSettings]) -> dict[str, str]:
     """Field name -> the CAPTIONER_* variable that sets it."""
-    prefix = group.model_config.get("env_prefix", "")
-    return {name: (prefix + name).upper() for name in group.model_fields}
+    return {name: field_variables(group, name)[0] for name in group.model_fields}
 
 
 def known_variables() -> frozenset[str]:
-    names = {variable for group in SETTINGS_GROUPS.values() for variable in variable_names(group).values()}
+    names = {
+        variable
+        for group in SETTINGS_GROUPS.values()
+        for name in group.model_fields
+        for variable in field_variables(group, name)
+    }
     return frozenset(names | NOT_SETTINGS.keys())
 
 

@@ -19,6 +19,7 @@ _HOUR_MS = 3_600_000
 # the error message, the last 4000 characters of its traceback, where it came from): their topics take
 # this much more than the request topic, so a job that fit there always fits there too.
 OUTCOME_HEADROOM_BYTES = 64 * 1024
+CAPTION_CACHE_MAX_BATCH_BYTES = 1024 * 1024
 
 
 @dataclass(frozen=True)
@@ -50,8 +51,23 @@ def min_insync_replicas(replication_factor: int) -> int:
     return replication_factor // 2 + 1 if replication_factor >= 3 else 1
 
 
+# The caption cache keeps the latest entry of each key for good. Compaction never touches the active
+# segment, so segments roll hourly (or at 64 MiB) for replaced entries to go within hours, not Kafka's
+# default week; an entry made a tombstone (deleted) stays readable a day, long enough for every reader.
+CAPTION_CACHE_CONFIG = {
+    "segment.ms": str(_HOUR_MS),
+    "segment.bytes": str(64 * 1024 * 1024),
+    "min.cleanable.dirty.ratio": "0.5",
+    "delete.retention.ms": str(24 * _HOUR_MS),
+    # The limit applies to a whole batch of records: librdkafka's batches (batch.size, 1 MB) fit; a single
+    # record above MAX_ENTRY_BYTES is skipped by its readers.
+    "max.message.bytes": str(CAPTION_CACHE_MAX_BATCH_BYTES),
+}
+
+
 def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
-    """Requests and retries keep a day; replies matter only while a caller waits; dead letters two weeks."""
+    """Requests and retries keep a day; replies matter only while a caller waits; dead letters two weeks;
+    the caption cache is compacted (the latest entry of each key, kept until replaced or deleted)."""
     with_headroom = {"max.message.bytes": str(topics.max_message_bytes + OUTCOME_HEADROOM_BYTES)}
     return [
         TopicSpec(topics.requests, topics.request_partitions, retention_ms=24 * _HOUR_MS),
@@ -65,6 +81,13 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
             topics.request_partitions,
             retention_ms=14 * 24 * _HOUR_MS,
             extra=with_headroom,
+        ),
+        TopicSpec(
+            topics.captions,
+            topics.request_partitions,
+            retention_ms=-1,
+            cleanup_policy="compact",
+            extra=CAPTION_CACHE_CONFIG,
         ),
     ]
 

@@ -54,3 +54,8 @@ DLQ_DEPTH = Gauge(
     "captioner_worker_dlq_depth",
     "Records in the dead-letter topic (high minus low watermark, summed over partitions)",
 )
+CACHE_WRITES = Counter(
+    "captioner_worker_cache_writes_total",
+    "Caption-cache entries: written (acknowledged), failed (refused), dropped (queue full, not sent)",
+    ["result"],
+)

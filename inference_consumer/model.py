@@ -12,6 +12,7 @@ import torch
 from PIL import Image
 
 from core.images import decode_image
+from core.model_id import public_model_id
 from core.settings import WorkerSettings
 from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
@@ -41,20 +42,6 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     if dtype == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
-
-
-def public_model_id(settings: WorkerSettings) -> str:
-    """The model's name in replies and API answers: never a path on this server."""
-    if settings.model_id:
-        return settings.model_id
-    path = Path(settings.model)
-    if not path.is_dir():
-        return settings.model  # a hub id
-    path = path.resolve()
-    repo = path.parent.parent.name  # the hub cache's layout: models--<owner>--<name>/snapshots/<revision>
-    if path.parent.name == "snapshots" and repo.startswith("models--"):
-        return repo.removeprefix("models--").replace("--", "/")
-    return path.name
 
 
 @dataclass
@@ -163,7 +150,7 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             raise ModelUnavailableError(
                 "CAPTIONER_QUANTIZE=int8 needs torchao: pip install 'captioner[int8]'"
             ) from exc
-    name = public_model_id(settings)
+    name = public_model_id(settings.model, settings.model_id)
     log.info(
         "loaded %s from %s on %s (%s), decoder=%s", name, settings.model, device, dtype, settings.decoder
     )

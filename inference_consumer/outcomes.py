@@ -21,6 +21,7 @@ from confluent_kafka import KafkaError, KafkaException, Message, Producer
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
 from inference_consumer import metrics
+from inference_consumer.cache_writer import CacheWriter, Captioned
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job
 from inference_consumer.tracing import (
@@ -57,8 +58,10 @@ class OutcomePublisher:
         worker_id: str,
         group_id: str,
         on_fatal: Fatal | None = None,
+        cache: CacheWriter | None = None,
     ) -> None:
         self._producer = producer
+        self._cache = cache
         self._tracker = tracker
         self._topics = topics
         self._model_name = model_name
@@ -79,15 +82,36 @@ class OutcomePublisher:
                 return
             follow_up()
 
-    def succeeded(self, job: Job, title: str, *, inference_ms: float) -> None:
-        self._reply(
-            job,
-            status=ReplyStatus.SUCCEEDED,
-            title=title,
-            inference_ms=inference_ms,
-            then=lambda: self._finish(job),
-        )
+    def succeeded(
+        self, job: Job, title: str, *, inference_ms: float, max_new_tokens: int | None = None
+    ) -> None:
+        """`max_new_tokens`: the limit the title was computed with; with it, the title goes to the
+        caption cache once the reply is acknowledged."""
+
+        def durable() -> None:
+            self._finish(job)
+            if max_new_tokens is not None:
+                self._to_cache(job, title, inference_ms=inference_ms, max_new_tokens=max_new_tokens)
+
+        self._reply(job, status=ReplyStatus.SUCCEEDED, title=title, inference_ms=inference_ms, then=durable)
         metrics.JOBS.labels(outcome="succeeded").inc()
+
+    def _to_cache(self, job: Job, title: str, *, inference_ms: float, max_new_tokens: int) -> None:
+        if self._cache is None or job.request is None:
+            return
+        self._cache.submit(
+            Captioned(
+                image=job.request.image,
+                model=self._model_name,
+                max_new_tokens=max_new_tokens,
+                title=title,
+                worker_id=self._worker_id,
+                correlation_id=job.request.correlation_id,
+                attempt=job.attempt,
+                inference_ms=inference_ms,
+                completed_at=datetime.now(UTC),
+            )
+        )
 
     @about_job
     def skipped_expired(self, job: Job) -> None:

@@ -26,11 +26,12 @@ from prometheus_client import start_http_server
 from core.errors import CaptionerError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
-from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
+from inference_consumer.cache_writer import CacheWriter
 from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
@@ -71,8 +72,10 @@ class InferenceWorker:
         topics: TopicSettings,
         images: ImageSettings,
         model: CaptionModel | None = None,
+        cache: CacheSettings | None = None,
     ) -> None:
         self.settings = settings
+        self._cache = cache  # None: no caption-cache writes
         self._images = images
         self._kafka = kafka
         self._topics = topics
@@ -137,6 +140,11 @@ class InferenceWorker:
                 ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
             )
             tracker = OffsetTracker()
+            cache_writer = None
+            if self._cache is not None and self._cache.enabled:
+                cache_writer = CacheWriter(producer=producer, topic=self._topics.captions)
+                cache_writer.start()
+                stack.callback(cache_writer.close, settings.shutdown_timeout_s)  # before the flush
             outcomes = OutcomePublisher(
                 producer=producer,
                 tracker=tracker,
@@ -145,6 +153,7 @@ class InferenceWorker:
                 worker_id=settings.worker_id,
                 group_id=settings.worker_group_id,
                 on_fatal=self._fatal,
+                cache=cache_writer,
             )
             ready: queue.Queue[Job] = queue.Queue()  # the feeders keep it within _batching.backlog()
             feed = functools.partial(
@@ -300,8 +309,8 @@ class InferenceWorker:
         metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
         for _ in runnable:
             metrics.JOB_INFERENCE_SECONDS.observe(elapsed_ms / 1000 / len(runnable))
-        for (job, _), title in zip(runnable, titles, strict=True):
-            outcomes.succeeded(job, title, inference_ms=elapsed_ms)
+        for (job, _), title, limit in zip(runnable, titles, limits, strict=True):
+            outcomes.succeeded(job, title, inference_ms=elapsed_ms, max_new_tokens=limit)
 
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None
@@ -321,10 +330,15 @@ def _flush(producer: Producer, timeout_s: float) -> None:
 
 
 def run_worker(
-    *, settings: WorkerSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings
+    *,
+    settings: WorkerSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    images: ImageSettings,
+    cache: CacheSettings,
 ) -> None:
     """Run a worker in this process until SIGTERM or SIGINT, with the settings its entry point read."""
-    worker = InferenceWorker(settings=settings, kafka=kafka, topics=topics, images=images)
+    worker = InferenceWorker(settings=settings, kafka=kafka, topics=topics, images=images, cache=cache)
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: finishing in-flight work", signum)

@@ -17,13 +17,14 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import client_config, consumer_config, producer_config
-from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
+from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
 from producer_api.appkeys import (
     ADMISSION,
     API_SETTINGS,
+    CACHE_SETTINGS,
     IMAGE_SETTINGS,
     KAFKA_SETTINGS,
     LISTENER,
@@ -34,6 +35,7 @@ from producer_api.appkeys import (
 )
 from producer_api.auth import WWW_AUTHENTICATE, ApiKeys, auth_middleware
 from producer_api.batch import BATCH_PATH, predict_batch
+from producer_api.cache import cache_bypassed, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
@@ -127,7 +129,7 @@ async def _admitted_caption(request: web.Request) -> CaptionResult:
             ),
         )
         del body  # the image is what is held from here on
-        return await app[SERVICE].caption(upload)
+        return await app[SERVICE].caption(upload, use_cache=not cache_bypassed(request.headers))
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -145,6 +147,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(ensure_topics, kafka, topics)
+    cache = await start_caption_cache(app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics)
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -173,6 +176,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         publisher=publisher,
         pending=pending,
         reply_partition=partition,
+        cache=cache.captions if cache else None,
     )
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
@@ -180,6 +184,8 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     broker_watch.cancel()
     await publisher.close(timeout_s=api.shutdown_timeout_s)
     await asyncio.to_thread(listener.close, timeout_s=5.0)
+    if cache is not None:
+        await asyncio.to_thread(cache.reader.close, timeout_s=5.0)
 
 
 def _readiness(
@@ -250,20 +256,33 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
 
 
 def make_app(
-    *, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings
+    *,
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    images: ImageSettings,
+    cache: CacheSettings,
 ) -> web.Application:
     app = make_api_app(api=api, images=images)
     app[KAFKA_SETTINGS] = kafka
     app[TOPIC_SETTINGS] = topics
+    app[CACHE_SETTINGS] = cache
     app.cleanup_ctx.append(kafka_clients)
     return app
 
 
-def run_api(*, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings) -> None:
+def run_api(
+    *,
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    images: ImageSettings,
+    cache: CacheSettings,
+) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close.
     The settings are the ones its entry point read."""
     web.run_app(
-        make_app(api=api, kafka=kafka, topics=topics, images=images),
+        make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache),
         loop=new_event_loop(),
         host=api.host,
         port=api.port,

@@ -8,7 +8,7 @@ from typing import Protocol
 
 from aiohttp import web
 
-from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
+from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from producer_api.admission import Admission
 from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
@@ -17,13 +17,14 @@ from producer_api.service import CaptionResult
 
 
 class Captioner(Protocol):
-    async def caption(self, upload: ImageUpload) -> CaptionResult: ...
+    async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult: ...
 
 
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)
 KAFKA_SETTINGS = web.AppKey("kafka_settings", KafkaSettings)
 TOPIC_SETTINGS = web.AppKey("topic_settings", TopicSettings)
 IMAGE_SETTINGS = web.AppKey("image_settings", ImageSettings)
+CACHE_SETTINGS = web.AppKey("cache_settings", CacheSettings)
 ADMISSION = web.AppKey("admission", Admission)
 REQUEST_EXECUTOR = web.AppKey("request_executor", ThreadPoolExecutor)
 SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")

@@ -20,6 +20,7 @@ from aiohttp.helpers import parse_mimetype
 from aiohttp.http_exceptions import HttpProcessingError
 from aiohttp.multipart import parse_content_disposition
 
+from core.cache_keys import image_sha256
 from core.errors import CaptionerError
 from core.images import inspect_image
 from producer_api.errors import (
@@ -63,6 +64,7 @@ class BodyPlan:
 class ImageUpload:
     data: bytes
     content_type: str
+    sha256: str = ""  # of data, for the caption cache; "" when not computed
 
 
 def max_body_bytes(max_image_bytes: int) -> int:
@@ -142,7 +144,7 @@ def checked_upload(data: bytes, *, max_pixels: int) -> ImageUpload:
     if not data:
         raise MalformedRequestError("the request holds no image bytes")
     info = inspect_image(data, max_pixels=max_pixels)
-    return ImageUpload(data=data, content_type=info.content_type)
+    return ImageUpload(data=data, content_type=info.content_type, sha256=image_sha256(data))
 
 
 def batch_images(

@@ -19,12 +19,14 @@ from core.errors import (
 )
 from core.logs import log_context
 from core.settings import ApiSettings, TopicSettings
+from producer_api import metrics
+from producer_api.cache import CachedCaptions
 from producer_api.errors import CaptionFailedError, CaptionTimeoutError, CaptionUnavailableError
 from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies
 from producer_api.tracing import publish_span
-from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyStatus
+from schemas import REQUEST_CODEC, CaptionCacheEntry, CaptionReply, CaptionRequest, ReplyStatus
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +45,7 @@ class CaptionResult:
     correlation_id: str
     reply: CaptionReply
     latency_ms: float
+    cached: bool = False
 
     def body(self) -> dict[str, Any]:
         return {
@@ -53,7 +56,24 @@ class CaptionResult:
             "attempt": self.reply.attempt,
             "inference_ms": round(self.reply.inference_ms, 2),
             "latency_ms": round(self.latency_ms, 2),
+            "cached": self.cached,
         }
+
+    @classmethod
+    def from_cache(cls, correlation_id: str, entry: CaptionCacheEntry, started: float) -> CaptionResult:
+        """The answer the entry's job gave (title, model, worker, attempt, inference time), under this
+        request's own id and latency."""
+        reply = CaptionReply(
+            correlation_id=correlation_id,
+            status=ReplyStatus.SUCCEEDED,
+            model=entry.model,
+            worker_id=entry.worker_id,
+            title=entry.title,
+            attempt=entry.attempt,
+            inference_ms=entry.inference_ms,
+            completed_at=entry.completed_at,
+        )
+        return cls(correlation_id, reply, (time.perf_counter() - started) * 1000, cached=True)
 
 
 class CaptionService:
@@ -65,21 +85,29 @@ class CaptionService:
         publisher: RequestPublisher,
         pending: PendingReplies,
         reply_partition: int,
+        cache: CachedCaptions | None = None,
     ) -> None:
         self._api = api
+        self._cache = cache
         self._topics = topics
         self._publisher = publisher
         self._pending = pending
         self._reply_partition = reply_partition
 
-    async def caption(self, upload: ImageUpload) -> CaptionResult:
-        """Admission (app.predict) and the image check (payload.prepare_upload) come first."""
+    async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult:
+        """Admission (app.predict) and the image check (payload.prepare_upload) come first. With
+        `use_cache` false (the caller's headers asked for it) the image is captioned afresh."""
         correlation_id = uuid.uuid4().hex
         with log_context(correlation_id=correlation_id):
-            return await self._caption(upload, correlation_id)
+            return await self._caption(upload, correlation_id, use_cache=use_cache)
 
-    async def _caption(self, upload: ImageUpload, correlation_id: str) -> CaptionResult:
+    async def _caption(self, upload: ImageUpload, correlation_id: str, *, use_cache: bool) -> CaptionResult:
         started = time.perf_counter()
+        if self._cache is not None and upload.sha256:
+            if not use_cache:
+                metrics.CACHE_BYPASSED.inc()
+            elif (entry := self._cache.find(upload.sha256)) is not None:
+                return CaptionResult.from_cache(correlation_id, entry, started)
         now = datetime.now(UTC)
         job = CaptionRequest(
             correlation_id=correlation_id,

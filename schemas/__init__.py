@@ -1,8 +1,10 @@
 """Versioned Avro schemas of every record on every topic, and their single-object codec."""
 
 from schemas.codec import (
+    CACHE_ENTRY_CODEC,
     REPLY_CODEC,
     REQUEST_CODEC,
+    CaptionCacheEntry,
     CaptionReply,
     CaptionRequest,
     RecordCodec,
@@ -20,8 +22,10 @@ from schemas.errors import (
 )
 
 __all__ = [
+    "CACHE_ENTRY_CODEC",
     "REPLY_CODEC",
     "REQUEST_CODEC",
+    "CaptionCacheEntry",
     "CaptionReply",
     "CaptionRequest",
     "CaptionerError",

@@ -69,7 +69,20 @@ class CaptionReply:
     completed_at: datetime = field(default_factory=utc_now)
 
 
-RecordT = TypeVar("RecordT", CaptionRequest, CaptionReply)
+@dataclass(frozen=True, slots=True)
+class CaptionCacheEntry:
+    image_sha256: str
+    model: str
+    max_new_tokens: int
+    title: str
+    worker_id: str
+    correlation_id: str
+    attempt: int = 1
+    inference_ms: float = 0.0
+    completed_at: datetime = field(default_factory=utc_now)
+
+
+RecordT = TypeVar("RecordT", CaptionRequest, CaptionReply, CaptionCacheEntry)
 
 
 class RecordCodec(Generic[RecordT]):
@@ -139,3 +152,6 @@ REQUEST_CODEC: RecordCodec[CaptionRequest] = RecordCodec(
     schema_name="caption_request", record_type=CaptionRequest
 )
 REPLY_CODEC: RecordCodec[CaptionReply] = RecordCodec(schema_name="caption_reply", record_type=CaptionReply)
+CACHE_ENTRY_CODEC: RecordCodec[CaptionCacheEntry] = RecordCodec(
+    schema_name="caption_cache_entry", record_type=CaptionCacheEntry
+)

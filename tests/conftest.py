@@ -66,6 +66,7 @@ def topic_env(request: pytest.FixtureRequest) -> dict[str, str]:
         "CAPTIONER_TOPIC_REPLIES": f"{prefix}.replies",
         "CAPTIONER_TOPIC_RETRY_PREFIX": f"{prefix}.requests.retry",
         "CAPTIONER_TOPIC_DEAD_LETTER": f"{prefix}.requests.dlq",
+        "CAPTIONER_TOPIC_CAPTIONS": f"{prefix}.captions",
         "CAPTIONER_TOPIC_REPLY_PARTITIONS": "4",
         "CAPTIONER_TOPIC_RETRY_DELAYS_S": "[0.5, 1.0, 1.5]",
         "CAPTIONER_WORKER_GROUP_ID": f"{prefix}.workers",
@@ -81,6 +82,9 @@ def env(kafka_bootstrap: str, topic_env: dict[str, str], tiny_model_dir: Path) -
         "CAPTIONER_WORKER_THREADS": "1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": "20",
         "CAPTIONER_LOG_LEVEL": "INFO",
+        # Tests send the same images again and again and expect each to reach a worker; the cache's own
+        # tests turn it on.
+        "CAPTIONER_CACHE_ENABLED": "false",
     }
 
 

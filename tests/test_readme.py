@@ -9,6 +9,7 @@ from pydantic_settings import BaseSettings
 
 from core.settings import (
     ApiSettings,
+    CacheSettings,
     ImageSettings,
     KafkaSettings,
     LogSettings,
@@ -22,13 +23,22 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 @pytest.mark.parametrize(
     "settings",
-    [KafkaSettings, TopicSettings, ApiSettings, WorkerSettings, ImageSettings, LogSettings, TracingSettings],
+    [
+        KafkaSettings,
+        TopicSettings,
+        ApiSettings,
+        WorkerSettings,
+        ImageSettings,
+        LogSettings,
+        TracingSettings,
+        CacheSettings,
+    ],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     prefix = settings.model_config.get("env_prefix", "")
-    missing = [
-        (prefix + name).upper()
-        for name in settings.model_fields
-        if f"`{(prefix + name).upper()}`" not in README
+    names = [
+        field.validation_alias if isinstance(field.validation_alias, str) else (prefix + name).upper()
+        for name, field in settings.model_fields.items()
     ]
+    missing = [name for name in names if f"`{name}`" not in README]
     assert not missing, f"add these to the README's settings table: {missing}"

@@ -130,9 +130,10 @@ def _topic_names(env: dict[str, str]) -> list[str]:
         replies=env["CAPTIONER_TOPIC_REPLIES"],
         retry_prefix=env["CAPTIONER_TOPIC_RETRY_PREFIX"],
         dead_letter=env["CAPTIONER_TOPIC_DEAD_LETTER"],
+        captions=env["CAPTIONER_TOPIC_CAPTIONS"],
         retry_delays_s=tuple(json.loads(env["CAPTIONER_TOPIC_RETRY_DELAYS_S"])),
     )
-    return [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter]
+    return [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter, topics.captions]
 
 
 def _steady(chaos: Chaos) -> Steady:

@@ -47,6 +47,8 @@ def service_env(config: ChaosConfig, *, bootstrap: str, model_dir: Path) -> dict
         "CAPTIONER_TOPIC_RETRY_DELAYS_S": "[0.5, 1.0, 2.0]",
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": f"{config.request_timeout_s:g}",
+        # The traffic repeats a few images to catch swapped replies: each must reach a worker.
+        "CAPTIONER_CACHE_ENABLED": "false",
     }
 
 

@@ -2,27 +2,34 @@
 
 from __future__ import annotations
 
-import json
+import io
 import multiprocessing
 import urllib.request
 from collections.abc import Iterator
 
 import pytest
 from aiohttp import web
+from PIL import Image
 
-from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client
+from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client, unique_jpeg
 from captioner.processes import free_port
+from tests.support.images import make_image_bytes
 from tests.support.waiting import wait_until
 
-_ANSWER = json.dumps({"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}).encode()
+_ANSWER = {"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}
 
 
 def _serve(port: int) -> None:
+    seen: set[bytes] = set()
+
     async def predict(request: web.Request) -> web.Response:
+        """Answers like the API with its caption cache: a body seen before is `cached`, unless bypassed."""
         body = await request.read()
         if body == b"overload":
             return web.json_response({"error": {"code": "overloaded"}}, status=429)
-        return web.Response(body=_ANSWER, content_type="application/json")
+        cached = body in seen and request.headers.get("X-Captioner-Cache") != "bypass"
+        seen.add(body)
+        return web.json_response({**_ANSWER, "cached": cached})
 
     app = web.Application()
     app.router.add_post("/api/v1/predictions", predict)
@@ -88,3 +95,33 @@ def test_open_loop_keeps_its_schedule_and_counts_errors(client: LoadClient, stub
 def test_unreachable_server_is_an_error_not_a_crash(client: LoadClient) -> None:
     run = client.run(Sequential(Target(f"http://127.0.0.1:{free_port()}/x", (b"a",), timeout_s=2), count=2))
     assert [outcome.status for outcome in run.outcomes] == [0, 0]
+
+
+def test_a_unique_jpeg_is_other_bytes_of_the_same_picture() -> None:
+    jpeg = make_image_bytes("JPEG", seed=5)
+    first, second = unique_jpeg(jpeg, b"1"), unique_jpeg(jpeg, b"2")
+    assert len({jpeg, first, second}) == 3
+    pixels = [Image.open(io.BytesIO(data)).convert("RGB").tobytes() for data in (jpeg, first, second)]
+    assert pixels[0] == pixels[1] == pixels[2]
+
+
+def test_a_mixed_closed_loop_repeats_every_other_image(client: LoadClient, stub_url: str) -> None:
+    jpeg = make_image_bytes("JPEG", seed=6)
+    client.run(Sequential(Target(stub_url, (jpeg,), timeout_s=5), count=1))  # captioned once before
+    spec = ClosedLoop(
+        Target(stub_url, (jpeg,), timeout_s=5, fresh_every=2),
+        concurrency=4,
+        min_s=0.2,
+        min_completions=100,
+        max_s=10,
+    )
+    outcomes = client.run(spec).outcomes
+    cached = sum(outcome.cached for outcome in outcomes)
+    # Sent in order: fresh, repeated, fresh, ...; answers may finish in another order, the counts not.
+    assert abs(cached - len(outcomes) / 2) <= spec.concurrency
+
+
+def test_the_bypass_header_goes_with_every_request(client: LoadClient, stub_url: str) -> None:
+    target = Target(stub_url, (b"bypassed",), timeout_s=5, headers=(("X-Captioner-Cache", "bypass"),))
+    run = client.run(Sequential(target, count=3))
+    assert [outcome.cached for outcome in run.outcomes] == [False, False, False]

@@ -11,7 +11,14 @@ from bench.config import load_config
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
 from bench.load import Outcome
-from bench.measure import CapacityResult, CapacityStep, IdleResult, SaturationResult, SteadyResult
+from bench.measure import (
+    CapacityResult,
+    CapacityStep,
+    IdleResult,
+    RepeatResult,
+    SaturationResult,
+    SteadyResult,
+)
 from bench.naive import NaiveResult
 from bench.report import SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
@@ -83,6 +90,18 @@ def _results() -> BenchResults:
                 (0.9, _latency(slower=3)),
             )
         ),
+        repeat50=RepeatResult(
+            saturation=SaturationResult(
+                img_s=3.9,
+                concurrency=24,
+                answered=200,
+                wall_s=20.0,
+                latency=_latency(),
+                words_per_title=20.0,
+                client_cpu_share=0.02,
+            ),
+            cached=100,
+        ),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
         worker_rss_mb=2000.0,
         worker_uss_mb=[700.0, 750.0],
@@ -98,6 +117,7 @@ def test_summary_has_exactly_the_keys() -> None:
     summary = _results().summary()
     assert tuple(summary) == SUMMARY_KEYS
     assert summary["ratio"] == pytest.approx(4.0)
+    assert summary["service_img_s_repeat50"] == pytest.approx(3.9)
     # end-to-end - worker inference: 200 and 250 ms, p50 225; less 50 ms of in-process decode + preprocess
     assert summary["overhead_p50_ms"] == pytest.approx(175.0)
     assert summary["capacity_rps"] == 100

@@ -55,7 +55,7 @@ def test_config_prints_every_group_with_secrets_masked() -> None:
     assert "hunter2" not in done.stdout + done.stderr
     assert "hunter3" not in done.stdout + done.stderr
     shown = json.loads(done.stdout)
-    assert set(shown) == {"kafka", "topics", "api", "worker", "images", "log", "tracing"}
+    assert set(shown) == {"kafka", "topics", "api", "worker", "images", "log", "tracing", "cache"}
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SSL_KEY_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_USERNAME"] == "svc-captioner"

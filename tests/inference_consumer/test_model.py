@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from captioner.processes import CAPTIONER, free_port
+from core.model_id import public_model_id
 from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
-from inference_consumer.model import configure_torch_threads, load_caption_model, public_model_id
+from inference_consumer.model import configure_torch_threads, load_caption_model
 from tests.support.images import make_picture, reference_captioner
 
 
@@ -88,7 +89,8 @@ def test_replies_name_the_model_by_a_public_id(
         model = model.format(dir=tmp_path)
         Path(model).mkdir(parents=True)
 
-    assert public_model_id(WorkerSettings(model=model, model_id=model_id)) == public
+    settings = WorkerSettings(model=model, model_id=model_id)
+    assert public_model_id(settings.model, settings.model_id) == public
 
 
 def test_a_loaded_directory_is_named_without_its_path(tiny_model_dir: Path) -> None:

@@ -16,6 +16,7 @@ from prometheus_client import REGISTRY
 
 from core.settings import ApiSettings, ImageSettings, TopicSettings
 from producer_api.app import ADMISSION, SERVICE, make_api_app
+from producer_api.cache import CachedCaptions
 from producer_api.replies import PendingReplies
 from producer_api.service import CaptionService
 from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyError, ReplyStatus
@@ -160,7 +161,7 @@ StartApi = Callable[..., Awaitable[ApiUnderTest]]
 async def serve_api() -> AsyncIterator[StartApi]:
     clients: list[TestClient[web.Request, web.Application]] = []
 
-    async def start(**settings: Any) -> ApiUnderTest:
+    async def start(*, cache: CachedCaptions | None = None, **settings: Any) -> ApiUnderTest:
         api = ApiSettings(**{"max_image_bytes": LIMIT, "instance_id": "test", **settings})
         app = make_api_app(api=api, images=ImageSettings(max_image_pixels=1_000_000))
         pending = PendingReplies()
@@ -171,6 +172,7 @@ async def serve_api() -> AsyncIterator[StartApi]:
             publisher=publisher,  # type: ignore[arg-type]
             pending=pending,
             reply_partition=0,
+            cache=cache,
         )
         client = TestClient(TestServer(app))
         await client.start_server()

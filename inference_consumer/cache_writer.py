@@ -1,0 +1,122 @@
+"""Writes each caption to the compacted caption-cache topic (README, "Caption cache").
+
+Best effort, and out of the job's way: an entry is handed over only once the job's SUCCEEDED reply is
+acknowledged, a thread of its own hashes the image and produces the entry, and whatever goes wrong (a
+full queue, a refusal, a broker down) costs only that entry, counted in a metric, never the job.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import queue
+import threading
+from dataclasses import dataclass
+from datetime import datetime
+
+from confluent_kafka import KafkaError, KafkaException, Message, Producer
+
+from core.cache_keys import MAX_ENTRY_BYTES, entry_key, image_sha256
+from inference_consumer import metrics
+from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
+
+log = logging.getLogger(__name__)
+
+# Images wait here, unhashed, while the thread catches up: bounded in bytes as well as in number.
+MAX_PENDING = 256
+MAX_PENDING_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class Captioned:
+    """One job's caption, as its reply gave it, and the bytes of the image it was computed from."""
+
+    image: bytes
+    model: str
+    max_new_tokens: int
+    title: str
+    worker_id: str
+    correlation_id: str
+    attempt: int
+    inference_ms: float
+    completed_at: datetime
+
+
+class CacheWriter:
+    def __init__(self, *, producer: Producer, topic: str) -> None:
+        self._producer = producer
+        self._topic = topic
+        self._queue: queue.Queue[Captioned | None] = queue.Queue(maxsize=MAX_PENDING)
+        self._pending_bytes = 0
+        self._lock = threading.Lock()
+        self._thread = threading.Thread(target=self._run, name="cache-writer", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, captioned: Captioned) -> None:
+        """Never blocks: safe in a delivery callback. A full queue drops the entry."""
+        size = len(captioned.image)
+        with self._lock:
+            if self._pending_bytes + size > MAX_PENDING_BYTES:
+                metrics.CACHE_WRITES.labels(result="dropped").inc()
+                return
+            self._pending_bytes += size
+        try:
+            self._queue.put_nowait(captioned)
+        except queue.Full:
+            self._release(size)
+            metrics.CACHE_WRITES.labels(result="dropped").inc()
+
+    def close(self, timeout_s: float) -> None:
+        """Writes what is queued (within timeout_s), then stops; the producer's flush delivers it."""
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout_s)
+        self._thread.join(timeout_s)
+
+    def _run(self) -> None:
+        while (captioned := self._queue.get()) is not None:
+            try:
+                self._write(captioned)
+            except Exception:  # one entry must never stop the thread
+                log.exception("caption-cache entry for %s not written", captioned.correlation_id)
+                metrics.CACHE_WRITES.labels(result="failed").inc()
+            finally:
+                self._release(len(captioned.image))
+
+    def _release(self, size: int) -> None:
+        with self._lock:
+            self._pending_bytes -= size
+
+    def _write(self, captioned: Captioned) -> None:
+        entry = CaptionCacheEntry(
+            image_sha256=image_sha256(captioned.image),
+            model=captioned.model,
+            max_new_tokens=captioned.max_new_tokens,
+            title=captioned.title,
+            worker_id=captioned.worker_id,
+            correlation_id=captioned.correlation_id,
+            attempt=captioned.attempt,
+            inference_ms=captioned.inference_ms,
+            completed_at=captioned.completed_at,
+        )
+        value = CACHE_ENTRY_CODEC.encode(entry)
+        if len(value) > MAX_ENTRY_BYTES:  # readers would skip it
+            metrics.CACHE_WRITES.labels(result="failed").inc()
+            return
+        try:
+            self._producer.produce(
+                self._topic, key=entry_key(entry), value=value, on_delivery=self._on_delivery
+            )
+        except BufferError:
+            metrics.CACHE_WRITES.labels(result="dropped").inc()
+        except (KafkaException, TypeError, ValueError) as exc:
+            log.warning("caption-cache produce to %s refused: %s", self._topic, exc)
+            metrics.CACHE_WRITES.labels(result="failed").inc()
+
+    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
+        if error is None:
+            metrics.CACHE_WRITES.labels(result="written").inc()
+        else:
+            log.warning("caption-cache entry not written to %s: %s", self._topic, error)
+            metrics.CACHE_WRITES.labels(result="failed").inc()
