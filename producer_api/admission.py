@@ -22,10 +22,11 @@ class Admission:
         self.buffered_bytes = 0
 
     def admit(self, body_bytes: int) -> Ticket:
-        """A ticket for one request whose body is at most body_bytes; raises 429 (or 413) at once."""
+        """A ticket for one request that holds at most body_bytes (its body, or what parsing it holds:
+        BodyPlan.reserve); raises 429 (or 413) at once."""
         if body_bytes > self.max_buffered_bytes:
             raise PayloadTooLargeError(
-                f"a body of {body_bytes} bytes is more than this instance buffers at once"
+                f"this request would hold {body_bytes} bytes, more than this instance buffers at once"
             )
         if self.in_flight >= self.max_in_flight:
             raise OverloadedError(

@@ -33,15 +33,23 @@ from producer_api.appkeys import (
     SERVICE,
     TOPIC_SETTINGS,
 )
-from producer_api.auth import WWW_AUTHENTICATE, ApiKeys, auth_middleware
+from producer_api.auth import METRICS_PATH, WWW_AUTHENTICATE, ApiKeys, auth_middleware
 from producer_api.batch import BATCH_PATH, predict_batch
 from producer_api.cache import cache_bypassed, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
-from producer_api.payload import plan_body, prepare_upload, read_body
+from producer_api.intake import admitted_body
+from producer_api.payload import plan_body, prepare_upload
 from producer_api.publisher import RequestPublisher
-from producer_api.readiness import READINESS, Readiness, WorkerGroup, WorkersCheck, readyz
+from producer_api.readiness import (
+    READINESS,
+    BrokerCheck,
+    Readiness,
+    WorkerGroup,
+    WorkersCheck,
+    readyz,
+)
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
 from producer_api.tracing import tracing_middleware
@@ -109,15 +117,7 @@ async def _admitted_caption(request: web.Request) -> CaptionResult:
     app = request.app
     api = app[API_SETTINGS]
     plan = plan_body(request, max_image_bytes=api.max_image_bytes)
-    with app[ADMISSION].admit(plan.reserve) as ticket:
-        try:
-            async with asyncio.timeout(api.body_read_timeout_s):
-                body = await read_body(request, limit=plan.limit)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {api.body_read_timeout_s:g} s"
-            ) from None
-        ticket.shrink_to(len(body))
+    async with admitted_body(request, plan) as (_ticket, body):
         upload = await asyncio.get_running_loop().run_in_executor(
             app[REQUEST_EXECUTOR],
             functools.partial(
@@ -177,6 +177,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         pending=pending,
         reply_partition=partition,
         cache=cache.captions if cache else None,
+        executor=app[REQUEST_EXECUTOR],
     )
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
@@ -202,7 +203,7 @@ def _readiness(
         workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
     return Readiness(
         listener=listener,
-        broker_reachable=functools.partial(publisher.check_broker, topic=topics.requests, timeout_s=2.0),
+        broker=BrokerCheck(functools.partial(publisher.check_broker, topic=topics.requests, timeout_s=2.0)),
         workers=workers,
     )
 
@@ -222,7 +223,8 @@ def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     middlewares: list[Middleware] = [tracing_middleware, metrics.metrics_middleware, error_middleware]
     keys = ApiKeys(api.api_keys())
     if keys:
-        middlewares.append(auth_middleware(keys))  # inside error_middleware, which answers its 401s
+        # inside error_middleware, which answers its 401s
+        middlewares.append(auth_middleware(keys, metrics_open=api.metrics_port is None))
     # client_max_size bounds aiohttp's own request.read()/post(); predict reads through plan_body's limit.
     app = web.Application(middlewares=middlewares, client_max_size=api.max_image_bytes * 2)
     app[API_SETTINGS] = api
@@ -234,7 +236,7 @@ def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if api.metrics_port is None:
-        app.router.add_get("/metrics", metrics_endpoint)
+        app.router.add_get(METRICS_PATH, metrics_endpoint)
     else:
         app.cleanup_ctx.append(metrics_server)
     add_docs_routes(app)
@@ -246,7 +248,7 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
     """/metrics on its own port (CAPTIONER_API_METRICS_PORT), so it can stay off the public listener."""
     api = app[API_SETTINGS]
     metrics_app = web.Application()
-    metrics_app.router.add_get("/metrics", metrics_endpoint)
+    metrics_app.router.add_get(METRICS_PATH, metrics_endpoint)
     runner = web.AppRunner(metrics_app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, api.host, api.metrics_port).start()

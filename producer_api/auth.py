@@ -3,8 +3,8 @@
 A key comes as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Both sides are hashed before
 hmac.compare_digest, so the comparison takes the same time whatever the lengths, and every configured
 key is compared, so the time does not say which one matched. Keys are never logged.
-Probes, metrics, the OpenAPI document, its docs page and the demo page stay open: they carry no
-caller data, and a client needs the document to learn how to authenticate.
+Probes, metrics (when served on the API's port), the OpenAPI document, its docs page and the demo page
+stay open: they carry no caller data, and a client needs the document to learn how to authenticate.
 """
 
 from __future__ import annotations
@@ -22,9 +22,8 @@ from producer_api.docs import DOCS_PATH, DOCS_SCRIPT_PATH, OPENAPI_PATH
 from producer_api.errors import UnauthorizedError
 
 # The demo page and its files stay open so that a browser can load the page that asks for the key.
-OPEN_PATHS = frozenset(
-    {"/healthz", "/readyz", "/metrics", OPENAPI_PATH, DOCS_PATH, DOCS_SCRIPT_PATH, *DEMO_FILES}
-)
+OPEN_PATHS = frozenset({"/healthz", "/readyz", OPENAPI_PATH, DOCS_PATH, DOCS_SCRIPT_PATH, *DEMO_FILES})
+METRICS_PATH = "/metrics"
 API_KEY_HEADER = "X-API-Key"
 WWW_AUTHENTICATE = 'Bearer realm="captioner"'
 
@@ -57,10 +56,14 @@ def offered_key(request: web.BaseRequest) -> str | None:
     return header or None
 
 
-def auth_middleware(keys: ApiKeys) -> Middleware:
+def auth_middleware(keys: ApiKeys, *, metrics_open: bool) -> Middleware:
+    """metrics_open: /metrics is served on this port, and open; when it has a port of its own, /metrics
+    here is an unknown path like any other (401 without a key), so the port says nothing about it."""
+    open_paths = OPEN_PATHS | {METRICS_PATH} if metrics_open else OPEN_PATHS
+
     @web.middleware
     async def require_key(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path not in OPEN_PATHS:
+        if request.path not in open_paths:
             key = offered_key(request)
             if key is None:
                 raise UnauthorizedError(

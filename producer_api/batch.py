@@ -1,11 +1,12 @@
 """POST /api/v1/predictions:batch: several images in one request, each its own job.
 
-The batch is admitted like one request (one slot, its whole body's bytes out of the byte budget,
-both before the body is read). The body is split into items off the event loop; each item is then
-checked on the request executor and published as its own job, all at once, so the jobs spread over
-the workers' partitions. The answer lists one result per item, in input order: the single endpoint's
-body with "status": 200, or {"status": <4xx/5xx>, "error": {...}}. A well-formed batch is a 200 even
-when items fail; a malformed one (not JSON or multipart, no images, too many) is a 4xx.
+The batch is admitted like one request (one slot, and what parsing its whole body holds out of the
+byte budget: a multiple of the body, payload.plan_batch_body; both before the body is read). The body
+is split into items off the event loop; each item is then checked on the request executor and
+published as its own job, all at once, so the jobs spread over the workers' partitions. The answer
+lists one result per item, in input order: the single endpoint's body with "status": 200, or
+{"status": <4xx/5xx>, "error": {...}}. A well-formed batch is a 200 even when items fail; a malformed
+one (not JSON or multipart, no images, too many) is a 4xx.
 """
 
 from __future__ import annotations
@@ -18,15 +19,10 @@ from aiohttp import web
 
 from core.errors import CaptionerError
 from producer_api import metrics
-from producer_api.appkeys import (
-    ADMISSION,
-    API_SETTINGS,
-    IMAGE_SETTINGS,
-    REQUEST_EXECUTOR,
-    SERVICE,
-)
-from producer_api.errors import RequestTimeoutError, error_body
-from producer_api.payload import batch_images, checked_upload, plan_batch_body, read_body
+from producer_api.appkeys import API_SETTINGS, IMAGE_SETTINGS, REQUEST_EXECUTOR, SERVICE
+from producer_api.errors import error_body
+from producer_api.intake import admitted_body
+from producer_api.payload import batch_images, checked_upload, plan_batch_body
 
 BATCH_PATH = "/api/v1/predictions:batch"
 
@@ -44,15 +40,7 @@ async def _admitted_batch(request: web.Request) -> list[dict[str, Any]]:
     app = request.app
     api = app[API_SETTINGS]
     plan = plan_batch_body(request, max_batch_bytes=api.max_batch_bytes)
-    with app[ADMISSION].admit(plan.reserve) as ticket:
-        try:
-            async with asyncio.timeout(api.body_read_timeout_s):
-                body = await read_body(request, limit=plan.limit)
-        except TimeoutError:
-            raise RequestTimeoutError(
-                f"the request body did not arrive within {api.body_read_timeout_s:g} s"
-            ) from None
-        ticket.shrink_to(len(body))
+    async with admitted_body(request, plan) as (ticket, body):
         items = await asyncio.get_running_loop().run_in_executor(
             app[REQUEST_EXECUTOR],
             functools.partial(

@@ -4,6 +4,7 @@ Policy. The page calls the same `POST /api/v1/predictions` as any client; nothin
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from importlib import resources
 
@@ -36,9 +37,10 @@ class StaticFile:
     body: bytes
     content_type: str
     etag: str
+    security_headers: Mapping[str, str]
 
     async def handle(self, request: web.Request) -> web.Response:
-        headers = {**SECURITY_HEADERS, "Cache-Control": CACHE_CONTROL}
+        headers = {**self.security_headers, "Cache-Control": CACHE_CONTROL}
         if self.etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers={**headers, "ETag": self.etag})
         response = web.Response(
@@ -52,12 +54,15 @@ def _etags(header: str) -> set[str]:
     return {tag.strip().removeprefix("W/") for tag in header.split(",")}
 
 
-def load_file(name: str, content_type: str) -> StaticFile:
-    body = resources.files("producer_api").joinpath("static", name).read_bytes()
-    return StaticFile(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"')
+def load_file(
+    name: str, content_type: str, *, security_headers: Mapping[str, str] = SECURITY_HEADERS
+) -> StaticFile:
+    """A file of the package (name relative to producer_api/, e.g. "static/index.html"), read now."""
+    body = resources.files("producer_api").joinpath(name).read_bytes()
+    return StaticFile(body, content_type, f'"{hashlib.sha256(body).hexdigest()[:32]}"', security_headers)
 
 
 def add_demo_routes(app: web.Application) -> None:
     """GET (and HEAD) `/` and its two assets, read once here, before the server starts."""
     for path, (name, content_type) in FILES.items():
-        app.router.add_get(path, load_file(name, content_type).handle)
+        app.router.add_get(path, load_file(f"static/{name}", content_type).handle)

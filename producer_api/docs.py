@@ -1,58 +1,45 @@
 """The API's contract: its OpenAPI 3.1 document and a docs page that renders it in the browser.
 
-Both are files in the package (producer_api/openapi.json, producer_api/static/docs.*), read once and
-served from memory; the page is plain HTML and JavaScript, with no CDN and no build step.
+Both are files in the package (producer_api/openapi.json, producer_api/static/docs.*), read once when the
+routes are added and served from memory with an ETag (demo.StaticFile); the page is plain HTML and
+JavaScript, with no CDN and no build step.
 """
 
 from __future__ import annotations
 
 import json
-from functools import cache
 from importlib import resources
 from typing import Any
 
 from aiohttp import web
 
+from producer_api.demo import load_file
+
 OPENAPI_PATH = "/api/v1/openapi.json"
 DOCS_PATH = "/api/v1/docs"
 DOCS_SCRIPT_PATH = "/api/v1/docs.js"
+OPENAPI_FILE = "openapi.json"
 # The page runs only its own script and reads only this origin; it may not be framed.
-_DOCS_HEADERS = {
+DOCS_SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'none'; script-src 'self'; style-src 'unsafe-inline'; "
     "connect-src 'self'; frame-ancestors 'none'",
     "X-Content-Type-Options": "nosniff",
-    "Cache-Control": "no-cache",
+}
+# Route path -> (file under producer_api/, its content type).
+FILES = {
+    OPENAPI_PATH: (OPENAPI_FILE, "application/json"),
+    DOCS_PATH: ("static/docs.html", "text/html"),
+    DOCS_SCRIPT_PATH: ("static/docs.js", "text/javascript"),
 }
 
 
-@cache
-def _package_file(name: str) -> bytes:
-    return resources.files("producer_api").joinpath(name).read_bytes()
-
-
 def openapi_document() -> dict[str, Any]:
-    """The document as a dict (a fresh copy: callers may change it)."""
-    document: dict[str, Any] = json.loads(_package_file("openapi.json"))
+    """The document as a dict, read from the package (blocking: for tools and tests, not handlers)."""
+    document: dict[str, Any] = json.loads(resources.files("producer_api").joinpath(OPENAPI_FILE).read_bytes())
     return document
 
 
-async def openapi(_request: web.Request) -> web.Response:
-    return web.Response(body=_package_file("openapi.json"), content_type="application/json")
-
-
-async def docs_page(_request: web.Request) -> web.Response:
-    return web.Response(
-        body=_package_file("static/docs.html"), content_type="text/html", headers=_DOCS_HEADERS
-    )
-
-
-async def docs_script(_request: web.Request) -> web.Response:
-    return web.Response(
-        body=_package_file("static/docs.js"), content_type="text/javascript", headers=_DOCS_HEADERS
-    )
-
-
 def add_docs_routes(app: web.Application) -> None:
-    app.router.add_get(OPENAPI_PATH, openapi)
-    app.router.add_get(DOCS_PATH, docs_page)
-    app.router.add_get(DOCS_SCRIPT_PATH, docs_script)
+    """GET (and HEAD) the document, its page and its script, read once here, before the server starts."""
+    for path, (name, content_type) in FILES.items():
+        app.router.add_get(path, load_file(name, content_type, security_headers=DOCS_SECURITY_HEADERS).handle)

@@ -14,8 +14,7 @@ def error_body(error: CaptionerError) -> dict[str, Any]:
 
 
 class ApiError(CaptionerError):
-    def body(self) -> dict[str, Any]:
-        return error_body(self)
+    """An error of the API's own."""
 
 
 class MalformedRequestError(ApiError):

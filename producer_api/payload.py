@@ -42,6 +42,11 @@ _PLAIN_ENCODINGS = {"binary", "7bit", "8bit"}
 _JSON_SHAPE = 'the JSON body must be an object with a base64 string field "image"'
 _JSON_BATCH_SHAPE = 'the JSON body must be an object with a non-empty list "images" of {"image": "<base64>"}'
 _MULTIPART_SHAPE = f'the multipart body needs an "image" part among its first {MAX_MULTIPART_PARTS} parts'
+# What a batch holds at its peak, in multiples of its body: a JSON body is held as bytes, as text, as the
+# parsed base64 strings and as the decoded images (3/4 of the strings); a multipart body as bytes and as
+# the images sliced out of it. A batch reserves this much of the byte budget, not just its body.
+JSON_BATCH_HOLD_FACTOR = 4
+MULTIPART_BATCH_HOLD_FACTOR = 2
 
 
 class BodyKind(StrEnum):
@@ -52,12 +57,18 @@ class BodyKind(StrEnum):
 
 @dataclass(frozen=True, slots=True)
 class BodyPlan:
-    """What the headers promise: the body's kind, the most bytes it may have, the bytes to reserve."""
+    """What the headers promise: the body's kind, the most bytes it may have, and the bytes to reserve:
+    hold_factor times the body's bytes, for a body whose parsing holds copies of it."""
 
     kind: BodyKind
     limit: int
     reserve: int
     boundary: bytes = b""
+    hold_factor: int = 1
+
+    def held(self, body_bytes: int) -> int:
+        """What a body of body_bytes holds while it is parsed: what its reservation shrinks to once read."""
+        return body_bytes * self.hold_factor
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,13 +92,15 @@ def plan_body(request: web.BaseRequest, *, max_image_bytes: int) -> BodyPlan:
 
 
 def plan_batch_body(request: web.BaseRequest, *, max_batch_bytes: int) -> BodyPlan:
-    """plan_body for a batch: JSON or multipart only, its whole body bounded by max_batch_bytes."""
+    """plan_body for a batch: JSON or multipart only, its whole body bounded by max_batch_bytes, and what
+    parsing it holds reserved (JSON_BATCH_HOLD_FACTOR or MULTIPART_BATCH_HOLD_FACTOR times the body)."""
     kind, boundary = _body_kind(request)
     if kind is BodyKind.IMAGE:
         raise UnsupportedMediaTypeError(
             "unsupported Content-Type; send a batch as application/json or multipart/form-data"
         )
-    return _plan(request, kind, max_batch_bytes, boundary)
+    hold_factor = JSON_BATCH_HOLD_FACTOR if kind is BodyKind.JSON else MULTIPART_BATCH_HOLD_FACTOR
+    return _plan(request, kind, max_batch_bytes, boundary, hold_factor=hold_factor)
 
 
 def _body_kind(request: web.BaseRequest) -> tuple[BodyKind, bytes]:
@@ -103,14 +116,22 @@ def _body_kind(request: web.BaseRequest) -> tuple[BodyKind, bytes]:
     )
 
 
-def _plan(request: web.BaseRequest, kind: BodyKind, limit: int, boundary: bytes) -> BodyPlan:
+def _plan(
+    request: web.BaseRequest, kind: BodyKind, limit: int, boundary: bytes, *, hold_factor: int = 1
+) -> BodyPlan:
     declared = request.content_length
     if declared is not None and declared > limit:
         raise PayloadTooLargeError(f"the request body may have at most {limit} bytes", limit=limit)
     # A compressed body is counted as it is decompressed, so only its bound is known in advance.
     encoded = request.headers.get(hdrs.CONTENT_ENCODING, "identity").lower() != "identity"
-    reserve = limit if declared is None or encoded else declared
-    return BodyPlan(kind=kind, limit=limit, reserve=reserve, boundary=boundary)
+    body_bytes = limit if declared is None or encoded else declared
+    return BodyPlan(
+        kind=kind,
+        limit=limit,
+        reserve=body_bytes * hold_factor,
+        boundary=boundary,
+        hold_factor=hold_factor,
+    )
 
 
 async def read_body(request: web.BaseRequest, *, limit: int) -> bytes:

@@ -19,8 +19,10 @@ from producer_api import metrics
 
 log = logging.getLogger(__name__)
 
-# Each prober asks every few seconds; the group is described at most this often, whoever asks.
+# Each prober asks every few seconds; the broker and the group are asked at most this often, whoever asks
+# (/readyz needs no key and takes no admission slot, so a flood of it costs one question per period).
 WORKERS_CACHE_S = 3.0
+BROKER_CACHE_S = 2.0
 DESCRIBE_TIMEOUT_S = 2.0
 
 
@@ -60,12 +62,11 @@ class WorkerGroup:
         )
 
 
-class WorkersCheck:
-    """The group's answer, kept WORKERS_CACHE_S; concurrent probes share one question to the broker."""
+class CachedCheck:
+    """A check's answer, kept cache_s; concurrent callers share the one question in flight."""
 
-    def __init__(self, holders: CountHolders, *, group_id: str, cache_s: float = WORKERS_CACHE_S) -> None:
-        self._holders = holders
-        self._group_id = group_id
+    def __init__(self, ask: Callable[[], Awaitable[Check]], *, cache_s: float) -> None:
+        self._ask = ask
         self._cache_s = cache_s
         self._last: tuple[float, Check] | None = None
         self._asking = asyncio.Lock()
@@ -75,6 +76,18 @@ class WorkersCheck:
             if self._last is None or time.monotonic() - self._last[0] > self._cache_s:
                 self._last = (time.monotonic(), await self._ask())
             return self._last[1]
+
+
+class WorkersCheck:
+    """The group's answer, kept WORKERS_CACHE_S; concurrent probes share one question to the broker."""
+
+    def __init__(self, holders: CountHolders, *, group_id: str, cache_s: float = WORKERS_CACHE_S) -> None:
+        self._holders = holders
+        self._group_id = group_id
+        self._cached = CachedCheck(self._ask, cache_s=cache_s)
+
+    async def check(self) -> Check:
+        return await self._cached.check()
 
     async def _ask(self) -> Check:
         facts: dict[str, Any] = {"group": self._group_id}
@@ -95,10 +108,24 @@ class ReplyListenerState(Protocol):
     def alive(self) -> bool: ...
 
 
+class BrokerCheck:
+    """Whether the broker answers a metadata request, kept BROKER_CACHE_S; concurrent probes share one."""
+
+    def __init__(self, reachable: Callable[[], Awaitable[bool]], *, cache_s: float = BROKER_CACHE_S) -> None:
+        self._reachable = reachable
+        self._cached = CachedCheck(self._ask, cache_s=cache_s)
+
+    async def check(self) -> Check:
+        return await self._cached.check()
+
+    async def _ask(self) -> Check:
+        return Check(True) if await self._reachable() else Check(False, reason="Kafka does not answer")
+
+
 @dataclass
 class Readiness:
     listener: ReplyListenerState
-    broker_reachable: Callable[[], Awaitable[bool]]
+    broker: BrokerCheck
     workers: WorkersCheck | None  # None: not waiting for workers (CAPTIONER_API_READY_NEEDS_WORKER=false)
 
     async def checks(self) -> dict[str, Check]:
@@ -108,11 +135,8 @@ class Readiness:
             if self.listener.alive()
             else Check(False, facts, "the reply listener's thread has stopped")
         )
-        broker_ok, workers = await asyncio.gather(self.broker_reachable(), self._workers())
-        found = {
-            "reply_listener": listener,
-            "broker": Check(True) if broker_ok else Check(False, reason="Kafka does not answer"),
-        }
+        broker, workers = await asyncio.gather(self.broker.check(), self._workers())
+        found = {"reply_listener": listener, "broker": broker}
         return found | ({"workers": workers} if workers else {})
 
     async def _workers(self) -> Check | None:

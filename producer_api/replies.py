@@ -89,7 +89,6 @@ class ReplyListener:
         self._consumer = Consumer(listener_config(config) | {"error_cb": self._on_client_error})
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
-        self.assigned = threading.Event()
         self.brokers_down = False
 
     def start(self, *, timeout_s: float) -> None:
@@ -97,7 +96,6 @@ class ReplyListener:
         high = self._end_offset(timeout_s=timeout_s)
         start = high if high >= 0 else OFFSET_END
         self._consumer.assign([TopicPartition(self.topic, self.partition, start)])
-        self.assigned.set()
         self._thread.start()
 
     def _end_offset(self, *, timeout_s: float) -> int:

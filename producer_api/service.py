@@ -6,6 +6,8 @@ import asyncio
 import logging
 import time
 import uuid
+from collections.abc import Callable
+from concurrent.futures import Executor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -85,14 +87,19 @@ class CaptionService:
         publisher: RequestPublisher,
         pending: PendingReplies,
         reply_partition: int,
+        executor: Executor,
+        encode: Callable[[CaptionRequest], bytes] = REQUEST_CODEC.encode,
         cache: CachedCaptions | None = None,
     ) -> None:
+        """executor runs encode: the Avro record copies the image, which is too much work for the loop."""
         self._api = api
         self._cache = cache
         self._topics = topics
         self._publisher = publisher
         self._pending = pending
         self._reply_partition = reply_partition
+        self._executor = executor
+        self._encode = encode
 
     async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult:
         """Admission (app.predict) and the image check (payload.prepare_upload) come first. With
@@ -118,14 +125,12 @@ class CaptionService:
             created_at=now,
             deadline=now + timedelta(seconds=self._api.request_timeout_s),
         )
+        value = await asyncio.get_running_loop().run_in_executor(self._executor, self._encode, job)
         reply_future = self._pending.expect(correlation_id)
         try:
             with publish_span(self._topics.requests, correlation_id) as headers:
                 await self._publisher.publish(
-                    topic=self._topics.requests,
-                    key=correlation_id.encode(),
-                    value=REQUEST_CODEC.encode(job),
-                    headers=headers,
+                    topic=self._topics.requests, key=correlation_id.encode(), value=value, headers=headers
                 )
             remaining = self._api.request_timeout_s - (time.perf_counter() - started)
             reply = await asyncio.wait_for(reply_future, timeout=max(remaining, 0.0))

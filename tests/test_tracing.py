@@ -107,17 +107,19 @@ async def api() -> AsyncIterator[tuple[TestClient[Any, Any], FakePublisher]]:
     app = make_api_app(api=settings, images=ImageSettings())
     pending = PendingReplies()
     publisher = FakePublisher(pending)
-    app[SERVICE] = CaptionService(
-        api=settings,
-        topics=TopicSettings(),
-        publisher=publisher,  # type: ignore[arg-type]
-        pending=pending,
-        reply_partition=0,
-    )
-    client: TestClient[Any, Any] = TestClient(TestServer(app))
-    await client.start_server()
-    yield client, publisher
-    await client.close()
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="test-encode") as encoding:
+        app[SERVICE] = CaptionService(
+            api=settings,
+            topics=TopicSettings(),
+            publisher=publisher,  # type: ignore[arg-type]
+            pending=pending,
+            reply_partition=0,
+            executor=encoding,
+        )
+        client: TestClient[Any, Any] = TestClient(TestServer(app))
+        await client.start_server()
+        yield client, publisher
+        await client.close()
 
 
 @pytest.fixture

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -160,6 +161,7 @@ StartApi = Callable[..., Awaitable[ApiUnderTest]]
 @pytest.fixture
 async def serve_api() -> AsyncIterator[StartApi]:
     clients: list[TestClient[web.Request, web.Application]] = []
+    encoding = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-encode")
 
     async def start(*, cache: CachedCaptions | None = None, **settings: Any) -> ApiUnderTest:
         api = ApiSettings(**{"max_image_bytes": LIMIT, "instance_id": "test", **settings})
@@ -173,6 +175,7 @@ async def serve_api() -> AsyncIterator[StartApi]:
             pending=pending,
             reply_partition=0,
             cache=cache,
+            executor=encoding,
         )
         client = TestClient(TestServer(app))
         await client.start_server()
@@ -182,3 +185,4 @@ async def serve_api() -> AsyncIterator[StartApi]:
     yield start
     for client in clients:
         await client.close()
+    encoding.shutdown()

@@ -150,4 +150,12 @@ async def test_metrics_can_move_to_their_own_port(serve_api: StartApi) -> None:
     ):
         assert response.status == 200
         assert "captioner_api_in_flight" in await response.text()
-    assert await get(api, "/metrics") == 404
+    async with api.client.get("/metrics", headers={"X-API-Key": "first-key-0123456789"}) as response:
+        assert response.status == 404
+
+
+async def test_moved_metrics_are_not_open_on_the_api_port(serve_api: StartApi) -> None:
+    api = await serve_api(metrics_port=free_port(), keys=KEYS)
+
+    # Like any unknown path: a caller without a key cannot tell /metrics from a route that never was.
+    assert [await get(api, path) for path in ("/metrics", "/not-a-route")] == [401, 401]

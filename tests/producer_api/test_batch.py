@@ -10,6 +10,7 @@ from typing import Any
 
 import pytest
 
+from producer_api.payload import JSON_BATCH_HOLD_FACTOR
 from schemas import ReplyError
 from tests.producer_api.conftest import (
     LIMIT,
@@ -172,13 +173,13 @@ async def test_a_malformed_batch_is_a_plain_4xx(
 
 
 async def test_the_whole_body_is_bounded_and_reserved_before_it_is_read(serve_api: StartApi) -> None:
-    api = await serve_api(max_batch_bytes=200_000, max_buffered_bytes=300_000)
+    api = await serve_api(max_batch_bytes=200_000, max_buffered_bytes=1_200_000)
     head = f"POST {BATCH} HTTP/1.1\nHost: t\nContent-Type: application/json\nContent-Length: {{}}\n"
 
     over = await api.open_raw(head.format(200_001))
     refused = await over.response()
     stalled = await api.open_raw(head.format(150_000), b'{"images": [')
-    await wait_until(lambda: api.buffered_bytes == 150_000)
+    await wait_until(lambda: api.buffered_bytes == 150_000 * JSON_BATCH_HOLD_FACTOR)
     second = await api.open_raw(head.format(150_001))  # more than the budget has left
     overloaded = await second.response()
 
@@ -186,4 +187,25 @@ async def test_the_whole_body_is_bounded_and_reserved_before_it_is_read(serve_ap
     assert_plain_error(overloaded, 429, "overloaded")
     for connection in (over, stalled, second):
         await connection.close()
+    await wait_until(lambda: (api.in_flight, api.buffered_bytes) == (0, 0))
+
+
+@pytest.mark.parametrize(
+    ("content_type", "held_per_body_byte"),
+    [
+        pytest.param("application/json", 4, id="json"),  # bytes, text, base64 strings, images
+        pytest.param("multipart/form-data; boundary=b4tch", 2, id="multipart"),  # bytes, images
+    ],
+)
+async def test_a_batch_reserves_what_parsing_its_body_holds(
+    serve_api: StartApi, content_type: str, held_per_body_byte: int
+) -> None:
+    api = await serve_api(max_batch_bytes=200_000)
+    head = f"POST {BATCH} HTTP/1.1\nHost: t\nContent-Type: {content_type}\nContent-Length: 100000\n"
+
+    stalled = await api.open_raw(head)
+    await wait_until(lambda: api.in_flight == 1)
+
+    assert api.buffered_bytes >= 100_000 * held_per_body_byte
+    await stalled.close()
     await wait_until(lambda: (api.in_flight, api.buffered_bytes) == (0, 0))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 import tomllib
 
+import pytest
 import schemathesis
 from aiohttp import web
 
@@ -79,3 +80,21 @@ def test_the_document_and_page_ship_in_the_package() -> None:
     project = tomllib.loads((REPO / "pyproject.toml").read_text())
 
     assert project["tool"]["setuptools"]["package-data"]["producer_api"] == ["openapi.json", "static/*"]
+
+
+@pytest.mark.parametrize("path", ["/api/v1/docs", "/api/v1/docs.js", "/api/v1/openapi.json"])
+async def test_an_unchanged_docs_file_is_answered_304_with_the_docs_policy(
+    serve_api: StartApi, path: str
+) -> None:
+    api = await serve_api()
+    async with api.client.get(path) as first:
+        etag = first.headers["ETag"]
+        assert first.status == 200
+        assert first.headers["Cache-Control"] == "no-cache"
+
+    async with api.client.get(path, headers={"If-None-Match": etag}) as again:
+        assert again.status == 304
+        assert await again.read() == b""
+        assert again.headers["ETag"] == etag
+        assert again.headers["Content-Security-Policy"].startswith("default-src 'none'; script-src 'self'")
+        assert again.headers["X-Content-Type-Options"] == "nosniff"

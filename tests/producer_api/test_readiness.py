@@ -3,6 +3,7 @@ worker holds request partitions, or while the workers' group cannot be described
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from confluent_kafka import KafkaError, KafkaException
 
 from core.settings import ApiSettings, ImageSettings
 from producer_api.app import make_api_app
-from producer_api.readiness import READINESS, Readiness, WorkersCheck
+from producer_api.readiness import READINESS, BrokerCheck, Readiness, WorkersCheck
 
 
 @dataclass
@@ -55,7 +56,8 @@ async def probe() -> AsyncIterator[Probe]:
     async def readyz(listener: FakeListener, group: FakeGroup | None) -> tuple[int, dict[str, Any]]:
         app = make_api_app(api=ApiSettings(instance_id="test"), images=ImageSettings())
         workers = WorkersCheck(group, group_id="the-workers", cache_s=0) if group else None
-        app[READINESS] = Readiness(listener=listener, broker_reachable=answer_true, workers=workers)
+        broker = BrokerCheck(answer_true, cache_s=0)
+        app[READINESS] = Readiness(listener=listener, broker=broker, workers=workers)
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -133,3 +135,57 @@ async def test_before_the_kafka_clients_start_it_is_not_ready() -> None:
     async with TestClient(TestServer(app)) as client, client.get("/readyz") as response:
         assert response.status == 503
         assert (await response.json())["status"] == "not_ready"
+
+
+@dataclass
+class CountedBroker:
+    """The broker's metadata check, counting its calls and how many ran at once."""
+
+    calls: int = 0
+    running: int = 0
+    most_at_once: int = 0
+
+    async def __call__(self) -> bool:
+        self.calls += 1
+        self.running += 1
+        self.most_at_once = max(self.most_at_once, self.running)
+        await asyncio.sleep(0)  # a real check awaits a thread: let the other probes in meanwhile
+        self.running -= 1
+        return True
+
+
+async def test_a_flood_of_probes_costs_one_broker_check_and_one_group_check() -> None:
+    broker, group = CountedBroker(), FakeGroup(holders=1)
+    group_calls = 0
+
+    def counted_group() -> int:
+        nonlocal group_calls
+        group_calls += 1
+        return group()
+
+    app = make_api_app(api=ApiSettings(instance_id="test"), images=ImageSettings())
+    app[READINESS] = Readiness(
+        listener=FakeListener(),
+        broker=BrokerCheck(broker, cache_s=3600),
+        workers=WorkersCheck(counted_group, group_id="g", cache_s=3600),
+    )
+    async with TestClient(TestServer(app)) as client:
+
+        async def readyz() -> int:
+            async with client.get("/readyz") as response:
+                return response.status
+
+        statuses = await asyncio.gather(*(readyz() for _ in range(50)))
+
+    assert statuses == [200] * 50
+    assert (broker.calls, group_calls) == (1, 1)
+
+
+async def test_at_most_one_broker_check_is_in_flight_even_uncached() -> None:
+    broker = CountedBroker()
+    check = BrokerCheck(broker, cache_s=0)
+
+    answers = await asyncio.gather(*(check.check() for _ in range(50)))
+
+    assert all(answer.ok for answer in answers)
+    assert broker.most_at_once == 1
