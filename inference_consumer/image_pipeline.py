@@ -8,10 +8,10 @@ decoded together by `torchvision.io.decode_jpeg` (nvjpeg on CUDA, libjpeg-turbo 
 a few hundred megapixels at a time; reduced, cut to 3:1 and turned upright (EXIF) as core.images
 does it (_reduced_like_pil); resized and centre-cropped by the model's own Hugging Face processor on
 the tensors; normalised (cuda_staging.Normalizer). A JPEG the device decoder rejects is decoded by
-PIL instead, so each image
-ends as the PIL path would end it: pixels, or the same InvalidImageError family. Unlike the PIL path,
-a large JPEG is decoded at full size (nvjpeg has no DCT scaling) and box-averaged down; the agreement
-with the PIL path is measured in tests and in `python -m bench.gpu --agreement` (README, Performance).
+PIL instead, so each image ends as the PIL path would end it: pixels, or the same InvalidImageError
+family. Unlike the PIL path, a large JPEG is decoded at full size (nvjpeg has no DCT scaling) and
+box-averaged down; the agreement with the PIL path is measured in tests and in
+`python -m bench.gpu --agreement` (README, Performance).
 """
 
 from __future__ import annotations

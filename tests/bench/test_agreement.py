@@ -18,7 +18,7 @@ def test_tensor_pipeline_agrees_with_the_pil_path_on_256_images(tiny_model_dir: 
 
     # The only difference left is Pillow's DCT-scaled decode of a JPEG at least 2x the model's edge
     # (4x for the tiny model's 32 px) against our box average of the full decode: a few 8-bit steps
-    # (one step is ~0.015 here), 0.20 at most measured; everything else is bit-identical.
+    # (one step is ~0.015 here), 0.228 at most measured; everything else is bit-identical.
     assert agreement.max_pixel_diff <= 0.25
     assert agreement.identical_pixels >= 0.25 * agreement.images
     # The random-weight tiny model flips titles on such differences; identical input, identical title.
