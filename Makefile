@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-gpu chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-gpu bench-gpu-check chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -93,6 +93,9 @@ bench-scaling: install  # answered rate with 1, 2, 3 pinned workers (BENCH_SCALI
 
 bench-gpu: install  # needs a CUDA device
 	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)
+
+bench-gpu-check: install  # needs a CUDA device: tensor-pipeline agreement on CUDA + make bench's GPU figures (~8 min)
+	PYTHON=$(BIN)/python bench/gpu_check.sh
 
 chaos: install chaos-tools  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~10 min)
 	$(BIN)/python -m bench.chaos

@@ -66,6 +66,10 @@ What each number means (the JSON object on the last line of stdout)
                      count. The base run's workers when WORKERS >= 2, else a short phase of its own.
     decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
                      4 images, free-length and forced-length (in-process).
+    gpu_service_img_s, gpu_inprocess_img_s, gpu_p99_ms, gpu_name
+                     only where CUDA is available (null elsewhere): the service on the GPU (base model,
+                     fp16, tensor image pipeline) over the same photo mix, and the same work in-process
+                     (bench/gpu_phase.py).
 The tables also show where an idle request's time goes (from the API's latency_ms and the worker's
 inference_ms in each answer), each capacity step (client CPU and lag show the client is not the limit),
 and error counts by HTTP status.
@@ -84,6 +88,7 @@ from rich.console import Console
 
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
+from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
 from bench.inprocess import DecoderCheck, check_decoders, measure_ceiling, reference_runner
 from bench.load import ClosedLoop, LoadClient, load_client
@@ -336,6 +341,7 @@ def run(config: BenchConfig) -> BenchResults:
             if config.workers >= MEMORY_WORKERS
             else memory_phase(config, images, client, bootstrap)
         )
+        gpu = gpu_phase(config, images.photos, client, bootstrap, log=log)
     return BenchResults(
         config=config,
         images=images.photos,
@@ -353,6 +359,7 @@ def run(config: BenchConfig) -> BenchResults:
         worker_uss_mb=worker_uss_mb,
         ceiling=ceiling,
         wall_s=time.perf_counter() - started,
+        gpu=gpu,
     )
 
 

@@ -59,10 +59,13 @@ def main(argv: Sequence[str] | None = None) -> None:
     args = _parse(argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         raise SystemExit("bench.gpu needs a CUDA device (--device cpu only dry-runs this script)")
+    if args.agreement:
+        print_agreement(args)
+        return
     device_name = torch.cuda.get_device_name() if args.device == "cuda" else "cpu"
     print(f"torch {torch.__version__}, {device_name}, {torch.get_num_threads()} CPU threads")
     model_dir = ensure_model(args.size, root=args.models)
-    images = make_images(args.images)
+    images = make_images(args.images or 16)
     preprocessing = measure_preprocessing(model_dir, images, pools=args.pools)
     naive = measure_naive(model_dir, images, device=args.device)
     figures = [
@@ -92,12 +95,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument("--batches", type=ints, default=[1, 8, 32, 64, 128])
     parser.add_argument("--dtypes", type=lambda text: text.split(","), default=["float16", "float32"])
     parser.add_argument("--pools", type=ints, default=[1, 4, 16])
-    parser.add_argument("--images", type=int, default=16)
+    parser.add_argument("--images", type=int)
     parser.add_argument("--seconds", type=float, default=3.0, help="timing budget per figure")
     parser.add_argument("--models", type=Path, default=Path("/tmp/captioner-models"))
     parser.add_argument("--out", type=Path)
     parser.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     parser.add_argument("--size", choices=["base", "tiny"], default="base")
+    parser.add_argument(
+        "--agreement",
+        action="store_true",
+        help="only the tensor image pipeline's agreement with the PIL path (--images, default 256 here)",
+    )
     return parser.parse_args(argv)
 
 
@@ -224,6 +232,20 @@ def _preprocessor(model: CaptionModel) -> Callable[[BenchImage], torch.Tensor]:
 
     max_pixels = ImageSettings().max_image_pixels
     return lambda image: worker_pixels(model, image.data, max_pixels=max_pixels)
+
+
+def print_agreement(args: argparse.Namespace) -> None:
+    """The tensor pipeline on this device against the PIL path (bench/agreement.py), fp32 and the first
+    of --dtypes, on --images generated images (default 256)."""
+    from bench.agreement import agreement_images, measure_agreement
+
+    model_dir = ensure_model(args.size, root=args.models)
+    images = agreement_images(args.images or 256)
+    for dtype in dict.fromkeys(["float32", args.dtypes[0]]):
+        with caption_model(model_dir, threads=0, dtype=dtype, device=args.device) as model:
+            agreement = measure_agreement(model, images, max_new_tokens=TOKENS)
+        print(f"{dtype}: {agreement.describe()}")
+        print(json.dumps({"dtype": dtype, **asdict(agreement)}))
 
 
 def print_table(naive: float, preprocessing: dict[str, float], figures: list[DtypeFigures]) -> None:

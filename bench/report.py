@@ -12,6 +12,7 @@ from rich.table import Table
 
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig
+from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
 from bench.measure import CapacityResult, IdleResult, RepeatResult, SaturationResult, SteadyResult, steady_at
@@ -44,6 +45,10 @@ SUMMARY_KEYS = (
     "cpu_ceiling_img_s",
     "ceiling_share",
     "cpu_flags",
+    "gpu_service_img_s",
+    "gpu_inprocess_img_s",
+    "gpu_p99_ms",
+    "gpu_name",
 )
 
 
@@ -65,6 +70,7 @@ class BenchResults:
     worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
     ceiling: Ceiling
     wall_s: float
+    gpu: GpuResult | None = None  # None without CUDA
 
     @property
     def overhead_p50_ms(self) -> float:
@@ -86,7 +92,8 @@ class BenchResults:
 
     def summary(self) -> dict[str, float | bool | str | None]:
         continuity = self.latency_at(CONTINUITY_FRACTION)
-        values: dict[str, float | bool | str] = {
+        gpu = self.gpu
+        values: dict[str, float | bool | str | None] = {
             "naive_img_s": self.naive.img_s,
             "service_img_s": self.saturation.img_s,
             "service_img_s_repeat50": self.repeat50.saturation.img_s,
@@ -106,6 +113,10 @@ class BenchResults:
             "cpu_ceiling_img_s": self.ceiling.img_s,
             "ceiling_share": self.ceiling.share(self.saturation.img_s),
             "cpu_flags": " ".join(self.ceiling.machine.flags),
+            "gpu_service_img_s": gpu.service_img_s if gpu else None,
+            "gpu_inprocess_img_s": gpu.inprocess_img_s if gpu else None,
+            "gpu_p99_ms": gpu.p99_ms if gpu else None,
+            "gpu_name": gpu.name if gpu else None,
         }
         return {key: _json_number(values[key]) for key in SUMMARY_KEYS}
 
@@ -114,8 +125,8 @@ def _p99_ms(latency: LatencySummary | None) -> float:
     return latency.p99_ms if latency else math.nan
 
 
-def _json_number(value: float | bool | str) -> float | bool | str | None:
-    if isinstance(value, bool | str):
+def _json_number(value: float | bool | str | None) -> float | bool | str | None:
+    if value is None or isinstance(value, bool | str):
         return value
     return None if math.isnan(value) else round(value, 3 if abs(value) < 10 else 1)
 

@@ -33,6 +33,8 @@ class ServiceSpec:
     min_new_tokens: int
     # CPU of each worker, in order (`taskset -c`); empty: no pinning, the scheduler places them.
     worker_cpus: tuple[int, ...] = ()
+    # Settings of this service alone, over the harness's environment (the GPU run's device and dtype).
+    extra_env: tuple[tuple[str, str], ...] = ()
 
     def worker_command(self, index: int) -> list[str]:
         """`captioner worker`, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
@@ -120,6 +122,7 @@ def service_env(spec: ServiceSpec, *, bootstrap: str, run_id: str, port: int) ->
         # At saturation a request waits for the batch ahead of it: on a slow or busy machine that can pass
         # the default 30 s, and a 504 would then measure this timeout, not the service's throughput.
         "CAPTIONER_API_REQUEST_TIMEOUT_S": os.environ.get("CAPTIONER_API_REQUEST_TIMEOUT_S", "120"),
+        **dict(spec.extra_env),
     }
 
 

@@ -168,6 +168,11 @@ def accepted_format_names() -> str:
     return ", ".join(_OPENERS)
 
 
+def exif_orientation(image: Image.Image) -> int:
+    """The EXIF orientation tag (1 to 8) of an opened image, read from its header."""
+    return _orientation(image)
+
+
 def _orientation(image: Image.Image) -> int:
     """EXIF orientation, 1 (upright) when absent or unreadable: a broken EXIF block never fails an image."""
     try:

@@ -209,6 +209,11 @@ class WorkerSettings(BaseSettings):
         description="...or this share of its last batch's inference time, when that is longer",
     )
     decode_threads: int = Field(default=2, ge=1)
+    image_pipeline: Literal["auto", "pil", "tensor"] = Field(
+        default="auto",
+        description="pil: decode and preprocess each image on the CPU; tensor: JPEGs decoded and "
+        "preprocessed in batches on the model's device; auto: tensor on CUDA, pil on CPU",
+    )
     malloc_threshold_mb: int = Field(
         default=1024,
         ge=0,

@@ -35,6 +35,7 @@ from inference_consumer.cache_writer import CacheWriter
 from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
+from inference_consumer.image_pipeline import device_preprocessor
 from inference_consumer.jobs import Job
 from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
 from inference_consumer.observing import (
@@ -136,8 +137,23 @@ class InferenceWorker:
                 }
             )
             stack.callback(_flush, producer, settings.shutdown_timeout_s)
+            on_device = device_preprocessor(
+                model,
+                setting=settings.image_pipeline,
+                max_pixels=self._images.max_image_pixels,
+                max_batch=settings.max_batch_size,
+                cpu_slots=settings.decode_threads,
+            )
+            if on_device is not None:  # entered first, so it stops after the decode pool has drained
+                stack.enter_context(on_device)
             decode_pool = stack.enter_context(
-                ThreadPoolExecutor(settings.decode_threads, thread_name_prefix="image-decode")
+                ThreadPoolExecutor(
+                    # tensor mode: a pool thread mostly waits for its batch; decode_threads of them stage
+                    settings.decode_threads
+                    if on_device is None
+                    else max(settings.decode_threads, settings.max_batch_size),
+                    thread_name_prefix="image-decode",
+                )
             )
             tracker = OffsetTracker()
             cache_writer = None
@@ -165,7 +181,7 @@ class InferenceWorker:
                 ready=ready,
                 backlog=self._batching.backlog,
                 decode_pool=decode_pool,
-                preprocess=self._preprocessor(model),
+                preprocess=self._preprocessor(model) if on_device is None else on_device.pixels,
                 fetch_size=settings.max_batch_size,
                 revoke_timeout_s=settings.shutdown_timeout_s,
                 rules=RequestRules(

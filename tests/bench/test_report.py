@@ -8,6 +8,7 @@ import pytest
 
 from bench.ceiling import Ceiling, Machine, cpu_flags
 from bench.config import load_config
+from bench.gpu_phase import GpuResult
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
 from bench.load import Outcome
@@ -126,6 +127,20 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
     assert summary["cpu_flags"] == "avx2 fma"
+    assert [
+        summary[key] for key in ("gpu_service_img_s", "gpu_inprocess_img_s", "gpu_p99_ms", "gpu_name")
+    ] == [None] * 4  # no CUDA in this run
+
+
+def test_a_gpu_run_adds_its_figures() -> None:
+    gpu = GpuResult(name="NVIDIA H200", service_img_s=812.34, inprocess_img_s=1203.9, p99_ms=180.26)
+
+    summary = dataclasses.replace(_results(), gpu=gpu).summary()
+
+    assert summary["gpu_name"] == "NVIDIA H200"
+    assert summary["gpu_service_img_s"] == pytest.approx(812.3)
+    assert summary["gpu_inprocess_img_s"] == pytest.approx(1203.9)
+    assert summary["gpu_p99_ms"] == pytest.approx(180.3)
 
 
 def test_summary_reports_each_load_level_and_the_idle_latency() -> None:

@@ -209,3 +209,26 @@ def test_sigterm_stops_api_and_worker_gracefully(start_worker: StartWorker, star
 
     assert api.stop(timeout_s=20) == 0
     assert worker.stop(timeout_s=40) == 0
+
+
+def test_tensor_image_pipeline_worker_answers_like_the_pil_path(
+    start_worker: StartWorker, start_api: StartApi, tiny_model_dir: Path
+) -> None:
+    """CAPTIONER_IMAGE_PIPELINE=tensor on the CPU: the code a GPU worker runs, batched on the device."""
+    start_worker(CAPTIONER_IMAGE_PIPELINE="tensor", CAPTIONER_DECODE_THREADS="1")
+    api = start_api()
+    jpeg = make_image_bytes("JPEG", seed=11)
+    images = [
+        jpeg,
+        make_image_bytes("PNG", seed=12),
+        make_image_bytes("JPEG", seed=13),
+        jpeg[: len(jpeg) // 2],
+    ]
+
+    with ThreadPoolExecutor(len(images)) as pool:
+        responses = list(pool.map(lambda data: post_image(api.url, data), images))
+
+    expected = reference_captioner(tiny_model_dir).captions(images[:3])
+    assert [response.json().get("title") for response in responses[:3]] == expected
+    assert responses[3].status_code == 422
+    assert responses[3].json()["error"]["code"] == "invalid_image"
