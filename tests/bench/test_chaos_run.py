@@ -28,7 +28,7 @@ SUMMARY_KEYS = {
 }
 
 
-@pytest.mark.timeout(360)
+@pytest.mark.timeout(600)
 def test_a_leader_and_a_worker_killed_under_load_lose_no_request(
     tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
