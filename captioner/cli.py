@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import logging
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +11,7 @@ import typer
 from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
-from core.logs import configure_logging
+from core.logs import configure_logging, configure_tool_logging
 from core.settings import LogSettings, UnknownSettingError, refuse_unknown_variables
 
 # What `pip install captioner[worker]` adds to the base install.
@@ -133,12 +132,11 @@ def caption_command(
     """Caption images through the running service, writing one line per image (JSON lines or CSV) as
     each result arrives. Failed images are listed at the end; exits 1 if any failed."""
     from captioner.bulk.command import caption
-    from captioner.bulk.kafka import LIBRDKAFKA_LOG
-    from captioner.bulk.options import UsageError, options_from
+    from captioner.bulk.options import options_from
+    from captioner.errors import UsageError
     from core.settings import KafkaSettings, TopicSettings
 
-    configure_logging("INFO" if verbose else "WARNING")
-    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    configure_tool_logging(verbose=verbose)
     try:
         options = options_from(
             paths=paths or [],

@@ -25,11 +25,13 @@ from rich.text import Text
 
 from captioner.bulk.http import Backoff, HttpBackend
 from captioner.bulk.kafka import KafkaBackend
-from captioner.bulk.options import CaptionOptions, ExitCode, Via
+from captioner.bulk.options import CaptionOptions, Via
 from captioner.bulk.paths import count_paths, input_paths, uses_stdin
 from captioner.bulk.results import Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
+from captioner.errors import ExitCode
+from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
@@ -40,7 +42,7 @@ def caption(options: CaptionOptions, *, kafka: KafkaSettings, topics: TopicSetti
     stream, sink, skip = _open(options)
     try:
         summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
-    except (KafkaException, TimeoutError) as exc:
+    except (KafkaException, KafkaTimeoutError) as exc:
         print(f"captioner caption: Kafka is unreachable or refused the reply topic: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     finally:

@@ -1,8 +1,7 @@
-"""`captioner dlq list|show|replay`. Exit codes: see `captioner.dlq.errors.ExitCode`."""
+"""`captioner dlq list|show|replay`. Exit codes: see `captioner.errors.ExitCode`."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -20,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from captioner.dlq import render
-from captioner.dlq.errors import DlqError, KafkaUnavailableError, RecordNotFoundError, UsageError
+from captioner.dlq.errors import RecordNotFoundError
 from captioner.dlq.filters import DeadLetterFilter, parse_time
 from captioner.dlq.ledger import DEFAULT_NAMESPACE, commit_metadata, read_ledger, replay_group
 from captioner.dlq.overview import Bucket, summarize
-from captioner.dlq.reader import LIBRDKAFKA_LOG, DeadLetterTopic, open_dead_letter_topic, plan_ranges
+from captioner.dlq.reader import DeadLetterTopic, open_dead_letter_topic, plan_ranges
 from captioner.dlq.records import DeadLetter
 from captioner.dlq.replay import (
     Pacer,
@@ -34,8 +33,9 @@ from captioner.dlq.replay import (
     TargetTopics,
     check_topic_name,
 )
+from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
 from core.kafka_config import client_config, producer_config
-from core.logs import configure_logging
+from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
 from core.settings import KafkaSettings, TopicSettings
 
 dlq_app = typer.Typer(
@@ -72,9 +72,7 @@ IdsOption = Annotated[
 def dlq_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log Kafka client details.")] = False,
 ) -> None:
-    configure_logging("INFO" if verbose else "WARNING")
-    # Without -v the client's connection retries stay quiet: a failure ends with one line and an exit code.
-    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    configure_tool_logging(verbose=verbose)
 
 
 @dlq_app.command("list")
@@ -273,10 +271,10 @@ def _find(
 
 @contextmanager
 def exit_codes(kafka: KafkaSettings) -> Iterator[None]:
-    """A DlqError ends the command with its exit code and a one-line message on stderr."""
+    """An OperatorError ends the command with its exit code and a one-line message on stderr."""
     try:
         yield
-    except DlqError as exc:
+    except OperatorError as exc:
         where = f" (bootstrap servers {kafka.bootstrap_servers})" * isinstance(exc, KafkaUnavailableError)
         typer.echo(f"captioner dlq: {exc}{where}", err=True)
         raise typer.Exit(exc.exit_code) from None

@@ -213,3 +213,14 @@ def test_resume_without_an_output_is_a_usage_error() -> None:
 
     assert code == 2
     assert "--resume needs --output" in err
+
+
+@pytest.mark.parametrize(
+    "api_url", ["localhost:9000", "127.0.0.1:9000", "ftp://host/", "http://", "http://[::1"]
+)
+def test_an_api_url_that_is_no_http_url_is_a_usage_error(album: Path, api_url: str) -> None:
+    code, out, err = caption(str(album), "--api-url", api_url)
+
+    assert code == 2, err
+    assert "is not an http:// or https:// URL with a host" in err
+    assert out == ""
