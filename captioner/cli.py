@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,7 +13,13 @@ from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
 from core.logs import configure_logging, configure_tool_logging
-from core.settings import LogSettings, UnknownSettingError, refuse_unknown_variables
+from core.settings import (
+    InvalidSettingError,
+    LogSettings,
+    UnknownSettingError,
+    load_settings,
+    refuse_unknown_variables,
+)
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -46,33 +53,34 @@ def show_config() -> None:
     """Print the effective settings of every group as JSON, secrets masked."""
     import json
 
-    from pydantic import ValidationError
-
     from core.settings import effective_settings
 
-    try:
-        effective = effective_settings()
-    except ValidationError as exc:
-        typer.echo(f"captioner config: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(effective, indent=2))
+    typer.echo(json.dumps(effective_settings(), indent=2))
 
 
 @app.command()
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
-    configure_logging(LogSettings().level)
+    configure_logging(load_settings(LogSettings).level)
     from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings
     from producer_api.app import run_api
 
-    run_api(api=ApiSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings())
+    run_api(
+        api=load_settings(ApiSettings),
+        kafka=load_settings(KafkaSettings),
+        topics=load_settings(TopicSettings),
+        images=load_settings(ImageSettings),
+    )
 
 
 @app.command()
 def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
-    configure_logging(LogSettings().level)
+    configure_logging(load_settings(LogSettings).level)
     from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+
+    settings, kafka = load_settings(WorkerSettings), load_settings(KafkaSettings)
+    topics, images = load_settings(TopicSettings), load_settings(ImageSettings)
 
     try:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
@@ -84,9 +92,7 @@ def worker() -> None:
         raise typer.Exit(2) from None
 
     try:
-        run_worker(
-            settings=WorkerSettings(), kafka=KafkaSettings(), topics=TopicSettings(), images=ImageSettings()
-        )
+        run_worker(settings=settings, kafka=kafka, topics=topics, images=images)
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -153,7 +159,9 @@ def caption_command(
     except UsageError as exc:
         typer.echo(f"captioner caption: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(caption(options, kafka=KafkaSettings(), topics=TopicSettings()))
+    # Over HTTP the Kafka settings play no part, so a bad one must not stop the command.
+    kafka = load_settings(KafkaSettings) if via is Via.kafka else None
+    raise typer.Exit(caption(options, kafka=kafka, topics=load_settings(TopicSettings)))
 
 
 @topics_app.command("create")
@@ -162,12 +170,17 @@ def topics_create() -> None:
     from core.settings import KafkaSettings, TopicSettings
     from core.topics import ensure_topics
 
-    created = ensure_topics(KafkaSettings(), TopicSettings())
+    created = ensure_topics(load_settings(KafkaSettings), load_settings(TopicSettings))
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
 def main() -> None:
-    app(prog_name="captioner")
+    """A setting's bad value ends any command with one line naming the variable, and exit status 2."""
+    try:
+        app(prog_name="captioner")
+    except InvalidSettingError as exc:
+        print(f"captioner: {exc.message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -30,15 +30,15 @@ from captioner.bulk.paths import count_paths, input_paths, uses_stdin
 from captioner.bulk.results import Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
-from captioner.errors import ExitCode
+from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
 
-def caption(options: CaptionOptions, *, kafka: KafkaSettings, topics: TopicSettings) -> int:
+def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
     """Runs the whole command; returns its exit code. Results go to the output as they arrive; the
-    failures and a summary go to stderr at the end."""
+    failures and a summary go to stderr at the end. `kafka` is needed --via kafka only."""
     stream, sink, skip = _open(options)
     try:
         summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
@@ -63,7 +63,7 @@ async def _run(
     sink: ResultSink,
     skip: frozenset[str],
     *,
-    kafka: KafkaSettings,
+    kafka: KafkaSettings | None,
     topics: TopicSettings,
 ) -> Summary:
     paths = input_paths(options.sources, recursive=options.recursive, stdin=sys.stdin)
@@ -96,9 +96,11 @@ async def _count_total(options: CaptionOptions, skip: frozenset[str], progress: 
 
 @asynccontextmanager
 async def _backend(
-    options: CaptionOptions, *, kafka: KafkaSettings, topics: TopicSettings
+    options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings
 ) -> AsyncIterator[Backend]:
     if options.via is Via.kafka:
+        if kafka is None:
+            raise UsageError("--via kafka needs the Kafka settings")
         async with KafkaBackend(kafka, topics, timeout_s=options.timeout_s) as backend:
             yield backend
         return

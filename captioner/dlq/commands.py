@@ -36,7 +36,7 @@ from captioner.dlq.replay import (
 from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, load_settings
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, inspect and replay its records.\n\n"
@@ -92,7 +92,7 @@ def list_dead_letters(
     """Count dead letters by error class, failure time and partition.
 
     Reads the topic from its low to its high watermark without a consumer group: commits nothing."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         name = topic or topics.dead_letter
@@ -115,7 +115,7 @@ def show(
 
     Select it by --partition and --offset, or by --id (every dead letter of that correlation id; add
     --partition to read only one partition). The value is decoded as a CaptionRequest where possible."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         name = topic or topics.dead_letter
         with open_dead_letter_topic(kafka, topics, topic=name, timeout_s=timeout) as dlq:
@@ -167,7 +167,7 @@ def replay(
     headers dropped, and captioner.replayed-from is set, so the worker runs the job even past its
     deadline. Each record is replayed at most once per --group, whatever the filters of each run. Ctrl-C
     stops cleanly: only records whose re-publication Kafka acknowledged are committed."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         summary = ReplaySummary(
