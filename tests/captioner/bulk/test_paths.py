@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 from captioner.bulk.paths import count_paths, input_paths
@@ -69,3 +70,27 @@ def test_the_count_for_the_progress_bar_leaves_out_stdin_and_paths_to_skip(tmp_p
     total = count_paths([str(root), "-"], recursive=True, skip=frozenset({str(root / "b.jpg")}))
 
     assert total == 2
+
+
+def test_every_format_the_service_accepts_is_taken_from_a_folder(tmp_path: Path) -> None:
+    for suffix in [".mpo", ".jpe", ".apng", ".TIF"]:
+        (tmp_path / f"photo{suffix}").write_bytes(b"x")
+
+    found = names(input_paths([str(tmp_path)], recursive=False, stdin=io.StringIO()), tmp_path)
+
+    assert found == ["photo.TIF", "photo.apng", "photo.jpe", "photo.mpo"]
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
+    depth = sys.getrecursionlimit() + 100
+    deepest = tmp_path
+    for _ in range(depth):  # one at a time: mkdir(parents=True) itself recurses
+        deepest /= "d"
+        deepest.mkdir()
+    (deepest / "bottom.jpg").write_bytes(b"x")
+    (tmp_path / "top.jpg").write_bytes(b"x")
+
+    found = list(input_paths([str(tmp_path)], recursive=True, stdin=io.StringIO()))
+
+    assert found == [tmp_path / "top.jpg", deepest / "bottom.jpg"]
+    assert count_paths([str(tmp_path)], recursive=True) == 2
