@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import io
 import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from captioner.bulk.paths import count_paths, input_paths
 
@@ -81,16 +84,26 @@ def test_every_format_the_service_accepts_is_taken_from_a_folder(tmp_path: Path)
     assert found == ["photo.TIF", "photo.apng", "photo.jpe", "photo.mpo"]
 
 
-def test_a_tree_deeper_than_the_recursion_limit_is_walked(tmp_path: Path) -> None:
-    depth = sys.getrecursionlimit() + 100
-    deepest = tmp_path
-    for _ in range(depth):  # one at a time: mkdir(parents=True) itself recurses
-        deepest /= "d"
-        deepest.mkdir()
-    (deepest / "bottom.jpg").write_bytes(b"x")
-    (tmp_path / "top.jpg").write_bytes(b"x")
+@pytest.fixture
+def deep_tree(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A folder chain deeper than Python's recursion limit, removed again one level at a time (pytest's
+    own clean-up recurses, and would fail on it)."""
+    folders = [tmp_path]
+    for _ in range(sys.getrecursionlimit() + 100):  # one at a time: mkdir(parents=True) itself recurses
+        folders.append(folders[-1] / "d")
+        folders[-1].mkdir()
+    (folders[-1] / "bottom.jpg").write_bytes(b"x")
+    yield tmp_path, folders[-1]
+    (folders[-1] / "bottom.jpg").unlink()
+    for folder in reversed(folders[1:]):
+        folder.rmdir()
 
-    found = list(input_paths([str(tmp_path)], recursive=True, stdin=io.StringIO()))
 
-    assert found == [tmp_path / "top.jpg", deepest / "bottom.jpg"]
-    assert count_paths([str(tmp_path)], recursive=True) == 2
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(deep_tree: tuple[Path, Path]) -> None:
+    top, deepest = deep_tree
+    (top / "top.jpg").write_bytes(b"x")
+
+    found = list(input_paths([str(top)], recursive=True, stdin=io.StringIO()))
+
+    assert found == [top / "top.jpg", deepest / "bottom.jpg"]
+    assert count_paths([str(top)], recursive=True) == 2
