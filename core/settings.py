@@ -273,8 +273,25 @@ def variable_names(group: type[BaseSettings]) -> dict[str, str]:
     return {name: (prefix + name).upper() for name in group.model_fields}
 
 
+def alias_names(group: type[BaseSettings]) -> set[str]:
+    """The other names a setting also reads (KAFKA_BOOTSTRAP_SERVERS, say)."""
+    names: set[str] = set()
+    for field in group.model_fields.values():
+        alias = field.validation_alias
+        if isinstance(alias, AliasChoices):
+            names.update(str(choice).upper() for choice in alias.choices)
+        elif isinstance(alias, str):
+            names.add(alias.upper())
+    return names
+
+
 def known_variables() -> frozenset[str]:
-    names = {variable for group in SETTINGS_GROUPS.values() for variable in variable_names(group).values()}
+    """Every environment name a settings group reads, and the CAPTIONER_* names that are no setting."""
+    names = {
+        variable
+        for group in SETTINGS_GROUPS.values()
+        for variable in [*variable_names(group).values(), *alias_names(group)]
+    }
     return frozenset(names | NOT_SETTINGS.keys())
 
 

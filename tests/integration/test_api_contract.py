@@ -14,7 +14,6 @@ import requests
 import schemathesis
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
-from hypothesis.configuration import set_hypothesis_home_dir
 from hypothesis.errors import Unsatisfiable
 from schemathesis import GenerationMode
 from schemathesis.checks import not_a_server_error
@@ -46,14 +45,6 @@ RUNS = [
     (GenerationMode.POSITIVE, {}, 40),
 ]
 MIN_CASES = 1000
-
-
-@pytest.fixture(autouse=True, scope="module")
-def hypothesis_home_outside_the_repository(tmp_path_factory: pytest.TempPathFactory) -> None:
-    """Hypothesis caches Unicode tables and source constants under its home directory, ./.hypothesis
-    unless told otherwise; it stays in the temporary directory for the rest of the session, since
-    those caches are written whenever a later draw first needs them."""
-    set_hypothesis_home_dir(tmp_path_factory.mktemp("hypothesis"))
 
 
 def run_cases(
