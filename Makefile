@@ -94,7 +94,7 @@ bench-scaling: install  # answered rate with 1, 2, 3 pinned workers (BENCH_SCALI
 bench-gpu: install  # needs a CUDA device
 	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)
 
-chaos: install chaos-tools  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~10 min)
+chaos: install chaos-tools  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~6 min)
 	$(BIN)/python -m bench.chaos
 
 # The network-partition fault needs iptables; as root with apt it is installed, elsewhere that fault is
