@@ -37,14 +37,15 @@ def read_image(path: Path, *, max_bytes: int) -> ImageFile | Result:
         descriptor = os.open(path, os.O_RDONLY | os.O_NONBLOCK)
     except OSError as exc:
         return Result.failed(str(path), error="unreadable", message=f"cannot read the file: {_reason(exc)}")
-    with open(descriptor, "rb") as stream:
+    try:
         if not stat.S_ISREG(os.fstat(descriptor).st_mode):
             return Result.failed(str(path), error="unreadable", message="not a regular file")
-        try:
+        with open(descriptor, "rb", closefd=False) as stream:
             data = stream.read(max_bytes + 1)
-        except OSError as exc:
-            message = f"cannot read the file: {_reason(exc)}"
-            return Result.failed(str(path), error="unreadable", message=message)
+    except OSError as exc:
+        return Result.failed(str(path), error="unreadable", message=f"cannot read the file: {_reason(exc)}")
+    finally:
+        os.close(descriptor)
     if len(data) > max_bytes:
         return Result.failed(
             str(path), error="payload_too_large", message=f"the file is larger than {max_bytes} bytes"
