@@ -97,7 +97,7 @@ bench-gpu: install  # needs a CUDA device
 bench-gpu-check: install  # needs a CUDA device: tensor-pipeline agreement on CUDA + make bench's GPU figures (~8 min)
 	PYTHON=$(BIN)/python bench/gpu_check.sh
 
-chaos: install chaos-tools  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~10 min)
+chaos: install chaos-tools  # three-node Kafka cluster, two APIs, two workers, load, one fault after another (~6 min)
 	$(BIN)/python -m bench.chaos
 
 # The network-partition fault needs iptables; as root with apt it is installed, elsewhere that fault is

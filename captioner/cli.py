@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import logging
+import sys
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,8 +12,14 @@ import typer
 from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
-from core.logs import configure_logging
-from core.settings import LogSettings, UnknownSettingError, refuse_unknown_variables
+from core.logs import configure_logging, configure_tool_logging
+from core.settings import (
+    InvalidSettingError,
+    LogSettings,
+    UnknownSettingError,
+    load_settings,
+    refuse_unknown_variables,
+)
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -47,9 +53,9 @@ def _observe(service_name: str) -> None:
     from core.settings import TracingSettings
     from core.tracing import configure_tracing
 
-    log_settings = LogSettings()
+    log_settings = load_settings(LogSettings)
     configure_logging(log_settings.level, log_settings.format)
-    configure_tracing(TracingSettings(), service_name=service_name)
+    configure_tracing(load_settings(TracingSettings), service_name=service_name)
 
 
 @app.command("config")
@@ -57,16 +63,9 @@ def show_config() -> None:
     """Print the effective settings of every group as JSON, secrets masked."""
     import json
 
-    from pydantic import ValidationError
-
     from core.settings import effective_settings
 
-    try:
-        effective = effective_settings()
-    except ValidationError as exc:
-        typer.echo(f"captioner config: {exc}", err=True)
-        raise typer.Exit(2) from None
-    typer.echo(json.dumps(effective, indent=2))
+    typer.echo(json.dumps(effective_settings(), indent=2))
 
 
 @app.command()
@@ -77,11 +76,11 @@ def api() -> None:
     from producer_api.app import run_api
 
     run_api(
-        api=ApiSettings(),
-        kafka=KafkaSettings(),
-        topics=TopicSettings(),
-        images=ImageSettings(),
-        cache=CacheSettings(),
+        api=load_settings(ApiSettings),
+        kafka=load_settings(KafkaSettings),
+        topics=load_settings(TopicSettings),
+        images=load_settings(ImageSettings),
+        cache=load_settings(CacheSettings),
     )
 
 
@@ -90,6 +89,9 @@ def worker() -> None:
     """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
     _observe("captioner-worker")
     from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+
+    settings, kafka = load_settings(WorkerSettings), load_settings(KafkaSettings)
+    topics, images = load_settings(TopicSettings), load_settings(ImageSettings)
 
     try:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
@@ -102,11 +104,11 @@ def worker() -> None:
 
     try:
         run_worker(
-            settings=WorkerSettings(),
-            kafka=KafkaSettings(),
-            topics=TopicSettings(),
-            images=ImageSettings(),
-            cache=CacheSettings(),
+            settings=settings,
+            kafka=kafka,
+            topics=topics,
+            images=images,
+            cache=load_settings(CacheSettings),
         )
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
@@ -153,12 +155,11 @@ def caption_command(
     """Caption images through the running service, writing one line per image (JSON lines or CSV) as
     each result arrives. Failed images are listed at the end; exits 1 if any failed."""
     from captioner.bulk.command import caption
-    from captioner.bulk.kafka import LIBRDKAFKA_LOG
-    from captioner.bulk.options import UsageError, options_from
+    from captioner.bulk.options import options_from
+    from captioner.errors import UsageError
     from core.settings import KafkaSettings, TopicSettings
 
-    configure_logging("INFO" if verbose else "WARNING")
-    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    configure_tool_logging(verbose=verbose)
     try:
         options = options_from(
             paths=paths or [],
@@ -175,7 +176,9 @@ def caption_command(
     except UsageError as exc:
         typer.echo(f"captioner caption: {exc}", err=True)
         raise typer.Exit(2) from None
-    raise typer.Exit(caption(options, kafka=KafkaSettings(), topics=TopicSettings()))
+    # Over HTTP the Kafka settings play no part, so a bad one must not stop the command.
+    kafka = load_settings(KafkaSettings) if via is Via.kafka else None
+    raise typer.Exit(caption(options, kafka=kafka, topics=load_settings(TopicSettings)))
 
 
 @topics_app.command("create")
@@ -184,12 +187,17 @@ def topics_create() -> None:
     from core.settings import KafkaSettings, TopicSettings
     from core.topics import ensure_topics
 
-    created = ensure_topics(KafkaSettings(), TopicSettings())
+    created = ensure_topics(load_settings(KafkaSettings), load_settings(TopicSettings))
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
 
 
 def main() -> None:
-    app(prog_name="captioner")
+    """A setting's bad value ends any command with one line naming the variable, and exit status 2."""
+    try:
+        app(prog_name="captioner")
+    except InvalidSettingError as exc:
+        print(f"captioner: {exc.message}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ __all__ = [
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidRequestError",
+    "KafkaTimeoutError",
     "UnsupportedImageFormatError",
 ]
 
@@ -38,3 +39,12 @@ class InvalidRequestError(CaptionerError):
 
     code = "invalid_request"
     http_status = 400
+
+
+class KafkaTimeoutError(CaptionerError):
+    """The cluster did not finish an admin operation (creating topics, electing their leaders) in time.
+    It may later: retriable."""
+
+    code = "kafka_timeout"
+    retriable = True
+    http_status = 503

@@ -28,6 +28,22 @@ ACCEPTED_FORMATS: dict[str, str] = {
     "BMP": "image/bmp",
     "TIFF": "image/tiff",
 }
+# The file name suffixes of the accepted formats (Pillow's own, for these formats): what a folder of
+# images is walked for.
+ACCEPTED_SUFFIXES: dict[str, str] = {
+    ".jpg": "JPEG",
+    ".jpeg": "JPEG",
+    ".jpe": "JPEG",
+    ".jfif": "JPEG",
+    ".mpo": "MPO",
+    ".png": "PNG",
+    ".apng": "PNG",
+    ".webp": "WEBP",
+    ".gif": "GIF",
+    ".bmp": "BMP",
+    ".tif": "TIFF",
+    ".tiff": "TIFF",
+}
 ACCEPTED_CONTENT_TYPES = frozenset(
     [*ACCEPTED_FORMATS.values(), "image/mpo", "image/jpg", "image/x-ms-bmp", "application/octet-stream"]
 )

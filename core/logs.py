@@ -110,3 +110,14 @@ def log_handler(log_format: Literal["text", "json", "auto"], stream: TextIO | No
 
 def configure_logging(level: str, log_format: Literal["text", "json", "auto"] = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)])
+
+
+# The operator tools' Kafka clients log here (their `logger` config), so one switch quiets them all.
+LIBRDKAFKA_LOG = logging.getLogger("captioner.librdkafka")
+
+
+def configure_tool_logging(*, verbose: bool) -> None:
+    """An operator command's logging: warnings only, and none of the Kafka client's connection retries
+    (a failure ends with one line and an exit code), unless -v asks for the details."""
+    configure_logging("INFO" if verbose else "WARNING")
+    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)

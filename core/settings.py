@@ -13,10 +13,10 @@ import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from schemas.errors import CaptionerError
 
@@ -290,6 +290,37 @@ class UnknownSettingError(CaptionerError):
     code = "unknown_setting"
 
 
+class InvalidSettingError(CaptionerError):
+    """A setting's value that its group refuses (not a number, out of range, not JSON); the message names
+    the variable and says why, never its value (it may be a secret)."""
+
+    code = "invalid_setting"
+
+
+Group = TypeVar("Group", bound=BaseSettings)
+_FIELD_IN_SETTINGS_ERROR = re.compile(r'field "(\w+)"')
+
+
+def load_settings(group: type[Group]) -> Group:
+    """The group read from the environment; a bad value raises InvalidSettingError, one line."""
+    try:
+        return group()
+    except ValidationError as exc:
+        names = variable_names(group)
+        problems = [
+            f"{names.get(str(error['loc'][0]), error['loc'][0]) if error['loc'] else group.__name__}: "
+            f"{error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)
+        ]
+    except SettingsError as exc:  # a JSON-valued setting that is not JSON
+        found = _FIELD_IN_SETTINGS_ERROR.search(str(exc))
+        field = found.group(1) if found else ""
+        problems = [f"{variable_names(group).get(field, group.__name__)}: not valid JSON"]
+    raise InvalidSettingError(
+        "invalid setting" + ("s: " if len(problems) > 1 else ": ") + "; ".join(problems)
+    )
+
+
 def field_variables(group: type[BaseSettings], name: str) -> list[str]:
     """The variables that set one field, its own name first: an alias where it has one (several for
     AliasChoices), else the group's prefix and the field's name."""
@@ -345,6 +376,6 @@ def effective_settings() -> dict[str, dict[str, Any]]:
     """Each group's values as the services would read them now, by variable name; secrets masked."""
     effective = {}
     for name, group in SETTINGS_GROUPS.items():
-        values = group().model_dump(mode="json")
+        values = load_settings(group).model_dump(mode="json")
         effective[name] = {variable: values[field] for field, variable in variable_names(group).items()}
     return effective

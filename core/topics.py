@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
+from core.errors import KafkaTimeoutError
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
 
@@ -121,6 +122,8 @@ def create_topics(
         try:
             future.result(timeout=timeout_s)
             created.append(name)
+        except TimeoutError:
+            raise KafkaTimeoutError(f"topic {name} not created within {timeout_s:g} s") from None
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
@@ -140,9 +143,11 @@ def delete_topics(
     """Delete topics; one that is already gone is not an error."""
     admin = _admin(kafka, client_log)
     futures = admin.delete_topics(names, operation_timeout=timeout_s, request_timeout=timeout_s)
-    for future in futures.values():
+    for name, future in futures.items():
         try:
             future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise KafkaTimeoutError(f"topic {name} not deleted within {timeout_s:g} s") from None
         except KafkaException as exc:
             if exc.args[0].code() != KafkaError.UNKNOWN_TOPIC_OR_PART:
                 raise
@@ -168,5 +173,5 @@ def _wait_for_leaders(admin: AdminClient, names: list[str], *, timeout_s: float)
         if not waiting:
             return
         if time.monotonic() > give_up:
-            raise TimeoutError(f"topics without partition leaders after {timeout_s:g} s: {waiting}")
+            raise KafkaTimeoutError(f"topics without partition leaders after {timeout_s:g} s: {waiting}")
         time.sleep(0.1)

@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inference_consumer.errors import ModelUnavailableError
+
 log = logging.getLogger(__name__)
 
 # A `transformers.GitForCausalLM`. Its submodules are reached through nn.Module's untyped attribute lookup,
@@ -74,7 +76,9 @@ class SpecialTokens:
         bos = generation_config.bos_token_id
         eos = generation_config.eos_token_id
         if bos is None or eos is None:
-            raise ValueError("GIT captioning needs bos_token_id and eos_token_id in the generation config")
+            raise ModelUnavailableError(
+                "GIT captioning needs bos_token_id and eos_token_id in the model's generation config"
+            )
         eos_ids = (eos,) if isinstance(eos, int) else tuple(int(token) for token in eos)
         pad = generation_config.pad_token_id
         return cls(bos=int(bos), eos=eos_ids, pad=eos_ids[0] if pad is None else int(pad))
@@ -413,4 +417,4 @@ def build_decoder(
         return HfGenerateDecoder(model)
     if kind == "fast":
         return FastGitDecoder(model, packed_cpu_weights=packed_cpu_weights)
-    raise ValueError(f"unknown decoder kind {kind!r}; expected 'hf' or 'fast'")
+    raise ModelUnavailableError(f"unknown decoder kind {kind!r}; expected 'hf' or 'fast'")

@@ -29,7 +29,9 @@ class PausableConsumer(Protocol):
 
 class RetryHolds:
     """The retry-tier partitions one consumer has paused, and until when. The due time comes from a
-    record header, so it is hostile: no hold lasts longer than `max_hold_s`, the longest retry delay."""
+    record header, so it is hostile: no hold lasts longer than `max_hold_s`, the longest retry delay,
+    and a record is held at most once, so one with a due time far in the future cannot hold its
+    partition again each time the hold ends and it is fetched again."""
 
     def __init__(
         self,
@@ -46,6 +48,7 @@ class RetryHolds:
         self._wall_clock_s = wall_clock_s
         self._monotonic_s = monotonic_s
         self._held_until: dict[PartitionKey, float] = {}
+        self._held_offset: dict[PartitionKey, int] = {}  # the last record held, per partition
 
     def holds(self, topic: str, partition: int) -> bool:
         """A record fetched behind a held head is dropped: it is fetched again after the hold."""
@@ -55,13 +58,17 @@ class RetryHolds:
         """Pause the job's partition at the job when it is a retry record not yet due; True if so."""
         if job.topic not in self._retry_topics:
             return False
+        key = (job.topic, job.partition)
+        if self._held_offset.get(key) == job.offset:
+            return False  # held once already: its hold ended, so it runs now whatever its header says
         wait_s = min(job.retry_due_ms() / 1000 - self._wall_clock_s(), self._max_hold_s)
         if wait_s <= 0:
             return False
         head = TopicPartition(job.topic, job.partition, job.offset)
         self._consumer.pause([head])
         self._consumer.seek(head)
-        self._held_until[(job.topic, job.partition)] = self._monotonic_s() + wait_s
+        self._held_until[key] = self._monotonic_s() + wait_s
+        self._held_offset[key] = job.offset
         return True
 
     def release_due(self) -> None:
@@ -82,3 +89,4 @@ class RetryHolds:
         """Revoked partitions: their holds end with them."""
         for key in keys:
             self._held_until.pop(key, None)
+            self._held_offset.pop(key, None)

@@ -154,13 +154,12 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
     log.info(
         "loaded %s from %s on %s (%s), decoder=%s", name, settings.model, device, dtype, settings.decoder
     )
+    try:
+        decoder = build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights)
+    except NotImplementedError as exc:  # a model or generation setting the fast decoder does not follow
+        raise ModelUnavailableError(f"{exc}; CAPTIONER_DECODER=hf runs it with model.generate") from exc
     return CaptionModel(
-        name=name,
-        processor=processor,
-        model=model,
-        decoder=build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights),
-        device=device,
-        dtype=dtype,
+        name=name, processor=processor, model=model, decoder=decoder, device=device, dtype=dtype
     )
 
 

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from inference_consumer.errors import WorkerError
+
 SAFETENSORS_FILE = "model.safetensors"
 _HEADER_LENGTH_BYTES = 8
 _MAX_HEADER_BYTES = 100 * 2**20  # the format's own limit
@@ -41,8 +43,11 @@ _DTYPES: dict[str, torch.dtype] = {
 }
 
 
-class NotShareableError(ValueError):
-    """The model's weights are not exactly the file's tensors; the model is left as it was."""
+class NotShareableError(WorkerError):
+    """The model's weights are not exactly the file's tensors; the model is left as it was (and served
+    from its private copy, so this never stops a worker)."""
+
+    code = "weights_not_shareable"
 
 
 @dataclass(frozen=True)
@@ -129,12 +134,13 @@ def _read_header(mapping: mmap.mmap) -> tuple[dict[str, dict[str, object]], int]
 
 
 def _view(data: Tensor, data_start: int, name: str, entry: object) -> Tensor:
+    if not isinstance(entry, dict):
+        raise NotShareableError(f"{name}: header entry is not an object")
     try:
-        assert isinstance(entry, dict)
         dtype = _DTYPES[entry["dtype"]]
         shape = [int(size) for size in entry["shape"]]
         begin, end = (data_start + int(offset) for offset in entry["data_offsets"])
-    except (AssertionError, KeyError, TypeError, ValueError) as exc:
+    except (KeyError, TypeError, ValueError) as exc:
         raise NotShareableError(f"{name}: unsupported or malformed header entry") from exc
     itemsize = torch.empty((), dtype=dtype).element_size()
     count = 1

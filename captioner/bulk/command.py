@@ -25,22 +25,24 @@ from rich.text import Text
 
 from captioner.bulk.http import Backoff, HttpBackend
 from captioner.bulk.kafka import KafkaBackend
-from captioner.bulk.options import CaptionOptions, ExitCode, Via
+from captioner.bulk.options import CaptionOptions, Via
 from captioner.bulk.paths import count_paths, input_paths, uses_stdin
 from captioner.bulk.results import Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
+from captioner.errors import ExitCode, UsageError
+from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
 
-def caption(options: CaptionOptions, *, kafka: KafkaSettings, topics: TopicSettings) -> int:
+def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
     """Runs the whole command; returns its exit code. Results go to the output as they arrive; the
-    failures and a summary go to stderr at the end."""
+    failures and a summary go to stderr at the end. `kafka` is needed --via kafka only."""
     stream, sink, skip = _open(options)
     try:
         summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
-    except (KafkaException, TimeoutError) as exc:
+    except (KafkaException, KafkaTimeoutError) as exc:
         print(f"captioner caption: Kafka is unreachable or refused the reply topic: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     finally:
@@ -61,7 +63,7 @@ async def _run(
     sink: ResultSink,
     skip: frozenset[str],
     *,
-    kafka: KafkaSettings,
+    kafka: KafkaSettings | None,
     topics: TopicSettings,
 ) -> Summary:
     paths = input_paths(options.sources, recursive=options.recursive, stdin=sys.stdin)
@@ -94,9 +96,11 @@ async def _count_total(options: CaptionOptions, skip: frozenset[str], progress: 
 
 @asynccontextmanager
 async def _backend(
-    options: CaptionOptions, *, kafka: KafkaSettings, topics: TopicSettings
+    options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings
 ) -> AsyncIterator[Backend]:
     if options.via is Via.kafka:
+        if kafka is None:
+            raise UsageError("--via kafka needs the Kafka settings")
         async with KafkaBackend(kafka, topics, timeout_s=options.timeout_s) as backend:
             yield backend
         return

@@ -1,5 +1,6 @@
 """Captioning through the HTTP API: one POST per image, retried with backoff while the service says it is
-busy or unavailable (429, 503) or the connection fails."""
+busy (429) or cannot reach Kafka (503 broker_unavailable), or the connection fails. A 503
+caption_unavailable is final: that job already went through every retry tier into the dead-letter topic."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from captioner.bulk.results import Result
 
 PREDICTIONS = "/api/v1/predictions"
 RETRY_STATUSES = frozenset({429, 503})
+# A 503 is retried only for this code; 429 always.
+RETRIABLE_503_CODE = "broker_unavailable"
+# Retry-After's delta-seconds beyond this many digits is as good as never (and Backoff caps it anyway).
+_MAX_RETRY_AFTER_DIGITS = 9
 # The API's answers are a few hundred bytes; whatever a misdirected URL sends back is not read past this.
 MAX_ANSWER_BYTES = 64 * 1024
 
@@ -51,8 +56,8 @@ def parse_retry_after(value: str | None, *, now: datetime | None = None) -> floa
     if value is None:
         return None
     value = value.strip()
-    if value.isdigit():
-        return float(value)
+    if value.isascii() and value.isdigit():  # "²".isdigit() is True too, but no number
+        return float(value) if len(value) <= _MAX_RETRY_AFTER_DIGITS else float(10**_MAX_RETRY_AFTER_DIGITS)
     try:
         when = parsedate_to_datetime(value)
     except (TypeError, ValueError, IndexError):
@@ -92,7 +97,11 @@ class HttpBackend:
                     )
                 await self._sleep(self._backoff.delay_s(retry, None, self._rng))
                 continue
-            if status in RETRY_STATUSES and not last_try:
+            except aiohttp.ClientError as exc:  # a redirect loop, say: this image fails, the run goes on
+                return Result.failed(
+                    image.path, error="request_failed", message=f"{type(exc).__name__}: {exc}"
+                )
+            if _worth_retrying(status, body) and not last_try:
                 await self._sleep(self._backoff.delay_s(retry, retry_after, self._rng))
                 continue
             return _result(image.path, status, body, tries=retry + 1)
@@ -123,15 +132,25 @@ def _json_or_none(raw: bytes) -> Any:
         return None
 
 
+def _error_of(body: Any) -> dict[str, Any]:
+    found = body.get("error") if isinstance(body, dict) else None
+    return found if isinstance(found, dict) else {}
+
+
+def _worth_retrying(status: int, body: Any) -> bool:
+    if status == 503:
+        return _error_of(body).get("code") == RETRIABLE_503_CODE
+    return status in RETRY_STATUSES
+
+
 def _result(path: str, status: int, body: Any, *, tries: int) -> Result:
     answer = body if isinstance(body, dict) else {}
     if status == 200 and isinstance(answer.get("title"), str):
         return Result.captioned(path, title=answer["title"], id=_text(answer.get("id")))
-    found = answer.get("error")
-    error: dict[str, Any] = found if isinstance(found, dict) else {}
+    error = _error_of(body)
     code = _text(error.get("code")) or f"http_{status}"
     message = _text(error.get("message")) or f"the API answered HTTP {status}"
-    if status in RETRY_STATUSES:
+    if _worth_retrying(status, body):
         message += f" (gave up after {tries} tries)"
     return Result.failed(path, error=code, message=message, id=_text(error.get("id")))
 

@@ -31,6 +31,7 @@ from captioner.bulk.files import ImageFile
 from captioner.bulk.results import Result
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
+from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import TopicSpec, create_topics, delete_topics
 from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, CaptionRequest, RecordDecodeError, ReplyStatus
@@ -38,7 +39,6 @@ from schemas.codec import utc_now
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection retries and the like): quiet unless the CLI is asked for them.
-LIBRDKAFKA_LOG = logging.getLogger("captioner.bulk.librdkafka")
 
 _REPLY_RETENTION_MS = 3_600_000
 # A reply may be on its way when the deadline passes; the worker never starts a job after it.

@@ -6,20 +6,15 @@ import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from captioner.bulk.sinks import Format, format_for
+from captioner.errors import UsageError
 
 
 class Via(StrEnum):
     http = "http"
     kafka = "kafka"
-
-
-class ExitCode:
-    OK = 0
-    FAILURES = 1
-    USAGE = 2
-    UNAVAILABLE = 3
 
 
 DEFAULT_CONCURRENCY = {Via.http: 32, Via.kafka: 128}
@@ -40,10 +35,6 @@ class CaptionOptions:
     show_progress: bool
 
 
-class UsageError(Exception):
-    """A command line that cannot run; its message is for the user."""
-
-
 def sources_of(paths: list[str], *, stdin_is_tty: bool) -> list[str]:
     """No path and a piped stdin mean the paths come from stdin."""
     if paths:
@@ -51,6 +42,18 @@ def sources_of(paths: list[str], *, stdin_is_tty: bool) -> list[str]:
     if stdin_is_tty:
         raise UsageError("name files or folders to caption, or pipe their paths in (one a line)")
     return ["-"]
+
+
+def checked_api_url(api_url: str) -> str:
+    """An http(s) URL with a host: aiohttp would refuse anything else for every image, one by one."""
+    try:
+        parts = urlsplit(api_url)
+        usable = parts.scheme in ("http", "https") and bool(parts.hostname)
+    except ValueError:  # a broken IPv6 literal
+        usable = False
+    if not usable:
+        raise UsageError(f"--api-url {api_url!r} is not an http:// or https:// URL with a host")
+    return api_url
 
 
 def options_from(
@@ -71,7 +74,7 @@ def options_from(
     return CaptionOptions(
         sources=sources_of(paths, stdin_is_tty=sys.stdin.isatty()),
         via=via,
-        api_url=api_url,
+        api_url=checked_api_url(api_url) if via is Via.http else api_url,
         output=output,
         format=format_for(output, format),
         resume=resume,

@@ -1,7 +1,8 @@
 """The images to caption: files, folders (their image files, sorted), or newline-separated paths on stdin.
 
 Paths are yielded one at a time, so 10,000 or 10 million of them never sit in memory at once; only one
-folder's listing does, while it is walked.
+folder's listing does, while it is walked (and the subfolders still to walk, on an explicit stack: a tree
+deeper than Python's recursion limit is walked like any other).
 """
 
 from __future__ import annotations
@@ -11,7 +12,9 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import TextIO
 
-IMAGE_SUFFIXES = frozenset({".jpg", ".jpeg", ".png", ".webp", ".gif", ".bmp", ".tif", ".tiff"})
+from core.images import ACCEPTED_SUFFIXES
+
+IMAGE_SUFFIXES = frozenset(ACCEPTED_SUFFIXES)
 STDIN = "-"
 
 
@@ -49,17 +52,20 @@ def _expand(path: Path, *, recursive: bool) -> Iterator[Path]:
         yield path
 
 
-def _image_files(folder: Path, *, recursive: bool) -> Iterator[Path]:
-    try:
-        entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
-    except OSError:
-        yield folder  # fails when it is read, and so is listed among the failures
-        return
-    subfolders = []
-    for entry in entries:
-        if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
-            yield Path(entry.path)
-        elif recursive and entry.is_dir(follow_symlinks=False):
-            subfolders.append(entry.path)
-    for subfolder in subfolders:
-        yield from _image_files(Path(subfolder), recursive=recursive)
+def _image_files(top: Path, *, recursive: bool) -> Iterator[Path]:
+    """Depth first: a folder's image files, then each subfolder's in name order."""
+    to_walk = [top]
+    while to_walk:
+        folder = to_walk.pop()
+        try:
+            entries = sorted(os.scandir(folder), key=lambda entry: entry.name)
+        except OSError:
+            yield folder  # fails when it is read, and so is listed among the failures
+            continue
+        subfolders = []
+        for entry in entries:
+            if entry.is_file() and Path(entry.name).suffix.lower() in IMAGE_SUFFIXES:
+                yield Path(entry.path)
+            elif recursive and entry.is_dir(follow_symlinks=False):
+                subfolders.append(Path(entry.path))
+        to_walk.extend(reversed(subfolders))

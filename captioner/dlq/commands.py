@@ -1,8 +1,7 @@
-"""`captioner dlq list|show|replay`. Exit codes: see `captioner.dlq.errors.ExitCode`."""
+"""`captioner dlq list|show|replay`. Exit codes: see `captioner.errors.ExitCode`."""
 
 from __future__ import annotations
 
-import logging
 import signal
 import sys
 import threading
@@ -20,11 +19,11 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from captioner.dlq import render
-from captioner.dlq.errors import DlqError, KafkaUnavailableError, RecordNotFoundError, UsageError
+from captioner.dlq.errors import RecordNotFoundError
 from captioner.dlq.filters import DeadLetterFilter, parse_time
 from captioner.dlq.ledger import DEFAULT_NAMESPACE, commit_metadata, read_ledger, replay_group
 from captioner.dlq.overview import Bucket, summarize
-from captioner.dlq.reader import LIBRDKAFKA_LOG, DeadLetterTopic, open_dead_letter_topic, plan_ranges
+from captioner.dlq.reader import DeadLetterTopic, open_dead_letter_topic, plan_ranges
 from captioner.dlq.records import DeadLetter
 from captioner.dlq.replay import (
     Pacer,
@@ -34,9 +33,10 @@ from captioner.dlq.replay import (
     TargetTopics,
     check_topic_name,
 )
+from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
 from core.kafka_config import client_config, producer_config
-from core.logs import configure_logging
-from core.settings import KafkaSettings, TopicSettings
+from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
+from core.settings import KafkaSettings, TopicSettings, load_settings
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, inspect and replay its records.\n\n"
@@ -72,9 +72,7 @@ IdsOption = Annotated[
 def dlq_options(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Log Kafka client details.")] = False,
 ) -> None:
-    configure_logging("INFO" if verbose else "WARNING")
-    # Without -v the client's connection retries stay quiet: a failure ends with one line and an exit code.
-    LIBRDKAFKA_LOG.setLevel(logging.INFO if verbose else logging.CRITICAL)
+    configure_tool_logging(verbose=verbose)
 
 
 @dlq_app.command("list")
@@ -94,7 +92,7 @@ def list_dead_letters(
     """Count dead letters by error class, failure time and partition.
 
     Reads the topic from its low to its high watermark without a consumer group: commits nothing."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         name = topic or topics.dead_letter
@@ -117,7 +115,7 @@ def show(
 
     Select it by --partition and --offset, or by --id (every dead letter of that correlation id; add
     --partition to read only one partition). The value is decoded as a CaptionRequest where possible."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         name = topic or topics.dead_letter
         with open_dead_letter_topic(kafka, topics, topic=name, timeout_s=timeout) as dlq:
@@ -169,7 +167,7 @@ def replay(
     headers dropped, and captioner.replayed-from is set, so the worker runs the job even past its
     deadline. Each record is replayed at most once per --group, whatever the filters of each run. Ctrl-C
     stops cleanly: only records whose re-publication Kafka acknowledged are committed."""
-    kafka, topics = KafkaSettings(), TopicSettings()
+    kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         summary = ReplaySummary(
@@ -273,10 +271,10 @@ def _find(
 
 @contextmanager
 def exit_codes(kafka: KafkaSettings) -> Iterator[None]:
-    """A DlqError ends the command with its exit code and a one-line message on stderr."""
+    """An OperatorError ends the command with its exit code and a one-line message on stderr."""
     try:
         yield
-    except DlqError as exc:
+    except OperatorError as exc:
         where = f" (bootstrap servers {kafka.bootstrap_servers})" * isinstance(exc, KafkaUnavailableError)
         typer.echo(f"captioner dlq: {exc}{where}", err=True)
         raise typer.Exit(exc.exit_code) from None

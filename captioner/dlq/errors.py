@@ -1,36 +1,9 @@
-"""What can end a `captioner dlq` command early, and the exit code each one means to a script."""
+"""What can end a `captioner dlq` command early besides the operator tools' shared errors
+(`captioner.errors`), and the exit code each one means to a script."""
 
 from __future__ import annotations
 
-from enum import IntEnum
-
-from schemas.errors import CaptionerError
-
-
-class ExitCode(IntEnum):
-    OK = 0
-    REPLAY_FAILED = 1  # some records were not re-published (or their progress was not recorded)
-    USAGE = 2  # bad options; typer/click use 2 for their own usage errors too
-    KAFKA_UNAVAILABLE = 3  # broker unreachable, or a topic is missing
-    NOT_FOUND = 4  # `show`: no record at that position or with that id
-    INTERRUPTED = 130  # Ctrl-C / SIGTERM: stopped cleanly after committing acknowledged records
-
-
-class DlqError(CaptionerError):
-    """The operator tool's branch of the one error family; each member also names its exit status."""
-
-    code = "usage_error"
-    exit_code = ExitCode.USAGE
-
-
-class UsageError(DlqError):
-    exit_code = ExitCode.USAGE
-
-
-class KafkaUnavailableError(DlqError):
-    code = "kafka_unavailable"
-    retriable = True
-    exit_code = ExitCode.KAFKA_UNAVAILABLE
+from captioner.errors import ExitCode, KafkaUnavailableError, OperatorError
 
 
 class TopicMissingError(KafkaUnavailableError):
@@ -42,6 +15,13 @@ class TopicMissingError(KafkaUnavailableError):
         self.topic = topic
 
 
-class RecordNotFoundError(DlqError):
+class RecordNotFoundError(OperatorError):
     code = "record_not_found"
     exit_code = ExitCode.NOT_FOUND
+
+
+class UntrustedTargetError(OperatorError):
+    """A dead letter's original-topic header names a topic that is not the service's own: that record is
+    not replayed (the others are)."""
+
+    code = "untrusted_target"

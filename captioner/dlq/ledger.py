@@ -20,10 +20,10 @@ from typing import Any
 
 from confluent_kafka import ConsumerGroupTopicPartitions, KafkaException
 
-from captioner.dlq.errors import KafkaUnavailableError, UsageError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.reader import describe_kafka_error
 from captioner.dlq.records import DeadLetter
+from captioner.errors import KafkaUnavailableError, UsageError
 
 log = logging.getLogger(__name__)
 

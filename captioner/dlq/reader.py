@@ -4,7 +4,6 @@
 
 from __future__ import annotations
 
-import logging
 import threading
 import time
 from collections.abc import Generator, Iterator
@@ -13,15 +12,16 @@ from typing import Any
 
 from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException, TopicPartition
 
-from captioner.dlq.errors import KafkaUnavailableError, TopicMissingError
+from captioner.dlq.errors import TopicMissingError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.records import DeadLetter
+from captioner.errors import KafkaUnavailableError
 from core.consuming import poll_batch
 from core.kafka_config import consumer_config
+from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
 
 READER_GROUP = "captioner-dlq-reader"  # librdkafka wants a group.id; readers never commit to it
-LIBRDKAFKA_LOG = logging.getLogger("captioner.dlq.librdkafka")
 
 PartitionRanges = dict[int, tuple[int, int]]  # partition -> [start, end) offsets
 _BATCH = 100

@@ -11,11 +11,12 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
-from captioner.dlq.errors import DlqError, ExitCode, UsageError
+from captioner.dlq.errors import UntrustedTargetError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.ledger import ReplayLedger
 from captioner.dlq.reader import require_topic
 from captioner.dlq.records import TOPIC_NAME, DeadLetter
+from captioner.errors import ExitCode, OperatorError, UsageError
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
 from schemas import headers as names
@@ -46,10 +47,6 @@ def check_topic_name(name: str | None) -> str | None:
     if name is not None and not TOPIC_NAME.fullmatch(name):
         raise UsageError(f"--to {name!r} is not a topic name")
     return name
-
-
-class UntrustedTargetError(Exception):
-    """A record's original-topic header names a topic that is not the service's own."""
 
 
 class TargetTopics:
@@ -144,7 +141,7 @@ class ReplaySummary:
     def exit_code(self) -> ExitCode:
         counts = self.counts
         if counts.failed or counts.held_back or counts.unconfirmed or self.errors:
-            return ExitCode.REPLAY_FAILED
+            return ExitCode.FAILURES
         return ExitCode.INTERRUPTED if self.interrupted else ExitCode.OK
 
     def to_json(self) -> dict[str, Any]:
@@ -272,7 +269,7 @@ class Replayer:
         positions, self._positions = self._positions, {}
         try:
             self._commit(positions)
-        except DlqError as exc:
+        except OperatorError as exc:
             self._positions = positions | self._positions
             if final:
                 self.summary.errors.append(f"progress not recorded, a rerun may replay again: {exc}")

@@ -61,3 +61,26 @@ def test_config_prints_every_group_with_secrets_masked() -> None:
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_USERNAME"] == "svc-captioner"
     assert shown["worker"]["CAPTIONER_MAX_BATCH_SIZE"] == 8
     assert shown["topics"]["CAPTIONER_TOPIC_RETRY_DELAYS_S"] == [1.0, 5.0, 30.0]
+
+
+@pytest.mark.parametrize(
+    ("command", "variable"),
+    [
+        (["api"], "CAPTIONER_API_PORT"),
+        (["worker"], "CAPTIONER_MAX_BATCH_SIZE"),
+        (["topics", "create"], "CAPTIONER_KAFKA_REPLICATION_FACTOR"),
+        (["dlq", "list"], "CAPTIONER_TOPIC_REQUEST_PARTITIONS"),
+        (["config"], "CAPTIONER_MAX_IMAGE_PIXELS"),
+        (["api"], "CAPTIONER_TOPIC_RETRY_DELAYS_S"),
+    ],
+)
+def test_a_bad_setting_value_is_one_line_naming_the_variable_and_exit_2(
+    command: list[str], variable: str
+) -> None:
+    done = captioner(*command, **{variable: "notanumber"}, KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert done.stderr.startswith(f"captioner: invalid setting: {variable}: "), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "notanumber" not in done.stderr  # a value is never echoed: it may be a secret

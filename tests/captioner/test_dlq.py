@@ -13,7 +13,6 @@ from typer.testing import CliRunner
 
 from captioner.cli import app
 from captioner.dlq import render
-from captioner.dlq.errors import ExitCode, UsageError
 from captioner.dlq.filters import DeadLetterFilter, parse_time
 from captioner.dlq.ledger import (
     ReplayedRange,
@@ -26,6 +25,7 @@ from captioner.dlq.overview import Bucket, summarize
 from captioner.dlq.reader import plan_ranges
 from captioner.dlq.records import DeadLetter, header_pairs
 from captioner.dlq.replay import Pacer, PlannedReplay, Replayer, ReplaySummary, TargetTopics, check_topic_name
+from captioner.errors import ExitCode, UsageError
 from schemas import REQUEST_CODEC, CaptionRequest
 from schemas import headers as names
 
@@ -475,7 +475,7 @@ def test_a_failed_delivery_holds_its_partition_and_the_commit_behind_it() -> Non
 
     assert [s["key"] for s in producer.sent] == [b"ok", b"bad", b"other-partition"]
     assert (summary.counts.replayed, summary.counts.failed, summary.counts.held_back) == (2, 1, 1)
-    assert summary.exit_code is ExitCode.REPLAY_FAILED
+    assert summary.exit_code is ExitCode.FAILURES
     assert summary.errors == ["app.dlq:0:1: broker said no"]
     assert commits == [{0: 1, 1: 1}]
 
@@ -531,7 +531,7 @@ def test_replay_follows_the_origin_header_only_to_the_services_own_topics(dry_ru
     assert [s.target if dry_run else s.topic for s in sent] == ["app.requests.retry.2", "app.requests"]
     counts = summary.counts
     assert (counts.failed, counts.held_back) == (1, 1)  # the rest of its partition waits behind it
-    assert summary.exit_code is ExitCode.REPLAY_FAILED
+    assert summary.exit_code is ExitCode.FAILURES
     [error] = summary.errors
     assert error.startswith(
         "app.dlq:0:1: not replayed: its captioner.original.topic header names 'app.replies'"
@@ -641,7 +641,7 @@ def test_an_unreachable_cluster_exits_3(command: str) -> None:
     result = CliRunner().invoke(
         app, ["dlq", command, "--timeout", "2"], env={"KAFKA_BOOTSTRAP_SERVERS": "127.0.0.1:1"}
     )
-    assert result.exit_code == ExitCode.KAFKA_UNAVAILABLE, result.output
+    assert result.exit_code == ExitCode.UNAVAILABLE, result.output
     assert "Kafka unreachable" in result.output
 
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from core.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
-from core.images import decode_image, inspect_image
+from core.images import ACCEPTED_FORMATS, ACCEPTED_SUFFIXES, decode_image, inspect_image
 from tests.support.images import encode, make_image_bytes, make_picture
 
 
@@ -133,3 +133,12 @@ def test_mutated_and_truncated_files_decode_or_are_invalid_images(
         assert "object at 0x" not in error.message and "/" not in error.message.replace("image/", "")
         return
     assert picture.mode == "RGB" and max(picture.size) <= 3 * min(picture.size)
+
+
+def test_the_accepted_suffixes_are_pillows_own_for_exactly_the_accepted_formats() -> None:
+    pillow = {
+        suffix: name for suffix, name in Image.registered_extensions().items() if name in ACCEPTED_FORMATS
+    }
+
+    assert pillow == ACCEPTED_SUFFIXES
+    assert set(ACCEPTED_SUFFIXES.values()) == set(ACCEPTED_FORMATS)

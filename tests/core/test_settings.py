@@ -48,3 +48,9 @@ def test_producers_are_idempotent_and_consumers_store_offsets_manually() -> None
     assert producer["enable.idempotence"] is True and producer["acks"] == "all"
     consumer = consumer_config(kafka, topics, client_id="c", group_id="g")
     assert consumer["enable.auto.offset.store"] is False
+
+
+def test_the_known_variables_include_every_alias_a_setting_reads() -> None:
+    from core.settings import known_variables
+
+    assert {"KAFKA_BOOTSTRAP_SERVERS", "CAPTIONER_KAFKA_BOOTSTRAP_SERVERS"} <= known_variables()

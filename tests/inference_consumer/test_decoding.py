@@ -21,6 +21,7 @@ from inference_consumer.decoding import (
     build_decoder,
     quantize_int8,
 )
+from inference_consumer.errors import ModelUnavailableError
 
 EOS = 102
 PAD = 0
@@ -308,8 +309,18 @@ def test_build_decoder(model: Any) -> None:
     packed = build_decoder("fast", model, packed_cpu_weights=True)
     assert isinstance(packed, FastGitDecoder)
     assert packed.packed_cpu_weights == HAS_ONEDNN
-    with pytest.raises(ValueError, match="unknown decoder kind"):
+    with pytest.raises(ModelUnavailableError, match="unknown decoder kind"):
         build_decoder("beam", model)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize("missing", ["bos_token_id", "eos_token_id"])
+def test_a_model_without_bos_or_eos_is_unavailable_not_a_crash(
+    model: Any, monkeypatch: pytest.MonkeyPatch, missing: str
+) -> None:
+    monkeypatch.setattr(model.generation_config, missing, None)
+
+    with pytest.raises(ModelUnavailableError, match="bos_token_id and eos_token_id"):
+        FastGitDecoder(model)
 
 
 def test_rejects_generation_settings_it_would_ignore(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:

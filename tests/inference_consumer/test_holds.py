@@ -131,3 +131,29 @@ def test_a_revoked_partitions_hold_ends_with_it(
     monotonic.now_s = 200.0
     holds.release_due()
     assert consumer.resumed == []
+
+
+def test_a_record_whose_hold_ended_is_not_held_again_when_fetched_again(
+    holds: RetryHolds, consumer: RecordingConsumer, monotonic: Clock
+) -> None:
+    hostile = retry_job(due_in(10**9))
+    assert holds.hold_if_not_due(hostile)
+    monotonic.now_s = 100.0 + MAX_HOLD_S
+    holds.release_due()
+
+    assert not holds.hold_if_not_due(retry_job(due_in(10**9)))
+
+    assert consumer.paused == [(RETRY_TOPIC, 2, 7)]
+    assert not holds.holds(RETRY_TOPIC, 2)
+
+
+def test_the_next_record_of_a_partition_is_held_after_the_one_before_ran(
+    holds: RetryHolds, consumer: RecordingConsumer, monotonic: Clock
+) -> None:
+    assert holds.hold_if_not_due(retry_job(due_in(2), offset=7))
+    monotonic.now_s = 102.0
+    holds.release_due()
+
+    assert holds.hold_if_not_due(retry_job(due_in(5), offset=8))
+
+    assert consumer.paused == [(RETRY_TOPIC, 2, 7), (RETRY_TOPIC, 2, 8)]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -151,3 +152,16 @@ def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path: Path, t
 
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == "captioner/tiny"
+
+
+def test_a_model_the_fast_decoder_cannot_follow_is_unavailable_with_a_way_out(
+    tiny_model_dir: Path, tmp_path: Path
+) -> None:
+    model_dir = tmp_path / "penalised"
+    shutil.copytree(tiny_model_dir, model_dir)
+    config_path = model_dir / "generation_config.json"
+    config = json.loads(config_path.read_text()) if config_path.exists() else {}
+    config_path.write_text(json.dumps(config | {"repetition_penalty": 1.3}))
+
+    with pytest.raises(ModelUnavailableError, match=r"repetition_penalty.*CAPTIONER_DECODER=hf"):
+        load_caption_model(WorkerSettings(model=str(model_dir), decoder="fast", device="cpu"))

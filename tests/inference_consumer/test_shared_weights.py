@@ -11,6 +11,7 @@ import pytest
 import torch
 from transformers import AutoModelForCausalLM
 
+from core.errors import CaptionerError
 from core.settings import WorkerSettings
 from inference_consumer.model import load_caption_model
 from inference_consumer.shared_weights import (
@@ -106,6 +107,20 @@ def test_offsets_outside_the_file_are_refused(tmp_path: Path) -> None:
     path.write_bytes(struct.pack("<Q", len(header)) + header + b"\x00" * 8)
     with pytest.raises(NotShareableError, match="offsets"):
         map_safetensors(path)
+
+
+@pytest.mark.parametrize("entry", [b"[1, 2]", b'"F32"', b"7", b"null"])
+def test_a_header_entry_that_is_no_object_is_refused_by_an_explicit_check(
+    tmp_path: Path, entry: bytes
+) -> None:
+    header = b'{"w": ' + entry + b"}"
+    path = tmp_path / SAFETENSORS_FILE
+    path.write_bytes(struct.pack("<Q", len(header)) + header)
+
+    with pytest.raises(NotShareableError, match="w: header entry is not an object") as raised:
+        map_safetensors(path)
+
+    assert isinstance(raised.value, CaptionerError) and not raised.value.retriable
 
 
 def test_only_a_single_file_checkpoint_is_found(tiny_model_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,6 @@ None of this starts a container or a cluster: see the README's "Deploy" section 
 
 from __future__ import annotations
 
-import inspect
 import re
 import shutil
 import subprocess
@@ -18,11 +17,16 @@ import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
-from pydantic import AliasChoices
 from pydantic_settings import BaseSettings
 
-from core import settings as settings_module
-from core.settings import ApiSettings, TopicSettings, WorkerSettings
+from core.settings import (
+    SETTINGS_GROUPS,
+    ApiSettings,
+    ImageSettings,
+    TopicSettings,
+    known_variables,
+    load_settings,
+)
 from producer_api.app import make_api_app
 from producer_api.payload import max_body_bytes
 from tests.support.repo import REPO
@@ -34,41 +38,22 @@ NGINX = DEPLOY / "nginx.conf"
 # The oldest and the newest minor that kubernetes-validate bundles and the manifests need (1.28+ for the
 # StatefulSet pod-index label; 1.30 is the oldest still commonly offered by managed clusters).
 KUBERNETES_VERSIONS = ("1.30.0", "1.37.0")
-# Variables the images or third-party tools read, not captioner's settings.
-NOT_SETTINGS = {"HF_HOME"}
+# Variables the images or third-party libraries read (not captioner's, so not in core.settings).
+THIRD_PARTY_VARIABLES = {"HF_HOME"}
 SETTING_NAME = re.compile(r"\bCAPTIONER_[A-Z0-9_]+\b")
 
 
 # --- helpers -------------------------------------------------------------------------------------------
 
 
-def known_setting_names() -> set[str]:
-    """Every environment name core/settings.py reads: prefix + field, and each alias."""
-    names: set[str] = set()
-    for _, model in inspect.getmembers(settings_module, inspect.isclass):
-        if not issubclass(model, BaseSettings) or model is BaseSettings:
-            continue
-        prefix = model.model_config.get("env_prefix", "")
-        for field_name, field in model.model_fields.items():
-            names.add(f"{prefix}{field_name}".upper())
-            if isinstance(field.validation_alias, AliasChoices):
-                names.update(str(choice).upper() for choice in field.validation_alias.choices)
-            elif isinstance(field.validation_alias, str):
-                names.add(field.validation_alias.upper())
-    return names
-
-
 def settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, BaseSettings]:
-    """The settings a process gets from this environment (and nothing else of the test's own)."""
-    for name in known_setting_names():
+    """Every settings group as a process gets it from this environment (and nothing else of the test's
+    own); raises on a value any group refuses."""
+    for name in known_variables():
         monkeypatch.delenv(name, raising=False)
     for name, value in environment.items():
         monkeypatch.setenv(name, str(value))
-    return {
-        "api": ApiSettings(),
-        "topics": TopicSettings(),
-        "worker": WorkerSettings(),
-    }
+    return {name: load_settings(group) for name, group in SETTINGS_GROUPS.items()}
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -171,7 +156,7 @@ def test_every_builtin_kind_passes_the_kubernetes_schema(
 def test_the_api_probes_are_routes_of_the_api(manifests: list[dict[str, Any]]) -> None:
     routes = {
         route.resource.canonical
-        for route in make_api_app(api=ApiSettings(), images=settings_module.ImageSettings()).router.routes()
+        for route in make_api_app(api=ApiSettings(), images=ImageSettings()).router.routes()
         if route.method == "GET" and route.resource is not None
     }
     spec = container(api(manifests))
@@ -371,7 +356,7 @@ def test_keda_scales_workers_on_their_lag_up_to_the_partition_count(
 
 
 def test_every_environment_name_in_the_manifests_is_a_setting(manifests: list[dict[str, Any]]) -> None:
-    known = known_setting_names() | NOT_SETTINGS
+    known = known_variables() | THIRD_PARTY_VARIABLES
     used = set(only(manifests, "ConfigMap")["data"])
     for workload in pod_templates(manifests):
         used |= {item["name"] for item in container(workload).get("env", [])}
@@ -393,7 +378,7 @@ def deployment_files() -> list[Path]:
 
 @pytest.mark.parametrize("path", deployment_files(), ids=lambda path: path.name)
 def test_every_captioner_name_in_the_deployment_files_is_a_setting(path: Path) -> None:
-    unknown = set(SETTING_NAME.findall(path.read_text())) - known_setting_names()
+    unknown = set(SETTING_NAME.findall(path.read_text())) - known_variables()
     assert not unknown, f"{path.name} names settings that core/settings.py lacks: {sorted(unknown)}"
 
 
@@ -402,7 +387,8 @@ def test_every_captioner_name_in_the_deployment_files_is_a_setting(path: Path) -
 
 @pytest.fixture(scope="module")
 def compose() -> dict[str, Any]:
-    return dict(yaml.safe_load(COMPOSE.read_text()))
+    """The file as compose reads it with none of its variables set: `${NAME:-default}` is the default."""
+    return dict(yaml.safe_load(re.sub(r"\$\{\w+:-([^}]*)\}", r"\1", COMPOSE.read_text())))
 
 
 def api_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
@@ -445,7 +431,7 @@ def test_compose_uses_files_that_exist(compose: dict[str, Any]) -> None:
 
 
 def test_compose_environment_names_are_settings(compose: dict[str, Any]) -> None:
-    known = known_setting_names() | NOT_SETTINGS
+    known = known_variables() | THIRD_PARTY_VARIABLES
     for name, service in compose["services"].items():
         if "build" in service:  # our images; the broker's and nginx's variables are their own
             assert not set(service.get("environment", {})) - known, name

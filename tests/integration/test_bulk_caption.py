@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -16,6 +14,7 @@ from core.settings import TopicSettings
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
 from tests.support.services import CAPTIONER, service_env
+from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -50,13 +49,6 @@ def bulk_reply_topics(env: dict[str, str], topics: TopicSettings) -> list[str]:
     admin = AdminClient({"bootstrap.servers": env["KAFKA_BOOTSTRAP_SERVERS"]})
     names = admin.list_topics(timeout=10).topics
     return [name for name in names if name.startswith(f"{topics.replies}.bulk.")]
-
-
-def wait_until(condition: Callable[[], bool], *, timeout_s: float, what: str) -> None:
-    give_up = time.monotonic() + timeout_s
-    while not condition():
-        assert time.monotonic() < give_up, f"{what}: not within {timeout_s:g} s"
-        time.sleep(0.05)
 
 
 @pytest.mark.parametrize("via", ["http", "kafka"])
@@ -125,7 +117,7 @@ def test_a_result_is_in_the_output_before_the_last_image_is_sent(
         wait_until(
             lambda: len(output.read_text().splitlines()) == 2 if output.exists() else False,
             timeout_s=60,
-            what="the first result in the output",
+            message="the first result in the output",
         )
         first = output.read_text().splitlines()[1]
         run.stdin.write("".join(f"{path}\n" for path in paths[1:]))

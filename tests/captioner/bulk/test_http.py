@@ -1,5 +1,5 @@
-"""Over HTTP: answers become results; 429, 503 and lost connections are retried with backoff that
-honours Retry-After; other errors are not retried."""
+"""Over HTTP: answers become results; 429, 503 broker_unavailable and lost connections are retried with
+backoff that honours Retry-After; other errors (503 caption_unavailable among them) are not retried."""
 
 from __future__ import annotations
 
@@ -81,7 +81,7 @@ async def test_429_and_503_are_retried_no_sooner_than_retry_after(
 async def test_without_retry_after_the_backoff_grows_with_full_jitter(
     fake_api: FakeApi, session: aiohttp.ClientSession
 ) -> None:
-    fake_api.script = busy_then_titled(503, "caption_unavailable", busy_times=3)  # type: ignore[assignment]
+    fake_api.script = busy_then_titled(503, "broker_unavailable", busy_times=3)  # type: ignore[assignment]
     waits = Waits()
 
     result = await backend(session, fake_api.url, waits).caption(image())
@@ -103,6 +103,47 @@ async def test_a_service_busy_on_every_try_fails_with_its_own_code(
     assert result.error == "overloaded"
     assert "4 tries" in (result.message or "")
     assert len(fake_api.posts) == BACKOFF.attempts
+
+
+async def test_a_caption_unavailable_503_is_not_retried_its_job_is_already_dead_lettered(
+    fake_api: FakeApi, session: aiohttp.ClientSession
+) -> None:
+    fake_api.script = busy_then_titled(503, "caption_unavailable", busy_times=99, **{"Retry-After": "1"})  # type: ignore[assignment]
+    waits = Waits()
+
+    result = await backend(session, fake_api.url, waits).caption(image())
+
+    assert (result.error, result.message) == ("caption_unavailable", "busy")
+    assert len(fake_api.posts) == 1
+    assert waits.delays == []
+
+
+async def test_a_503_without_a_retriable_code_is_not_retried(
+    fake_api: FakeApi, session: aiohttp.ClientSession
+) -> None:
+    fake_api.script = lambda _data, _seen: web.Response(status=503, text="<html>down</html>")
+    waits = Waits()
+
+    result = await backend(session, fake_api.url, waits).caption(image())
+
+    assert result.error == "http_503"
+    assert len(fake_api.posts) == 1
+
+
+async def test_any_other_client_error_fails_that_image_only(
+    fake_api: FakeApi, session: aiohttp.ClientSession
+) -> None:
+    def redirect_loop(_data: bytes, _seen: int) -> web.Response:
+        return web.Response(status=307, headers={"Location": "/api/v1/predictions"})
+
+    fake_api.script = redirect_loop
+    waits = Waits()
+
+    result = await backend(session, fake_api.url, waits).caption(image())
+
+    assert result.error == "request_failed"
+    assert "TooManyRedirects" in (result.message or "")
+    assert waits.delays == []
 
 
 async def test_a_4xx_is_not_retried(fake_api: FakeApi, session: aiohttp.ClientSession) -> None:
@@ -148,6 +189,9 @@ async def test_a_refused_connection_is_retried_then_listed(session: aiohttp.Clie
         ("soon", None),
         (None, None),
         ("-3", None),
+        ("\u00b2", None),
+        ("\u0663", None),
+        ("9" * 400, 1e9),
     ],
 )
 def test_retry_after_takes_seconds_or_an_http_date(header: str | None, seconds: float | None) -> None:

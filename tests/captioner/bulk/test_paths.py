@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import sys
+from collections.abc import Iterator
 from pathlib import Path
+
+import pytest
 
 from captioner.bulk.paths import count_paths, input_paths
 
@@ -69,3 +73,37 @@ def test_the_count_for_the_progress_bar_leaves_out_stdin_and_paths_to_skip(tmp_p
     total = count_paths([str(root), "-"], recursive=True, skip=frozenset({str(root / "b.jpg")}))
 
     assert total == 2
+
+
+def test_every_format_the_service_accepts_is_taken_from_a_folder(tmp_path: Path) -> None:
+    for suffix in [".mpo", ".jpe", ".apng", ".TIF"]:
+        (tmp_path / f"photo{suffix}").write_bytes(b"x")
+
+    found = names(input_paths([str(tmp_path)], recursive=False, stdin=io.StringIO()), tmp_path)
+
+    assert found == ["photo.TIF", "photo.apng", "photo.jpe", "photo.mpo"]
+
+
+@pytest.fixture
+def deep_tree(tmp_path: Path) -> Iterator[tuple[Path, Path]]:
+    """A folder chain deeper than Python's recursion limit, removed again one level at a time (pytest's
+    own clean-up recurses, and would fail on it)."""
+    folders = [tmp_path]
+    for _ in range(sys.getrecursionlimit() + 100):  # one at a time: mkdir(parents=True) itself recurses
+        folders.append(folders[-1] / "d")
+        folders[-1].mkdir()
+    (folders[-1] / "bottom.jpg").write_bytes(b"x")
+    yield tmp_path, folders[-1]
+    (folders[-1] / "bottom.jpg").unlink()
+    for folder in reversed(folders[1:]):
+        folder.rmdir()
+
+
+def test_a_tree_deeper_than_the_recursion_limit_is_walked(deep_tree: tuple[Path, Path]) -> None:
+    top, deepest = deep_tree
+    (top / "top.jpg").write_bytes(b"x")
+
+    found = list(input_paths([str(top)], recursive=True, stdin=io.StringIO()))
+
+    assert found == [top / "top.jpg", deepest / "bottom.jpg"]
+    assert count_paths([str(top)], recursive=True) == 2

@@ -163,8 +163,8 @@ def album(tmp_path: Path) -> Path:
     return folder
 
 
-def caption(*args: str, input: str | None = None) -> tuple[int, str, str]:
-    result = CliRunner().invoke(app, ["caption", *args], input=input)
+def caption(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> tuple[int, str, str]:
+    result = CliRunner().invoke(app, ["caption", *args], input=input, env=env)
     return result.exit_code, result.stdout, result.stderr
 
 
@@ -213,3 +213,23 @@ def test_resume_without_an_output_is_a_usage_error() -> None:
 
     assert code == 2
     assert "--resume needs --output" in err
+
+
+@pytest.mark.parametrize(
+    "api_url", ["localhost:9000", "127.0.0.1:9000", "ftp://host/", "http://", "http://[::1"]
+)
+def test_an_api_url_that_is_no_http_url_is_a_usage_error(album: Path, api_url: str) -> None:
+    code, out, err = caption(str(album), "--api-url", api_url)
+
+    assert code == 2, err
+    assert "is not an http:// or https:// URL with a host" in err
+    assert out == ""
+
+
+def test_over_http_a_bad_kafka_setting_plays_no_part(fake_api: FakeApi, album: Path) -> None:
+    code, out, err = caption(
+        str(album / "a.jpg"), "--api-url", fake_api.url, env={"CAPTIONER_KAFKA_REPLICATION_FACTOR": "0"}
+    )
+
+    assert code == 0, err
+    assert [row["title"] for row in rows(out)] == ["alpha"]
