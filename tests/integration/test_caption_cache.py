@@ -13,6 +13,7 @@ import pytest
 import requests
 
 from core.cache_keys import cache_key
+from core.model_id import public_model_id
 from core.settings import TopicSettings
 from schemas import CACHE_ENTRY_CODEC
 from tests.conftest import StartApi, StartWorker
@@ -111,7 +112,8 @@ def test_instances_read_the_topic_and_the_token_limit_is_part_of_the_key(
         caption_request(image, reply_topic=topics.replies, reply_partition=3, max_new_tokens=3),
     )
     sha = hashlib.sha256(image).hexdigest()
-    short_key = cache_key(image_sha256=sha, model=str(tiny_model_dir), max_new_tokens=3)
+    # Workers file entries under the model's public id (the directory's name), never its path.
+    short_key = cache_key(image_sha256=sha, model=public_model_id(str(tiny_model_dir)), max_new_tokens=3)
     [entry] = [
         CACHE_ENTRY_CODEC.decode(record.value)
         for record in read_until(
