@@ -117,9 +117,9 @@ async def test_worker_failures_are_per_item(serve_api: StartApi) -> None:
     found = results(await post_batch(api, json_batch(b64(IMAGES[0]), b64(IMAGES[1]))))
 
     assert [(result["status"], result["error"]["code"]) for result in found] == [(422, "invalid_image")] * 2
-    assert [result["error"]["id"] for result in found] == [
-        job.correlation_id for job in api.publisher.published
-    ]
+    # Items are published concurrently, so match each result to its job by the image it carried.
+    job_of_image = {job.image: job.correlation_id for job in api.publisher.published}
+    assert [result["error"]["id"] for result in found] == [job_of_image[IMAGES[0]], job_of_image[IMAGES[1]]]
 
 
 async def test_a_multipart_batch_takes_every_image_part_in_order(serve_api: StartApi) -> None:
