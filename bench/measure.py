@@ -125,17 +125,25 @@ def measure_saturation(
         min_completions=min_completions,
         max_s=4 * phases.saturation_s,
     )
+    return _closed_loop(client, service, spec)[0]
+
+
+def _closed_loop(
+    client: LoadClient, service: Service, spec: ClosedLoop
+) -> tuple[SaturationResult, list[Outcome]]:
+    """The run's result, and its answered requests."""
     run = _run_checked(client, service, spec)
     answered = [outcome for outcome in run.outcomes if outcome.ok]
-    return SaturationResult(
+    result = SaturationResult(
         img_s=completion_rate([outcome.done for outcome in answered]),
-        concurrency=concurrency,
+        concurrency=spec.concurrency,
         answered=len(answered),
         wall_s=run.wall_s,
         latency=LatencySummary.of(run.outcomes),
         words_per_title=words_per_title(answered),
         client_cpu_share=run.client_cpu_share,
     )
+    return result, answered
 
 
 # ---- latency below saturation ---------------------------------------------------------------------------
@@ -204,17 +212,7 @@ def measure_repeat50(
         min_completions=min_completions,
         max_s=2 * phases.repeat50_s,
     )
-    run = _run_checked(client, service, spec)
-    answered = [outcome for outcome in run.outcomes if outcome.ok]
-    saturation = SaturationResult(
-        img_s=completion_rate([outcome.done for outcome in answered]),
-        concurrency=concurrency,
-        answered=len(answered),
-        wall_s=run.wall_s,
-        latency=LatencySummary.of(run.outcomes),
-        words_per_title=words_per_title(answered),
-        client_cpu_share=run.client_cpu_share,
-    )
+    saturation, answered = _closed_loop(client, service, spec)
     return RepeatResult(saturation=saturation, cached=sum(outcome.cached for outcome in answered))
 
 

@@ -13,7 +13,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -180,42 +180,21 @@ def spawn_api(
 
 @dataclass
 class RssPeak:
-    """Peak of the summed resident memory of some processes, sampled on a thread."""
+    """Peak of the summed resident memory of some processes."""
 
     processes: Sequence[ServiceProcess]
-    interval_s: float = 0.25
     peak_mb: float = 0.0
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     def sample(self) -> None:
         self.peak_mb = max(self.peak_mb, sum(process.rss_mb() for process in self.processes))
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
-
-
-@contextmanager
-def rss_peak(processes: Sequence[ServiceProcess]) -> Iterator[RssPeak]:
-    peak = RssPeak(processes)
-    peak.sample()
-    thread = threading.Thread(target=peak._run, name="rss-sampler", daemon=True)
-    thread.start()
-    try:
-        yield peak
-    finally:
-        peak._stop.set()
-        thread.join()
-
 
 @dataclass
 class UssPeaks:
-    """Each process's peak private memory (USS), sampled on a thread."""
+    """Each process's peak private memory (USS)."""
 
     processes: Sequence[ServiceProcess]
-    interval_s: float = 0.5
     peaks_mb: list[float] = field(default_factory=list)
-    _stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def peak_mb(self) -> float:
@@ -226,20 +205,36 @@ class UssPeaks:
         now = [process.uss_mb() for process in self.processes]
         self.peaks_mb = [max(pair) for pair in zip(self.peaks_mb or now, now, strict=True)]
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.sample()
+
+@contextmanager
+def sampled_on_a_thread(sample: Callable[[], object], *, interval_s: float, name: str) -> Iterator[None]:
+    """Calls `sample` on entry, every `interval_s` on a thread of its own, and once more on exit."""
+    sample()
+    stop = threading.Event()
+
+    def run() -> None:
+        while not stop.wait(interval_s):
+            sample()
+
+    thread = threading.Thread(target=run, name=name, daemon=True)
+    thread.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        thread.join()
+        sample()
 
 
 @contextmanager
-def uss_peaks(processes: Sequence[ServiceProcess]) -> Iterator[UssPeaks]:
+def rss_peak(processes: Sequence[ServiceProcess], *, interval_s: float = 0.25) -> Iterator[RssPeak]:
+    peak = RssPeak(processes)
+    with sampled_on_a_thread(peak.sample, interval_s=interval_s, name="rss-sampler"):
+        yield peak
+
+
+@contextmanager
+def uss_peaks(processes: Sequence[ServiceProcess], *, interval_s: float = 0.5) -> Iterator[UssPeaks]:
     peaks = UssPeaks(processes)
-    peaks.sample()
-    thread = threading.Thread(target=peaks._run, name="uss-sampler", daemon=True)
-    thread.start()
-    try:
+    with sampled_on_a_thread(peaks.sample, interval_s=interval_s, name="uss-sampler"):
         yield peaks
-    finally:
-        peaks._stop.set()
-        thread.join()
-        peaks.sample()

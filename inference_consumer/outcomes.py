@@ -217,19 +217,21 @@ class OutcomePublisher:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 self._finish(job)
-            elif error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT:
-                log.warning(
-                    "could not write %s[%d]@%d to %s yet: %s",
-                    job.topic,
-                    job.partition,
-                    job.offset,
-                    topic,
-                    error,
-                )
-                self._deferred.append(lambda: self._send(job, topic, headers, refused=refused))
-            else:
-                log.error("%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error)
-                self._deferred.append(refused)
+                return
+            with job_log_context(job):  # delivery reports run on the polling thread, outside any job's
+                if error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT:
+                    log.warning(
+                        "could not write %s[%d]@%d to %s yet: %s",
+                        job.topic,
+                        job.partition,
+                        job.offset,
+                        topic,
+                        error,
+                    )
+                    self._deferred.append(lambda: self._send(job, topic, headers, refused=refused))
+                else:
+                    log.error("%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error)
+                    self._deferred.append(refused)
 
         if self._produce(
             topic, key=job.key, value=job.value, headers=list(headers.items()), on_delivery=on_delivery

@@ -45,7 +45,7 @@ from inference_consumer.observing import (
     observe_queue_time,
 )
 from inference_consumer.outcomes import OutcomePublisher
-from inference_consumer.tracing import inference_spans
+from inference_consumer.tracing import inference_spans, job_log_context
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 
 log = logging.getLogger(__name__)
@@ -277,7 +277,8 @@ class InferenceWorker:
                 outcomes.failed(job, exc)
                 continue
             except Exception as exc:
-                log.exception("preprocessing %s failed", job.correlation_id)
+                with job_log_context(job):
+                    log.exception("preprocessing %s failed", job.correlation_id)
                 outcomes.failed(job, InferenceError("preprocessing the image failed", detail=repr(exc)))
                 continue
             if job.expired(now):

@@ -30,6 +30,7 @@ from captioner.bulk.paths import count_paths, input_paths, uses_stdin
 from captioner.bulk.results import Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
+from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
@@ -81,9 +82,17 @@ async def _run(
                     max_bytes=max_bytes,
                     skip=skip,
                     progress=progress,
+                    window=_window(options),
                 )
             finally:
                 counting.cancel()
+
+
+def _window(options: CaptionOptions) -> AdaptiveWindow | None:
+    """Through Kafka nothing pushes back, so the run adapts its window; the API answers 429/503 itself."""
+    if options.via is not Via.kafka:
+        return None
+    return AdaptiveWindow.for_deadline(max_size=options.concurrency, deadline_s=options.timeout_s)
 
 
 async def _count_total(options: CaptionOptions, skip: frozenset[str], progress: Progress) -> None:

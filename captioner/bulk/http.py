@@ -16,7 +16,7 @@ from typing import Any
 import aiohttp
 
 from captioner.bulk.files import ImageFile
-from captioner.bulk.results import Result
+from captioner.bulk.results import TIMEOUT, Result
 
 PREDICTIONS = "/api/v1/predictions"
 RETRY_STATUSES = frozenset({429, 503})
@@ -89,7 +89,7 @@ class HttpBackend:
             try:
                 status, retry_after, body = await self._post(image)
             except TimeoutError:
-                return Result.failed(image.path, error="timeout", message="the API did not answer in time")
+                return Result.failed(image.path, error=TIMEOUT, message="the API did not answer in time")
             except _RETRIABLE_ERRORS as exc:
                 if last_try:
                     return Result.failed(

@@ -28,7 +28,7 @@ from confluent_kafka import (
 )
 
 from captioner.bulk.files import ImageFile
-from captioner.bulk.results import Result
+from captioner.bulk.results import TIMEOUT, Result
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
@@ -126,7 +126,7 @@ class KafkaBackend:
         except TimeoutError:
             retried = correlation_id in self._waiting.retrying
             message = f"no reply within {self._timeout_s:g} s" + (" (the job was being retried)" * retried)
-            return Result.failed(image.path, error="timeout", message=message, id=correlation_id)
+            return Result.failed(image.path, error=TIMEOUT, message=message, id=correlation_id)
         finally:
             self._waiting.futures.pop(correlation_id, None)
             self._waiting.retrying.discard(correlation_id)

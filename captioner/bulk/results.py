@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+TIMEOUT = "timeout"  # the error code of an image that got no answer in time, whichever the backend
+
 
 class Status(StrEnum):
     OK = "ok"

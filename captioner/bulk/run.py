@@ -13,8 +13,9 @@ from pathlib import Path
 from typing import Protocol
 
 from captioner.bulk.files import ImageFile, read_image
-from captioner.bulk.results import Result
+from captioner.bulk.results import TIMEOUT, Result
 from captioner.bulk.sinks import ResultSink
+from captioner.bulk.window import AdaptiveWindow
 
 # Failures kept for the list printed at the end; the output has every one of them.
 MAX_LISTED_FAILURES = 200
@@ -91,7 +92,10 @@ async def caption_all(
     max_bytes: int,
     skip: frozenset[str] = frozenset(),
     progress: Progress | None = None,
+    window: AdaptiveWindow | None = None,
 ) -> Summary:
+    """`window`, when given, bounds the images in the backend below `concurrency` (which then bounds
+    only the images read and waiting for room)."""
     summary = Summary()
     source = _PathSource(paths, skip, summary)
     shown = progress or NoProgress()
@@ -103,7 +107,7 @@ async def caption_all(
         async def slot() -> None:
             while (path := await source.next()) is not None:
                 loaded = await asyncio.to_thread(read_image, path, max_bytes=max_bytes)
-                result = loaded if isinstance(loaded, Result) else await backend.caption(loaded)
+                result = loaded if isinstance(loaded, Result) else await _caption(backend, loaded, window)
                 await loop.run_in_executor(writer, sink.write, result)
                 summary.add(result)
                 shown.advance(result)
@@ -113,3 +117,13 @@ async def caption_all(
                 slots.create_task(slot())
     summary.elapsed_s = time.monotonic() - started
     return summary
+
+
+async def _caption(backend: Backend, image: ImageFile, window: AdaptiveWindow | None) -> Result:
+    if window is None:
+        return await backend.caption(image)
+    async with window.slot() as observe:
+        sent = time.monotonic()
+        result = await backend.caption(image)
+        observe(time.monotonic() - sent, result.error == TIMEOUT)
+    return result

@@ -36,7 +36,8 @@ from captioner.dlq.replay import (
 from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
-from core.settings import KafkaSettings, TopicSettings, load_settings
+from core.settings import KafkaSettings, TopicSettings, TracingSettings, load_settings
+from core.tracing import configure_tracing
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, inspect and replay its records.\n\n"
@@ -168,6 +169,7 @@ def replay(
     deadline. Each record is replayed at most once per --group, whatever the filters of each run. Ctrl-C
     stops cleanly: only records whose re-publication Kafka acknowledged are committed."""
     kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
+    configure_tracing(load_settings(TracingSettings), service_name="captioner-dlq")
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         summary = ReplaySummary(

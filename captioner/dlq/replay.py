@@ -11,11 +11,14 @@ from dataclasses import asdict, dataclass, field
 from functools import partial
 from typing import Any
 
+from opentelemetry.trace import Span
+
 from captioner.dlq.errors import UntrustedTargetError
 from captioner.dlq.filters import DeadLetterFilter
 from captioner.dlq.ledger import ReplayLedger
 from captioner.dlq.reader import require_topic
 from captioner.dlq.records import TOPIC_NAME, DeadLetter
+from captioner.dlq.tracing import end_replay_span, start_replay_span
 from captioner.errors import ExitCode, OperatorError, UsageError
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
@@ -228,21 +231,26 @@ class Replayer:
 
     def _send(self, record: DeadLetter, target: str) -> None:
         self._pacer.wait(self._producer.poll, self._stop)
+        span, headers = start_replay_span(record, target)
         while True:
             try:
                 self._producer.produce(
                     target,
                     key=record.key,
                     value=record.value,
-                    headers=record.replay_headers(),
-                    on_delivery=partial(self._delivered, record),
+                    headers=headers,
+                    on_delivery=partial(self._delivered, record, span),
                 )
                 break
             except BufferError:  # the local queue is full: serve deliveries, then try again
                 self._producer.poll(0.1)
+            except BaseException as exc:
+                end_replay_span(span, type(exc).__name__)
+                raise
         self._producer.poll(0)
 
-    def _delivered(self, record: DeadLetter, error: Any, _message: Any) -> None:
+    def _delivered(self, record: DeadLetter, span: Span, error: Any, _message: Any) -> None:
+        end_replay_span(span, None if error is None else error.str())
         if error is None:
             self.summary.counts.replayed += 1
             self._tracker.finish(record.topic, record.partition, record.offset)

@@ -9,6 +9,7 @@ from types import SimpleNamespace
 from typing import Any
 
 import pytest
+from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
 from typer.testing import CliRunner
 
 from captioner.cli import app
@@ -28,6 +29,7 @@ from captioner.dlq.replay import Pacer, PlannedReplay, Replayer, ReplaySummary, 
 from captioner.errors import ExitCode, UsageError
 from schemas import REQUEST_CODEC, CaptionRequest
 from schemas import headers as names
+from tests.support.tracing import recorded_spans
 
 NOW = datetime(2024, 5, 1, 12, 0, tzinfo=UTC)
 NOW_MS = int(NOW.timestamp() * 1000)
@@ -478,6 +480,34 @@ def test_a_failed_delivery_holds_its_partition_and_the_commit_behind_it() -> Non
     assert summary.exit_code is ExitCode.FAILURES
     assert summary.errors == ["app.dlq:0:1: broker said no"]
     assert commits == [{0: 1, 1: 1}]
+
+
+DEAD_LETTER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
+DEAD_LETTER_SPAN = "00f067aa0ba902b7"  # the request's publish span, carried unchanged to the DLQ
+
+
+def test_each_replay_is_a_publish_span_in_the_dead_letters_trace_and_the_record_names_it() -> None:
+    producer = FakeProducer(failing=frozenset({b"bad"}))
+    traceparent = f"00-{DEAD_LETTER_TRACE}-{DEAD_LETTER_SPAN}-01".encode()
+    records = [
+        dead_letter(offset=0, correlation_id="ok", extra=((names.TRACEPARENT, traceparent),)),
+        dead_letter(offset=0, partition=1, correlation_id="bad"),
+    ]
+
+    with recorded_spans() as exporter:
+        replayer(producer, no_commits()).run(records, on_record=lambda _: producer.poll())
+        ok, bad = exporter.get_finished_spans()
+
+    assert (ok.name, ok.kind, ok.attributes["captioner.replayed_from"]) == (
+        "app.requests publish",
+        SpanKind.PRODUCER,
+        "app.dlq:0:0",
+    )
+    assert format_trace_id(ok.context.trace_id) == DEAD_LETTER_TRACE
+    assert ok.parent is not None and format_span_id(ok.parent.span_id) == DEAD_LETTER_SPAN
+    sent_context = [value for name, value in producer.sent[0]["headers"] if name == names.TRACEPARENT]
+    assert sent_context == [f"00-{DEAD_LETTER_TRACE}-{format_span_id(ok.context.span_id)}-01".encode()]
+    assert bad.parent is None and bad.status.status_code is StatusCode.ERROR  # no context: a new trace
 
 
 def test_a_dry_run_plans_but_neither_publishes_nor_commits() -> None:

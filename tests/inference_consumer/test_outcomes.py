@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -9,6 +10,7 @@ from typing import Any
 import pytest
 from confluent_kafka import KafkaError, KafkaException
 
+from core.logs import JobContextFilter
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
@@ -270,3 +272,18 @@ def test_follow_ups_of_a_failed_delivery_wait_for_the_next_serve(topics: TopicSe
 
     publisher.serve()
     assert len(producer.to(topics.dead_letter)) == 2  # sent again from the loop's thread
+
+
+def test_a_failed_delivery_is_logged_with_its_jobs_correlation_id(
+    topics: TopicSettings, caplog: pytest.LogCaptureFixture
+) -> None:
+    producer = FailingDeliveryProducer(set())
+    publisher, _ = publisher_with(producer, topics)
+    publisher.failed(make_job(), InvalidImageError("garbage"))
+    caplog.handler.addFilter(JobContextFilter())
+
+    with caplog.at_level(logging.WARNING, logger="inference_consumer.outcomes"):
+        producer.deliver_error(KafkaError._MSG_TIMED_OUT)  # on the polling thread: no job context around
+
+    [line] = [record for record in caplog.records if "could not write" in record.getMessage()]
+    assert getattr(line, "correlation_id", None) == "c-1"
