@@ -42,14 +42,21 @@ _provider = TracerProvider()
 HeaderValue = str | bytes | None
 
 
+_tracers: dict[str, Tracer] = {}  # of _provider, by name: get_tracer builds a new one on every call
+
+
 def tracer(name: str) -> Tracer:
-    return _provider.get_tracer(name)
+    found = _tracers.get(name)
+    if found is None:
+        found = _tracers[name] = _provider.get_tracer(name)
+    return found
 
 
 def use_tracer_provider(provider: TracerProvider) -> TracerProvider:
     """Makes `provider` the one every span comes from; returns the previous one (tests swap them)."""
     global _provider
     previous, _provider = _provider, provider
+    _tracers.clear()
     return previous
 
 

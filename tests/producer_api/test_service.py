@@ -1,4 +1,5 @@
-"""CaptionService: the job record is encoded on the executor it is given, never on the event loop."""
+"""CaptionService: a large image's job record is encoded on the executor it is given, off the event loop;
+a small one's on the loop, where that costs less than the hand-off."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 from core.settings import ApiSettings, TopicSettings
 from producer_api.payload import ImageUpload
 from producer_api.replies import PendingReplies
-from producer_api.service import CaptionService
+from producer_api.service import INLINE_ENCODE_MAX_BYTES, CaptionService
 from schemas import REQUEST_CODEC, CaptionRequest
 from tests.producer_api.conftest import FakePublisher
 
@@ -24,7 +25,8 @@ class RecordingEncoder:
         return REQUEST_CODEC.encode(job)
 
 
-async def test_the_job_is_encoded_on_the_executor_not_on_the_event_loop() -> None:
+async def encoded_on(image: bytes) -> threading.Thread:
+    """The thread the job of `image` was encoded on."""
     pending = PendingReplies()
     publisher = FakePublisher(pending)
     encoder = RecordingEncoder()
@@ -39,9 +41,19 @@ async def test_the_job_is_encoded_on_the_executor_not_on_the_event_loop() -> Non
             encode=encoder,
         )
 
-        result = await service.caption(ImageUpload(data=b"image bytes", content_type="image/png"))
+        result = await service.caption(ImageUpload(data=image, content_type="image/png"))
 
-    assert result.reply.title == "a picture of 11 bytes"
-    assert len(encoder.threads) == 1
-    assert encoder.threads[0] is not threading.current_thread()  # the loop's thread
-    assert encoder.threads[0].name.startswith("encode")
+    assert result.reply.title == f"a picture of {len(image)} bytes"
+    [thread] = encoder.threads
+    return thread
+
+
+async def test_a_large_images_job_is_encoded_on_the_executor_not_on_the_event_loop() -> None:
+    thread = await encoded_on(b"x" * (INLINE_ENCODE_MAX_BYTES + 1))
+
+    assert thread is not threading.current_thread()  # the loop's thread
+    assert thread.name.startswith("encode")
+
+
+async def test_a_small_images_job_is_encoded_on_the_loop() -> None:
+    assert await encoded_on(b"x" * INLINE_ENCODE_MAX_BYTES) is threading.current_thread()
