@@ -15,8 +15,17 @@ from bench.config import BenchConfig
 from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
-from bench.measure import CapacityResult, IdleResult, RepeatResult, SaturationResult, SteadyResult, steady_at
+from bench.measure import (
+    CapacityResult,
+    IdleResult,
+    RepeatResult,
+    SaturationResult,
+    SteadyResult,
+    steady_at,
+    steady_rate,
+)
 from bench.naive import NaiveResult
+from bench.queueing import BatchCostModel, greedy_p99_s
 from bench.stats import LatencySummary, median
 from bench.warmup import WarmupResult
 
@@ -35,6 +44,7 @@ SUMMARY_KEYS = (
     "p99_ms_30",
     "p99_ms_65",
     "p99_ms_90",
+    "p99_ms_65_ideal",
     "overhead_p50_ms",
     "capacity_rps",
     "worker_rss_mb",
@@ -86,6 +96,20 @@ class BenchResults:
         """One image's end-to-end latency on the idle service: the median of the sequential requests."""
         return median(self.idle.e2e_ms)
 
+    @property
+    def ideal_p99_ms_65(self) -> float:
+        """The p99 of an ideal batching worker at the 65% load (bench/queueing.py), plus what the idle
+        request spent outside the model; NaN when the figures make no batch cost."""
+        idle_model_ms = median(self.idle.inference_ms)
+        cost = BatchCostModel.from_bench(
+            idle_inference_s=idle_model_ms / 1000, service_img_s=self.saturation.img_s
+        )
+        if cost is None:
+            return math.nan
+        rate = steady_rate(self.saturation.img_s, CONTINUITY_FRACTION)
+        p99_s = greedy_p99_s(cost, rate=rate, cap=self.config.batch_size)
+        return 1000 * p99_s + (self.idle_ms - idle_model_ms)
+
     def latency_at(self, fraction: float) -> LatencySummary | None:
         level = steady_at(self.steady, fraction)
         return level.latency if level else None
@@ -103,6 +127,7 @@ class BenchResults:
             "p99_ms": continuity.p99_ms if continuity else math.nan,
             "idle_ms": self.idle_ms,
             **{key: _p99_ms(self.latency_at(fraction)) for key, fraction in LEVEL_KEYS.items()},
+            "p99_ms_65_ideal": self.ideal_p99_ms_65,
             "overhead_p50_ms": self.overhead_p50_ms,
             "capacity_rps": self.capacity.capacity_rps,
             "worker_rss_mb": self.worker_rss_mb,
@@ -234,6 +259,13 @@ def _latency_rows(table: Table, results: BenchResults) -> None:
         table.add_row(
             key, f"{p99:.0f}", f"p99 at {level:.0%} of service_img_s; {p99 / results.idle_ms:.1f} x idle_ms"
         )
+    ideal = results.ideal_p99_ms_65
+    table.add_row(
+        "p99_ms_65_ideal",
+        f"{ideal:.0f}",
+        f"an ideal batching worker at 65%: greedy batches, cost fitted to the idle model time and "
+        f"service_img_s (bench/queueing.py); {ideal / results.idle_ms:.1f} x idle_ms",
+    )
 
 
 def _steady_table(results: BenchResults) -> Table:

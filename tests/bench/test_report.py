@@ -127,6 +127,7 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
     assert summary["cpu_flags"] == "avx2 fma"
+    assert isinstance(summary["p99_ms_65_ideal"], float) and summary["p99_ms_65_ideal"] > 0
     assert [
         summary[key] for key in ("gpu_service_img_s", "gpu_inprocess_img_s", "gpu_p99_ms", "gpu_name")
     ] == [None] * 4  # no CUDA in this run
