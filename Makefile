@@ -9,7 +9,7 @@ LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-gpu bench-gpu-check chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -90,6 +90,9 @@ bench: install
 
 bench-scaling: install  # answered rate with 1, 2, 3 pinned workers (BENCH_SCALING_WORKERS)
 	$(BIN)/python -m bench.scaling
+
+bench-phase: install  # one phase alone, repeated, for side-by-side runs: PHASE=saturation|capacity|memory REPEAT=2
+	$(BIN)/python -m bench.phase $(PHASE) --repeat $(or $(REPEAT),1)
 
 bench-gpu: install  # needs a CUDA device
 	$(BIN)/python -m bench.gpu $(BENCH_GPU_ARGS)

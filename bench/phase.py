@@ -1,0 +1,90 @@
+"""One phase of `make bench` alone, repeated: to compare two trees side by side in one session.
+
+    python -m bench.phase saturation|capacity|memory [--repeat N]      (make bench-phase PHASE=... REPEAT=...)
+
+Figures move between runs and machines, so a change is judged against its parent measured right before
+or after it, on the same quiet machine. For an older commit that has no bench/phase.py, check it out in
+a git worktree and run this file from the current tree with PYTHONPATH naming the worktree:
+
+    PYTHONPATH=/path/to/worktree .venv/bin/python bench/phase.py capacity --repeat 2
+
+The `bench` package (and the service it starts) then comes from the worktree; only this driver is new.
+It prints the machine (CPU flags, sgemm rate) first, then one line per repeat.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Callable, Sequence
+from contextlib import ExitStack
+
+from bench.__main__ import ImageSets, capacity_phase, memory_phase, service_spec
+from bench.ceiling import describe_machine
+from bench.config import BenchConfig, load_config
+from bench.load import LoadClient, load_client
+from bench.measure import measure_saturation
+from bench.service import running_service, start_broker
+from bench.warmup import warm_up_broker
+from captioner.processes import exit_on_sigterm
+
+WARMUP_PAYLOAD_BYTES = 64 * 1024
+
+Phase = Callable[[BenchConfig, ImageSets, LoadClient, str], str]
+
+
+def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    spec = service_spec(config, "base")
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        result = measure_saturation(
+            client,
+            service,
+            images.photos,
+            concurrency=config.saturation_concurrency,
+            min_completions=config.saturation_min_completions,
+            phases=config.phases,
+        )
+    return f"service_img_s {result.img_s:.3f} ({result.answered} answered in {result.wall_s:.0f} s)"
+
+
+def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    return f"capacity_rps {capacity_phase(config, images, client, bootstrap).capacity_rps:.0f}"
+
+
+def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    peaks = memory_phase(config, images, client, bootstrap)
+    return "uss_mb_per_worker " + " ".join(f"{peak:.0f}" for peak in peaks)
+
+
+PHASES: dict[str, Phase] = {"saturation": saturation, "capacity": capacity, "memory": memory}
+
+
+def parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="bench.phase", description=__doc__.splitlines()[0])
+    parser.add_argument("phase", choices=sorted(PHASES))
+    parser.add_argument("--repeat", type=int, default=1, choices=range(1, 11), metavar="1..10")
+    return parser.parse_args(argv)
+
+
+def run(phase: Phase, repeat: int, *, config: BenchConfig, print_line: Callable[[str], object]) -> None:
+    images = ImageSets.make(config.phases.images)
+    with ExitStack() as stack:
+        bootstrap = start_broker(stack)
+        warm_up_broker(bootstrap, topic=f"{config.run_id}-warmup", payload_bytes=WARMUP_PAYLOAD_BYTES)
+        client = stack.enter_context(load_client())
+        for index in range(1, repeat + 1):
+            print_line(f"{index}/{repeat} {phase(config, images, client, bootstrap)}")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    exit_on_sigterm()
+    args = parse_args(sys.argv[1:] if argv is None else argv)
+    config = load_config()
+    machine = describe_machine(config.worker_threads)
+    print(f"{machine.describe()}: sgemm {machine.sgemm_gflops:.0f} GFLOP/s", flush=True)
+    run(PHASES[args.phase], args.repeat, config=config, print_line=lambda line: print(line, flush=True))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
