@@ -222,12 +222,7 @@ def base_service_phase(
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
         saturation = measure_saturation(
-            client,
-            service,
-            images.photos,
-            concurrency=config.saturation_concurrency,
-            min_completions=config.saturation_min_completions,
-            phases=config.phases,
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
         )
         log(f"service: {saturation.img_s:.3f} img/s")
         steady = tuple(
@@ -238,12 +233,7 @@ def base_service_phase(
         )
         log("service: saturation again, every other image one already captioned (caption cache)")
         repeat50 = measure_repeat50(
-            client,
-            service,
-            images.photos,
-            concurrency=config.saturation_concurrency,
-            min_completions=config.saturation_min_completions,
-            phases=config.phases,
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
         )
         log(f"service: {repeat50.saturation.img_s:.3f} img/s, {repeat50.cached} answers from the cache")
         log("service (base model): stopping")

@@ -72,6 +72,14 @@ QUICK = Phases(
 
 
 @dataclass(frozen=True)
+class ClosedLoopSize:
+    """A closed-loop run's size: the requests it keeps in flight, and the answers it needs at least."""
+
+    concurrency: int
+    min_completions: int
+
+
+@dataclass(frozen=True)
 class BenchConfig:
     quick: bool
     phases: Phases
@@ -91,6 +99,10 @@ class BenchConfig:
         in flight closed that gap but gave no more images/s (decoding then overlaps inference on the same
         cores), and deeper queues only add latency."""
         return (self.batch_size + (self.batch_size + 1) // 2) * self.workers
+
+    @property
+    def saturation_loop(self) -> ClosedLoopSize:
+        return ClosedLoopSize(self.saturation_concurrency, self.saturation_min_completions)
 
     @property
     def saturation_min_completions(self) -> int:

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
+from bench.config import ClosedLoopSize
 from bench.images import BenchImage
 from bench.inprocess import caption_model
 from bench.measure import measure_saturation, measure_steady, steady_rate
@@ -75,8 +76,7 @@ def gpu_phase(
             client,
             service,
             photos,
-            concurrency=GPU_CONCURRENCY,
-            min_completions=GPU_CONCURRENCY + 4 * GPU_BATCH,
+            size=ClosedLoopSize(GPU_CONCURRENCY, GPU_CONCURRENCY + 4 * GPU_BATCH),
             phases=config.phases,
         )
         rate = steady_rate(saturation.img_s, GPU_STEADY_FRACTION)

@@ -8,7 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
-from bench.config import Phases
+from bench.config import ClosedLoopSize, Phases
 from bench.images import BenchImage
 from bench.inprocess import ReferenceRun
 from bench.load import ClosedLoop, LoadClient, LoadRun, OpenLoop, Outcome, Sequential, Target
@@ -112,17 +112,16 @@ def measure_saturation(
     service: Service,
     images: Sequence[BenchImage],
     *,
-    concurrency: int,
-    min_completions: int,
+    size: ClosedLoopSize,
     phases: Phases,
 ) -> SaturationResult:
     """Closed loop at `concurrency`; throughput counts whole answered batches after the first (see
     stats.completion_rate), so neither warm-up nor a partial last batch skews it."""
     spec = ClosedLoop(
         target=target(service, images),
-        concurrency=concurrency,
+        concurrency=size.concurrency,
         min_s=phases.saturation_s,
-        min_completions=min_completions,
+        min_completions=size.min_completions,
         max_s=4 * phases.saturation_s,
     )
     return _closed_loop(client, service, spec)[0]
@@ -199,17 +198,16 @@ def measure_repeat50(
     service: Service,
     images: Sequence[BenchImage],
     *,
-    concurrency: int,
-    min_completions: int,
+    size: ClosedLoopSize,
     phases: Phases,
 ) -> RepeatResult:
     """As measure_saturation, with the cache in use: every other request sends an image already captioned
     (the saturation run's photos), the others one never seen (a photo under new bytes: same work)."""
     spec = ClosedLoop(
         target=replace(target(service, images, use_cache=True), fresh_every=2),
-        concurrency=concurrency,
+        concurrency=size.concurrency,
         min_s=phases.repeat50_s,
-        min_completions=min_completions,
+        min_completions=size.min_completions,
         max_s=2 * phases.repeat50_s,
     )
     saturation, answered = _closed_loop(client, service, spec)

@@ -37,12 +37,7 @@ def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, boots
     spec = service_spec(config, "base")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
         result = measure_saturation(
-            client,
-            service,
-            images.photos,
-            concurrency=config.saturation_concurrency,
-            min_completions=config.saturation_min_completions,
-            phases=config.phases,
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
         )
     return f"service_img_s {result.img_s:.3f} ({result.answered} answered in {result.wall_s:.0f} s)"
 
