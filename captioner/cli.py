@@ -145,21 +145,31 @@ def caption_command(
     ] = None,
     resume: Annotated[bool, typer.Option(help="append to --output, skip the paths already in it")] = False,
     recursive: Annotated[bool, typer.Option(help="walk folders' subfolders too")] = False,
+    follow_symlinks: Annotated[
+        bool, typer.Option(help="in folders, follow symlinks out of the folder and into subfolders")
+    ] = False,
     concurrency: Annotated[
         int | None, typer.Option(min=1, help="images in flight (default: 32 over http, 128 over kafka)")
     ] = None,
     timeout_s: Annotated[float, typer.Option(min=0.1, help="per image")] = 60.0,
     attempts: Annotated[int, typer.Option(min=1, help="tries per image on 429, 503, lost connections")] = 6,
+    api_key: Annotated[
+        str | None,
+        typer.Option(help="the API key (--via http); default CAPTIONER_API_KEY, which keeps it out of `ps`"),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="log Kafka client details")] = False,
 ) -> None:
     """Caption images through the running service, writing one line per image (JSON lines or CSV) as
     each result arrives. Failed images are listed at the end; exits 1 if any failed."""
+    from pydantic import SecretStr
+
     from captioner.bulk.command import caption
     from captioner.bulk.options import options_from
     from captioner.errors import UsageError
-    from core.settings import KafkaSettings, TopicSettings
+    from core.settings import ClientSettings, KafkaSettings, TopicSettings
 
     configure_tool_logging(verbose=verbose)
+    key = SecretStr(api_key) if api_key is not None else load_settings(ClientSettings).api_key
     try:
         options = options_from(
             paths=paths or [],
@@ -172,6 +182,8 @@ def caption_command(
             concurrency=concurrency,
             timeout_s=timeout_s,
             attempts=attempts,
+            follow_symlinks=follow_symlinks,
+            api_key=key,
         )
     except UsageError as exc:
         typer.echo(f"captioner caption: {exc}", err=True)

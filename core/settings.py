@@ -264,6 +264,16 @@ class CacheSettings(BaseSettings):
     )
 
 
+class ClientSettings(BaseSettings):
+    """The operator tools as the API's clients (`captioner caption --via http`)."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
+
+    api_key: SecretStr | None = Field(
+        default=None, description="the API key `captioner caption` sends (Authorization: Bearer)"
+    )
+
+
 # Every group, by the name `captioner config` shows it under.
 SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
@@ -274,6 +284,7 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "log": LogSettings,
     "tracing": TracingSettings,
     "cache": CacheSettings,
+    "client": ClientSettings,
 }
 PREFIX = "CAPTIONER_"
 # CAPTIONER_* variables that are not settings but may sit in a service's environment: the test

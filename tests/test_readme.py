@@ -10,6 +10,7 @@ from pydantic_settings import BaseSettings
 from core.settings import (
     ApiSettings,
     CacheSettings,
+    ClientSettings,
     ImageSettings,
     KafkaSettings,
     LogSettings,
@@ -32,6 +33,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
         LogSettings,
         TracingSettings,
         CacheSettings,
+        ClientSettings,
     ],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:

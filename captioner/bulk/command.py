@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import logging
+import signal
 import sys
-from collections.abc import AsyncIterator
-from contextlib import AbstractContextManager, asynccontextmanager, nullcontext
+import threading
+from collections.abc import AsyncIterator, Iterator
+from contextlib import AbstractContextManager, asynccontextmanager, contextmanager, nullcontext
 from typing import TextIO
 
 import aiohttp
@@ -27,54 +31,100 @@ from captioner.bulk.http import Backoff, HttpBackend
 from captioner.bulk.kafka import KafkaBackend
 from captioner.bulk.options import CaptionOptions, Via
 from captioner.bulk.paths import count_paths, input_paths, uses_stdin
-from captioner.bulk.results import Result
+from captioner.bulk.results import PathKey, Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
+from captioner.bulk.terminal import shown
 from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
+log = logging.getLogger(__name__)
+
 
 def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
     """Runs the whole command; returns its exit code. Results go to the output as they arrive; the
-    failures and a summary go to stderr at the end. `kafka` is needed --via kafka only."""
-    stream, sink, skip = _open(options)
+    failures and a summary go to stderr at the end, also when the run is stopped early (Ctrl-C, SIGTERM,
+    an error), with the jobs it left in flight. `kafka` is needed --via kafka only."""
+    summary = Summary()
     try:
-        summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
+        with _output(options) as (sink, skip):
+            asyncio.run(_run(options, sink, skip, summary, kafka=kafka, topics=topics))
+    except UsageError as exc:
+        print(f"captioner caption: {shown(exc.message)}", file=sys.stderr)
+        return ExitCode.USAGE
     except (KafkaException, KafkaTimeoutError) as exc:
-        print(f"captioner caption: Kafka is unreachable or refused the reply topic: {exc}", file=sys.stderr)
+        print(
+            f"captioner caption: Kafka is unreachable or refused the reply topic: {shown(str(exc))}",
+            file=sys.stderr,
+        )
         return ExitCode.UNAVAILABLE
-    finally:
-        if stream is not sys.stdout:
-            stream.close()
+    except (KeyboardInterrupt, asyncio.CancelledError):
+        report(summary, sys.stderr, stopped="interrupted")
+        return ExitCode.INTERRUPTED
+    except Exception as exc:
+        log.info("the run stopped on an error", exc_info=exc)  # -v shows where
+        report(summary, sys.stderr, stopped=_first_error(exc))
+        return ExitCode.FAILURES
     report(summary, sys.stderr)
     return ExitCode.FAILURES if summary.failed else ExitCode.OK
 
 
-def _open(options: CaptionOptions) -> tuple[TextIO, ResultSink, frozenset[str]]:
-    if options.output is None:
-        return sys.stdout, make_sink(sys.stdout, options.format), frozenset()
-    return open_output(options.output, options.format, resume=options.resume)
+def _first_error(exc: BaseException) -> str:
+    while isinstance(exc, BaseExceptionGroup):  # a slot's error, raised through the run's task group
+        exc = exc.exceptions[0]
+    return f"{type(exc).__name__}: {exc}"
+
+
+@contextmanager
+def _output(options: CaptionOptions) -> Iterator[tuple[ResultSink, frozenset[PathKey]]]:
+    if options.output is not None:
+        stream, sink, skip = open_output(options.output, options.format, resume=options.resume)
+        with stream:
+            yield sink, skip
+        return
+    # JSON lines and CSV are UTF-8 whatever the locale says stdout is; what the sinks write is always
+    # valid UTF-8, so a strict stream never refuses a row mid-run.
+    terminal = sys.stdout.isatty()
+    buffer = getattr(sys.stdout, "buffer", None)
+    if buffer is None:  # stdout replaced by a text-only stream
+        yield make_sink(sys.stdout, options.format, terminal=terminal), frozenset()
+        return
+    sys.stdout.flush()
+    stream = io.TextIOWrapper(buffer, encoding="utf-8", newline="")
+    try:
+        yield make_sink(stream, options.format, terminal=terminal), frozenset()
+    finally:
+        stream.flush()
+        stream.detach()  # sys.stdout stays usable, its buffer open
 
 
 async def _run(
     options: CaptionOptions,
     sink: ResultSink,
-    skip: frozenset[str],
+    skip: frozenset[PathKey],
+    summary: Summary,
     *,
     kafka: KafkaSettings | None,
     topics: TopicSettings,
-) -> Summary:
-    paths = input_paths(options.sources, recursive=options.recursive, stdin=sys.stdin)
+) -> None:
+    _stop_on_sigterm()
+    paths = input_paths(
+        options.sources,
+        recursive=options.recursive,
+        stdin=sys.stdin.buffer if uses_stdin(options.sources) else io.BytesIO(),
+        follow_symlinks=options.follow_symlinks,
+    )
     # The request topic takes records up to its limit; a file bigger than that could never be sent.
     max_bytes = topics.max_message_bytes - OUTCOME_HEADROOM_BYTES
-    async with _backend(options, kafka=kafka, topics=topics) as backend:
+    async with _backend(options, summary, kafka=kafka, topics=topics) as backend:
         with _progress_bar(options.show_progress) as progress:
-            counting = asyncio.create_task(_count_total(options, skip, progress))
+            stop_counting = threading.Event()
+            counting = asyncio.create_task(_count_total(options, skip, progress, stop_counting))
             try:
-                return await caption_all(
+                await caption_all(
                     paths,
                     backend=backend,
                     sink=sink,
@@ -83,9 +133,19 @@ async def _run(
                     skip=skip,
                     progress=progress,
                     window=_window(options),
+                    summary=summary,
                 )
             finally:
+                stop_counting.set()
                 counting.cancel()
+
+
+def _stop_on_sigterm() -> None:
+    """SIGTERM stops the run as Ctrl-C does: the backend closes (the reply topic goes) and the report
+    is printed."""
+    task = asyncio.current_task()
+    if task is not None and threading.current_thread() is threading.main_thread():
+        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, task.cancel)
 
 
 def _window(options: CaptionOptions) -> AdaptiveWindow | None:
@@ -95,28 +155,46 @@ def _window(options: CaptionOptions) -> AdaptiveWindow | None:
     return AdaptiveWindow.for_deadline(max_size=options.concurrency, deadline_s=options.timeout_s)
 
 
-async def _count_total(options: CaptionOptions, skip: frozenset[str], progress: Progress) -> None:
+async def _count_total(
+    options: CaptionOptions, skip: frozenset[PathKey], progress: Progress, stop: threading.Event
+) -> None:
     """The bar's total (so it can show an ETA), counted beside the run; paths from stdin cannot be."""
     if uses_stdin(options.sources):
         return
-    total = await asyncio.to_thread(count_paths, options.sources, recursive=options.recursive, skip=skip)
+    total = await asyncio.to_thread(
+        count_paths,
+        options.sources,
+        recursive=options.recursive,
+        skip=skip,
+        follow_symlinks=options.follow_symlinks,
+        stop=stop,
+    )
     progress.set_total(total)
 
 
 @asynccontextmanager
 async def _backend(
-    options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings
+    options: CaptionOptions, summary: Summary, *, kafka: KafkaSettings | None, topics: TopicSettings
 ) -> AsyncIterator[Backend]:
     if options.via is Via.kafka:
         if kafka is None:
             raise UsageError("--via kafka needs the Kafka settings")
-        async with KafkaBackend(kafka, topics, timeout_s=options.timeout_s) as backend:
-            yield backend
+        backend = KafkaBackend(kafka, topics, timeout_s=options.timeout_s)
+        try:
+            async with backend:
+                yield backend
+        finally:
+            summary.left_in_flight = backend.left_in_flight
         return
     connector = aiohttp.TCPConnector(limit=options.concurrency)
     timeout = aiohttp.ClientTimeout(total=options.timeout_s)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
-        yield HttpBackend(session, api_url=options.api_url, backoff=Backoff(attempts=options.attempts))
+        yield HttpBackend(
+            session,
+            api_url=options.api_url,
+            backoff=Backoff(attempts=options.attempts),
+            api_key=options.api_key,
+        )
 
 
 class _RateColumn(ProgressColumn):
@@ -163,12 +241,14 @@ def _progress_bar(show: bool) -> AbstractContextManager[Progress]:
     return RichProgress() if show else nullcontext(NoProgress())
 
 
-def report(summary: Summary, err: TextIO) -> None:
-    """The failures (so they need not be dug out of the output), then one line of totals."""
+def report(summary: Summary, err: TextIO, *, stopped: str | None = None) -> None:
+    """The failures (so they need not be dug out of the output), then one line of totals; for a run
+    stopped early, why, and the jobs it left in flight. Everything from outside is shown escaped."""
     if summary.failures:
         print(f"failed ({summary.failed}):", file=err)
         for failure in summary.failures:
-            print(f"  {failure.path}: {failure.error}: {failure.message}", file=err)
+            line = f"{failure.path}: {failure.error}: {failure.message}"
+            print(f"  {shown(line)}", file=err)
         if summary.failed > len(summary.failures):
             print(f"  ... and {summary.failed - len(summary.failures)} more (see the output)", file=err)
     skipped = f", {summary.skipped} skipped (already in the output)" if summary.skipped else ""
@@ -177,3 +257,12 @@ def report(summary: Summary, err: TextIO) -> None:
         f"in {summary.elapsed_s:.1f} s ({summary.rate:.1f} images/s)",
         file=err,
     )
+    if stopped is not None:
+        print(f"stopped early ({shown(stopped)}); with --output, --resume goes on from there", file=err)
+    if summary.left_in_flight:
+        print(
+            f"{summary.left_in_flight} images were still in flight on the request topic: workers may "
+            "still caption them, but their replies are lost with this run's reply topic (--resume "
+            "sends them again)",
+            file=err,
+        )

@@ -14,6 +14,7 @@ from email.utils import parsedate_to_datetime
 from typing import Any
 
 import aiohttp
+from pydantic import SecretStr
 
 from captioner.bulk.files import ImageFile
 from captioner.bulk.results import TIMEOUT, Result
@@ -74,11 +75,14 @@ class HttpBackend:
         *,
         api_url: str,
         backoff: Backoff,
+        api_key: SecretStr | None = None,
         rng: random.Random | None = None,
         sleep: Sleep = asyncio.sleep,
     ) -> None:
         self._session = session
         self._url = api_url.rstrip("/") + PREDICTIONS
+        # aiohttp drops it on a redirect to another origin, so the key goes to the API's origin only.
+        self._auth = {"Authorization": f"Bearer {api_key.get_secret_value()}"} if api_key else {}
         self._backoff = backoff
         self._rng = rng or random.Random()
         self._sleep = sleep
@@ -108,7 +112,7 @@ class HttpBackend:
         raise AssertionError("unreachable: the last try always returns")
 
     async def _post(self, image: ImageFile) -> tuple[int, float | None, Any]:
-        headers = {"Content-Type": image.content_type}
+        headers = {"Content-Type": image.content_type, **self._auth}
         async with self._session.post(self._url, data=image.data, headers=headers) as response:
             raw = await _read_bounded(response, MAX_ANSWER_BYTES)
             retry_after = parse_retry_after(response.headers.get("Retry-After"))

@@ -4,6 +4,10 @@ holds no HTTP connections and takes no API instance's in-flight slots.
 
 Two threads of our own talk to librdkafka: one serves the producer's delivery reports, one reads the
 reply partition; both hand what they learn to the event loop, which alone owns the waiting table.
+
+A run that stops early (Ctrl-C, an error) stops sending first, then delivers or drops what librdkafka
+still holds, and only then deletes its reply topic; the jobs already on the request topic are counted
+(`left_in_flight`), since the workers will still caption them and their replies have nowhere to go.
 """
 
 from __future__ import annotations
@@ -29,6 +33,7 @@ from confluent_kafka import (
 
 from captioner.bulk.files import ImageFile
 from captioner.bulk.results import TIMEOUT, Result
+from captioner.bulk.terminal import shown
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
@@ -44,6 +49,7 @@ _REPLY_RETENTION_MS = 3_600_000
 # A reply may be on its way when the deadline passes; the worker never starts a job after it.
 _REPLY_GRACE_S = 5.0
 _POLL_S = 0.1
+_FLUSH_S = 5.0
 
 
 def reply_topic_name(topics: TopicSettings, run_id: str) -> str:
@@ -56,9 +62,13 @@ class _Waiting:
 
     futures: dict[str, asyncio.Future[CaptionReply | KafkaError]] = field(default_factory=dict)
     retrying: set[str] = field(default_factory=set)
+    # Published and not yet answered, failed or timed out: a job a worker may still take.
+    in_flight: set[str] = field(default_factory=set)
 
     def settle(self, replies: list[CaptionReply]) -> None:
         for reply in replies:
+            if reply.status is not ReplyStatus.RETRYING:
+                self.in_flight.discard(reply.correlation_id)
             future = self.futures.get(reply.correlation_id)
             if future is None or future.done():
                 continue  # a duplicate, or an id this run no longer waits for
@@ -68,6 +78,7 @@ class _Waiting:
                 future.set_result(reply)
 
     def undelivered(self, correlation_id: str, error: KafkaError) -> None:
+        self.in_flight.discard(correlation_id)
         future = self.futures.get(correlation_id)
         if future is not None and not future.done():
             future.set_result(error)
@@ -92,6 +103,11 @@ class KafkaBackend:
         self.run_id = run_id or uuid.uuid4().hex[:12]
         self.reply_topic = reply_topic_name(topics, self.run_id)
         self._waiting = _Waiting()
+        # Held around each hand-over to librdkafka: once `_sending_stopped` is set under it, no job is
+        # sent again, so the reply topic can go.
+        self._send_lock = threading.Lock()
+        self._sending_stopped = False
+        self.left_in_flight = 0
         self._stopping = threading.Event()
         self._threads: list[threading.Thread] = []
         self._producer: Producer | None = None
@@ -112,6 +128,8 @@ class KafkaBackend:
         self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
     ) -> None:
         await asyncio.to_thread(self._close)
+        # The close's own delivery reports reached the loop before this resumed (call_soon order).
+        self.left_in_flight = len(self._waiting.in_flight)
 
     async def caption(self, image: ImageFile) -> Result:
         loop = asyncio.get_running_loop()
@@ -124,6 +142,8 @@ class KafkaBackend:
                 return refused
             outcome = await asyncio.wait_for(future, self._timeout_s + _REPLY_GRACE_S)
         except TimeoutError:
+            # Past its deadline no worker starts it; a reply on its way is dropped with the topic.
+            self._waiting.in_flight.discard(correlation_id)
             retried = correlation_id in self._waiting.retrying
             message = f"no reply within {self._timeout_s:g} s" + (" (the job was being retried)" * retried)
             return Result.failed(image.path, error=TIMEOUT, message=message, id=correlation_id)
@@ -134,8 +154,9 @@ class KafkaBackend:
 
     def _publish(self, correlation_id: str, image: ImageFile) -> Result | None:
         """Encode and hand the record to librdkafka (which sends it from its own threads); None when it
-        took it, else the failure. Blocking only on the encoding: runs in a thread."""
-        assert self._producer is not None
+        took it, else the failure. Blocking only on the encoding: runs in a thread, which goes on even
+        when the awaiting task is cancelled, hence the lock."""
+        assert self._producer is not None and self._loop is not None
         request = CaptionRequest(
             correlation_id=correlation_id,
             image=image.data,
@@ -144,17 +165,24 @@ class KafkaBackend:
             reply_partition=0,
             deadline=utc_now() + timedelta(seconds=self._timeout_s),
         )
-        try:
-            self._producer.produce(
-                self._topics.requests,
-                key=correlation_id.encode(),
-                value=REQUEST_CODEC.encode(request),
-                on_delivery=lambda error, _message: self._on_delivery(correlation_id, error),
-            )
-        except (BufferError, KafkaException) as exc:
-            return Result.failed(
-                image.path, error="not_published", message=f"Kafka did not take the job: {exc}"
-            )
+        value = REQUEST_CODEC.encode(request)
+        with self._send_lock:
+            if self._sending_stopped:
+                return Result.failed(image.path, error="not_published", message="the run was stopping")
+            # Counted before librdkafka has it, so that its delivery report always comes after.
+            self._loop.call_soon_threadsafe(self._waiting.in_flight.add, correlation_id)
+            try:
+                self._producer.produce(
+                    self._topics.requests,
+                    key=correlation_id.encode(),
+                    value=value,
+                    on_delivery=lambda error, _message: self._on_delivery(correlation_id, error),
+                )
+            except (BufferError, KafkaException) as exc:
+                self._loop.call_soon_threadsafe(self._waiting.in_flight.discard, correlation_id)
+                return Result.failed(
+                    image.path, error="not_published", message=f"Kafka did not take the job: {exc}"
+                )
         return None
 
     def _on_delivery(self, correlation_id: str, error: KafkaError | None) -> None:
@@ -177,7 +205,7 @@ class KafkaBackend:
                 self._kafka, [self.reply_topic], timeout_s=self._admin_timeout_s, client_log=LIBRDKAFKA_LOG
             )
         except KafkaException as exc:
-            log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
+            log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, shown(str(exc)))
 
     def _start_clients(self) -> None:
         client_id = f"captioner-bulk-{self.run_id}"
@@ -218,11 +246,17 @@ class KafkaBackend:
                 self._loop.call_soon_threadsafe(self._waiting.settle, replies)
 
     def _close(self) -> None:
+        with self._send_lock:
+            self._sending_stopped = True
         self._stopping.set()
         for thread in self._threads:
             thread.join(5.0)
         if self._producer is not None:
-            self._producer.flush(5.0)
+            self._producer.flush(_FLUSH_S)
+            # What librdkafka has not sent by now is dropped (its delivery reports say so), so nothing
+            # reaches the request topic after its reply topic is gone.
+            self._producer.purge(in_queue=True, in_flight=False)
+            self._producer.flush(_FLUSH_S)
         if self._consumer is not None:
             self._consumer.close()
         self._delete_reply_topic()
@@ -230,12 +264,12 @@ class KafkaBackend:
 
 def _decode(message: Message) -> CaptionReply | None:
     if message.error():
-        log.warning("reply topic error: %s", message.error())
+        log.warning("reply topic error: %s", shown(str(message.error())))
         return None
     try:
         return REPLY_CODEC.decode(message.value() or b"")
     except RecordDecodeError as exc:
-        log.warning("unreadable reply at offset %d: %s", message.offset(), exc)
+        log.warning("unreadable reply at offset %d: %s", message.offset(), shown(str(exc)))
         return None
 
 

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import re
 import sys
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from urllib.parse import urlsplit
+
+from pydantic import SecretStr
 
 from captioner.bulk.sinks import Format, format_for
 from captioner.errors import UsageError
@@ -18,6 +21,8 @@ class Via(StrEnum):
 
 
 DEFAULT_CONCURRENCY = {Via.http: 32, Via.kafka: 128}
+# RFC 6750's b64token and more: any visible ASCII, which a header carries as it is (no CR, LF or NUL).
+_HEADER_SAFE_KEY = re.compile(r"[\x21-\x7e]+")
 
 
 @dataclass(frozen=True)
@@ -29,10 +34,12 @@ class CaptionOptions:
     format: Format
     resume: bool
     recursive: bool
+    follow_symlinks: bool
     concurrency: int
     timeout_s: float
     attempts: int
     show_progress: bool
+    api_key: SecretStr | None = None  # --via http: sent as Authorization: Bearer
 
 
 def sources_of(paths: list[str], *, stdin_is_tty: bool) -> list[str]:
@@ -56,6 +63,15 @@ def checked_api_url(api_url: str) -> str:
     return api_url
 
 
+def checked_api_key(api_key: SecretStr | None) -> SecretStr | None:
+    """A key a header can carry as it is; the message never shows the key."""
+    if api_key is None or not api_key.get_secret_value():
+        return None
+    if not _HEADER_SAFE_KEY.fullmatch(api_key.get_secret_value()):
+        raise UsageError("the API key holds a character an HTTP header cannot carry (only visible ASCII)")
+    return api_key
+
+
 def options_from(
     *,
     paths: list[str],
@@ -68,6 +84,8 @@ def options_from(
     concurrency: int | None,
     timeout_s: float,
     attempts: int,
+    follow_symlinks: bool = False,
+    api_key: SecretStr | None = None,
 ) -> CaptionOptions:
     if resume and output is None:
         raise UsageError("--resume needs --output: it skips the paths already in that file")
@@ -79,8 +97,10 @@ def options_from(
         format=format_for(output, format),
         resume=resume,
         recursive=recursive,
+        follow_symlinks=follow_symlinks,
         concurrency=concurrency or DEFAULT_CONCURRENCY[via],
         timeout_s=timeout_s,
         attempts=attempts,
         show_progress=sys.stderr.isatty(),
+        api_key=checked_api_key(api_key) if via is Via.http else None,
     )

@@ -33,6 +33,7 @@ from tests.support.repo import REPO
 
 DEPLOY = REPO / "infra" / "deploy"
 K8S = DEPLOY / "k8s"
+KUSTOMIZATION = K8S / "kustomization.yaml"
 COMPOSE = DEPLOY / "docker-compose.yml"
 NGINX = DEPLOY / "nginx.conf"
 # The oldest and the newest minor that kubernetes-validate bundles and the manifests need (1.28+ for the
@@ -94,7 +95,8 @@ def nginx_seconds(value: str) -> float:
 
 @pytest.fixture(scope="module")
 def manifests() -> list[dict[str, Any]]:
-    files = sorted(K8S.glob("*.yaml"))
+    """Every object in infra/deploy/k8s (the kustomization is no object: it names the files and images)."""
+    files = sorted(path for path in K8S.glob("*.yaml") if path != KUSTOMIZATION)
     assert files, "no manifests in infra/deploy/k8s"
     return [document for path in files for document in load_documents(path)]
 
@@ -137,8 +139,10 @@ def worker(manifests: list[dict[str, Any]]) -> dict[str, Any]:
 
 def test_the_manifests_hold_every_piece(manifests: list[dict[str, Any]]) -> None:
     kinds = sorted(m["kind"] for m in manifests)
-    expected = ["ConfigMap", "Job", "Service", "Service", "StatefulSet", "Deployment", "ScaledObject"]
-    assert kinds == sorted([*expected, "PodDisruptionBudget", "PodDisruptionBudget"])
+    expected = ["ConfigMap", "ServiceAccount", "Job", "Service", "Service", "StatefulSet", "Deployment"]
+    keda = ["ScaledObject", "TriggerAuthentication"]
+    policies = ["NetworkPolicy"] * 4  # default deny, API, worker, the brokers' side
+    assert kinds == sorted([*expected, *keda, *policies, "PodDisruptionBudget", "PodDisruptionBudget"])
 
 
 @pytest.mark.parametrize("version", KUBERNETES_VERSIONS)
@@ -146,6 +150,7 @@ def test_every_builtin_kind_passes_the_kubernetes_schema(
     manifests: list[dict[str, Any]], version: str
 ) -> None:
     builtin = [m for m in manifests if not m["apiVersion"].startswith("keda.sh/")]
+    assert len(builtin) == len(manifests) - 2
     for manifest in builtin:
         try:
             kubernetes_validate.validate(manifest, version, strict=True)
@@ -174,7 +179,8 @@ def test_the_api_listens_where_its_probes_and_services_look(
     statefulset = api(manifests)
     settings = settings_from(pod_environment(manifests, statefulset), monkeypatch)
     assert {port["name"]: port["containerPort"] for port in container(statefulset)["ports"]} == {
-        "http": settings["api"].port  # type: ignore[attr-defined]
+        "http": settings["api"].port,  # type: ignore[attr-defined]
+        "metrics": settings["api"].metrics_port,  # type: ignore[attr-defined]
     }
     labels = statefulset["spec"]["template"]["metadata"]["labels"]
     for service in (m for m in manifests if m["kind"] == "Service"):
@@ -400,7 +406,9 @@ def api_services(compose: dict[str, Any]) -> dict[str, dict[str, Any]]:
 def test_compose_runs_a_broker_topics_two_apis_nginx_and_workers(compose: dict[str, Any]) -> None:
     services = compose["services"]
     assert services["kafka"]["image"].startswith("apache/kafka:")
-    assert services["kafka"]["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"
+    # Configured and started by kafka/start.sh, which tests/infra/test_compose_broker.py runs for real.
+    assert services["kafka"]["entrypoint"] == ["/bin/sh", "/etc/captioner/kafka-start.sh"]
+    assert "./kafka/start.sh:/etc/captioner/kafka-start.sh:ro" in services["kafka"]["volumes"]
     assert services["topics"]["command"] == ["topics", "create"]
     assert len(api_services(compose)) == 2
     assert services["nginx"]["image"].startswith("nginx:")
@@ -428,6 +436,8 @@ def test_compose_uses_files_that_exist(compose: dict[str, Any]) -> None:
             source = volume.split(":")[0]
             if source.startswith("."):
                 assert (COMPOSE.parent / source).is_file(), f"{name}: {source}"
+    for script in (COMPOSE.parent / "make-secrets.sh", COMPOSE.parent / "kafka" / "start.sh"):
+        assert script.is_file() and script.stat().st_mode & 0o111, script
 
 
 def test_compose_environment_names_are_settings(compose: dict[str, Any]) -> None:
@@ -477,3 +487,288 @@ def test_nginx_accepts_the_configuration(tmp_path: Path) -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stderr
+
+
+# --- locked down: pinned images, no tokens, non-root, network policy, Kafka over SASL_SSL -------------
+
+# name:tag@sha256:<64 hex>: the tag for people, the digest for the pull.
+PINNED = re.compile(r"[a-z0-9][a-z0-9./_-]*:[\w.-]+@sha256:[0-9a-f]{64}")
+OUR_IMAGES = {"captioner-api", "captioner-worker"}
+KAFKA_SECRET_SETTINGS = {"CAPTIONER_KAFKA_SASL_PASSWORD", "CAPTIONER_KAFKA_SSL_KEY_PASSWORD"}
+SECRET_SETTINGS = KAFKA_SECRET_SETTINGS | {"CAPTIONER_API_KEYS"}
+MONITORING = {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "monitoring"}}}
+
+
+def pod_specs(manifests: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    for workload in pod_templates(manifests):
+        yield workload["metadata"]["name"], workload["spec"]["template"]["spec"]
+
+
+def all_containers(pod: dict[str, Any]) -> list[dict[str, Any]]:
+    return [*pod.get("initContainers", []), *pod["containers"]]
+
+
+def test_every_image_is_pinned_by_digest(manifests: list[dict[str, Any]], compose: dict[str, Any]) -> None:
+    for name, pod in pod_specs(manifests):
+        for spec in all_containers(pod):
+            assert PINNED.fullmatch(spec["image"]), f"{name}: {spec['image']} is not pinned by digest"
+    for name, service in compose["services"].items():
+        if "build" in service:  # built here from our Dockerfiles, whose FROM lines are checked below
+            assert service["image"].split(":")[0] in OUR_IMAGES, name
+        else:
+            assert PINNED.fullmatch(service["image"]), f"compose {name}: {service['image']} is not pinned"
+    for dockerfile in sorted(DEPLOY.glob("Dockerfile*")):
+        for image in re.findall(r"^FROM (\S+)", dockerfile.read_text(), flags=re.MULTILINE):
+            assert PINNED.fullmatch(image), f"{dockerfile.name}: FROM {image} is not pinned by digest"
+
+
+def test_our_images_get_their_release_digest_from_the_kustomization(manifests: list[dict[str, Any]]) -> None:
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    used = {
+        spec["image"].split(":")[0] for _name, pod in pod_specs(manifests) for spec in all_containers(pod)
+    }
+    assert used == OUR_IMAGES
+    entries = {entry["name"]: entry for entry in kustomization["images"]}
+    assert entries.keys() == OUR_IMAGES
+    for entry in entries.values():
+        assert re.fullmatch(r"sha256:[0-9a-f]{64}", entry["digest"]), entry
+    # Everything but the brokers' side, which lives in the brokers' namespace.
+    assert sorted(kustomization["resources"]) == ["captioner.yaml", "keda.yaml"]
+    assert kustomization["namespace"] == "captioner"
+
+
+def test_no_pod_gets_a_service_account_token(manifests: list[dict[str, Any]]) -> None:
+    accounts = {m["metadata"]["name"]: m for m in manifests if m["kind"] == "ServiceAccount"}
+    for name, pod in pod_specs(manifests):
+        assert pod["automountServiceAccountToken"] is False, name
+        account = accounts[pod["serviceAccountName"]]  # a dedicated one, not the namespace's default
+        assert account["automountServiceAccountToken"] is False
+
+
+def test_every_pod_runs_non_root_read_only_without_capabilities(
+    manifests: list[dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    for name, pod in pod_specs(manifests):
+        assert pod["securityContext"]["runAsNonRoot"] is True, name
+        for spec in all_containers(pod):
+            context = spec["securityContext"]
+            assert context["allowPrivilegeEscalation"] is False, name
+            assert context["readOnlyRootFilesystem"] is True, name
+            assert context["capabilities"] == {"drop": ["ALL"]}, name
+    for name, service in compose["services"].items():
+        if "build" in service:
+            assert service["read_only"] is True, name
+            assert service["cap_drop"] == ["ALL"], name
+            assert "no-new-privileges:true" in service["security_opt"], name
+
+
+def network_policies(manifests: list[dict[str, Any]], namespace: str | None) -> list[dict[str, Any]]:
+    return [
+        m for m in manifests if m["kind"] == "NetworkPolicy" and m["metadata"].get("namespace") == namespace
+    ]
+
+
+def selects(policy: dict[str, Any], labels: dict[str, str]) -> bool:
+    wanted = policy["spec"]["podSelector"].get("matchLabels", {})
+    assert set(policy["spec"]["podSelector"]) <= {"matchLabels"}, "only matchLabels is checked here"
+    return bool(wanted.items() <= labels.items())
+
+
+def test_nothing_reaches_captioner_pods_but_the_api_port_and_metrics_from_monitoring(
+    manifests: list[dict[str, Any]],
+) -> None:
+    policies = network_policies(manifests, None)
+    denying = [p for p in policies if p["spec"]["podSelector"] == {} and "ingress" not in p["spec"]]
+    assert denying and "Ingress" in denying[0]["spec"]["policyTypes"], "no default deny for ingress"
+    for workload in pod_templates(manifests):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        ports = {port["name"] for port in container(workload).get("ports", [])}
+        rules = [rule for p in policies if selects(p, labels) for rule in p["spec"].get("ingress", [])]
+        opened: set[str] = set()
+        for rule in rules:
+            assert rule.get("ports"), f"{workload['metadata']['name']}: a rule opens every port"
+            names = {port["port"] for port in rule["ports"]}
+            opened |= names
+            if names == {"http"}:
+                assert workload is api(manifests), "only the API's port is open to all"
+            else:
+                assert names == {"metrics"} and rule["from"] == [MONITORING], rule
+        assert opened <= ports, f"{workload['metadata']['name']}: a rule names a port it lacks"
+
+
+def test_the_brokers_take_connections_only_from_captioner_keda_and_each_other(
+    manifests: list[dict[str, Any]],
+) -> None:
+    bootstrap = only(manifests, "ConfigMap")["data"]["KAFKA_BOOTSTRAP_SERVERS"]
+    host, broker_port = bootstrap.rsplit(":", 1)
+    namespace = host.split(".")[1]  # <service>.<namespace>
+    [policy] = network_policies(manifests, namespace)
+    brokers = policy["spec"]["podSelector"]["matchLabels"]
+    kustomization = yaml.safe_load(KUSTOMIZATION.read_text())
+    captioner_pods = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": kustomization["namespace"]}},
+        "podSelector": {"matchLabels": {"app.kubernetes.io/part-of": "captioner"}},
+    }
+    keda = {
+        "namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": "keda"}},
+        "podSelector": {"matchLabels": {"app": "keda-operator"}},
+    }
+    for workload in pod_templates(manifests):
+        labels = workload["spec"]["template"]["metadata"]["labels"]
+        assert captioner_pods["podSelector"]["matchLabels"].items() <= labels.items()
+    for rule in policy["spec"]["ingress"]:
+        sources = rule["from"]  # never from anywhere
+        assert not any("ipBlock" in source for source in sources)
+        if sources == [{"podSelector": {"matchLabels": brokers}}]:
+            continue  # replication and the quorum, among the brokers themselves
+        ports = {str(port["port"]) for port in rule["ports"]}
+        if ports == {broker_port}:
+            assert sources == [captioner_pods, keda]
+        else:
+            assert ports == {"metrics"} and sources == [MONITORING]
+
+
+def secret_env(spec: dict[str, Any], name: str) -> dict[str, str]:
+    [item] = [item for item in spec.get("env", []) if item["name"] == name]
+    assert "value" not in item, f"{name} is written in the manifest"
+    return dict(item["valueFrom"]["secretKeyRef"])
+
+
+def mounted_secrets(pod: dict[str, Any], spec: dict[str, Any]) -> dict[str, str]:
+    """mount path -> the Secret mounted there."""
+    secrets = {v["name"]: v["secret"]["secretName"] for v in pod.get("volumes", []) if "secret" in v}
+    return {m["mountPath"]: secrets[m["name"]] for m in spec.get("volumeMounts", []) if m["name"] in secrets}
+
+
+def test_kafka_clients_use_sasl_ssl_each_role_its_own_principal_from_secrets(
+    manifests: list[dict[str, Any]],
+) -> None:
+    config = only(manifests, "ConfigMap")["data"]
+    assert config["CAPTIONER_KAFKA_SECURITY_PROTOCOL"] == "SASL_SSL"
+    assert config["CAPTIONER_KAFKA_SASL_MECHANISM"] == "SCRAM-SHA-512"
+    assert not SECRET_SETTINGS & config.keys()
+    principals = set()
+    for workload in pod_templates(manifests):
+        pod, spec = workload["spec"]["template"]["spec"], container(workload)
+        literal = {item["name"]: item["value"] for item in spec.get("env", []) if "value" in item}
+        assert not SECRET_SETTINGS & literal.keys()
+        principals.add(literal["CAPTIONER_KAFKA_SASL_USERNAME"])
+        password = secret_env(spec, "CAPTIONER_KAFKA_SASL_PASSWORD")
+        assert password["name"].startswith("captioner-kafka-"), password
+        ca = Path(config["CAPTIONER_KAFKA_SSL_CA_LOCATION"])
+        assert mounted_secrets(pod, spec)[str(ca.parent)] == "captioner-kafka-ca"
+    assert len(principals) == len(list(pod_templates(manifests))), "a principal shared by two roles"
+
+
+def test_keda_reads_the_lag_over_sasl_ssl_as_its_own_principal(manifests: list[dict[str, Any]]) -> None:
+    [trigger] = only(manifests, "ScaledObject")["spec"]["triggers"]
+    assert (trigger["metadata"]["sasl"], trigger["metadata"]["tls"]) == ("scram_sha512", "enable")
+    authentication = only(manifests, "TriggerAuthentication", trigger["authenticationRef"]["name"])
+    try:
+        jsonschema.validate(authentication, TRIGGER_AUTHENTICATION_SHAPE)
+    except jsonschema.ValidationError as error:
+        pytest.fail(f"TriggerAuthentication: {error.message} at {list(error.absolute_path)}")
+    parameters = {ref["parameter"]: ref["name"] for ref in authentication["spec"]["secretTargetRef"]}
+    assert parameters == {
+        "username": "captioner-kafka-keda",
+        "password": "captioner-kafka-keda",
+        "ca": "captioner-kafka-ca",
+    }
+
+
+# Hand transcription of KEDA's documented TriggerAuthentication fields used here (secretTargetRef).
+TRIGGER_AUTHENTICATION_SHAPE: dict[str, Any] = {
+    "type": "object",
+    "required": ["apiVersion", "kind", "metadata", "spec"],
+    "properties": {
+        "apiVersion": {"const": "keda.sh/v1alpha1"},
+        "kind": {"const": "TriggerAuthentication"},
+        "spec": {
+            "type": "object",
+            "additionalProperties": False,
+            "properties": {
+                "secretTargetRef": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "additionalProperties": False,
+                        "required": ["parameter", "name", "key"],
+                        "properties": {key: {"type": "string"} for key in ("parameter", "name", "key")},
+                    },
+                }
+            },
+        },
+    },
+}
+
+
+def test_the_api_reads_its_keys_from_a_secret(
+    manifests: list[dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    statefulset = api(manifests)
+    pod, spec = statefulset["spec"]["template"]["spec"], container(statefulset)
+    keys_file = Path(pod_environment(manifests, statefulset)["CAPTIONER_API_KEYS_FILE"])
+    assert mounted_secrets(pod, spec)[str(keys_file.parent)] == "captioner-api-keys"
+    for name, service in api_services(compose).items():
+        assert service["environment"]["CAPTIONER_API_KEYS_FILE"] == "/run/secrets/api_keys", name
+        assert "api_keys" in service["secrets"], name
+
+
+def compose_secret_targets(service: dict[str, Any]) -> dict[str, str]:
+    """/run/secrets/<target> -> the secret mounted there."""
+    targets = {}
+    for entry in service.get("secrets", []):
+        source, target = (entry, entry) if isinstance(entry, str) else (entry["source"], entry.get("target"))
+        targets[f"/run/secrets/{target or source}"] = source
+    return targets
+
+
+def test_compose_clients_use_sasl_ssl_each_role_its_own_principal_from_secrets(
+    compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    principals: dict[str, set[str]] = {}
+    for name, service in compose["services"].items():
+        if "build" not in service:
+            continue
+        environment = {key: str(value) for key, value in service["environment"].items()}
+        kafka = settings_from(environment, monkeypatch)["kafka"]  # the compose settings validate
+        assert (kafka.security_protocol, kafka.sasl_mechanism) == ("SASL_SSL", "SCRAM-SHA-512"), name  # type: ignore[attr-defined]
+        assert not SECRET_SETTINGS & environment.keys(), f"{name} writes a secret in the compose file"
+        mounted = compose_secret_targets(service)
+        assert environment["CAPTIONER_KAFKA_SSL_CA_LOCATION"] in mounted, name
+        # The password: its role's secret, mounted as kafka_password, read by the entrypoint.
+        password_secret = mounted["/run/secrets/kafka_password"]
+        assert "/run/secrets/kafka_password" in service["entrypoint"][2], name
+        assert "CAPTIONER_KAFKA_SASL_PASSWORD=" in service["entrypoint"][2], name
+        principals.setdefault(environment["CAPTIONER_KAFKA_SASL_USERNAME"], set()).add(password_secret)
+    assert principals == {
+        "captioner-admin": {"kafka_admin_password"},
+        "captioner-api": {"kafka_api_password"},
+        "captioner-worker": {"kafka_worker_password"},
+    }
+
+
+def test_compose_keeps_the_broker_off_the_public_side(compose: dict[str, Any]) -> None:
+    published = {name for name, service in compose["services"].items() if service.get("ports")}
+    assert published == {"nginx"}
+    assert compose["services"]["kafka"]["networks"] == ["kafka"]
+    assert compose["networks"]["kafka"]["internal"] is True
+    assert "kafka" not in compose["services"]["nginx"]["networks"]
+
+
+def test_make_secrets_makes_every_secret_compose_reads(compose: dict[str, Any], tmp_path: Path) -> None:
+    made = subprocess.run(
+        [str(DEPLOY / "make-secrets.sh"), str(tmp_path / "secrets")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert made.returncode == 0, made.stderr
+    wanted = {Path(secret["file"]).name for secret in compose["secrets"].values()}
+    assert {path.name for path in (tmp_path / "secrets").iterdir()} == wanted
+    assert all(secret["file"].startswith("./secrets/") for secret in compose["secrets"].values())
+    assert (tmp_path / "secrets").stat().st_mode & 0o077 == 0  # the folder is the owner's alone
+    passwords = {(tmp_path / "secrets" / name).read_text() for name in wanted if name.endswith("password")}
+    assert len(passwords) == 4  # one each, none shared
+    assert len((tmp_path / "secrets" / "api_keys").read_text().strip()) >= 32

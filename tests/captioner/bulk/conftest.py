@@ -32,12 +32,14 @@ class FakeApi:
     script: Script = titled
     posts: list[bytes] = field(default_factory=list)
     content_types: list[str] = field(default_factory=list)
+    authorizations: list[str | None] = field(default_factory=list)
 
     async def handle(self, request: web.Request) -> web.Response:
         data = await request.read()
         seen = self.posts.count(data)
         self.posts.append(data)
         self.content_types.append(request.content_type)
+        self.authorizations.append(request.headers.get("Authorization"))
         return self.script(data, seen)
 
 

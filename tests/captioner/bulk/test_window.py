@@ -10,7 +10,7 @@ from captioner.bulk.files import ImageFile
 from captioner.bulk.results import TIMEOUT, Result
 from captioner.bulk.run import caption_all
 from captioner.bulk.window import AdaptiveWindow
-from tests.captioner.bulk.test_run import Recorded, Titles, files
+from tests.captioner.bulk.test_run import Recorded, Titles, files, named
 
 TARGET_S = 10.0
 FAST, LATE = 1.0, 11.0
@@ -104,7 +104,8 @@ async def test_a_run_keeps_no_more_in_the_backend_than_the_window(tmp_path: Path
     window = AdaptiveWindow(max_size=3, target_s=TARGET_S, start_size=3)
 
     summary = await asyncio.wait_for(
-        caption_all(iter(paths), backend=backend, sink=sink, concurrency=16, max_bytes=100, window=window), 10
+        caption_all(named(paths), backend=backend, sink=sink, concurrency=16, max_bytes=100, window=window),
+        10,
     )
 
     assert summary.captioned == 20 and backend.most_in_flight == 3
@@ -121,7 +122,7 @@ async def test_a_run_whose_answers_time_out_narrows_its_window(tmp_path: Path) -
 
     summary = await asyncio.wait_for(
         caption_all(
-            iter(paths), backend=TimingOut(), sink=Recorded(), concurrency=64, max_bytes=100, window=window
+            named(paths), backend=TimingOut(), sink=Recorded(), concurrency=64, max_bytes=100, window=window
         ),
         10,
     )
