@@ -21,7 +21,7 @@ from core.settings import TopicSettings
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
 from schemas.headers import CACHE_SIGNATURE_KEY_ID
 from tests.conftest import StartApi, StartWorker
-from tests.support.cache_entries import new_signer
+from tests.support.cache_entries import make_entry, new_signer, signed
 from tests.support.images import ReferenceCaptioner, make_image_bytes, reference_captioner
 from tests.support.kafka import Record, caption_request, end_offsets, publish, publish_request, read_until
 
@@ -253,3 +253,32 @@ def test_per_key_scopes_keep_two_api_keys_apart(
         for record in cache_records(kafka_bootstrap, topics, lambda seen: len(seen) >= 2)
     }
     assert len(scopes) == 2 and "shared" not in scopes
+
+
+def test_a_start_reads_only_as_much_of_the_topic_as_the_lru_holds(
+    start_api: StartApi,
+    topics: TopicSettings,
+    kafka_bootstrap: str,
+    tiny_model_dir: Path,
+    cache_env: tuple[dict[str, str], dict[str, str]],
+) -> None:
+    worker_env, api_env = cache_env
+    workers_key = load_signer(Path(worker_env["CAPTIONER_CACHE_SIGNING_KEY_FILE"]))
+    older, newer = (
+        make_entry(make_image_bytes("PNG", seed=seed), model=tiny_model_dir.name, title=f"title {seed}")
+        for seed in (26, 27)
+    )
+    for entry in (older, newer):  # one after the other in one partition
+        key, value, headers = signed(entry, workers_key)
+        publish(kafka_bootstrap, topics.captions, value, key=key, headers=headers, partition=0)
+    no_worker = {"CAPTIONER_API_READY_NEEDS_WORKER": "false"}
+
+    # 6 entries over the topic's 6 partitions: the newest record of each partition, and nothing older.
+    small = start_api(wait_for_worker=False, **api_env, **no_worker, CAPTIONER_API_CACHE_MAX_ENTRIES="6")
+    wait_for(lambda: cache_entries(small.url) >= 1, "the newest entry")
+    answer = caption(small.url, make_image_bytes("PNG", seed=27))
+    assert answer["cached"] is True and answer["title"] == newer.title
+    assert cache_entries(small.url) == 1  # the older entry was never read
+    # The control: an instance that holds more reads both.
+    large = start_api(wait_for_worker=False, **api_env, **no_worker)
+    wait_for(lambda: cache_entries(large.url) >= 2, "both entries")

@@ -3,8 +3,12 @@ instance serves, the bounded start, the opt-out headers, hits in process."""
 
 from __future__ import annotations
 
+import base64
+import json
 from dataclasses import replace
+from pathlib import Path
 
+import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 from multidict import CIMultiDict
@@ -18,7 +22,7 @@ from core.cache_keys import (
     entry_lookup_key,
     entry_size,
 )
-from core.cache_signing import CacheSigner, CacheVerifier
+from core.cache_signing import CacheSigner, CacheVerifier, write_key_pair
 from core.settings import CacheSettings
 from producer_api.cache import (
     CachedCaptions,
@@ -26,6 +30,7 @@ from producer_api.cache import (
     CaptionLru,
     ProfileRule,
     cache_bypassed,
+    cache_verifier,
     caller_scope,
     start_offsets,
 )
@@ -239,6 +244,19 @@ def test_no_record_makes_the_reader_raise(
     records().apply(key, value, headers)
 
 
+def test_an_instance_without_verify_keys_reads_nothing_and_says_so_once(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert cache_verifier(settings(enabled=False)) is None
+    assert caplog.records == []
+    assert cache_verifier(settings()) is None
+    [line] = caplog.records
+    assert "CAPTIONER_CACHE_VERIFY_KEYS_FILE is not set" in line.getMessage()
+    _, public_path = write_key_pair(tmp_path)
+    verifier = cache_verifier(settings(verify_keys_file=public_path))
+    assert verifier is not None and len(verifier.key_ids) == 1
+
+
 def test_a_start_reads_no_more_than_the_lru_holds() -> None:
     watermarks = {0: (0, 1_000_000), 1: (500, 600), 2: (0, 0), 3: (10, 20_000)}
     assert start_offsets(watermarks, max_entries=40_000) == {0: 990_000, 1: 500, 2: 0, 3: 10_000}
@@ -311,6 +329,27 @@ async def test_per_key_scopes_keep_callers_apart(serve_api: StartApi) -> None:
     assert await caption("key-b") is False  # A's title is not B's to see
     assert dict(api.publisher.headers[-1])[CACHE_SCOPE].decode() == api_key_scope("key-b")
     assert len(api.publisher.published) == 2
+
+
+async def test_a_batchs_items_carry_their_callers_scope(serve_api: StartApi) -> None:
+    per_key = settings(model="m", scope="per_key")
+    checks = records(model="m", scope="per_key")
+    image = make_image_bytes("PNG", seed=6)
+    checks.apply(*signed(make_entry(image, model="m", scope=api_key_scope("key-a")), SIGNER))
+    api = await serve_api(
+        cache=CachedCaptions(lru=checks.lru, settings=per_key), cache_settings=per_key, keys="key-a,key-b"
+    )
+    body = json.dumps({"images": [{"image": base64.b64encode(image).decode()}] * 2}).encode()
+    for key, cached in (("key-a", True), ("key-b", False)):
+        async with api.client.post(
+            "/api/v1/predictions:batch",
+            data=body,
+            headers={"Content-Type": "application/json", "X-API-Key": key},
+        ) as response:
+            assert [item["cached"] for item in (await response.json())["results"]] == [cached] * 2
+    assert [dict(headers)[CACHE_SCOPE].decode() for headers in api.publisher.headers] == [
+        api_key_scope("key-b")
+    ] * 2
 
 
 async def test_the_opt_out_header_captions_afresh(serve_api: StartApi) -> None:
