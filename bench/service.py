@@ -7,6 +7,7 @@ import contextlib
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator, Mapping
 from contextlib import ExitStack
@@ -16,6 +17,7 @@ from typing import TypeVar
 
 from bench.models import REPO
 from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from core.cache_signing import write_key_pair
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
 
@@ -136,6 +138,7 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
     port = free_port()
     env = service_env(spec, bootstrap=bootstrap, run_id=run_id, port=port)
     with ExitStack() as stack:
+        env |= cache_key_env(env, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         stack.callback(delete_topics, bootstrap, run_id, spec.label)
         _create_topics(env, log_dir / f"{spec.label}-topics.log")
         workers = tuple(
@@ -157,6 +160,18 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
         service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers, run_id=run_id)
         _wait_ready(service)
         yield service
+
+
+def cache_key_env(env: Mapping[str, str], directory: Path) -> dict[str, str]:
+    """A key pair of the run's own, so that workers sign caption-cache entries and the API serves them
+    (README, Caption cache), unless the environment names keys already."""
+    if "CAPTIONER_CACHE_SIGNING_KEY_FILE" in env or "CAPTIONER_CACHE_VERIFY_KEYS_FILE" in env:
+        return {}
+    private_path, public_path = write_key_pair(directory)
+    return {
+        "CAPTIONER_CACHE_SIGNING_KEY_FILE": str(private_path),
+        "CAPTIONER_CACHE_VERIFY_KEYS_FILE": str(public_path),
+    }
 
 
 def _start(stack: ExitStack, process: Started) -> Started:

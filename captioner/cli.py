@@ -33,8 +33,10 @@ class ModelSizeChoice(StrEnum):
 app = typer.Typer(help="captioner: Kafka event-driven image captioning.", no_args_is_help=True)
 model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
+cache_app = typer.Typer(help="The caption cache.", no_args_is_help=True)
 app.add_typer(model_app, name="model")
 app.add_typer(topics_app, name="topics")
+app.add_typer(cache_app, name="cache")
 app.add_typer(dlq_app, name="dlq")
 
 
@@ -72,16 +74,21 @@ def show_config() -> None:
 def api() -> None:
     """Run the HTTP API (settings: CAPTIONER_API_*, KAFKA_BOOTSTRAP_SERVERS)."""
     _observe("captioner-api")
+    from core.cache_signing import CacheKeyError
     from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
     from producer_api.app import run_api
 
-    run_api(
-        api=load_settings(ApiSettings),
-        kafka=load_settings(KafkaSettings),
-        topics=load_settings(TopicSettings),
-        images=load_settings(ImageSettings),
-        cache=load_settings(CacheSettings),
-    )
+    try:
+        run_api(
+            api=load_settings(ApiSettings),
+            kafka=load_settings(KafkaSettings),
+            topics=load_settings(TopicSettings),
+            images=load_settings(ImageSettings),
+            cache=load_settings(CacheSettings),
+        )
+    except CacheKeyError as exc:
+        typer.echo(f"captioner api: {exc.message}", err=True)
+        raise typer.Exit(2) from None
 
 
 @app.command()
@@ -92,6 +99,8 @@ def worker() -> None:
 
     settings, kafka = load_settings(WorkerSettings), load_settings(KafkaSettings)
     topics, images = load_settings(TopicSettings), load_settings(ImageSettings)
+
+    from core.cache_signing import CacheKeyError
 
     try:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
@@ -110,7 +119,7 @@ def worker() -> None:
             images=images,
             cache=load_settings(CacheSettings),
         )
-    except ModelUnavailableError as exc:
+    except (ModelUnavailableError, CacheKeyError) as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
         raise typer.Exit(2) from None
     except WorkerFatalError as exc:
@@ -129,6 +138,26 @@ def model_make(
 
     make_model(size.value, out, seed=seed)
     typer.echo(str(out))
+
+
+@cache_app.command("keygen")
+def cache_keygen(
+    out: Annotated[Path, typer.Option(help="directory for the pair (created; existing files are kept)")],
+) -> None:
+    """Make a caption-cache signing key pair: cache-signing.pem (private, mode 0600: give it to workers,
+    CAPTIONER_CACHE_SIGNING_KEY_FILE) and cache-verify.pem (public: API instances,
+    CAPTIONER_CACHE_VERIFY_KEYS_FILE; append it to their file to rotate keys)."""
+    from core.cache_signing import CacheKeyError, write_key_pair
+
+    try:
+        private_path, public_path = write_key_pair(out)
+    except CacheKeyError as exc:
+        typer.echo(f"captioner cache keygen: {exc.message}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"captioner cache keygen: cannot write to {out}: {exc.strerror}", err=True)
+        raise typer.Exit(1) from None
+    typer.echo(f"signing key (workers): {private_path}\nverify key (API instances): {public_path}")
 
 
 @app.command("caption")

@@ -18,6 +18,7 @@ from typing import Any, Literal, TypeVar
 from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
+from core.cache_keys import REVISION
 from schemas.errors import CaptionerError
 
 
@@ -175,6 +176,12 @@ class WorkerSettings(BaseSettings):
         max_length=256,
         description="the model's public name in replies; default: a hub id as given, a directory's own name",
     )
+    model_revision: str | None = Field(
+        default=None,
+        pattern=f"^{REVISION.pattern}$",
+        description="a hub model's branch, tag or commit (from_pretrained's revision); a local directory's "
+        "name for its contents in caption-cache keys",
+    )
     decoder: Literal["hf", "fast"] = "fast"
     device: Literal["auto", "cpu", "cuda"] = "auto"
     dtype: Literal["auto", "float32", "float16", "bfloat16"] = "auto"
@@ -240,27 +247,47 @@ class WorkerSettings(BaseSettings):
 
 
 class CacheSettings(BaseSettings):
-    """The caption cache (README, "Caption cache"): workers write it, API instances read it. An API
-    instance keys its look-ups with the model (CAPTIONER_MODEL, CAPTIONER_MODEL_ID) and
-    CAPTIONER_MAX_NEW_TOKENS its workers caption with (set them alike; where they differ, look-ups only
-    miss)."""
+    """The caption cache (README, "Caption cache"): workers sign and write it, API instances verify and
+    read it. An API instance serves only entries of the profile its own settings give: the model
+    (CAPTIONER_MODEL, CAPTIONER_MODEL_ID) and CAPTIONER_MAX_NEW_TOKENS exactly, and the revision, dtype,
+    quantization and image pipeline its workers resolved wherever it leaves them at their default (auto,
+    unset) rather than naming one."""
 
     model_config = SettingsConfigDict(
         env_prefix="CAPTIONER_CACHE_", frozen=True, extra="ignore", populate_by_name=True
     )
 
     enabled: bool = True
+    signing_key_file: Path | None = Field(
+        default=None, description="workers: the PEM Ed25519 private key entries are signed with"
+    )
+    verify_keys_file: Path | None = Field(
+        default=None, description="API: the PEM Ed25519 public key(s) an entry's signature must be from"
+    )
+    scope: Literal["shared", "per_key"] = Field(
+        default="shared", description="per_key: each API key's callers see only the titles they asked for"
+    )
     model: str = Field(
         default=WorkerSettings.model_fields["model"].default, validation_alias="CAPTIONER_MODEL"
     )
     model_id: str | None = Field(
         default=None, min_length=1, max_length=256, validation_alias="CAPTIONER_MODEL_ID"
     )
+    model_revision: str | None = Field(
+        default=None, pattern=f"^{REVISION.pattern}$", validation_alias="CAPTIONER_MODEL_REVISION"
+    )
     max_new_tokens: int = Field(
         default=WorkerSettings.model_fields["max_new_tokens"].default,
         ge=1,
         le=512,
         validation_alias="CAPTIONER_MAX_NEW_TOKENS",
+    )
+    dtype: Literal["auto", "float32", "float16", "bfloat16"] = Field(
+        default="auto", validation_alias="CAPTIONER_DTYPE"
+    )
+    quantize: Literal["none", "int8"] = Field(default="none", validation_alias="CAPTIONER_QUANTIZE")
+    image_pipeline: Literal["auto", "pil", "tensor"] = Field(
+        default="auto", validation_alias="CAPTIONER_IMAGE_PIPELINE"
     )
 
 

@@ -1,8 +1,9 @@
-"""Writes each caption to the compacted caption-cache topic (README, "Caption cache").
+"""Writes each caption to the compacted caption-cache topic, signed (README, "Caption cache").
 
 Best effort, and out of the job's way: an entry is handed over only once the job's SUCCEEDED reply is
-acknowledged, a thread of its own hashes the image and produces the entry, and whatever goes wrong (a
-full queue, a refusal, a broker down) costs only that entry, counted in a metric, never the job.
+acknowledged, a thread of its own hashes the image, signs and produces the entry, and whatever goes wrong
+(a full queue, a refusal, a broker down) costs only that entry, counted in a metric, never the job.
+A worker without a signing key writes nothing: API instances would skip its entries.
 """
 
 from __future__ import annotations
@@ -16,7 +17,9 @@ from datetime import datetime
 
 from confluent_kafka import KafkaError, KafkaException, Message, Producer
 
-from core.cache_keys import MAX_ENTRY_BYTES, entry_key, image_sha256
+from core.cache_keys import MAX_ENTRY_BYTES, ModelProfile, entry_key, image_sha256
+from core.cache_signing import CacheSigner, load_signer
+from core.settings import CacheSettings
 from inference_consumer import metrics
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
 
@@ -32,7 +35,7 @@ class Captioned:
     """One job's caption, as its reply gave it, and the bytes of the image it was computed from."""
 
     image: bytes
-    model: str
+    scope: str  # shared, or a caller's scope (core.cache_keys.valid_scope)
     max_new_tokens: int
     title: str
     worker_id: str
@@ -42,10 +45,26 @@ class Captioned:
     completed_at: datetime
 
 
+def load_cache_signer(settings: CacheSettings | None) -> CacheSigner | None:
+    """The key this worker signs entries with; None, with one log line saying why, when it writes none.
+    A key file that is set but unusable raises CacheKeyError: the worker does not start."""
+    if settings is None or not settings.enabled:
+        return None
+    if settings.signing_key_file is None:
+        log.warning(
+            "caption cache: this worker writes no entries, CAPTIONER_CACHE_SIGNING_KEY_FILE is not set "
+            "(`captioner cache keygen` makes a key pair; README, Caption cache)"
+        )
+        return None
+    return load_signer(settings.signing_key_file)
+
+
 class CacheWriter:
-    def __init__(self, *, producer: Producer, topic: str) -> None:
+    def __init__(self, *, producer: Producer, topic: str, signer: CacheSigner, profile: ModelProfile) -> None:
         self._producer = producer
         self._topic = topic
+        self._signer = signer
+        self._profile = profile
         self._queue: queue.Queue[Captioned | None] = queue.Queue(maxsize=MAX_PENDING)
         self._pending_bytes = 0
         self._lock = threading.Lock()
@@ -89,9 +108,14 @@ class CacheWriter:
             self._pending_bytes -= size
 
     def _write(self, captioned: Captioned) -> None:
+        profile = self._profile
         entry = CaptionCacheEntry(
             image_sha256=image_sha256(captioned.image),
-            model=captioned.model,
+            model=profile.model,
+            revision=profile.revision,
+            precision=profile.precision,
+            image_pipeline=profile.image_pipeline,
+            scope=captioned.scope,
             max_new_tokens=captioned.max_new_tokens,
             title=captioned.title,
             worker_id=captioned.worker_id,
@@ -104,9 +128,15 @@ class CacheWriter:
         if len(value) > MAX_ENTRY_BYTES:  # readers would skip it
             metrics.CACHE_WRITES.labels(result="failed").inc()
             return
+        key = entry_key(entry)
+        headers: list[tuple[str, str | bytes | None]] = [*self._signer.headers(key, value)]
         try:
             self._producer.produce(
-                self._topic, key=entry_key(entry), value=value, on_delivery=self._on_delivery
+                self._topic,
+                key=key,
+                value=value,
+                headers=headers,
+                on_delivery=self._on_delivery,
             )
         except BufferError:
             metrics.CACHE_WRITES.labels(result="dropped").inc()

@@ -14,6 +14,7 @@ from datetime import datetime
 import torch
 from confluent_kafka import Message
 
+from core.cache_keys import SCOPE_HEX, SHARED_SCOPE
 from inference_consumer.tracing import JobTrace
 from schemas import CaptionRequest
 from schemas import headers as record_headers
@@ -119,6 +120,16 @@ class Job:
     def expired(self, now: datetime) -> bool:
         """Past its deadline its caller has been answered 504; a replayed job runs regardless."""
         return self.request is not None and self.request.deadline <= now and not self.replayed
+
+    @property
+    def cache_scope(self) -> str | None:
+        """The caption-cache scope its title is filed under: shared without the header; None (no entry)
+        when the header is not 32 lowercase hex digits."""
+        raw = self.headers.get(record_headers.CACHE_SCOPE)
+        if raw is None:
+            return SHARED_SCOPE
+        scope = raw.decode("ascii", "replace")
+        return scope if SCOPE_HEX.fullmatch(scope) else None
 
     @property
     def correlation_id(self) -> str | None:

@@ -56,6 +56,7 @@ DLQ_DEPTH = Gauge(
 )
 CACHE_WRITES = Counter(
     "captioner_worker_cache_writes_total",
-    "Caption-cache entries: written (acknowledged), failed (refused), dropped (queue full, not sent)",
+    "Caption-cache entries: written (acknowledged), failed (refused), dropped (queue full, not sent), "
+    "skipped (the job's cache-scope header is malformed)",
     ["result"],
 )

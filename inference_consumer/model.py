@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from dataclasses import dataclass
@@ -11,6 +12,7 @@ from typing import Any
 import torch
 from PIL import Image
 
+from core.cache_keys import REVISION
 from core.images import decode_image
 from core.model_id import public_model_id
 from core.settings import WorkerSettings
@@ -21,6 +23,7 @@ from inference_consumer.shared_weights import NotShareableError, find_safetensor
 log = logging.getLogger(__name__)
 
 _HUB_PROBE_TIMEOUT_S = 5.0
+_DIGEST_CHUNK_BYTES = 1024 * 1024
 
 
 def configure_torch_threads(threads: int) -> int:
@@ -54,6 +57,9 @@ class CaptionModel:
     decoder: GreedyDecoder
     device: torch.device
     dtype: torch.dtype
+    # The hub commit loaded, or CAPTIONER_MODEL_REVISION for a local directory; None: a local directory
+    # without one, which the caption cache names by its files (directory_revision).
+    revision: str | None = None
 
     @property
     def image_edge(self) -> int:
@@ -86,7 +92,7 @@ class CaptionModel:
         return [title.strip() for title in titles]
 
 
-def hub_answers(repo_id: str) -> bool:
+def hub_answers(repo_id: str, revision: str | None = None) -> bool:
     """Whether the Hugging Face hub (HF_ENDPOINT, as huggingface_hub reads it) answers for repo_id
     within seconds. Asked once, without retries: from_pretrained retries each file it looks for with
     backoff, minutes in all when the hub cannot be reached. Raises when the hub answers no."""
@@ -103,7 +109,9 @@ def hub_answers(repo_id: str) -> bool:
     if constants.HF_HUB_OFFLINE:
         return False
     try:
-        get_hf_file_metadata(hf_hub_url(repo_id, "config.json"), timeout=_HUB_PROBE_TIMEOUT_S)
+        get_hf_file_metadata(
+            hf_hub_url(repo_id, "config.json", revision=revision), timeout=_HUB_PROBE_TIMEOUT_S
+        )
     except HfHubHTTPError as exc:  # an answer: no such model, gated, not authorised
         raise ModelUnavailableError(
             f"the Hugging Face hub at {constants.ENDPOINT} will not serve model {repo_id!r}: {exc}\n"
@@ -122,12 +130,16 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    offline = not Path(settings.model).is_dir() and not hub_answers(settings.model)
+    local = Path(settings.model).is_dir()
+    revision = None if local else settings.model_revision  # a directory holds one revision
+    offline = not local and not hub_answers(settings.model, revision)
     try:
         processor = AutoProcessor.from_pretrained(  # type: ignore[no-untyped-call]
-            settings.model, local_files_only=offline
+            settings.model, revision=revision, local_files_only=offline
         )
-        model = AutoModelForCausalLM.from_pretrained(settings.model, dtype=dtype, local_files_only=offline)
+        model = AutoModelForCausalLM.from_pretrained(
+            settings.model, revision=revision, dtype=dtype, local_files_only=offline
+        )
     except (OSError, ValueError) as exc:
         unreachable = " (the Hugging Face hub does not answer and it is not in the local cache)"
         raise ModelUnavailableError(
@@ -137,8 +149,9 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
         ) from exc
     model = model.to(device).eval()  # type: ignore[arg-type]
+    loaded = resolved_revision(settings, None if local else hub_commit(settings.model, revision))
     if device.type == "cpu" and dtype == torch.float32 and settings.quantize == "none":
-        share_weights_if_possible(model, settings.model)
+        share_weights_if_possible(model, settings.model, revision=None if local else loaded)
     else:
         log.info("weights: private copy (shared file mapping is for float32 on the CPU, unquantized)")
     if settings.quantize == "int8":
@@ -159,14 +172,56 @@ def load_caption_model(settings: WorkerSettings) -> CaptionModel:
     except NotImplementedError as exc:  # a model or generation setting the fast decoder does not follow
         raise ModelUnavailableError(f"{exc}; CAPTIONER_DECODER=hf runs it with model.generate") from exc
     return CaptionModel(
-        name=name, processor=processor, model=model, decoder=decoder, device=device, dtype=dtype
+        name=name,
+        processor=processor,
+        model=model,
+        decoder=decoder,
+        device=device,
+        dtype=dtype,
+        revision=loaded,
     )
 
 
-def share_weights_if_possible(model: torch.nn.Module, name: str) -> bool:
+def hub_commit(repo_id: str, revision: str | None) -> str | None:
+    """The commit of a hub model's snapshot that from_pretrained just loaded (or found) in the local hub
+    cache, for `revision` (None: the default branch)."""
+    from huggingface_hub import try_to_load_from_cache
+
+    try:
+        found = try_to_load_from_cache(repo_id, "config.json", revision=revision)
+    except ValueError:
+        return None
+    return Path(found).parent.name if isinstance(found, str) else None
+
+
+def resolved_revision(settings: WorkerSettings, commit: str | None) -> str | None:
+    """A hub model's commit (whatever branch or tag CAPTIONER_MODEL_REVISION named), or a local
+    directory's CAPTIONER_MODEL_REVISION, else its hub-cache snapshot's commit; None when neither says."""
+    found = commit if commit is not None and REVISION.fullmatch(commit) else None
+    if Path(settings.model).is_dir():
+        return settings.model_revision or found
+    return found or settings.model_revision
+
+
+def directory_revision(directory: Path) -> str:
+    """`sha256-<hex>` over the directory's own files (names and contents, hidden files and folders left
+    out): a local model's identity when nothing names it. Reads every byte of the weights once."""
+    digest = hashlib.sha256()
+    for path in sorted(directory.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        name = path.name.encode("utf-8", "surrogateescape")
+        digest.update(len(name).to_bytes(4, "big") + name + path.stat().st_size.to_bytes(8, "big"))
+        with path.open("rb") as file:
+            while chunk := file.read(_DIGEST_CHUNK_BYTES):
+                digest.update(chunk)
+    return f"sha256-{digest.hexdigest()}"
+
+
+def share_weights_if_possible(model: torch.nn.Module, name: str, *, revision: str | None = None) -> bool:
     """Serve the weights from a read-only shared mapping of the model's safetensors file, so workers on
     one host share one copy; else keep from_pretrained's tensors. Logs which, and why."""
-    path = find_safetensors(name)
+    path = find_safetensors(name, revision)
     if path is None:
         log.info("weights: private copy (no single model.safetensors file for %s)", name)
         return False

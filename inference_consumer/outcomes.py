@@ -41,6 +41,9 @@ _STACK_LIMIT = 4000
 _MESSAGE_LIMIT = 1000
 _QUEUE_FULL_WAIT_S = 0.05
 _INTERNAL_MESSAGE = "the worker failed on this job"
+# Our headers that a retry record or a dead letter keeps: the replay marker, and the caption-cache scope
+# its title is to be filed under when a later attempt succeeds.
+_CARRIED_HEADERS = frozenset({record_headers.REPLAYED_FROM, record_headers.CACHE_SCOPE})
 
 Fatal = Callable[[str], None]
 
@@ -99,10 +102,14 @@ class OutcomePublisher:
     def _to_cache(self, job: Job, title: str, *, inference_ms: float, max_new_tokens: int) -> None:
         if self._cache is None or job.request is None:
             return
+        scope = job.cache_scope
+        if scope is None:  # a scope we cannot honour: filing the title as shared would reveal it
+            metrics.CACHE_WRITES.labels(result="skipped").inc()
+            return
         self._cache.submit(
             Captioned(
                 image=job.request.image,
-                model=self._model_name,
+                scope=scope,
                 max_new_tokens=max_new_tokens,
                 title=title,
                 worker_id=self._worker_id,
@@ -194,13 +201,13 @@ class OutcomePublisher:
         )
 
     def _origin_headers(self, job: Job) -> dict[str, bytes]:
-        """Where the record came from, plus what must survive every hop: the replay marker and
-        headers that are not ours (trace context, say)."""
+        """Where the record came from, plus what must survive every hop: the replay marker, the cache
+        scope and headers that are not ours (trace context, say)."""
         origin = job.origin()
         carried = {
             name: value
             for name, value in job.headers.items()
-            if name == record_headers.REPLAYED_FROM or not name.startswith("captioner.")
+            if name in _CARRIED_HEADERS or not name.startswith("captioner.")
         }
         return carried | {
             record_headers.ORIGINAL_TOPIC: origin.topic.encode(),

@@ -57,9 +57,10 @@ class SharedWeights:
     nbytes: int
 
 
-def find_safetensors(model: str) -> Path | None:
+def find_safetensors(model: str, revision: str | None = None) -> Path | None:
     """The single-file safetensors checkpoint of a local model directory or of a hub id already in the
-    local hub cache (from_pretrained put it there); None when there is none."""
+    local hub cache (from_pretrained put it there), at `revision` (the commit loaded; None: the default
+    branch); None when there is none."""
     directory = Path(model)
     if directory.is_dir():
         candidate = directory / SAFETENSORS_FILE
@@ -67,7 +68,7 @@ def find_safetensors(model: str) -> Path | None:
     from huggingface_hub import try_to_load_from_cache
 
     try:
-        cached = try_to_load_from_cache(model, SAFETENSORS_FILE)
+        cached = try_to_load_from_cache(model, SAFETENSORS_FILE, revision=revision)
     except ValueError:  # not a valid hub id either
         return None
     return Path(cached) if isinstance(cached, str) else None

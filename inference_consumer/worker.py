@@ -16,6 +16,7 @@ from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from types import FrameType
 from typing import Any
 
@@ -23,6 +24,8 @@ import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
+from core.cache_keys import ModelProfile, precision_name
+from core.cache_signing import CacheSigner
 from core.errors import CaptionerError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
@@ -31,13 +34,18 @@ from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
-from inference_consumer.cache_writer import CacheWriter
+from inference_consumer.cache_writer import CacheWriter, load_cache_signer
 from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.image_pipeline import device_preprocessor
 from inference_consumer.jobs import Job
-from inference_consumer.model import CaptionModel, configure_torch_threads, load_caption_model
+from inference_consumer.model import (
+    CaptionModel,
+    configure_torch_threads,
+    directory_revision,
+    load_caption_model,
+)
 from inference_consumer.observing import (
     STATISTICS_INTERVAL_MS,
     ConsumerLag,
@@ -81,6 +89,7 @@ class InferenceWorker:
         self._kafka = kafka
         self._topics = topics
         self._model = model
+        self._signer: CacheSigner | None = None
         self.stopping = threading.Event()
         self._fatal_reason: str | None = None
         self._chaos = FailingBatches(settings.chaos_failing_batches)
@@ -98,6 +107,7 @@ class InferenceWorker:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
+        self._signer = load_cache_signer(self._cache)  # before the model: a bad key file stops us at once
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
         with self._components(model) as (feeders, outcomes, collector):
@@ -156,9 +166,8 @@ class InferenceWorker:
                 )
             )
             tracker = OffsetTracker()
-            cache_writer = None
-            if self._cache is not None and self._cache.enabled:
-                cache_writer = CacheWriter(producer=producer, topic=self._topics.captions)
+            cache_writer = self._cache_writer(producer, model, tensor_pipeline=on_device is not None)
+            if cache_writer is not None:
                 cache_writer.start()
                 stack.callback(cache_writer.close, settings.shutdown_timeout_s)  # before the flush
             outcomes = OutcomePublisher(
@@ -203,6 +212,31 @@ class InferenceWorker:
                 stack.callback(feeder.join, settings.shutdown_timeout_s)
                 stack.callback(feeder.stopping.set)
             yield feeders, outcomes, BatchCollector(ready, self._batching)
+
+    def _cache_writer(
+        self, producer: Producer, model: CaptionModel, *, tensor_pipeline: bool
+    ) -> CacheWriter | None:
+        """Entries filed under the profile this worker resolved: what changes its titles."""
+        if self._signer is None:
+            return None
+        source = Path(self.settings.model)
+        profile = ModelProfile(
+            model=model.name,
+            revision=model.revision or (directory_revision(source) if source.is_dir() else "unknown"),
+            precision=precision_name(str(model.dtype).removeprefix("torch."), self.settings.quantize),
+            image_pipeline="tensor" if tensor_pipeline else "pil",
+        )
+        log.info(
+            "caption cache: entries signed with key %s, under model %s revision %s, %s, %s pipeline",
+            self._signer.key_id,
+            profile.model,
+            profile.revision,
+            profile.precision,
+            profile.image_pipeline,
+        )
+        return CacheWriter(
+            producer=producer, topic=self._topics.captions, signer=self._signer, profile=profile
+        )
 
     def subscriptions(self) -> list[Subscription]:
         """The request topic's consumer and the retry tiers' consumer, each in its own group. The retry

@@ -35,7 +35,7 @@ from producer_api.appkeys import (
 )
 from producer_api.auth import METRICS_PATH, WWW_AUTHENTICATE, ApiKeys, auth_middleware
 from producer_api.batch import BATCH_PATH, predict_batch
-from producer_api.cache import cache_bypassed, start_caption_cache
+from producer_api.cache import cache_bypassed, cache_verifier, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
@@ -51,6 +51,7 @@ from producer_api.readiness import (
     readyz,
 )
 from producer_api.replies import PendingReplies, ReplyListener
+from producer_api.scoping import request_scope
 from producer_api.service import CaptionResult, CaptionService
 from producer_api.tracing import tracing_middleware
 
@@ -129,7 +130,9 @@ async def _admitted_caption(request: web.Request) -> CaptionResult:
             ),
         )
         del body  # the image is what is held from here on
-        return await app[SERVICE].caption(upload, use_cache=not cache_bypassed(request.headers))
+        return await app[SERVICE].caption(
+            upload, use_cache=not cache_bypassed(request.headers), scope=request_scope(request)
+        )
 
 
 async def healthz(_request: web.Request) -> web.Response:
@@ -146,8 +149,13 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Creates topics, starts the reply listener before any job can be published, closes both."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
+    verifier = cache_verifier(app[CACHE_SETTINGS])  # first: a bad key file stops the API at once
     await asyncio.to_thread(ensure_topics, kafka, topics)
-    cache = await start_caption_cache(app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics)
+    cache = None
+    if verifier is not None:
+        cache = await start_caption_cache(
+            app[CACHE_SETTINGS], verifier=verifier, api=api, kafka=kafka, topics=topics
+        )
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )

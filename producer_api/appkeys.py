@@ -8,6 +8,7 @@ from typing import Protocol
 
 from aiohttp import web
 
+from core.cache_keys import SHARED_SCOPE
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from producer_api.admission import Admission
 from producer_api.payload import ImageUpload
@@ -17,7 +18,9 @@ from producer_api.service import CaptionResult
 
 
 class Captioner(Protocol):
-    async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult: ...
+    async def caption(
+        self, upload: ImageUpload, *, use_cache: bool = True, scope: str = SHARED_SCOPE
+    ) -> CaptionResult: ...
 
 
 API_SETTINGS = web.AppKey("api_settings", ApiSettings)

@@ -23,6 +23,7 @@ from producer_api.appkeys import API_SETTINGS, IMAGE_SETTINGS, REQUEST_EXECUTOR,
 from producer_api.errors import error_body
 from producer_api.intake import admitted_body
 from producer_api.payload import batch_images, checked_upload, plan_batch_body
+from producer_api.scoping import request_scope
 
 BATCH_PATH = "/api/v1/predictions:batch"
 
@@ -49,12 +50,13 @@ async def _admitted_batch(request: web.Request) -> list[dict[str, Any]]:
         )
         del body  # the images are what is held from here on
         ticket.shrink_to(sum(len(item) for item in items if isinstance(item, bytes)))
+        scope = request_scope(request)
         async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(_caption_item(app, item)) for item in items]
+            tasks = [group.create_task(_caption_item(app, item, scope=scope)) for item in items]
         return [task.result() for task in tasks]
 
 
-async def _caption_item(app: web.Application, item: bytes | CaptionerError) -> dict[str, Any]:
+async def _caption_item(app: web.Application, item: bytes | CaptionerError, *, scope: str) -> dict[str, Any]:
     """One item's result; its errors are its own (anything else is a bug and fails the batch: 500)."""
     try:
         if isinstance(item, CaptionerError):
@@ -64,7 +66,7 @@ async def _caption_item(app: web.Application, item: bytes | CaptionerError) -> d
             functools.partial(checked_upload, item, max_pixels=app[IMAGE_SETTINGS].max_image_pixels),
         )
         del item
-        result = await app[SERVICE].caption(upload)
+        result = await app[SERVICE].caption(upload, scope=scope)
     except CaptionerError as error:
         metrics.BATCH_ITEMS.labels(status=str(error.http_status)).inc()
         return {"status": error.http_status, **error_body(error)}

@@ -1,11 +1,13 @@
 """The API's side of the caption cache (README, "Caption cache").
 
-Workers write each title to a compacted topic, keyed by image hash, model and token limit
-(core/cache_keys.py). Every API instance reads that topic from its beginning at start, with assign()
-and no consumer group, into a bounded in-memory LRU, and keeps following it; the request path looks an
-image up there before publishing a job. Anyone who may write the topic could write anything to it, so
-each record is checked before it is kept: a bounded size, a valid entry, and the key that entry must
-have. A record that fails is counted and skipped; nothing it holds can stop the reader.
+Workers write each title to a compacted topic, signed, keyed by scope, image hash, token limit and model
+profile (core/cache_keys.py). Every API instance reads the newest part of that topic at start (as much
+as its LRU holds), with assign() and no consumer group, into a bounded in-memory LRU, and keeps
+following it; the request path looks an image up there, in its caller's scope, before publishing a job.
+Anyone who may write the topic could write anything to it, so each record is checked before it is kept:
+a bounded size, a signature from a key this instance trusts over exactly its key and value, a valid
+entry, and the key that entry must have. A record that fails is counted and skipped; nothing it holds
+can stop the reader. Well-signed entries of another profile or scope are left out, and counted apart.
 """
 
 from __future__ import annotations
@@ -19,9 +21,21 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
-from core.cache_keys import MAX_ENTRY_BYTES, cache_key, entry_key, entry_problem, entry_size
+from core.cache_keys import (
+    MAX_ENTRY_BYTES,
+    QUANTIZED_SUFFIX,
+    SHARED_SCOPE,
+    api_key_scope,
+    entry_key,
+    entry_lookup_key,
+    entry_problem,
+    entry_size,
+    lookup_key,
+    lookup_key_of,
+)
+from core.cache_signing import CacheVerifier, Headers, load_verifier
 from core.consuming import poll_batch
 from core.kafka_config import consumer_config
 from core.model_id import public_model_id
@@ -32,21 +46,27 @@ from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry, RecordDecodeError
 log = logging.getLogger(__name__)
 
 BYPASS_HEADER = "X-Captioner-Cache"
-# A key is `v1:<64 hex>:<tokens>:<model>`; models are names or paths, well under this.
+# A key is `v2:<scope>:<64 hex>:<tokens>:<precision>:<pipeline>:<revision>:<model>`; well under this.
 MAX_KEY_BYTES = 4096
+OLD_KEY_PREFIX = b"v1:"
+# Reasons to leave a well-signed entry out: it is for instances of another profile, or callers of a
+# scope this instance does not serve. Counted apart from the reader's errors.
+IGNORED = frozenset({"other_profile", "other_scope"})
 # How long start-up waits for the topic to be read to the end it had; past this the API serves anyway
 # (misses until the reader catches up).
 LOAD_WAIT_S = 10.0
 
 
 class CaptionLru:
-    """Entries by key, least recently used first out, within a count and an estimated byte bound.
-    Thread-safe: the reader thread writes, the event loop reads (each call is a few dict operations)."""
+    """Entries by look-up key (core.cache_keys.lookup_key), least recently used first out, within a count
+    and an estimated byte bound; each remembers the topic key it was read under, so that a tombstone
+    forgets only its own. Thread-safe: the reader thread writes, the event loop reads (each call is a few
+    dict operations)."""
 
     def __init__(self, *, max_entries: int, max_bytes: int) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: collections.OrderedDict[bytes, tuple[CaptionCacheEntry, int]] = (
+        self._entries: collections.OrderedDict[bytes, tuple[bytes, CaptionCacheEntry, int]] = (
             collections.OrderedDict()
         )
         self._bytes = 0
@@ -59,49 +79,115 @@ class CaptionLru:
     def size_bytes(self) -> int:
         return self._bytes
 
-    def get(self, key: bytes) -> CaptionCacheEntry | None:
+    def get(self, lookup: bytes) -> CaptionCacheEntry | None:
         with self._lock:
-            found = self._entries.get(key)
+            found = self._entries.get(lookup)
             if found is None:
                 return None
-            self._entries.move_to_end(key)
-            return found[0]
+            self._entries.move_to_end(lookup)
+            return found[1]
 
     def put(self, key: bytes, entry: CaptionCacheEntry) -> None:
-        size = entry_size(key, entry)
+        """`key`: the topic key the entry was read under."""
+        lookup = entry_lookup_key(entry)
+        size = len(lookup) + entry_size(key, entry)
         with self._lock:
-            self._drop(key)
+            self._drop(lookup)
             if size > self._max_bytes:
                 return
-            self._entries[key] = (entry, size)
+            self._entries[lookup] = (key, entry, size)
             self._bytes += size
             while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-                _key, (_entry, evicted) = self._entries.popitem(last=False)
+                _lookup, (_key, _entry, evicted) = self._entries.popitem(last=False)
                 self._bytes -= evicted
 
     def remove(self, key: bytes) -> None:
+        """Forgets the entry read under topic key `key`, if it is the one held."""
+        lookup = lookup_key_of(key)
+        if lookup is None:
+            return
         with self._lock:
-            self._drop(key)
+            found = self._entries.get(lookup)
+            if found is not None and found[0] == key:
+                self._drop(lookup)
 
-    def _drop(self, key: bytes) -> None:
-        found = self._entries.pop(key, None)
+    def _drop(self, lookup: bytes) -> None:
+        found = self._entries.pop(lookup, None)
         if found is not None:
-            self._bytes -= found[1]
+            self._bytes -= found[2]
+
+
+@dataclass(frozen=True)
+class ProfileRule:
+    """Which entries this instance serves: of its model and token limit, and of the revision, precision
+    and image pipeline its settings name (each left at auto or unset accepts what the workers resolved);
+    of the shared scope only, unless callers have scopes of their own (CAPTIONER_CACHE_SCOPE=per_key)."""
+
+    model: str
+    max_new_tokens: int
+    revision: str | None
+    dtype: str | None
+    quantize: str
+    image_pipeline: str | None
+    per_key: bool
+
+    @classmethod
+    def of(cls, settings: CacheSettings) -> ProfileRule:
+        return cls(
+            model=public_model_id(settings.model, settings.model_id),  # as the workers name it
+            max_new_tokens=settings.max_new_tokens,
+            revision=settings.model_revision,
+            dtype=None if settings.dtype == "auto" else settings.dtype,
+            quantize=settings.quantize,
+            image_pipeline=None if settings.image_pipeline == "auto" else settings.image_pipeline,
+            per_key=settings.scope == "per_key",
+        )
+
+    def refusal(self, entry: CaptionCacheEntry) -> str | None:
+        """None when this instance serves the entry; else other_scope or other_profile."""
+        if entry.scope != SHARED_SCOPE and not self.per_key:
+            return "other_scope"
+        dtype, quantized, _ = entry.precision.partition(QUANTIZED_SUFFIX)
+        if (
+            entry.model != self.model
+            or entry.max_new_tokens != self.max_new_tokens
+            or self.revision not in (None, entry.revision)
+            or self.dtype not in (None, dtype)
+            or bool(quantized) != (self.quantize == "int8")
+            or self.image_pipeline not in (None, entry.image_pipeline)
+        ):
+            return "other_profile"
+        return None
 
 
 class CachedCaptions:
-    """What the request path asks: the title of an image under this instance's model and token limit."""
+    """What the request path asks: the title of an image for a caller's scope, under this instance's
+    model and token limit."""
 
     def __init__(self, *, lru: CaptionLru, settings: CacheSettings) -> None:
         self._lru = lru
-        self._model = public_model_id(settings.model, settings.model_id)  # as the workers name it
-        self._max_new_tokens = settings.max_new_tokens
+        self._rule = ProfileRule.of(settings)
 
-    def find(self, image_sha256: str) -> CaptionCacheEntry | None:
-        key = cache_key(image_sha256=image_sha256, model=self._model, max_new_tokens=self._max_new_tokens)
+    def find(self, image_sha256: str, *, scope: str = SHARED_SCOPE) -> CaptionCacheEntry | None:
+        key = lookup_key(
+            scope=scope,
+            image_sha256=image_sha256,
+            max_new_tokens=self._rule.max_new_tokens,
+            model=self._rule.model,
+        )
         entry = self._lru.get(key)
         (metrics.CACHE_MISSES if entry is None else metrics.CACHE_HITS).inc()
         return entry
+
+
+def caller_scope(settings: CacheSettings | None, api_key: str | None) -> str:
+    """The scope a caller's titles are filed and looked up under: its API key's, with
+    CAPTIONER_CACHE_SCOPE=per_key and a key offered; else shared. (With auth on, the key was checked
+    before this; with it off, a key is a name the caller picks, and only a caller who knows it shares
+    its scope.)"""
+    if settings is None or settings.scope != "per_key" or api_key is None:
+        return SHARED_SCOPE
+    return api_key_scope(api_key)
 
 
 def cache_bypassed(headers: Mapping[str, str]) -> bool:
@@ -119,7 +205,8 @@ def cache_bypassed(headers: Mapping[str, str]) -> bool:
 
 
 def reader_config(config: dict[str, Any]) -> dict[str, Any]:
-    """Reads from the beginning, commits nothing, and reports each partition's end as it reaches it."""
+    """Reads from the offsets it is given, commits nothing, and reports each partition's end as it
+    reaches it."""
     return config | {
         "enable.auto.commit": False,
         "auto.offset.reset": "earliest",
@@ -127,12 +214,86 @@ def reader_config(config: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-class CacheReader:
-    """A thread that reads every partition of the cache topic from its start into the LRU, then follows."""
+def start_offsets(watermarks: Mapping[int, tuple[int, int]], *, max_entries: int) -> dict[int, int]:
+    """Where to start reading each partition (low and high watermarks given): no earlier than its share
+    of the entries the LRU holds before its end, since a start further back would only read entries that
+    the newer ones evict. The topic grows with every image ever seen; a start-up reads at most this."""
+    share = -(-max_entries // max(len(watermarks), 1))
+    return {partition: max(low, high - share) for partition, (low, high) in watermarks.items()}
 
-    def __init__(self, *, config: dict[str, Any], topic: str, lru: CaptionLru) -> None:
+
+class CacheRecords:
+    """Each record the reader takes: checked, then kept in the LRU, forgotten (a tombstone) or counted."""
+
+    def __init__(self, *, lru: CaptionLru, verifier: CacheVerifier, rule: ProfileRule) -> None:
+        self.lru = lru
+        self._verifier = verifier
+        self._rule = rule
+        self._logged: set[str] = set()
+
+    def apply(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> None:
+        problem = self._keep(key, value, headers)
+        if problem is None:
+            return
+        reason = problem.split(":")[0]
+        if reason in IGNORED:  # a well-signed entry for other instances: nothing wrong with it
+            metrics.CACHE_IGNORED.labels(reason=reason).inc()
+            return
+        metrics.CACHE_READER_ERRORS.labels(reason=reason).inc()
+        if reason in self._logged:  # a flood of records (or an old topic) must not flood the log
+            log.debug("caption-cache record skipped: %s", problem)
+            return
+        self._logged.add(reason)
+        log.warning(
+            "caption-cache record skipped: %s (more for this reason: counted in "
+            "captioner_api_cache_reader_errors_total, logged at DEBUG)",
+            problem,
+        )
+
+    def _keep(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> str | None:
+        """None once the record is applied; else why it was not (a reason, then a colon and details).
+        The cheap checks come first: only a record under a well-formed key, within the size bound, whose
+        signature header names a key this instance holds costs a signature check."""
+        if not key or len(key) > MAX_KEY_BYTES:
+            return "bad_key"
+        if key.startswith(OLD_KEY_PREFIX):
+            return "old_version: an unsigned v1 entry"
+        if lookup_key_of(key) is None:
+            return "bad_key"
+        if value is None:  # a tombstone: unsigned, since forgetting an entry can only cost a miss
+            self.lru.remove(key)
+            return None
+        if len(value) > MAX_ENTRY_BYTES:
+            return "too_large"
+        unverified = self._verifier.problem(key, value, headers)
+        if unverified is not None:
+            return unverified
+        try:
+            entry = CACHE_ENTRY_CODEC.decode(value)
+        except RecordDecodeError as exc:
+            return f"undecodable: {exc.message}"
+        problem = entry_problem(entry)
+        if problem is not None:
+            return f"invalid: {problem}"
+        if entry_key(entry) != key:
+            return "key_mismatch"
+        refusal = self._rule.refusal(entry)
+        if refusal is not None:
+            return refusal
+        self.lru.put(key, entry)
+        return None
+
+
+class CacheReader:
+    """A thread that reads every partition of the cache topic, from where start_offsets says, into the
+    LRU, then follows."""
+
+    def __init__(
+        self, *, config: dict[str, Any], topic: str, records: CacheRecords, max_entries: int
+    ) -> None:
         self.topic = topic
-        self._lru = lru
+        self._records = records
+        self._max_entries = max_entries
         self._consumer = Consumer(reader_config(config))
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cache-reader", daemon=True)
@@ -144,16 +305,19 @@ class CacheReader:
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise RuntimeError(f"the caption-cache topic {self.topic} is not available")
-        partitions = sorted(topic.partitions)
-        for partition in partitions:
-            low, high = self._consumer.get_watermark_offsets(
+        watermarks = {
+            partition: self._consumer.get_watermark_offsets(
                 TopicPartition(self.topic, partition), timeout=timeout_s
             )
-            if high > low:
+            for partition in sorted(topic.partitions)
+        }
+        starts = start_offsets(watermarks, max_entries=self._max_entries)
+        for partition, (_low, high) in watermarks.items():
+            if high > starts[partition]:
                 self._behind[partition] = high
         if not self._behind:
             self.loaded.set()
-        self._consumer.assign([TopicPartition(self.topic, p, OFFSET_BEGINNING) for p in partitions])
+        self._consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
         self._thread.start()
 
     def close(self, *, timeout_s: float) -> None:
@@ -162,6 +326,7 @@ class CacheReader:
         self._consumer.close()
 
     def _run(self) -> None:
+        lru = self._records.lru
         while not self._stopping.is_set():
             try:
                 for message in poll_batch(self._consumer, max_messages=1000, timeout_s=0.1):
@@ -170,8 +335,8 @@ class CacheReader:
                 log.exception("caption-cache reader error")
                 metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc()
                 time.sleep(0.1)
-            metrics.CACHE_ENTRIES.set(len(self._lru))
-            metrics.CACHE_BYTES.set(self._lru.size_bytes)
+            metrics.CACHE_ENTRIES.set(len(lru))
+            metrics.CACHE_BYTES.set(lru.size_bytes)
 
     def _handle(self, message: Message) -> None:
         error = message.error()
@@ -183,7 +348,7 @@ class CacheReader:
                 metrics.CACHE_READER_ERRORS.labels(reason="read_error").inc()
             return
         try:
-            apply_record(self._lru, message.key(), message.value())
+            self._records.apply(message.key(), message.value(), _headers(message))
         except Exception:
             log.exception("caption-cache record %s@%s skipped", message.partition(), message.offset())
             metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc()
@@ -200,35 +365,14 @@ class CacheReader:
                 self.loaded.set()
 
 
-def apply_record(lru: CaptionLru, key: bytes | None, value: bytes | None) -> None:
-    """One record of the topic: an entry to keep, a tombstone (no value) that forgets its key, or a record
-    to skip and count."""
-    problem = _keep(lru, key, value)
-    if problem is not None:
-        log.warning("caption-cache record skipped: %s", problem)
-        metrics.CACHE_READER_ERRORS.labels(reason=problem.split(":")[0]).inc()
-
-
-def _keep(lru: CaptionLru, key: bytes | None, value: bytes | None) -> str | None:
-    """None once the record is applied; else why it was not (a reason, then a colon and details)."""
-    if not key or len(key) > MAX_KEY_BYTES:
-        return "bad_key"
-    if value is None:
-        lru.remove(key)
-        return None
-    if len(value) > MAX_ENTRY_BYTES:
-        return "too_large"
+def _headers(message: Message) -> Headers | None:
+    """A record's headers; none when the client cannot read them (a name that is not UTF-8 makes
+    confluent-kafka raise)."""
     try:
-        entry = CACHE_ENTRY_CODEC.decode(value)
-    except RecordDecodeError as exc:
-        return f"undecodable: {exc.message}"
-    problem = entry_problem(entry)
-    if problem is not None:
-        return f"invalid: {problem}"
-    if entry_key(entry) != key:
-        return "key_mismatch"
-    lru.put(key, entry)
-    return None
+        raw = message.headers()
+    except Exception:
+        return None
+    return list(raw.items()) if isinstance(raw, dict) else raw
 
 
 @dataclass(frozen=True)
@@ -237,27 +381,46 @@ class CacheRuntime:
     reader: CacheReader
 
 
-async def start_caption_cache(
-    cache: CacheSettings, *, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings
-) -> CacheRuntime | None:
-    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic; None when disabled."""
+def cache_verifier(cache: CacheSettings) -> CacheVerifier | None:
+    """The keys entries must be signed with; None, with one log line saying why, when this instance
+    reads no entries. A key file that is set but unusable raises CacheKeyError: the API does not start."""
     if not cache.enabled:
         return None
+    if cache.verify_keys_file is None:
+        log.warning(
+            "caption cache: this instance serves no cached titles, CAPTIONER_CACHE_VERIFY_KEYS_FILE is not "
+            "set (`captioner cache keygen` makes a key pair; README, Caption cache)"
+        )
+        return None
+    return load_verifier(cache.verify_keys_file)
+
+
+async def start_caption_cache(
+    cache: CacheSettings,
+    *,
+    verifier: CacheVerifier,
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+) -> CacheRuntime:
+    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic."""
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
     client_id = f"captioner-api-{api.instance_id}-cache"
     reader = CacheReader(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.captions,
-        lru=lru,
+        records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache)),
+        max_entries=api.cache_max_entries,
     )
     await asyncio.to_thread(reader.start, timeout_s=30.0)
     started = time.monotonic()
     if await asyncio.to_thread(reader.loaded.wait, LOAD_WAIT_S):
         log.info(
-            "caption cache: %d entries read from %s in %.1f s",
+            "caption cache: %d entries read from %s in %.1f s (verify keys %s)",
             len(lru),
             topics.captions,
             time.monotonic() - started,
+            ", ".join(verifier.key_ids),
         )
     else:
         log.warning(

@@ -38,7 +38,13 @@ CACHE_ENTRIES = Gauge("captioner_api_cache_entries", "Caption-cache entries held
 CACHE_BYTES = Gauge("captioner_api_cache_bytes", "Estimated memory of the caption-cache entries held")
 CACHE_READER_ERRORS = Counter(
     "captioner_api_cache_reader_errors_total",
-    "Caption-cache records skipped (malformed, oversized, under another key) or read errors",
+    "Caption-cache records skipped (unsigned or not signed by a verify key, malformed, oversized, under "
+    "another key, an old version) or read errors",
+    ["reason"],
+)
+CACHE_IGNORED = Counter(
+    "captioner_api_cache_ignored_total",
+    "Well-signed caption-cache entries this instance does not serve: another model profile, another scope",
     ["reason"],
 )
 REPLIES_UNCLAIMED = Counter(

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
+from core.cache_keys import SHARED_SCOPE
 from core.errors import (
     CaptionerError,
     ImageTooLargeError,
@@ -29,6 +30,7 @@ from producer_api.publisher import RequestPublisher
 from producer_api.replies import PendingReplies
 from producer_api.tracing import publish_span
 from schemas import REQUEST_CODEC, CaptionCacheEntry, CaptionReply, CaptionRequest, ReplyStatus
+from schemas import headers as record_headers
 
 log = logging.getLogger(__name__)
 
@@ -104,19 +106,24 @@ class CaptionService:
         self._executor = executor
         self._encode = encode
 
-    async def caption(self, upload: ImageUpload, *, use_cache: bool = True) -> CaptionResult:
+    async def caption(
+        self, upload: ImageUpload, *, use_cache: bool = True, scope: str = SHARED_SCOPE
+    ) -> CaptionResult:
         """Admission (app.predict) and the image check (payload.prepare_upload) come first. With
-        `use_cache` false (the caller's headers asked for it) the image is captioned afresh."""
+        `use_cache` false (the caller's headers asked for it) the image is captioned afresh. `scope`: the
+        caller's caption-cache scope (cache.caller_scope), which the job carries to the worker."""
         correlation_id = uuid.uuid4().hex
         with log_context(correlation_id=correlation_id):
-            return await self._caption(upload, correlation_id, use_cache=use_cache)
+            return await self._caption(upload, correlation_id, use_cache=use_cache, scope=scope)
 
-    async def _caption(self, upload: ImageUpload, correlation_id: str, *, use_cache: bool) -> CaptionResult:
+    async def _caption(
+        self, upload: ImageUpload, correlation_id: str, *, use_cache: bool, scope: str
+    ) -> CaptionResult:
         started = time.perf_counter()
         if self._cache is not None and upload.sha256:
             if not use_cache:
                 metrics.CACHE_BYPASSED.inc()
-            elif (entry := self._cache.find(upload.sha256)) is not None:
+            elif (entry := self._cache.find(upload.sha256, scope=scope)) is not None:
                 return CaptionResult.from_cache(correlation_id, entry, started)
         now = datetime.now(UTC)
         job = CaptionRequest(
@@ -132,6 +139,8 @@ class CaptionService:
         reply_future = self._pending.expect(correlation_id)
         try:
             with publish_span(self._topics.requests, correlation_id) as headers:
+                if scope != SHARED_SCOPE:
+                    headers = [*headers, (record_headers.CACHE_SCOPE, scope.encode())]
                 await self._publisher.publish(
                     topic=self._topics.requests, key=correlation_id.encode(), value=value, headers=headers
                 )

@@ -80,6 +80,10 @@ class CaptionCacheEntry:
     attempt: int = 1
     inference_ms: float = 0.0
     completed_at: datetime = field(default_factory=utc_now)
+    revision: str = ""
+    precision: str = ""
+    image_pipeline: str = ""
+    scope: str = "shared"
 
 
 RecordT = TypeVar("RecordT", CaptionRequest, CaptionReply, CaptionCacheEntry)

@@ -35,3 +35,14 @@ REPLAYED_FROM = "captioner.replayed-from"  # "<dlq topic>:<partition>:<offset>"
 # dead-letter topic and `dlq replay`.
 TRACEPARENT = "traceparent"  # 00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>
 TRACESTATE = "tracestate"  # vendor entries; at most 512 bytes are read
+
+# Caption-cache records (README, "Caption cache"). A worker signs each entry it writes (Ed25519 over the
+# record's key and value, core/cache_signing.py): the signature as 128 hex digits, and which key made it
+# (16 hex digits of the SHA-256 of its raw public key). API instances serve only entries whose signature
+# one of their verify keys accepts.
+CACHE_SIGNATURE = "captioner.signature"
+CACHE_SIGNATURE_KEY_ID = "captioner.signature.key-id"
+# On a request record: the caption-cache scope the job's title is filed under (32 lowercase hex digits,
+# a one-way hash of the caller's API key; CAPTIONER_CACHE_SCOPE=per_key). Absent: the shared scope. A
+# worker writes no cache entry for a job whose scope header is malformed.
+CACHE_SCOPE = "captioner.cache-scope"

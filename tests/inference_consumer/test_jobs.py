@@ -70,6 +70,15 @@ def test_only_a_well_formed_replay_marker_counts(marker: bytes, replayed: bool) 
     assert Job.from_message(message([(record_headers.REPLAYED_FROM, marker)])).replayed is replayed
 
 
+def test_a_cache_scope_is_32_lowercase_hex_digits_or_no_entry_at_all() -> None:
+    assert Job.from_message(message([])).cache_scope == "shared"  # no header: the shared scope
+    scope = "0123456789abcdef" * 2
+    assert Job.from_message(message([(record_headers.CACHE_SCOPE, scope.encode())])).cache_scope == scope
+    for value in [*GARBAGE, b"shared", scope.upper().encode(), (scope + "0").encode()]:
+        job = Job.from_message(message([(record_headers.CACHE_SCOPE, value)]))
+        assert job.cache_scope is None, value  # never filed as shared: that would show it to everyone
+
+
 def test_null_header_values_and_a_null_value_are_tolerated() -> None:
     raw = Message(
         topic="t", partition=0, offset=0, key=None, value=None, headers=[("a", None)], timestamp=(1, 0)

@@ -16,7 +16,12 @@ from captioner.processes import CAPTIONER, free_port
 from core.model_id import public_model_id
 from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
-from inference_consumer.model import configure_torch_threads, load_caption_model
+from inference_consumer.model import (
+    configure_torch_threads,
+    directory_revision,
+    load_caption_model,
+    resolved_revision,
+)
 from tests.support.images import make_picture, reference_captioner
 
 
@@ -38,6 +43,30 @@ def test_per_image_token_limits_cut_each_title(tiny_model_dir: Path) -> None:
     short, full = model.caption(pixels, max_new_tokens=[3, 20])
 
     assert full.startswith(short) and len(short.split()) <= 3 < len(full.split())
+
+
+def test_a_revision_names_the_weights_a_worker_loaded(tiny_model_dir: Path, tmp_path: Path) -> None:
+    commit = "ab" * 20
+    hub = WorkerSettings(model="owner/name", model_revision="v1.0")
+    assert resolved_revision(hub, commit) == commit  # whatever branch or tag was asked for
+    assert resolved_revision(hub, None) == "v1.0"
+    assert resolved_revision(hub, "not a:commit") == "v1.0"
+    local = WorkerSettings(model=str(tiny_model_dir))
+    assert resolved_revision(local, None) is None  # the caption cache then digests the files
+    named = WorkerSettings(model=str(tiny_model_dir), model_revision="tiny-2024")
+    assert resolved_revision(named, None) == "tiny-2024"
+    assert load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu")).revision is None
+
+    copy = tmp_path / "copy"
+    shutil.copytree(tiny_model_dir, copy)
+    (copy / ".cache").mkdir()  # hidden files and folders are not the model
+    revision = directory_revision(tiny_model_dir)
+    assert revision.startswith("sha256-") and directory_revision(copy) == revision
+    [weights] = copy.glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert directory_revision(copy) != revision  # other weights: another revision
 
 
 def test_missing_model_raises_one_clear_error(tmp_path: Path) -> None:
@@ -133,14 +162,15 @@ def test_an_unreachable_hub_fails_a_first_start_at_once(tmp_path: Path) -> None:
 
 @pytest.mark.timeout(120)  # imports alone take ~40 s on a loaded 2-core machine
 def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path: Path, tiny_model_dir: Path) -> None:
+    commit = "0123abc" + "0" * 33
     repo = tmp_path / "hf" / "hub" / "models--captioner--tiny"
-    shutil.copytree(tiny_model_dir, repo / "snapshots" / "0123abc")
+    shutil.copytree(tiny_model_dir, repo / "snapshots" / commit)
     (repo / "refs").mkdir()
-    (repo / "refs" / "main").write_text("0123abc")
+    (repo / "refs" / "main").write_text(commit)
     load = (
         "from core.settings import WorkerSettings; from inference_consumer.model import load_caption_model; "
     )
-    load += "print(load_caption_model(WorkerSettings()).name)"
+    load += "model = load_caption_model(WorkerSettings()); print(model.name, model.revision)"
 
     done = subprocess.run(
         [sys.executable, "-c", load],
@@ -151,7 +181,7 @@ def test_a_cached_hub_model_loads_while_the_hub_is_unreachable(tmp_path: Path, t
     )
 
     assert done.returncode == 0, done.stderr
-    assert done.stdout.strip() == "captioner/tiny"
+    assert done.stdout.strip() == f"captioner/tiny {commit}"  # the commit main named: the cache's revision
 
 
 def test_a_model_the_fast_decoder_cannot_follow_is_unavailable_with_a_way_out(

@@ -130,9 +130,13 @@ def test_exhausted_and_permanent_failures_go_to_the_dlq(topics: TopicSettings) -
     assert [reply.error.retriable for reply in replies if reply.error] == [True, False]
 
 
-def test_replay_marker_and_foreign_headers_survive_every_hop(topics: TopicSettings) -> None:
+def test_replay_marker_cache_scope_and_foreign_headers_survive_every_hop(topics: TopicSettings) -> None:
     publisher, producer, _ = make_publisher(topics)
-    carried = {record_headers.REPLAYED_FROM: b"dlq:0:4", "traceparent": b"00-abc-def-01"}
+    carried = {
+        record_headers.REPLAYED_FROM: b"dlq:0:4",
+        record_headers.CACHE_SCOPE: b"0123456789abcdef" * 2,  # a later attempt's title is the caller's
+        "traceparent": b"00-abc-def-01",
+    }
     job = make_job(extra_headers={**carried, record_headers.RETRY_DUE_MS: b"1"})
 
     publisher.failed(job, InferenceError("boom"))

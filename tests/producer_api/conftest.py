@@ -15,8 +15,9 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
 from prometheus_client import REGISTRY
 
-from core.settings import ApiSettings, ImageSettings, TopicSettings
+from core.settings import ApiSettings, CacheSettings, ImageSettings, TopicSettings
 from producer_api.app import ADMISSION, SERVICE, make_api_app
+from producer_api.appkeys import CACHE_SETTINGS
 from producer_api.cache import CachedCaptions
 from producer_api.replies import PendingReplies
 from producer_api.service import CaptionService
@@ -163,9 +164,13 @@ async def serve_api() -> AsyncIterator[StartApi]:
     clients: list[TestClient[web.Request, web.Application]] = []
     encoding = ThreadPoolExecutor(max_workers=2, thread_name_prefix="test-encode")
 
-    async def start(*, cache: CachedCaptions | None = None, **settings: Any) -> ApiUnderTest:
+    async def start(
+        *, cache: CachedCaptions | None = None, cache_settings: CacheSettings | None = None, **settings: Any
+    ) -> ApiUnderTest:
         api = ApiSettings(**{"max_image_bytes": LIMIT, "instance_id": "test", **settings})
         app = make_api_app(api=api, images=ImageSettings(max_image_pixels=1_000_000))
+        if cache_settings is not None:
+            app[CACHE_SETTINGS] = cache_settings
         pending = PendingReplies()
         publisher = FakePublisher(pending)
         app[SERVICE] = CaptionService(
