@@ -1,7 +1,8 @@
 #!/bin/sh
 # The secrets docker-compose.yml reads, made once into infra/deploy/secrets/ (git-ignored, never in an
 # image): a CA and the broker's TLS key and certificate (signed by it, for the broker's host names), a
-# random password for each Kafka principal and one API key.
+# random password for each Kafka principal, one API key, and the caption cache's Ed25519 key pair (the
+# private key signs entries on workers; the public key verifies them on API instances).
 #   infra/deploy/make-secrets.sh [DIR [BROKER_HOST...]]      (default: infra/deploy/secrets kafka)
 # The folder is the owner's alone (0700); the files in it are readable by all (0644), because compose
 # mounts each file as it is into containers that run as other users (uid 1000 in the broker, 10001 in
@@ -39,5 +40,7 @@ for role in broker api worker admin; do
   openssl rand -hex 32 > "$dir/kafka_${role}_password"
 done
 openssl rand -hex 32 > "$dir/api_keys"
+openssl genpkey -algorithm ed25519 -out "$dir/cache_signing_key" 2>/dev/null
+openssl pkey -in "$dir/cache_signing_key" -pubout -out "$dir/cache_verify_keys" 2>/dev/null
 chmod 644 "$dir"/*
 echo "$dir"

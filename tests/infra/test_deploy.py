@@ -19,6 +19,7 @@ import pytest
 import yaml
 from pydantic_settings import BaseSettings
 
+from core.cache_signing import load_signer, load_verifier
 from core.settings import (
     SETTINGS_GROUPS,
     ApiSettings,
@@ -772,3 +773,47 @@ def test_make_secrets_makes_every_secret_compose_reads(compose: dict[str, Any], 
     passwords = {(tmp_path / "secrets" / name).read_text() for name in wanted if name.endswith("password")}
     assert len(passwords) == 4  # one each, none shared
     assert len((tmp_path / "secrets" / "api_keys").read_text().strip()) >= 32
+
+
+def test_workers_sign_cache_entries_and_apis_verify_them_with_keys_from_secrets(
+    manifests: list[dict[str, Any]], compose: dict[str, Any]
+) -> None:
+    """Without these the caption cache is off in a deployment: workers sign with the private key, API
+    instances serve only entries the public key verifies (core/cache_signing.py)."""
+    worker_set, api_set = worker(manifests), api(manifests)
+    signing = Path(pod_environment(manifests, worker_set)["CAPTIONER_CACHE_SIGNING_KEY_FILE"])
+    verify = Path(pod_environment(manifests, api_set)["CAPTIONER_CACHE_VERIFY_KEYS_FILE"])
+    worker_pod, api_pod = worker_set["spec"]["template"]["spec"], api_set["spec"]["template"]["spec"]
+    assert (
+        mounted_secrets(worker_pod, container(worker_set))[str(signing.parent)] == "captioner-cache-signing"
+    )
+    assert mounted_secrets(api_pod, container(api_set))[str(verify.parent)] == "captioner-cache-verify"
+    assert "CAPTIONER_CACHE_SIGNING_KEY_FILE" not in pod_environment(manifests, api_set)  # never on the API
+    worker_service = compose["services"]["worker"]
+    assert (
+        compose_secret_targets(worker_service)[
+            worker_service["environment"]["CAPTIONER_CACHE_SIGNING_KEY_FILE"]
+        ]
+        == "cache_signing_key"
+    )
+    for name, service in api_services(compose).items():
+        mounted = compose_secret_targets(service)
+        assert mounted[service["environment"]["CAPTIONER_CACHE_VERIFY_KEYS_FILE"]] == "cache_verify_keys", (
+            name
+        )
+        assert "cache_signing_key" not in mounted.values(), name
+
+
+def test_make_secrets_makes_a_cache_key_pair_that_signs_and_verifies(tmp_path: Path) -> None:
+    made = subprocess.run(
+        [str(DEPLOY / "make-secrets.sh"), str(tmp_path / "secrets")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert made.returncode == 0, made.stderr
+    signer = load_signer(tmp_path / "secrets" / "cache_signing_key")
+    verifier = load_verifier(tmp_path / "secrets" / "cache_verify_keys")
+    assert verifier.problem(b"key", b"value", signer.headers(b"key", b"value")) is None
+    assert verifier.problem(b"key", b"other", signer.headers(b"key", b"value")) is not None
