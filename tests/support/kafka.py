@@ -27,11 +27,17 @@ class Record:
 
 
 def publish(
-    bootstrap: str, topic: str, value: bytes, *, key: bytes | None = None, partition: int = -1
+    bootstrap: str,
+    topic: str,
+    value: bytes,
+    *,
+    key: bytes | None = None,
+    partition: int = -1,
+    headers: list[tuple[str, bytes]] | None = None,
 ) -> None:
     kafka = KafkaSettings(bootstrap_servers=bootstrap)
     producer = Producer(producer_config(kafka, TopicSettings(), client_id="test-publisher"))
-    producer.produce(topic, value=value, key=key, partition=partition)
+    producer.produce(topic, value=value, key=key, partition=partition, headers=headers or [])
     assert producer.flush(15) == 0, "record was not delivered"
 
 
