@@ -34,6 +34,8 @@ MAX_CONTENT_TYPE_LENGTH = 127
 PartitionCount = Callable[[str], int | None]
 
 _NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
+# What named the reply topic and partition, for an error's message.
+_BODY_NAMES = ("reply_topic", "reply_partition")
 _SPRING_NAMES = (f"{SPRING_REPLY_TOPIC} header", f"{SPRING_REPLY_PARTITION} header")
 
 
@@ -62,12 +64,11 @@ def reply_address(
         raise InvalidReplyAddressError("correlation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
     spring = _spring_headers(headers)
     if spring.topic is None:
-        _check_destination(request.reply_topic, request.reply_partition, rules, partitions)
-        return ReplyAddress(
-            request.reply_topic, request.reply_partition, request.correlation_id, _copied(spring)
-        )
-    _check_destination(spring.topic, spring.partition, rules, partitions, source=_SPRING_NAMES)
-    return ReplyAddress(spring.topic, spring.partition, request.correlation_id, _copied(spring))
+        topic, partition, source = request.reply_topic, request.reply_partition, _BODY_NAMES
+    else:
+        topic, partition, source = spring.topic, spring.partition, _SPRING_NAMES
+    _check_destination(topic, partition, rules, partitions, source=source)
+    return ReplyAddress(topic, partition, request.correlation_id, _copied(spring))
 
 
 def undecodable_reply_address(
@@ -106,9 +107,8 @@ def _check_destination(
     rules: RequestRules,
     partitions: PartitionCount,
     *,
-    source: tuple[str, str] = ("reply_topic", "reply_partition"),
+    source: tuple[str, str],
 ) -> None:
-    """`source`: what named the topic and the partition, for the error's message."""
     topic_source, partition_source = source
     if not legal_topic_name(topic):
         raise InvalidReplyAddressError(f"{topic_source} is not a legal Kafka topic name")
