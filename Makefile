@@ -67,10 +67,11 @@ imports: install  # the layers contract in pyproject.toml ([tool.importlinter])
 	$(BIN)/lint-imports
 
 # Programs some tests drive, as program:Debian package: chromium for the demo page (Playwright downloads
-# no browser), nginx to check the compose front's configuration, promtool to check the alert rules. As
-# root with apt the missing ones are installed; elsewhere this says what to install, and those tests fail
-# saying the same.
-TEST_PROGRAMS := chromium:chromium nginx:nginx promtool:prometheus
+# no browser), nginx to check the compose front's configuration, promtool to check the alert rules, Maven
+# and a JDK to build the Java and Spring example clients. As root with apt the missing ones are installed;
+# elsewhere this says what to install, and those tests fail saying the same. The Go example needs Go 1.24+,
+# newer than Debian's: it is not installed here.
+TEST_PROGRAMS := chromium:chromium nginx:nginx promtool:prometheus mvn:maven javac:default-jdk-headless
 test-tools:
 	@missing="$$(for p in $(TEST_PROGRAMS); do command -v $${p%%:*} >/dev/null || echo $${p#*:}; done)"; \
 	[ -z "$$missing" ] || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null \

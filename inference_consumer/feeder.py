@@ -24,8 +24,14 @@ from inference_consumer.jobs import Job, position
 from inference_consumer.observing import AssignedPartitions
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.tracing import job_log_context, start_job_trace, traced_decode
-from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
-from schemas import REQUEST_CODEC, CaptionerError
+from inference_consumer.validation import (
+    PartitionCount,
+    RequestRules,
+    check_request,
+    reply_address,
+    undecodable_reply_address,
+)
+from schemas import REQUEST_CODEC, CaptionerError, SchemaContractError
 
 log = logging.getLogger(__name__)
 
@@ -136,8 +142,15 @@ class JobFeeder:
 
     def _admit(self, job: Job) -> None:
         """Decode and check the record, then start decoding its image and queue it for a batch."""
-        job.request = REQUEST_CODEC.decode(job.value)
-        job.reply_to = reply_address(job.request, self._rules, self._reply_partitions)
+        try:
+            job.request = REQUEST_CODEC.decode(job.value)
+        except SchemaContractError:
+            # Spring reply headers may still say where its sender waits: it gets a FAILED reply.
+            job.reply_to = undecodable_reply_address(
+                job.key, job.headers, self._rules, self._reply_partitions
+            )
+            raise
+        job.reply_to = reply_address(job.request, self._rules, self._reply_partitions, job.headers)
         check_request(job.request)
         if job.expired(datetime.now(UTC)):
             self._outcomes.skipped_expired(job)

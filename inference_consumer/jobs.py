@@ -25,6 +25,7 @@ _REPLAYED_FROM = re.compile(r"[A-Za-z0-9._-]{1,249}:\d{1,10}:\d{1,19}")
 _MAX_ATTEMPT = 1000
 _MAX_INT32 = 2**31 - 1
 _MAX_INT64 = 2**63 - 1
+_KEY_SHOWN_BYTES = 128
 
 
 def header_map(message: Message) -> dict[str, bytes]:
@@ -55,6 +56,17 @@ def legal_topic_name(name: str) -> bool:
     return TOPIC_NAME.fullmatch(name) is not None and name not in (".", "..")
 
 
+def shown_key(key: bytes | None) -> str:
+    """A record key for a log line: cut to 128 bytes and escaped, so that a hostile key can neither
+    flood the log nor forge a line (a newline, a terminal escape)."""
+    if key is None:
+        return "without a key"
+    text = key[:_KEY_SHOWN_BYTES].decode("utf-8", "backslashreplace")
+    shown = "".join(char if char.isprintable() else char.encode("unicode_escape").decode() for char in text)
+    cut = f"... ({len(key)} bytes)" if len(key) > _KEY_SHOWN_BYTES else ""
+    return f"key '{shown}'{cut}"
+
+
 def position(message: Message) -> tuple[str, int, int]:
     """Topic, partition, offset of a consumed (not an error) message."""
     topic, partition, offset = message.topic(), message.partition(), message.offset()
@@ -76,6 +88,8 @@ class Origin:
 class ReplyAddress:
     topic: str
     partition: int | None  # None: the key chooses
+    correlation_id: str  # the reply's field and key ("" for an undecodable record whose key is no id)
+    headers: tuple[tuple[str, bytes], ...] = ()  # put on every reply (Spring's kafka_correlationId)
 
 
 @dataclass(slots=True)
@@ -134,6 +148,11 @@ class Job:
     @property
     def correlation_id(self) -> str | None:
         return self.request.correlation_id if self.request else None
+
+    @property
+    def name(self) -> str:
+        """The job in a log line: its correlation id once decoded, else its record key, escaped."""
+        return self.correlation_id or shown_key(self.key)
 
     @property
     def trace_id(self) -> str | None:

@@ -125,7 +125,7 @@ class OutcomePublisher:
         """The caller was already answered 504; running the job would only waste the model."""
         log.info(
             "job %s at %s[%d]@%d passed its deadline; not run",
-            job.correlation_id,
+            job.name,
             job.topic,
             job.partition,
             job.offset,
@@ -156,7 +156,7 @@ class OutcomePublisher:
         log.warning(
             "attempt %d of %s failed (%s); retrying via tier %d",
             job.attempt,
-            job.correlation_id,
+            job.name,
             _operator_message(error),
             tier,
         )
@@ -184,7 +184,7 @@ class OutcomePublisher:
         }
         log.error(
             "job %s at %s[%d]@%d goes to the dead-letter topic: %s",
-            job.correlation_id,
+            job.name,
             job.topic,
             job.partition,
             job.offset,
@@ -259,13 +259,13 @@ class OutcomePublisher:
     ) -> None:
         """`then` marks the final reply: it runs once the reply is durable, and a reply the topic
         refuses sends the job to the dead-letter topic instead."""
-        request, address = job.request, job.reply_to
-        if request is None or address is None:
+        address = job.reply_to
+        if address is None:
             if then:
                 then()
             return  # no readable, valid reply address: the dead letter is all there is
         reply = CaptionReply(
-            correlation_id=request.correlation_id,
+            correlation_id=address.correlation_id,
             status=status,
             title=title,
             error=error,
@@ -280,9 +280,7 @@ class OutcomePublisher:
 
         def undeliverable(reason: str) -> None:
             with job_log_context(job):
-                log.error(
-                    "reply for %s to %s undeliverable: %s", request.correlation_id, address.topic, reason
-                )
+                log.error("reply for %s to %s undeliverable: %s", job.name, address.topic, reason)
             if then:
                 job.reply_to = None  # the dead letter's FAILED reply would meet the same refusal
                 self._dead_letter(
@@ -302,10 +300,10 @@ class OutcomePublisher:
 
         sent = self._produce(
             address.topic,
-            key=request.correlation_id.encode(),
+            key=address.correlation_id.encode() or None,
             value=REPLY_CODEC.encode(reply),
             partition=-1 if address.partition is None else address.partition,
-            headers=headers,
+            headers=[*address.headers, *headers],
             on_delivery=on_delivery,
         )
         if not sent:

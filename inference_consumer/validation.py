@@ -9,8 +9,9 @@ import re
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 
 from confluent_kafka import KafkaError, KafkaException, Producer
 
@@ -18,14 +19,24 @@ from core.errors import InvalidImageError, InvalidRequestError
 from core.images import ACCEPTED_CONTENT_TYPES
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import ReplyAddress, legal_topic_name
+from inference_consumer.spring import CORRELATION_ID as SPRING_CORRELATION_ID
+from inference_consumer.spring import REPLY_PARTITION as SPRING_REPLY_PARTITION
+from inference_consumer.spring import REPLY_TOPIC as SPRING_REPLY_TOPIC
+from inference_consumer.spring import MalformedSpringHeaderError, SpringReply, spring_reply
 from schemas import CaptionRequest
 
 log = logging.getLogger(__name__)
 
-CORRELATION_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+_MAX_CORRELATION_ID = 128
+CORRELATION_ID = re.compile(rf"[A-Za-z0-9._:-]{{1,{_MAX_CORRELATION_ID}}}")
 MAX_CONTENT_TYPE_LENGTH = 127
 
 PartitionCount = Callable[[str], int | None]
+
+_NO_HEADERS: Mapping[str, bytes] = MappingProxyType({})
+# What named the reply topic and partition, for an error's message.
+_BODY_NAMES = ("reply_topic", "reply_partition")
+_SPRING_NAMES = (f"{SPRING_REPLY_TOPIC} header", f"{SPRING_REPLY_PARTITION} header")
 
 
 class InvalidReplyAddressError(InvalidRequestError):
@@ -40,22 +51,74 @@ class RequestRules:
     reply_topic_pattern: re.Pattern[str] | None = None
 
 
-def reply_address(request: CaptionRequest, rules: RequestRules, partitions: PartitionCount) -> ReplyAddress:
-    """Where the reply may go, or an error naming why it may not (then no reply is written)."""
+def reply_address(
+    request: CaptionRequest,
+    rules: RequestRules,
+    partitions: PartitionCount,
+    headers: Mapping[str, bytes] = _NO_HEADERS,
+) -> ReplyAddress:
+    """Where the reply may go, or an error naming why it may not (then no reply is written). Spring's
+    kafka_replyTopic (and kafka_replyPartition), when present, take the place of reply_topic and
+    reply_partition: a ReplyingKafkaTemplate listens where its headers say, whatever the body names."""
     if CORRELATION_ID.fullmatch(request.correlation_id) is None:
         raise InvalidReplyAddressError("correlation_id must be 1-128 characters of A-Z a-z 0-9 . _ : -")
-    topic = request.reply_topic
+    spring = _spring_headers(headers)
+    if spring.topic is None:
+        topic, partition, source = request.reply_topic, request.reply_partition, _BODY_NAMES
+    else:
+        topic, partition, source = spring.topic, spring.partition, _SPRING_NAMES
+    _check_destination(topic, partition, rules, partitions, source=source)
+    return ReplyAddress(topic, partition, request.correlation_id, _copied(spring))
+
+
+def undecodable_reply_address(
+    key: bytes | None, headers: Mapping[str, bytes], rules: RequestRules, partitions: PartitionCount
+) -> ReplyAddress | None:
+    """For a record whose value does not decode: the address its Spring headers give, so that its
+    sender learns at once instead of timing out. None when they give none that is valid, or when
+    nothing would let the sender match the reply (neither a kafka_correlationId nor a valid key)."""
+    correlation_id = key[: _MAX_CORRELATION_ID + 1].decode("ascii", "replace") if key is not None else ""
+    if CORRELATION_ID.fullmatch(correlation_id) is None:
+        correlation_id = ""
+    try:
+        spring = _spring_headers(headers)
+        if spring.topic is None or not (correlation_id or spring.correlation_id):
+            return None
+        _check_destination(spring.topic, spring.partition, rules, partitions, source=_SPRING_NAMES)
+    except (InvalidReplyAddressError, ReplyUndeliverableError):
+        return None
+    return ReplyAddress(spring.topic, spring.partition, correlation_id, _copied(spring))
+
+
+def _spring_headers(headers: Mapping[str, bytes]) -> SpringReply:
+    try:
+        return spring_reply(headers)
+    except MalformedSpringHeaderError as exc:
+        raise InvalidReplyAddressError(str(exc)) from None
+
+
+def _copied(spring: SpringReply) -> tuple[tuple[str, bytes], ...]:
+    return () if spring.correlation_id is None else ((SPRING_CORRELATION_ID, spring.correlation_id),)
+
+
+def _check_destination(
+    topic: str,
+    partition: int | None,
+    rules: RequestRules,
+    partitions: PartitionCount,
+    *,
+    source: tuple[str, str],
+) -> None:
+    topic_source, partition_source = source
     if not legal_topic_name(topic):
-        raise InvalidReplyAddressError("reply_topic is not a legal Kafka topic name")
+        raise InvalidReplyAddressError(f"{topic_source} is not a legal Kafka topic name")
     if topic in rules.own_topics:
-        raise InvalidReplyAddressError("reply_topic names one of the service's own job topics")
+        raise InvalidReplyAddressError(f"{topic_source} names one of the service's own job topics")
     if rules.reply_topic_pattern is not None and rules.reply_topic_pattern.fullmatch(topic) is None:
-        raise InvalidReplyAddressError("reply_topic is not one this service writes replies to")
+        raise InvalidReplyAddressError(f"{topic_source} is not one this service writes replies to")
     count = partitions(topic)
-    partition = request.reply_partition
     if partition is not None and (partition < 0 or (count is not None and partition >= count)):
-        raise InvalidReplyAddressError(f"reply_partition {partition} does not exist in the reply topic")
-    return ReplyAddress(topic, partition)
+        raise InvalidReplyAddressError(f"{partition_source} {partition} does not exist in the reply topic")
 
 
 def check_request(request: CaptionRequest) -> None:

@@ -100,3 +100,22 @@ class UnreadableHeaders:
 def test_headers_the_client_cannot_read_are_treated_as_absent() -> None:
     job = Job.from_message(UnreadableHeaders())  # type: ignore[arg-type]
     assert job.headers == {} and job.attempt == 1 and job.offset == 42
+
+
+@pytest.mark.parametrize(
+    ("key", "shown"),
+    [
+        (b"job-1", "key 'job-1'"),
+        (b"a\nb\x1b[31m\xff", "key 'a\\nb\\x1b[31m\\xff'"),
+        ("é\u2028".encode(), "key 'é\\u2028'"),
+        (b"x" * 200, f"key '{'x' * 128}'... (200 bytes)"),
+        (None, "without a key"),
+    ],
+)
+def test_a_job_that_did_not_decode_is_named_by_its_escaped_key(key: bytes | None, shown: str) -> None:
+    job = Job.from_message(
+        Message(topic="captioner.requests", partition=0, offset=1, key=key, value=b"x", timestamp=(1, 1700))
+    )
+
+    assert job.correlation_id is None
+    assert job.name == shown

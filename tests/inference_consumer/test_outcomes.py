@@ -16,7 +16,7 @@ from core.settings import TopicSettings
 from inference_consumer.errors import InferenceError, InvalidImageError
 from inference_consumer.jobs import Job, ReplyAddress
 from inference_consumer.outcomes import OutcomePublisher
-from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus
+from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionRequest, ReplyStatus, UnknownFingerprintError
 from schemas import headers as record_headers
 
 
@@ -66,7 +66,7 @@ def make_job(*, attempt: int = 1, extra_headers: dict[str, bytes] | None = None,
         1234,
         attempt=attempt,
         request=request,
-        reply_to=ReplyAddress("results", 2),
+        reply_to=ReplyAddress("results", 2, "c-1"),
     )
 
 
@@ -291,3 +291,43 @@ def test_a_failed_delivery_is_logged_with_its_jobs_correlation_id(
 
     [line] = [record for record in caplog.records if "could not write" in record.getMessage()]
     assert getattr(line, "correlation_id", None) == "c-1"
+
+
+SPRING_ID = (b"\x00" * 3) + b"\xff" * 13  # Spring's default: a UUID's 16 raw bytes
+
+
+@pytest.mark.parametrize(
+    "outcome",
+    [
+        pytest.param(lambda publisher, job: publisher.succeeded(job, "t", inference_ms=1), id="succeeded"),
+        pytest.param(lambda publisher, job: publisher.failed(job, InferenceError("x")), id="retrying"),
+        pytest.param(lambda publisher, job: publisher.failed(job, InvalidImageError("x")), id="failed"),
+    ],
+)
+def test_every_reply_carries_the_addresss_headers(topics: TopicSettings, outcome: Any) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    job = make_job()
+    job.reply_to = ReplyAddress("results", None, "c-1", (("kafka_correlationId", SPRING_ID),))
+
+    outcome(publisher, job)
+
+    [reply] = producer.to("results")
+    assert ("kafka_correlationId", SPRING_ID) in reply["headers"]
+
+
+def test_an_undecodable_record_with_a_reply_address_gets_a_failed_reply(topics: TopicSettings) -> None:
+    publisher, producer, _ = make_publisher(topics)
+    job = make_job()
+    job.request, job.value = None, b"\xc3\x01garbage"
+    job.reply_to = ReplyAddress("results", 1, "", (("kafka_correlationId", SPRING_ID),))
+
+    publisher.failed(job, UnknownFingerprintError(b"garbage", "CaptionRequest"))
+
+    [dead] = producer.to(topics.dead_letter)
+    assert dead["value"] == job.value and dead["key"] == b"c-1"
+    [reply] = producer.to("results")
+    decoded = REPLY_CODEC.decode(reply["value"])
+    assert decoded.status is ReplyStatus.FAILED and decoded.error is not None
+    assert (decoded.correlation_id, decoded.error.code) == ("", "unknown_fingerprint")
+    assert reply["key"] is None and reply["partition"] == 1
+    assert ("kafka_correlationId", SPRING_ID) in reply["headers"]

@@ -18,6 +18,7 @@ from inference_consumer.validation import (
     RequestRules,
     check_request,
     reply_address,
+    undecodable_reply_address,
 )
 from schemas import CaptionRequest
 from tests.support.kafka import caption_request
@@ -34,8 +35,10 @@ def four_partitions(_topic: str) -> int:
 
 
 def test_a_good_request_has_its_reply_address() -> None:
-    assert reply_address(request(reply_partition=3), RULES, four_partitions) == ReplyAddress("results", 3)
-    assert reply_address(request(), RULES, four_partitions) == ReplyAddress("results", None)
+    good = request(reply_partition=3)
+    assert reply_address(good, RULES, four_partitions) == ReplyAddress("results", 3, good.correlation_id)
+    good = request()
+    assert reply_address(good, RULES, four_partitions) == ReplyAddress("results", None, good.correlation_id)
 
 
 @pytest.mark.parametrize(
@@ -132,3 +135,94 @@ def test_an_unreachable_broker_leaves_the_count_unknown() -> None:
     producer = MetadataProducer()
     producer.down = True
     assert ReplyTopicPartitions(producer=producer)("results") is None  # type: ignore[arg-type]
+
+
+SPRING_ID = bytes(range(16))
+
+
+def spring(
+    topic: bytes = b"spring.replies", partition: bytes | None = None, **more: bytes
+) -> dict[str, bytes]:
+    headers = {"kafka_replyTopic": topic, "kafka_correlationId": SPRING_ID, **more}
+    return headers if partition is None else headers | {"kafka_replyPartition": partition}
+
+
+def test_spring_reply_headers_take_the_place_of_the_bodys_address() -> None:
+    good = request(reply_partition=3)
+
+    address = reply_address(good, RULES, four_partitions, spring(partition=(2).to_bytes(4, "big")))
+
+    assert address == ReplyAddress(
+        "spring.replies", 2, good.correlation_id, (("kafka_correlationId", SPRING_ID),)
+    )
+    assert reply_address(good, RULES, four_partitions, spring()).partition is None  # the key chooses
+
+
+def test_a_spring_correlation_id_alone_is_copied_to_the_bodys_address() -> None:
+    good = request()
+
+    address = reply_address(good, RULES, four_partitions, {"kafka_correlationId": SPRING_ID})
+
+    assert (address.topic, address.headers) == ("results", (("kafka_correlationId", SPRING_ID),))
+
+
+HOSTILE_SPRING_HEADERS = [
+    pytest.param(spring(b"a b"), id="illegal-topic"),
+    pytest.param(spring(b"captioner.requests"), id="own-topic"),
+    pytest.param(spring(b"x" * 250), id="long-topic"),
+    pytest.param(spring(b"x" * 1_000_000), id="huge-topic"),
+    pytest.param(spring("r\u00e9plies".encode()), id="non-ascii-topic"),
+    pytest.param(spring(b""), id="empty-topic"),
+    pytest.param(spring(partition=(4).to_bytes(4, "big")), id="partition-out-of-range"),
+    pytest.param(spring(partition=(-1).to_bytes(4, "big", signed=True)), id="negative-partition"),
+    pytest.param(spring(partition=b"\x00\x00\x01"), id="3-byte-partition"),
+    pytest.param(spring(partition=b"1"), id="ascii-partition"),
+    pytest.param(spring(partition=bytes(1_000_000)), id="huge-partition"),
+    pytest.param({"kafka_replyPartition": (1).to_bytes(4, "big")}, id="partition-without-topic"),
+    pytest.param(spring(kafka_correlationId=b""), id="empty-correlation-id"),
+    pytest.param(spring(kafka_correlationId=bytes(257)), id="long-correlation-id"),
+]
+
+
+@pytest.mark.parametrize("headers", HOSTILE_SPRING_HEADERS)
+def test_hostile_spring_headers_are_an_invalid_reply_address(headers: dict[str, bytes]) -> None:
+    with pytest.raises(InvalidReplyAddressError):
+        reply_address(request(), RULES, four_partitions, headers)
+    assert undecodable_reply_address(b"job-1", headers, RULES, four_partitions) is None
+
+
+def test_the_reply_topic_pattern_binds_spring_headers_too() -> None:
+    rules = replace(RULES, reply_topic_pattern=re.compile(r"results"))
+    with pytest.raises(InvalidReplyAddressError, match="kafka_replyTopic"):
+        reply_address(request(), rules, four_partitions, spring())
+
+
+def test_an_undecodable_record_is_answered_where_its_spring_headers_say() -> None:
+    headers = spring(partition=(1).to_bytes(4, "big"))
+    copied = (("kafka_correlationId", SPRING_ID),)
+
+    assert undecodable_reply_address(b"job-1", headers, RULES, four_partitions) == ReplyAddress(
+        "spring.replies", 1, "job-1", copied
+    )
+    # A key that is no correlation id leaves the reply's empty: the header is what Spring matches.
+    for key in (None, b"", b"a b", b"x" * 129, b"\xff"):
+        address = undecodable_reply_address(key, headers, RULES, four_partitions)
+        assert address == ReplyAddress("spring.replies", 1, "", copied)
+
+
+def test_an_undecodable_record_gets_no_reply_that_nobody_could_match_or_that_has_no_address() -> None:
+    no_spring_id = {"kafka_replyTopic": b"spring.replies"}
+    assert undecodable_reply_address(None, no_spring_id, RULES, four_partitions) is None
+    assert undecodable_reply_address(b"job-1", no_spring_id, RULES, four_partitions) is not None
+    assert (
+        undecodable_reply_address(b"job-1", {"kafka_correlationId": SPRING_ID}, RULES, four_partitions)
+        is None
+    )
+    assert undecodable_reply_address(b"job-1", {}, RULES, four_partitions) is None
+
+
+def test_an_undecodable_records_missing_reply_topic_is_no_address() -> None:
+    def missing(_topic: str) -> int | None:
+        raise ReplyUndeliverableError("reply_topic does not exist")
+
+    assert undecodable_reply_address(b"job-1", spring(), RULES, missing) is None

@@ -99,9 +99,17 @@ def request_datums(*, reply_topics: list[str]) -> st.SearchStrategy[dict[str, An
     )
 
 
-def headers() -> st.SearchStrategy[list[tuple[str, bytes]]]:
-    names = st.one_of(st.sampled_from(OUR_HEADERS), st.text(max_size=20))
-    values = st.one_of(st.binary(max_size=30), st.sampled_from([b"x", b"-5", b"0", b"9" * 30, b"\xff"]))
+SPRING_HEADERS = ["kafka_replyTopic", "kafka_replyPartition", "kafka_correlationId"]
+
+
+def headers(*, reply_topics: list[str]) -> st.SearchStrategy[list[tuple[str, bytes]]]:
+    names = st.one_of(st.sampled_from(OUR_HEADERS + SPRING_HEADERS), st.text(max_size=20))
+    values = st.one_of(
+        st.binary(max_size=30),
+        st.sampled_from([b"x", b"-5", b"0", b"9" * 30, b"\xff", bytes(300)]),
+        st.sampled_from(reply_topics).map(str.encode),
+        st.integers(-2, 5).map(lambda partition: partition.to_bytes(4, "big", signed=True)),
+    )
     return st.lists(st.tuples(names, values), max_size=6)
 
 
@@ -122,6 +130,6 @@ def hostile_records(*, reply_topics: list[str]) -> st.SearchStrategy[HostileReco
     return st.builds(
         HostileRecord,
         value=record_values(reply_topics=reply_topics),
-        headers=headers(),
+        headers=headers(reply_topics=reply_topics),
         key=st.one_of(st.none(), st.binary(max_size=40)),
     )
