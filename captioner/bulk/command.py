@@ -33,6 +33,7 @@ from captioner.bulk.sinks import ResultSink, make_sink, open_output
 from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
+from core.logs import MAX_MESSAGE_CHARS, printable
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
@@ -168,7 +169,9 @@ def report(summary: Summary, err: TextIO) -> None:
     if summary.failures:
         print(f"failed ({summary.failed}):", file=err)
         for failure in summary.failures:
-            print(f"  {failure.path}: {failure.error}: {failure.message}", file=err)
+            # A file's name and the service's message, on the operator's terminal: escaped, one line each.
+            parts = (failure.path, failure.error, failure.message)
+            print("  " + ": ".join(printable(str(part), MAX_MESSAGE_CHARS) for part in parts), file=err)
         if summary.failed > len(summary.failures):
             print(f"  ... and {summary.failed - len(summary.failures)} more (see the output)", file=err)
     skipped = f", {summary.skipped} skipped (already in the output)" if summary.skipped else ""
