@@ -12,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -57,7 +57,7 @@ from producer_api.readiness import (
 )
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
-from producer_api.serving import ApiRunner, name_the_server, serve
+from producer_api.serving import ApiRunner, name_the_server, plain_error, serve
 from producer_api.tracing import tracing_middleware
 
 log = logging.getLogger(__name__)
@@ -101,14 +101,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if error.detail:
             log.info("%s %s: %s (%s)", request.method, request.path, error.code, error.detail)
         return json_error(error)
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # aiohttp's own (404, 405, 413): its standard phrase, not its text
         if exc.status < 400:
             raise
-        return web.json_response(
-            {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}},
-            status=exc.status,
-            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
-        )
+        response = plain_error(exc.status)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(

@@ -20,13 +20,18 @@ from aiohttp import hdrs, web
 log = logging.getLogger(__name__)
 
 SERVER_NAME = "captioner"
-_CALLER_MESSAGES = {HTTPStatus.BAD_REQUEST: ("malformed_request", "the request is not valid HTTP")}
+# What aiohttp answers itself: a request it cannot parse, or a handler's failure past every middleware.
+_OWN_WORDS = {
+    HTTPStatus.BAD_REQUEST: ("malformed_request", "the request is not valid HTTP"),
+    HTTPStatus.INTERNAL_SERVER_ERROR: ("internal_error", "internal error"),
+}
 
 
 def plain_error(status: int) -> web.Response:
-    """The error body for a status, in words of our own."""
+    """The error body for a status, in words of our own or the status's standard phrase, never a
+    library's text."""
     phrase = HTTPStatus(status).phrase
-    code, message = _CALLER_MESSAGES.get(HTTPStatus(status), (phrase.lower().replace(" ", "_"), phrase))
+    code, message = _OWN_WORDS.get(HTTPStatus(status), (phrase.lower().replace(" ", "_"), phrase))
     response = web.json_response({"error": {"code": code, "message": message}}, status=status)
     response.headers[hdrs.SERVER] = SERVER_NAME
     return response

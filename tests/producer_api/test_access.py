@@ -9,6 +9,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from producer_api.serving import SERVER_NAME
 from tests.producer_api.conftest import PREDICT, ApiUnderTest, Response, StartApi, assert_plain_error
 from tests.support.images import make_image_bytes
 from tests.support.services import free_port
@@ -153,6 +154,7 @@ async def test_metrics_can_move_to_their_own_port(serve_api: StartApi) -> None:
     ):
         assert response.status == 200
         assert "captioner_api_in_flight" in await response.text()
+        assert response.headers["Server"] == SERVER_NAME
     async with api.client.get("/metrics", headers={"X-API-Key": FIRST_KEY}) as response:
         assert response.status == 404
 
