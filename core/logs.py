@@ -2,14 +2,22 @@
 
 Every line logged while a job is handled carries its correlation id and trace id: the code handling a
 job wraps it in `log_context(...)`, and a filter on the handler copies both onto each record. Text
-lines end with them in brackets; JSON lines have them as fields. A message is cut to
-MAX_MESSAGE_CHARS, so nothing logged by accident (an image, a whole record) floods the log.
+lines end with them in brackets; JSON lines have them as fields.
+
+A log line holds text from outside (a correlation id from a record, a topic name, a file name, a
+library's error text), so the formatters, not the call sites, make every line safe: control characters
+(C0, DEL, C1, Unicode line and paragraph separators, bidirectional overrides, lone surrogates) are
+escaped visibly (`\\n`, `\\x1b`, `\\u2028`), and every part is cut to its bound (the message to
+MAX_MESSAGE_CHARS, each id and other field to MAX_FIELD_CHARS), so one record is one line of bounded
+length, in text and JSON alike. A traceback is the one part that spans lines: in text each of its lines
+starts with TRACEBACK_PREFIX, so nothing in it can pass for a record of its own.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
@@ -18,8 +26,63 @@ from typing import Any, Literal, TextIO
 from pythonjsonlogger.json import JsonFormatter
 
 MAX_MESSAGE_CHARS = 4096
+# A correlation or trace id, a logger or thread name, an extra field of a JSON line.
+MAX_FIELD_CHARS = 256
+# The time, level, logger and thread before the message of a text line.
+MAX_PREFIX_CHARS = 2 * MAX_FIELD_CHARS
+MAX_TRACEBACK_CHARS = 16384
 TEXT_FORMAT = "%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s"
 JSON_FIELDS = "{asctime}{levelname}{name}{threadName}{message}"
+TRACEBACK_PREFIX = "  | "
+_CONTEXT_FIELDS = ("correlation_id", "trace_id")
+_TRACEBACK_FIELDS = frozenset({"exc_info", "stack_info"})
+
+# What would let a value forge or hide a line, or rewrite a terminal: C0 controls, DEL, C1 controls,
+# the Unicode line and paragraph separators, bidirectional marks and overrides, the byte-order mark, and
+# lone surrogates (undecodable bytes of a file name; a UTF-8 stream refuses to write them).
+_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
+_UNSAFE_BUT_NEWLINE = re.compile(
+    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
+)
+_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
+
+
+def _escape(char: str) -> str:
+    code = ord(char)
+    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
+
+
+def printable(text: str, limit: int) -> str:
+    """`text` with every unsafe character escaped, cut to `limit` characters (escapes included) plus a
+    note of how many characters were cut. Only the first `limit` characters are ever looked at, so a
+    huge value costs no more than a short one."""
+    if len(text) <= limit and _UNSAFE.search(text) is None:
+        return text
+    parts: list[str] = []
+    room, position, stop = limit, 0, limit
+    for found in _UNSAFE.finditer(text, 0, limit):
+        safe, escape = text[position : found.start()], _escape(found.group())
+        if len(safe) + len(escape) > room:
+            stop = found.start()
+            break
+        parts += (safe, escape)
+        room -= len(safe) + len(escape)
+        position = found.end()
+    tail = text[position : min(position + room, stop)]
+    parts.append(tail)
+    cut = len(text) - position - len(tail)
+    shown = "".join(parts)
+    return f"{shown}... [{cut} characters cut]" if cut else shown
+
+
+def traceback_text(text: str) -> str:
+    """A traceback cut to MAX_TRACEBACK_CHARS, its line breaks kept and every other unsafe character
+    escaped."""
+    cut = len(text) - MAX_TRACEBACK_CHARS
+    head = text[:MAX_TRACEBACK_CHARS] if cut > 0 else text
+    shown = _UNSAFE_BUT_NEWLINE.sub(lambda found: _escape(found.group()), head)
+    return f"{shown}\n... [{cut} characters cut]" if cut > 0 else shown
+
 
 # A value, or a function that gives it when a line is logged (a worker learns a job's correlation id
 # only once its record is decoded).
@@ -60,40 +123,66 @@ class JobContextFilter(logging.Filter):
         return True
 
 
-def _bounded(message: str) -> str:
-    if len(message) <= MAX_MESSAGE_CHARS:
-        return message
-    return f"{message[:MAX_MESSAGE_CHARS]}... [{len(message) - MAX_MESSAGE_CHARS} characters cut]"
-
-
 class TextFormatter(logging.Formatter):
+    """`<time> <level> <logger> [<thread>] <message> [correlation_id=... trace_id=...]`, one line; a
+    traceback follows on lines that start with TRACEBACK_PREFIX."""
+
     def __init__(self) -> None:
         super().__init__(TEXT_FORMAT)
 
-    def formatMessage(self, record: logging.LogRecord) -> str:
-        record.message = _bounded(record.message)
-        line = super().formatMessage(record)
+    def format(self, record: logging.LogRecord) -> str:
+        # Not Formatter.format: that caches the raw traceback on the record (exc_text), where another
+        # handler's formatter may have put one already.
+        record.message = printable(record.getMessage(), MAX_MESSAGE_CHARS)
+        record.asctime = self.formatTime(record, self.datefmt)
+        head = printable(self.formatMessage(record), MAX_PREFIX_CHARS + MAX_MESSAGE_CHARS)
         ids = [
-            f"{name}={value}"
-            for name in ("correlation_id", "trace_id")
+            f"{name}={printable(str(value), MAX_FIELD_CHARS)}"
+            for name in _CONTEXT_FIELDS
             if (value := getattr(record, name, None)) is not None
         ]
-        return f"{line} [{' '.join(ids)}]" if ids else line
+        lines = [f"{head} [{' '.join(ids)}]" if ids else head]
+        if record.exc_info:
+            lines.append(self._continued(self.formatException(record.exc_info)))
+        elif record.exc_text:
+            lines.append(self._continued(record.exc_text))
+        if record.stack_info:
+            lines.append(self._continued(self.formatStack(record.stack_info)))
+        return "\n".join(lines)
+
+    @staticmethod
+    def _continued(traceback: str) -> str:
+        return "\n".join(TRACEBACK_PREFIX + line for line in traceback_text(traceback).split("\n"))
 
 
 class JsonLineFormatter(JsonFormatter):
-    """One JSON object a line: time, level, logger, thread, message, the job's ids, extras."""
+    """One JSON object a line: time, level, logger, thread, message, the job's ids, extras. Every text
+    field is escaped and cut like a text line's parts; a field that is not text, a number or a boolean is
+    written as its (escaped, cut) text."""
 
     def __init__(self) -> None:
-        super().__init__(JSON_FIELDS, style="{", rename_fields={"levelname": "level", "name": "logger"})
+        # Not ASCII-only: every text field is escaped already, so other characters can stay readable.
+        super().__init__(
+            JSON_FIELDS,
+            style="{",
+            rename_fields={"levelname": "level", "name": "logger"},
+            json_ensure_ascii=False,
+        )
 
     def process_log_record(self, log_data: dict[str, Any]) -> dict[str, Any]:
-        if isinstance(log_data.get("message"), str):
-            log_data["message"] = _bounded(log_data["message"])
-        for name in ("correlation_id", "trace_id"):
+        for name in _CONTEXT_FIELDS:
             if log_data.get(name) is None:
                 log_data.pop(name, None)
-        return log_data
+        return {name: _json_field(name, value) for name, value in log_data.items()}
+
+
+def _json_field(name: str, value: object) -> object:
+    if value is None or isinstance(value, bool | int | float):
+        return value
+    text = value if isinstance(value, str) else str(value)
+    if name in _TRACEBACK_FIELDS:
+        return traceback_text(text)
+    return printable(text, MAX_MESSAGE_CHARS if name == "message" else MAX_FIELD_CHARS)
 
 
 def log_handler(log_format: Literal["text", "json", "auto"], stream: TextIO | None = None) -> logging.Handler:

@@ -13,9 +13,18 @@ import socket
 import uuid
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal, Self, TypeVar
 
-from pydantic import AliasChoices, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AliasChoices,
+    Field,
+    PrivateAttr,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 from pydantic_settings import BaseSettings, SettingsConfigDict, SettingsError
 
 from core.cache_keys import REVISION
@@ -72,6 +81,47 @@ class TopicSettings(BaseSettings):
         return [self.retry_topic(tier) for tier in range(1, len(self.retry_delays_s) + 1)]
 
 
+# An API key is a shared secret: long enough that guessing it is hopeless (32 random characters of a
+# base64 or hex alphabet hold 128 bits or more), and visible ASCII, as an HTTP header carries it.
+MIN_API_KEY_CHARS = 32
+_API_KEY = re.compile(r"[!-~]+")
+# What a stop adds to the request timeout by default, so a request that began its wait just before the
+# stop still gets its caption or its 504.
+DRAIN_MARGIN_S = 5.0
+
+
+def _keys_error(message: str) -> PydanticCustomError:
+    return PydanticCustomError("api_keys", message)
+
+
+def _api_keys(keys: SecretStr | None, keys_file: Path | None) -> tuple[SecretStr, ...]:
+    """The keys of CAPTIONER_API_KEYS (comma-separated) and of the keys file (one a line, blank lines
+    and # comments skipped). A bad one is named by its place, never shown."""
+    places: list[tuple[str, str]] = []
+    if keys is not None:
+        items = keys.get_secret_value().split(",")
+        places += [(f"CAPTIONER_API_KEYS, key {n}", item) for n, item in enumerate(items, 1)]
+    if keys_file is not None:
+        try:
+            lines = keys_file.read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
+            raise _keys_error(f"CAPTIONER_API_KEYS_FILE cannot be read: {reason}") from None
+        places += [(f"CAPTIONER_API_KEYS_FILE, line {n}", line) for n, line in enumerate(lines, 1)]
+    found = []
+    for place, item in places:
+        key = item.strip()
+        if not key or key.startswith("#"):
+            continue
+        if len(key) < MIN_API_KEY_CHARS or _API_KEY.fullmatch(key) is None:
+            raise _keys_error(
+                f"{place}: an API key must be at least {MIN_API_KEY_CHARS} visible ASCII characters "
+                "without spaces"
+            )
+        found.append(SecretStr(key))
+    return tuple(found)
+
+
 class ApiSettings(BaseSettings):
     """The HTTP front (producer_api)."""
 
@@ -92,7 +142,12 @@ class ApiSettings(BaseSettings):
     )
     instance_id: str = Field(default_factory=_default_instance_id)
     reply_partition: int | None = Field(default=None, ge=0)
-    shutdown_timeout_s: float = Field(default=10.0, ge=0)
+    shutdown_timeout_s: float | None = Field(
+        default=None,
+        ge=0,
+        description="how long a stop lets requests in flight finish before answering the rest 503; "
+        "default: the request timeout + 5 s",
+    )
     worker_group_id: str = Field(
         default="captioner-workers",
         validation_alias=AliasChoices("CAPTIONER_API_WORKER_GROUP_ID", "CAPTIONER_WORKER_GROUP_ID"),
@@ -105,22 +160,49 @@ class ApiSettings(BaseSettings):
     max_batch_bytes: int = Field(
         default=64 * 1024 * 1024, ge=1024, description="the most bytes one batch request body may have"
     )
-    keys: SecretStr | None = Field(
-        default=None, description="comma-separated API keys; with keys_file, any key configured turns auth on"
+    auth: Literal["auto", "required", "off"] = Field(
+        default="auto",
+        description="API keys: auto = required when keys or a keys file are configured; required = "
+        "refuse to start without a key; off = no keys (refused when keys are configured)",
     )
+    keys: SecretStr | None = Field(default=None, description="comma-separated API keys")
     keys_file: Path | None = Field(default=None, description="a file of API keys, one a line (# comments)")
     metrics_port: int | None = Field(
         default=None, ge=1, le=65535, description="serve /metrics on this port only (default: the API port)"
     )
+    _api_keys: tuple[SecretStr, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="after")
+    def _read_api_keys(self) -> Self:
+        """Keys are read once, here: a keys setting that yields no usable key, a short key, or an
+        unreadable keys file stops the API rather than leaving it open."""
+        settings = {"CAPTIONER_API_KEYS": self.keys, "CAPTIONER_API_KEYS_FILE": self.keys_file}
+        configured = " and ".join(name for name, value in settings.items() if value is not None)
+        if self.auth == "off" and configured:
+            raise _keys_error(f"CAPTIONER_API_AUTH=off, but {configured} is set: unset one or the other")
+        keys = _api_keys(self.keys, self.keys_file)
+        if not keys and configured:
+            raise _keys_error(
+                f"{configured}: no API key, only blank or comment lines; set a key, or unset it and set "
+                "CAPTIONER_API_AUTH=off to run without authentication"
+            )
+        if not keys and self.auth == "required":
+            raise _keys_error(
+                "CAPTIONER_API_AUTH=required, but no key is set (CAPTIONER_API_KEYS, CAPTIONER_API_KEYS_FILE)"
+            )
+        self._api_keys = keys
+        return self
 
     def api_keys(self) -> tuple[SecretStr, ...]:
-        """Every configured key, from CAPTIONER_API_KEYS and the keys file; empty means auth is off.
-        Read once, at start-up: an unreadable keys file stops the API rather than leaving it open."""
-        lines = self.keys.get_secret_value().split(",") if self.keys else []
-        if self.keys_file is not None:
-            lines += self.keys_file.read_text(encoding="utf-8").splitlines()
-        keys = (line.strip() for line in lines)
-        return tuple(SecretStr(key) for key in keys if key and not key.startswith("#"))
+        """Every configured key; empty only when authentication is off."""
+        return self._api_keys
+
+    @property
+    def drain_timeout_s(self) -> float:
+        """How long a stop waits for the requests in flight (CAPTIONER_API_SHUTDOWN_TIMEOUT_S)."""
+        if self.shutdown_timeout_s is not None:
+            return self.shutdown_timeout_s
+        return self.request_timeout_s + DRAIN_MARGIN_S
 
     cache_max_entries: int = Field(default=100_000, ge=1, description="caption-cache entries held in memory")
     cache_max_bytes: int = Field(
@@ -345,9 +427,11 @@ def load_settings(group: type[Group]) -> Group:
         return group()
     except ValidationError as exc:
         names = variable_names(group)
+        # An error of a whole group (its own validator) names its variables in its message.
         problems = [
-            f"{names.get(str(error['loc'][0]), error['loc'][0]) if error['loc'] else group.__name__}: "
-            f"{error['msg']}"
+            f"{names.get(str(error['loc'][0]), error['loc'][0])}: {error['msg']}"
+            if error["loc"]
+            else error["msg"]
             for error in exc.errors(include_url=False, include_input=False)
         ]
     except SettingsError as exc:  # a JSON-valued setting that is not JSON

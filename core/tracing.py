@@ -5,27 +5,32 @@ Spans always exist in-process (so every job has a trace id, for logs and for the
 SDK's own OTEL_EXPORTER_OTLP_* variables), the console, or a file of JSON lines.
 
 Trace context is as hostile as any other header: a value that is not ASCII, too long, repeated or
-malformed is ignored, and the work it came with starts a new trace.
+malformed is ignored, and the work it came with starts a new trace. Text from outside (a path, a topic
+named by a record, a correlation id, an error's message) goes into a span only through `span_text` (or
+`record_failure` for an error): escaped and cut as log lines are (core.logs). The provider's span limits
+cut any attribute at MAX_ATTRIBUTE_CHARS besides.
 """
 
 from __future__ import annotations
 
 import threading
+import traceback
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from opentelemetry.context import Context
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
-from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import (
     BatchSpanProcessor,
     ConsoleSpanExporter,
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, Tracer, format_trace_id
+from opentelemetry.trace import Span, StatusCode, Tracer, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
+from core.logs import MAX_MESSAGE_CHARS, printable, traceback_text
 from core.settings import TracingSettings
 from schemas.headers import TRACEPARENT, TRACESTATE
 
@@ -35,9 +40,24 @@ MAX_TRACEPARENT_CHARS = 256
 MAX_TRACESTATE_CHARS = 512
 _LIMITS = {TRACEPARENT: MAX_TRACEPARENT_CHARS, TRACESTATE: MAX_TRACESTATE_CHARS}
 
+# An outside value in an attribute (a path, a topic name, an id); an error's message may be longer.
+MAX_SPAN_TEXT_CHARS = 256
+# Any attribute, by the SDK's span limits: the last bound, for text that missed span_text.
+MAX_ATTRIBUTE_CHARS = 16384
+
 _PROPAGATOR = TraceContextTextMapPropagator()
+
+
+def new_tracer_provider(resource: Resource | None = None) -> TracerProvider:
+    """A provider whose spans cut every attribute value at MAX_ATTRIBUTE_CHARS."""
+    limits = SpanLimits(max_attribute_length=MAX_ATTRIBUTE_CHARS)
+    if resource is None:
+        return TracerProvider(span_limits=limits)
+    return TracerProvider(resource=resource, span_limits=limits)
+
+
 # Until an entry point configures tracing: spans with ids, exported nowhere.
-_provider = TracerProvider()
+_provider = new_tracer_provider()
 
 HeaderValue = str | bytes | None
 
@@ -62,7 +82,7 @@ def use_tracer_provider(provider: TracerProvider) -> TracerProvider:
 
 def configure_tracing(settings: TracingSettings, *, service_name: str) -> TracerProvider:
     """Called once by an entry point. OTEL_SERVICE_NAME, when set, names the service instead."""
-    provider = TracerProvider(resource=_resource(service_name))
+    provider = new_tracer_provider(_resource(service_name))
     exporter = span_exporter(settings.tracing)
     if exporter is not None:
         # Batched on a thread of its own, so no span end waits on the exporter; flushed at exit.
@@ -105,6 +125,25 @@ class JsonLinesSpanExporter(SpanExporter):
         except OSError:
             return SpanExportResult.FAILURE
         return SpanExportResult.SUCCESS
+
+
+def span_text(value: object, limit: int = MAX_SPAN_TEXT_CHARS) -> str:
+    """A value from outside as a span's name, attribute or status: control characters escaped, cut to
+    `limit` characters (as core.logs does for log lines)."""
+    return printable(str(value), limit)
+
+
+def record_failure(span: Span, error: BaseException) -> None:
+    """The error as the span's `exception` event (its message and stack trace escaped and cut) and the
+    span's status, ERROR with the error's class."""
+    span.record_exception(
+        error,
+        attributes={
+            "exception.message": span_text(error, MAX_MESSAGE_CHARS),
+            "exception.stacktrace": traceback_text("".join(traceback.format_exception(error))),
+        },
+    )
+    span.set_status(StatusCode.ERROR, type(error).__name__)
 
 
 def extract_context(fields: Iterable[tuple[object, object]]) -> Context:

@@ -21,7 +21,7 @@ from opentelemetry.context import Context
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from core.logs import log_context
-from core.tracing import context_headers, extract_context, trace_id, tracer
+from core.tracing import context_headers, extract_context, record_failure, span_text, trace_id, tracer
 
 if TYPE_CHECKING:
     from inference_consumer.jobs import Job
@@ -41,13 +41,13 @@ class JobTrace:
 
 def start_job_trace(job: Job) -> JobTrace:
     span = tracer(_TRACER).start_span(
-        f"{job.topic} process",
+        span_text(f"{job.topic} process"),
         context=extract_context(job.headers.items()),
         kind=SpanKind.CONSUMER,
         attributes={
             "messaging.system": "kafka",
             "messaging.operation.type": "process",
-            "messaging.destination.name": job.topic,
+            "messaging.destination.name": span_text(job.topic),
             "messaging.destination.partition.id": str(job.partition),
             "messaging.kafka.offset": job.offset,
             "captioner.attempt": job.attempt,
@@ -59,14 +59,13 @@ def start_job_trace(job: Job) -> JobTrace:
 def end_job_trace(job: Job) -> None:
     if job.trace is not None:
         if job.correlation_id is not None:
-            job.trace.span.set_attribute("messaging.message.conversation_id", job.correlation_id)
+            job.trace.span.set_attribute("messaging.message.conversation_id", span_text(job.correlation_id))
         job.trace.span.end()
 
 
 def job_failed(job: Job, error: BaseException) -> None:
     if job.trace is not None:
-        job.trace.span.record_exception(error)
-        job.trace.span.set_status(StatusCode.ERROR, type(error).__name__)
+        record_failure(job.trace.span, error)
 
 
 @contextlib.contextmanager
@@ -116,8 +115,7 @@ def inference_spans(jobs: list[Job]) -> Iterator[None]:
         yield
     except BaseException as error:
         for span in spans:
-            span.record_exception(error)
-            span.set_status(StatusCode.ERROR, type(error).__name__)
+            record_failure(span, error)
         raise
     finally:
         for span in spans:
@@ -128,13 +126,13 @@ def start_publish_span(job: Job, topic: str) -> tuple[Span, list[tuple[str, byte
     """A producer span for one of the job's outcome records, and the headers that name it."""
     parent = job.trace.context if job.trace is not None else None
     span = tracer(_TRACER).start_span(
-        f"{topic} publish",
+        span_text(f"{topic} publish"),  # a reply topic a request named
         context=parent,
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "kafka",
             "messaging.operation.type": "publish",
-            "messaging.destination.name": topic,
+            "messaging.destination.name": span_text(topic),
         },
     )
     return span, context_headers(set_span_in_context(span))
@@ -142,5 +140,5 @@ def start_publish_span(job: Job, topic: str) -> tuple[Span, list[tuple[str, byte
 
 def end_publish_span(span: Span, error: str | None) -> None:
     if error is not None:
-        span.set_status(StatusCode.ERROR, error)
+        span.set_status(StatusCode.ERROR, span_text(error))  # the Kafka client's text
     span.end()

@@ -1,4 +1,7 @@
-"""The aiohttp application: routes, error middleware, and the Kafka clients' lifecycle."""
+"""The aiohttp application: routes, error middleware, and the Kafka clients' lifecycle.
+
+A stop (SIGTERM) closes the listener, drains the caption requests in flight (producer_api.draining),
+and only then closes the Kafka clients their answers need."""
 
 from __future__ import annotations
 
@@ -9,7 +12,7 @@ import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
-from aiohttp import web
+from aiohttp import hdrs, web
 from aiohttp.typedefs import Middleware
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
@@ -25,6 +28,7 @@ from producer_api.appkeys import (
     ADMISSION,
     API_SETTINGS,
     CACHE_SETTINGS,
+    DRAIN,
     IMAGE_SETTINGS,
     KAFKA_SETTINGS,
     LISTENER,
@@ -38,7 +42,8 @@ from producer_api.batch import BATCH_PATH, predict_batch
 from producer_api.cache import cache_bypassed, cache_verifier, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
-from producer_api.errors import RequestTimeoutError, UnauthorizedError, error_body
+from producer_api.draining import CUT_ANSWER_S, Drain, drain_middleware, drain_on_shutdown
+from producer_api.errors import RequestTimeoutError, ShuttingDownError, UnauthorizedError, error_body
 from producer_api.intake import admitted_body
 from producer_api.payload import plan_body, prepare_upload
 from producer_api.publisher import RequestPublisher
@@ -53,6 +58,7 @@ from producer_api.readiness import (
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.scoping import request_scope
 from producer_api.service import CaptionResult, CaptionService
+from producer_api.serving import ApiRunner, name_the_server, plain_error, serve
 from producer_api.tracing import tracing_middleware
 
 log = logging.getLogger(__name__)
@@ -64,6 +70,11 @@ MAX_LINE_BYTES = 8190
 MAX_HEADERS = 128
 KEEPALIVE_TIMEOUT_S = 75.0
 REQUEST_WORK_THREADS = 4
+# After the drain: for the last answers to be written, then for each Kafka client to close.
+RESPONSE_FLUSH_S = 5.0
+CLIENT_CLOSE_S = 5.0
+# The most a stop takes past the drain bound (ApiSettings.drain_timeout_s): what a grace period adds.
+MAX_STOP_AFTER_DRAIN_S = CUT_ANSWER_S + RESPONSE_FLUSH_S + 3 * CLIENT_CLOSE_S  # publisher, replies, cache
 
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
@@ -76,8 +87,10 @@ def json_error(error: CaptionerError) -> web.Response:
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
     response = web.json_response(error_body(error), status=error.http_status, headers=headers)
-    if isinstance(error, RequestTimeoutError):
-        response.force_close()  # a client that trickles its body gets no second request on this connection
+    if isinstance(error, RequestTimeoutError | ShuttingDownError):
+        # a client that trickles its body gets no second request on this connection, nor does one of
+        # an instance that is stopping
+        response.force_close()
     return response
 
 
@@ -89,14 +102,13 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         if error.detail:
             log.info("%s %s: %s (%s)", request.method, request.path, error.code, error.detail)
         return json_error(error)
-    except web.HTTPException as exc:
+    except web.HTTPException as exc:  # aiohttp's own (404, 405, 413): its standard phrase, not its text
         if exc.status < 400:
             raise
-        return web.json_response(
-            {"error": {"code": exc.reason.lower().replace(" ", "_"), "message": exc.reason}},
-            status=exc.status,
-            headers={k: v for k, v in exc.headers.items() if k.lower() == "allow"},
-        )
+        response = plain_error(exc.status)
+        if hdrs.ALLOW in exc.headers:
+            response.headers[hdrs.ALLOW] = exc.headers[hdrs.ALLOW]
+        return response
     except Exception:
         log.exception("unhandled error on %s %s", request.method, request.path)
         return web.json_response(
@@ -190,11 +202,12 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
+    # Cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
     broker_watch.cancel()
-    await publisher.close(timeout_s=api.shutdown_timeout_s)
-    await asyncio.to_thread(listener.close, timeout_s=5.0)
+    await publisher.close(timeout_s=CLIENT_CLOSE_S)
+    await asyncio.to_thread(listener.close, timeout_s=CLIENT_CLOSE_S)
     if cache is not None:
-        await asyncio.to_thread(cache.reader.close, timeout_s=5.0)
+        await asyncio.to_thread(cache.reader.close, timeout_s=CLIENT_CLOSE_S)
 
 
 def _readiness(
@@ -227,14 +240,23 @@ async def request_executor(app: web.Application) -> AsyncIterator[None]:
 def make_api_app(*, api: ApiSettings, images: ImageSettings) -> web.Application:
     """The HTTP surface without Kafka: routes, error middleware, auth, admission and the request executor.
     The caller puts a caption service under SERVICE (make_app does, once the Kafka clients start)."""
-    # Tracing, then metrics, outermost: they see the status the client gets, 401s included.
-    middlewares: list[Middleware] = [tracing_middleware, metrics.metrics_middleware, error_middleware]
+    # Tracing, then metrics, outermost: they see the status the client gets, 401s and 503s included.
+    # The drain and auth sit inside error_middleware, which answers their 503s and 401s.
+    drain = Drain()
+    middlewares: list[Middleware] = [
+        tracing_middleware,
+        metrics.metrics_middleware,
+        error_middleware,
+        drain_middleware(drain),
+    ]
     keys = ApiKeys(api.api_keys())
     if keys:
-        # inside error_middleware, which answers its 401s
         middlewares.append(auth_middleware(keys, metrics_open=api.metrics_port is None))
     # client_max_size bounds aiohttp's own request.read()/post(); predict reads through plan_body's limit.
     app = web.Application(middlewares=middlewares, client_max_size=api.max_image_bytes * 2)
+    app.on_response_prepare.append(name_the_server)
+    app.on_shutdown.append(drain_on_shutdown)
+    app[DRAIN] = drain
     app[API_SETTINGS] = api
     app[IMAGE_SETTINGS] = images
     app[ADMISSION] = Admission(max_in_flight=api.max_in_flight, max_buffered_bytes=api.max_buffered_bytes)
@@ -256,8 +278,9 @@ async def metrics_server(app: web.Application) -> AsyncIterator[None]:
     """/metrics on its own port (CAPTIONER_API_METRICS_PORT), so it can stay off the public listener."""
     api = app[API_SETTINGS]
     metrics_app = web.Application()
+    metrics_app.on_response_prepare.append(name_the_server)
     metrics_app.router.add_get(METRICS_PATH, metrics_endpoint)
-    runner = web.AppRunner(metrics_app, access_log=None)
+    runner = ApiRunner(metrics_app, access_log=None)
     await runner.setup()
     await web.TCPSite(runner, api.host, api.metrics_port).start()
     log.info("metrics on port %s", api.metrics_port)
@@ -289,18 +312,23 @@ def run_api(
     images: ImageSettings,
     cache: CacheSettings,
 ) -> None:
-    """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close.
-    The settings are the ones its entry point read."""
-    web.run_app(
-        make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache),
-        loop=new_event_loop(),
-        host=api.host,
-        port=api.port,
-        shutdown_timeout=api.shutdown_timeout_s,
-        access_log=None,
-        keepalive_timeout=KEEPALIVE_TIMEOUT_S,
-        max_line_size=MAX_LINE_BYTES,
-        max_field_size=MAX_LINE_BYTES,
-        max_headers=MAX_HEADERS,
-        print=lambda message: log.info("%s", message),
-    )
+    """Serve until SIGINT/SIGTERM; then stop accepting, answer every request in flight (the drain,
+    bounded by api.drain_timeout_s), close. The settings are the ones its entry point read."""
+    app = make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache)
+    # The Runner cancels what is left on the loop and closes it, as web.run_app would.
+    with asyncio.Runner(loop_factory=new_event_loop) as runner:
+        runner.run(
+            serve(
+                app,
+                host=api.host,
+                port=api.port,
+                # what aiohttp waits for a handler after the drain: only the last answers' writing
+                shutdown_timeout=RESPONSE_FLUSH_S,
+                access_log=None,
+                keepalive_timeout=KEEPALIVE_TIMEOUT_S,
+                max_line_size=MAX_LINE_BYTES,
+                max_field_size=MAX_LINE_BYTES,
+                max_headers=MAX_HEADERS,
+            )
+        )
+    log.info("stopped")

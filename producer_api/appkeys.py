@@ -4,7 +4,7 @@ typed keys that the route modules share without importing app.py."""
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from aiohttp import web
 
@@ -15,6 +15,9 @@ from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import ReplyListener
 from producer_api.service import CaptionResult
+
+if TYPE_CHECKING:
+    from producer_api.draining import Drain  # which reads the settings under these keys
 
 
 class Captioner(Protocol):
@@ -33,3 +36,4 @@ REQUEST_EXECUTOR = web.AppKey("request_executor", ThreadPoolExecutor)
 SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")
 PUBLISHER = web.AppKey("request_publisher", RequestPublisher)
 LISTENER = web.AppKey("reply_listener", ReplyListener)
+DRAIN: web.AppKey[Drain] = web.AppKey("drain")

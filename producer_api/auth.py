@@ -1,4 +1,6 @@
-"""Optional API-key auth: on when any key is configured (CAPTIONER_API_KEYS, CAPTIONER_API_KEYS_FILE).
+"""API-key auth: on whenever keys are configured (CAPTIONER_API_KEYS, CAPTIONER_API_KEYS_FILE); off only
+when none is and CAPTIONER_API_AUTH allows it. The settings refuse to start with a keys setting that
+yields no key or a key that is too short (core.settings), so auth never turns itself off.
 
 A key comes as `Authorization: Bearer <key>` or `X-API-Key: <key>`. Both sides are hashed before
 hmac.compare_digest, so the comparison takes the same time whatever the lengths, and every configured

@@ -52,6 +52,15 @@ class BrokerUnavailableError(ApiError):
     retriable = True
 
 
+class ShuttingDownError(ApiError):
+    """This instance is stopping: a request that arrives while it drains, or one still in flight at
+    the drain bound. The connection is closed; another instance takes the retry."""
+
+    http_status = 503
+    code = "shutting_down"
+    retriable = True
+
+
 class CaptionTimeoutError(ApiError):
     http_status = 504
     code = "timeout"

@@ -254,9 +254,9 @@ def _parse_json(body: bytes, *, max_containers: int, max_values: int) -> Any:
         )
     except _RejectedJsonError as exc:
         raise MalformedRequestError(str(exc)) from None
-    except json.JSONDecodeError as exc:
+    except json.JSONDecodeError as exc:  # where, but not the parser's own words
         raise MalformedRequestError(
-            f"the body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})"
+            f"the body is not valid JSON (at line {exc.lineno}, column {exc.colno})"
         ) from None
     except (RecursionError, ValueError):
         raise MalformedRequestError("the body is not valid JSON") from None

@@ -10,7 +10,7 @@ from aiohttp import web
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from core.logs import log_context
-from core.tracing import context_headers, extract_context, trace_id, tracer
+from core.tracing import context_headers, extract_context, span_text, trace_id, tracer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -25,12 +25,13 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
     if not request.path.startswith(TRACED_PREFIX):
         return await handler(request)
     route = request.match_info.route.resource
-    path = route.canonical if route is not None else request.path
+    path = span_text(route.canonical if route is not None else request.path)
+    method = span_text(request.method)
     with tracer(_TRACER).start_as_current_span(
-        f"{request.method} {path}",
+        f"{method} {path}",
         context=extract_context(request.headers.items()),
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": request.method, "http.route": path, "url.path": request.path},
+        attributes={"http.request.method": method, "http.route": path, "url.path": span_text(request.path)},
     ) as span:
         with log_context(trace_id=trace_id(span)):
             try:
@@ -53,13 +54,13 @@ def publish_span(topic: str, correlation_id: str) -> Iterator[list[tuple[str, by
     """A producer span around one job's publish (a child of the request's span); yields the record
     headers that carry its context to the worker."""
     with tracer(_TRACER).start_as_current_span(
-        f"{topic} publish",
+        span_text(f"{topic} publish"),
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "kafka",
             "messaging.operation.type": "publish",
-            "messaging.destination.name": topic,
-            "messaging.message.conversation_id": correlation_id,
+            "messaging.destination.name": span_text(topic),
+            "messaging.message.conversation_id": span_text(correlation_id),
         },
     ) as span:
         yield context_headers(set_span_in_context(span))

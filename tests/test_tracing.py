@@ -26,7 +26,7 @@ from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_tra
 from core.logs import log_handler
 from core.offsets import OffsetTracker
 from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-from core.tracing import extract_context
+from core.tracing import MAX_SPAN_TEXT_CHARS, extract_context, span_text
 from inference_consumer.errors import InvalidImageError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
@@ -269,3 +269,48 @@ def test_a_failed_job_keeps_its_trace_into_the_dead_letter_and_logs_its_ids(
     assert "IMAGEBYTES" not in stream.getvalue()
     process = by_name(spans.get_finished_spans())[f"{REQUESTS} process"]
     assert process.status.status_code is StatusCode.ERROR
+
+
+HOSTILE = "c-1\nforged line\r\x1b[2J\u2028\u202e"
+UNSAFE = "\n\r\x1b\u2028\u202e"
+
+
+async def test_a_hostile_path_reaches_the_servers_span_escaped_and_cut(
+    spans: InMemorySpanExporter, api: tuple[TestClient[Any, Any], FakePublisher]
+) -> None:
+    client, _publisher = api
+    # Percent-encoded in the request line, decoded in the path aiohttp gives the handler.
+    path = "/api/v1/predictions%0Aforged%0D%1B%5B2J%E2%80%A8" + "x" * 4000
+
+    async with client.get(path) as response:
+        assert response.status == 404
+
+    (server,) = spans.get_finished_spans()
+    assert server.attributes is not None
+    for text in (server.name, server.attributes["url.path"], server.attributes["http.route"]):
+        assert isinstance(text, str) and not any(char in text for char in UNSAFE), text
+        assert "\\nforged\\r\\x1b[2J\\u2028" in text
+        assert len(text) < MAX_SPAN_TEXT_CHARS + 40
+
+
+def test_a_hostile_correlation_id_reaches_span_and_log_escaped(
+    spans: InMemorySpanExporter, worker_path: WorkerPath
+) -> None:
+    request = caption_request(make_image_bytes("PNG"), reply_topic=REPLIES, correlation_id=HOSTILE)
+    stream = io.StringIO()
+    handler = log_handler("text", stream)
+    logging.getLogger("inference_consumer").addHandler(handler)
+    try:
+        worker_path.feeder._take(as_message(REQUEST_CODEC.encode(request), []))  # refused: dead-lettered
+        worker_path.producer.deliver()
+    finally:
+        logging.getLogger("inference_consumer").removeHandler(handler)
+
+    process = by_name(spans.get_finished_spans())[f"{REQUESTS} process"]
+    assert process.attributes is not None
+    assert process.attributes["messaging.message.conversation_id"] == span_text(HOSTILE)
+    assert "\\nforged line\\r\\x1b" in span_text(HOSTILE)
+    logged = stream.getvalue()
+    assert "job c-1\\nforged line\\r\\x1b[2J\\u2028\\u202e at" in logged
+    assert not any(char in logged.replace("\n", "") for char in UNSAFE)
+    assert all(" forged line" not in line[:40] for line in logged.splitlines())

@@ -12,7 +12,7 @@ from __future__ import annotations
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from captioner.dlq.records import DeadLetter
-from core.tracing import context_headers, extract_context, tracer
+from core.tracing import context_headers, extract_context, span_text, tracer
 from schemas import headers as names
 
 _TRACER = "captioner.dlq"
@@ -23,13 +23,13 @@ def start_replay_span(record: DeadLetter, target: str) -> tuple[Span, list[tuple
     """The span, and the headers of the replayed record: the dead letter's replay headers without its
     trace context, plus this span's."""
     span = tracer(_TRACER).start_span(
-        f"{target} publish",
+        span_text(f"{target} publish"),  # a topic a dead letter's headers may name
         context=extract_context(record.headers),
         kind=SpanKind.PRODUCER,
         attributes={
             "messaging.system": "kafka",
             "messaging.operation.type": "publish",
-            "messaging.destination.name": target,
+            "messaging.destination.name": span_text(target),
             "captioner.replayed_from": record.position,
         },
     )
@@ -39,5 +39,5 @@ def start_replay_span(record: DeadLetter, target: str) -> tuple[Span, list[tuple
 
 def end_replay_span(span: Span, error: str | None) -> None:
     if error is not None:
-        span.set_status(StatusCode.ERROR, error)
+        span.set_status(StatusCode.ERROR, span_text(error))  # the Kafka client's text
     span.end()

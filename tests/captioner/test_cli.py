@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+from pathlib import Path
 
 import pytest
 
@@ -87,3 +88,52 @@ def test_a_bad_setting_value_is_one_line_naming_the_variable_and_exit_2(
     assert done.stderr.startswith(f"captioner: invalid setting: {variable}: "), done.stderr
     assert len(done.stderr.strip().splitlines()) == 1
     assert "notanumber" not in done.stderr  # a value is never echoed: it may be a secret
+
+
+@pytest.mark.parametrize(
+    ("keys_file", "named"),
+    [
+        pytest.param(
+            "# the operators' keys\n\n   \n", "CAPTIONER_API_KEYS_FILE: no API key", id="comments-only"
+        ),
+        pytest.param(f"{'k' * 40}\nshort-secret-key\n", "CAPTIONER_API_KEYS_FILE, line 2:", id="short-key"),
+    ],
+)
+def test_an_api_whose_keys_file_holds_no_usable_key_does_not_start(
+    tmp_path: Path, keys_file: str, named: str
+) -> None:
+    path = tmp_path / "keys"
+    path.write_text(keys_file)
+
+    done = captioner("api", CAPTIONER_API_KEYS_FILE=str(path), KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith(f"captioner: invalid setting: {named}"), done.stderr
+    assert len(done.stderr.strip().splitlines()) == 1
+    assert "short-secret-key" not in done.stderr
+
+
+def test_an_api_that_requires_keys_does_not_start_without_one() -> None:
+    done = captioner("api", CAPTIONER_API_AUTH="required", KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1")
+
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.startswith("captioner: invalid setting: CAPTIONER_API_AUTH=required"), done.stderr
+
+
+@pytest.mark.parametrize(
+    ("env", "keys"),
+    [
+        pytest.param({}, 0, id="nothing-configured"),  # auth off, as `make run` runs the API
+        pytest.param({"CAPTIONER_API_AUTH": "off"}, 0, id="off"),
+        pytest.param(
+            {"CAPTIONER_API_AUTH": "required", "CAPTIONER_API_KEYS": f" {'k' * 32} ,{'j' * 40}, "}, 2
+        ),
+    ],
+)
+def test_keys_settings_that_hold_together_load(env: dict[str, str], keys: int) -> None:
+    done = captioner("config", **env)
+
+    assert done.returncode == 0, done.stderr
+    api = json.loads(done.stdout)["api"]
+    assert api["CAPTIONER_API_AUTH"] == env.get("CAPTIONER_API_AUTH", "auto")
+    assert api["CAPTIONER_API_KEYS"] == ("**********" if keys else None)

@@ -5,13 +5,20 @@ from __future__ import annotations
 import io
 import json
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import pytest
 from pydantic import SecretStr
 
-from core.logs import MAX_MESSAGE_CHARS, log_context, log_handler
+from core.logs import (
+    MAX_FIELD_CHARS,
+    MAX_MESSAGE_CHARS,
+    TRACEBACK_PREFIX,
+    log_context,
+    log_handler,
+    printable,
+)
 from core.settings import KafkaSettings, LogSettings
 from inference_consumer.jobs import Job
 from schemas import REQUEST_CODEC
@@ -122,3 +129,116 @@ def test_auto_is_text_on_a_terminal_and_json_elsewhere() -> None:
     assert json.loads(pipe.getvalue())["correlation_id"] == "c-9"
     assert LogSettings().format == "auto"
     assert LogSettings(format="json").format == "json"
+
+
+HOSTILE = (
+    "c-1\n2030-01-01 00:00:00,000 INFO forged [MainThread] all is well\r\x1b[2J\u2028\u2029\x85\u202e\udcff"
+)
+
+
+def text_lines(logger: logging.Logger, log: Callable[[logging.Logger], None]) -> list[str]:
+    stream = io.StringIO()
+    handler = log_handler("text", stream)
+    logger.addHandler(handler)
+    try:
+        log(logger)
+    finally:
+        logger.removeHandler(handler)
+    return stream.getvalue().splitlines()
+
+
+@pytest.fixture
+def quiet_logger() -> Iterator[logging.Logger]:
+    logger = logging.getLogger("tests.core.test_logs.quiet")
+    logger.setLevel(logging.DEBUG)
+    logger.propagate = False
+    yield logger
+    for handler in list(logger.handlers):
+        logger.removeHandler(handler)
+
+
+def assert_escaped(line: str) -> None:
+    assert "forged" in line  # shown, not dropped
+    for escape in ("\\n", "\\r", "\\x1b", "\\u2028", "\\u2029", "\\x85", "\\u202e", "\\udcff"):
+        assert escape in line, escape
+    assert not any(char in line for char in "\n\r\x1b\u2028\u2029\x85\u202e\udcff")
+
+
+def test_a_hostile_correlation_id_and_message_stay_one_text_line(quiet_logger: logging.Logger) -> None:
+    def log(logger: logging.Logger) -> None:
+        with log_context(correlation_id=HOSTILE, trace_id=HOSTILE):
+            logger.warning("file %s refused", HOSTILE)
+
+    # splitlines() splits on \r, \x1c-\x1e, \x85, \u2028 and \u2029 too, as a log viewer may
+    (line,) = text_lines(quiet_logger, log)
+
+    assert_escaped(line.split(" [correlation_id=")[0])
+    assert_escaped(line.split(" [correlation_id=")[1])
+    assert line.encode("utf-8")  # no lone surrogate left to fail the stream's encoding
+
+
+def test_a_hostile_correlation_id_and_message_stay_one_json_line(
+    log_stream: tuple[logging.Logger, io.StringIO],
+) -> None:
+    logger, stream = log_stream
+
+    with log_context(correlation_id=HOSTILE):
+        logger.warning("file %s refused", HOSTILE)
+
+    (line,) = stream.getvalue().splitlines()
+    record = json.loads(line)
+    assert_escaped(record["message"])
+    assert_escaped(record["correlation_id"])
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_huge_context_value_gives_a_bounded_line(quiet_logger: logging.Logger, log_format: str) -> None:
+    stream = io.StringIO()
+    quiet_logger.addHandler(log_handler(log_format, stream))  # type: ignore[arg-type]
+
+    with log_context(correlation_id="\n" * 1_000_000, trace_id="t" * 1_000_000):
+        quiet_logger.info("%s", "m\x1b" * 1_000_000)
+
+    (line,) = stream.getvalue().splitlines()
+    bound = MAX_MESSAGE_CHARS + 4 * MAX_FIELD_CHARS
+    # JSON writes each backslash of an escape twice
+    assert len(line) < (bound if log_format == "text" else 2 * bound), len(line)
+    assert line.count("characters cut]") == 3
+    if log_format == "json":
+        assert json.loads(line)["trace_id"].startswith("ttt")
+
+
+@pytest.mark.parametrize("log_format", ["text", "json"])
+def test_a_traceback_cannot_forge_a_record(quiet_logger: logging.Logger, log_format: str) -> None:
+    stream = io.StringIO()
+    quiet_logger.addHandler(log_handler(log_format, stream))  # type: ignore[arg-type]
+
+    try:
+        raise ValueError(f"bad value {HOSTILE}")
+    except ValueError:
+        quiet_logger.exception("could not read %s", "x")
+
+    lines = stream.getvalue().split("\n")[:-1]
+    if log_format == "json":
+        (line,) = lines
+        assert "\\x1b" in json.loads(line)["exc_info"]
+    else:
+        record, *traceback = lines
+        assert record.endswith("could not read x")
+        assert traceback and all(line.startswith(TRACEBACK_PREFIX) for line in traceback)
+        assert any("forged" in line for line in traceback)
+    assert "\x1b" not in stream.getvalue() and "\u2028" not in stream.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("text", "limit", "shown"),
+    [
+        ("plain", 10, "plain"),
+        ("a\nb", 10, "a\\nb"),
+        ("abcdef", 3, "abc... [3 characters cut]"),
+        ("ab\x1bcd", 4, "ab... [3 characters cut]"),  # an escape is never split
+        ("\u2028", 6, "\\u2028"),
+    ],
+)
+def test_printable_escapes_and_cuts(text: str, limit: int, shown: str) -> None:
+    assert printable(text, limit) == shown

@@ -1,10 +1,20 @@
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from pydantic import ValidationError
 
 from core.kafka_config import client_config, consumer_config, producer_config
-from core.settings import ApiSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.settings import (
+    MIN_API_KEY_CHARS,
+    ApiSettings,
+    InvalidSettingError,
+    KafkaSettings,
+    TopicSettings,
+    WorkerSettings,
+    load_settings,
+)
 
 
 def test_bootstrap_servers_come_from_the_standard_variable(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -54,3 +64,64 @@ def test_the_known_variables_include_every_alias_a_setting_reads() -> None:
     from core.settings import known_variables
 
     assert {"KAFKA_BOOTSTRAP_SERVERS", "CAPTIONER_KAFKA_BOOTSTRAP_SERVERS"} <= known_variables()
+
+
+KEY = "k" * MIN_API_KEY_CHARS
+SHORT_SECRET = "short-secret-key"
+
+
+def api_settings_error(monkeypatch: pytest.MonkeyPatch, **env: str) -> str:
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(InvalidSettingError) as refused:
+        load_settings(ApiSettings)
+    return refused.value.message
+
+
+@pytest.mark.parametrize(
+    ("content", "named"),
+    [
+        ("# the operators' keys\n\n   \n#another comment\n", "CAPTIONER_API_KEYS_FILE: no API key"),
+        (
+            f"# keys\n{KEY}\n\n{SHORT_SECRET}\n",
+            "CAPTIONER_API_KEYS_FILE, line 4: an API key must be at least 32",
+        ),
+        (f"{KEY[:-1]} {KEY}\n", "CAPTIONER_API_KEYS_FILE, line 1: an API key must be"),
+        ("", "CAPTIONER_API_KEYS_FILE: no API key"),
+    ],
+)
+def test_a_keys_file_without_usable_keys_is_refused_naming_the_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path, content: str, named: str
+) -> None:
+    keys_file = tmp_path / "keys"
+    keys_file.write_text(content)
+
+    message = api_settings_error(monkeypatch, CAPTIONER_API_KEYS_FILE=str(keys_file))
+
+    assert message.startswith(f"invalid setting: {named}"), message
+    assert SHORT_SECRET not in message and KEY not in message
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"CAPTIONER_API_KEYS": " , "}, "CAPTIONER_API_KEYS: no API key"),
+        ({"CAPTIONER_API_KEYS": ""}, "CAPTIONER_API_KEYS: no API key"),
+        ({"CAPTIONER_API_KEYS": f"{KEY},{SHORT_SECRET}"}, "CAPTIONER_API_KEYS, key 2: an API key must"),
+        ({"CAPTIONER_API_AUTH": "required"}, "CAPTIONER_API_AUTH=required, but no key is set"),
+        ({"CAPTIONER_API_AUTH": "off", "CAPTIONER_API_KEYS": KEY}, "CAPTIONER_API_AUTH=off, but"),
+        ({"CAPTIONER_API_KEYS_FILE": "/nonexistent/keys"}, "CAPTIONER_API_KEYS_FILE cannot be read"),
+    ],
+)
+def test_keys_settings_that_would_leave_the_api_open_are_refused(
+    monkeypatch: pytest.MonkeyPatch, env: dict[str, str], named: str
+) -> None:
+    message = api_settings_error(monkeypatch, **env)
+
+    assert message.startswith(f"invalid setting: {named}"), message
+    assert SHORT_SECRET not in message and KEY not in message
+
+
+def test_a_stop_waits_past_the_request_timeout_by_default() -> None:
+    assert ApiSettings(request_timeout_s=12).drain_timeout_s > 12
+    assert ApiSettings(request_timeout_s=12, shutdown_timeout_s=3).drain_timeout_s == 3

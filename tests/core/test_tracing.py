@@ -9,12 +9,17 @@ import pytest
 from opentelemetry.context import Context
 from opentelemetry.trace import format_span_id, format_trace_id, get_current_span, set_span_in_context
 
+from core.logs import MAX_MESSAGE_CHARS
 from core.settings import TracingSettings
 from core.tracing import (
+    MAX_ATTRIBUTE_CHARS,
+    MAX_SPAN_TEXT_CHARS,
     JsonLinesSpanExporter,
     context_headers,
     extract_context,
+    record_failure,
     span_exporter,
+    span_text,
     trace_id,
     tracer,
 )
@@ -117,3 +122,44 @@ def test_the_file_exporter_writes_one_json_span_a_line(tmp_path: Path) -> None:
 
     lines = path.read_text().splitlines()
     assert [json.loads(line)["name"] for line in lines] == ["a", "b"]
+
+
+HOSTILE = "c-1\nforged\r\x1b[2J\u2028\u202e"
+
+
+def assert_safe(text: object, limit: int) -> None:
+    assert isinstance(text, str)
+    assert not any(char in text for char in "\n\r\x1b\u2028\u202e"), text
+    assert len(text) <= limit + len("... [1000000 characters cut]"), len(text)
+
+
+def test_outside_text_in_a_span_is_escaped_and_bounded() -> None:
+    with recorded_spans() as exporter:
+        span = tracer("test").start_span(span_text(HOSTILE))
+        span.set_attribute("messaging.message.conversation_id", span_text(HOSTILE * 100_000))
+        try:
+            raise ValueError(HOSTILE * 100_000)
+        except ValueError as error:
+            record_failure(span, error)
+        span.end()
+
+    (finished,) = exporter.get_finished_spans()
+    assert finished.name == "c-1\\nforged\\r\\x1b[2J\\u2028\\u202e"
+    assert finished.attributes is not None
+    assert_safe(finished.attributes["messaging.message.conversation_id"], MAX_SPAN_TEXT_CHARS)
+    (event,) = finished.events
+    assert event.attributes is not None
+    assert_safe(event.attributes["exception.message"], MAX_MESSAGE_CHARS)
+    stacktrace = event.attributes["exception.stacktrace"]
+    assert isinstance(stacktrace, str) and "\x1b" not in stacktrace and "Traceback" in stacktrace
+    assert finished.status.description == "ValueError"
+
+
+def test_every_attribute_is_cut_by_the_span_limits() -> None:
+    with recorded_spans() as exporter:
+        span = tracer("test").start_span("s", attributes={"raw": "x" * 1_000_000})
+        span.end()
+
+    (finished,) = exporter.get_finished_spans()
+    assert finished.attributes is not None
+    assert len(str(finished.attributes["raw"])) == MAX_ATTRIBUTE_CHARS

@@ -28,7 +28,7 @@ from core.settings import (
     known_variables,
     load_settings,
 )
-from producer_api.app import make_api_app
+from producer_api.app import MAX_STOP_AFTER_DRAIN_S, make_api_app
 from producer_api.payload import max_body_bytes
 from tests.support.repo import REPO
 
@@ -233,7 +233,12 @@ def test_the_limits_fit_the_settings(
     limits = container(statefulset)["resources"]["limits"]
     assert quantity_bytes(limits["memory"]) > api_settings.max_buffered_bytes  # type: ignore[attr-defined]
     grace = statefulset["spec"]["template"]["spec"]["terminationGracePeriodSeconds"]
-    assert grace > api_settings.request_timeout_s  # type: ignore[attr-defined]
+    pre_stop = container(statefulset)["lifecycle"]["preStop"]["exec"]["command"]
+    assert pre_stop[0] == "sleep"
+    # The whole stop: preStop, the drain (which outlasts the request timeout), the last answers and closes.
+    assert api_settings.drain_timeout_s > api_settings.request_timeout_s  # type: ignore[attr-defined]
+    stop_s = float(pre_stop[1]) + api_settings.drain_timeout_s + MAX_STOP_AFTER_DRAIN_S  # type: ignore[attr-defined]
+    assert grace >= stop_s
 
     worker_settings = settings_from(pod_environment(manifests, deployment), monkeypatch)["worker"]
     worker_limits = container(deployment)["resources"]["limits"]
@@ -418,6 +423,14 @@ def test_compose_runs_a_broker_topics_two_apis_nginx_and_workers(compose: dict[s
     for name, service in services.items():
         if name != "topics":
             assert "healthcheck" in service, f"{name} has no healthcheck"
+
+
+def test_compose_gives_an_api_time_to_drain(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
+    for service in api_services(compose).values():
+        for name, value in (service.get("environment") or {}).items():
+            monkeypatch.setenv(name, str(value))
+        drain_s = load_settings(ApiSettings).drain_timeout_s
+        assert float(service["stop_grace_period"].removesuffix("s")) >= drain_s + MAX_STOP_AFTER_DRAIN_S
 
 
 def test_compose_apis_own_distinct_reply_partitions(compose: dict[str, Any]) -> None:

@@ -28,7 +28,7 @@ from tests.conftest import StartApi, StartWorker
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-KEY = "contract-test-key-6d1f0c"
+KEY = "contract-test-key-6d1f0c-0123456789abcdef"
 AUTHORIZED = {"Authorization": f"Bearer {KEY}"}
 CHECKS = [
     not_a_server_error,

@@ -21,12 +21,13 @@ from producer_api.appkeys import CACHE_SETTINGS
 from producer_api.cache import CachedCaptions
 from producer_api.replies import PendingReplies
 from producer_api.service import CaptionService
+from producer_api.serving import SERVER_NAME, ApiRunner
 from schemas import REQUEST_CODEC, CaptionReply, CaptionRequest, ReplyError, ReplyStatus
 
 LIMIT = 64 * 1024
 PREDICT = "/api/v1/predictions"
-# What an error body must never show: a repr, a traceback, a server path.
-LEAKS = ("object at 0x", "Traceback", "/work/", 'File "', "Error:", "Exception")
+# What an error body must never show: a repr, a traceback, a server path, a library's words or version.
+LEAKS = ("object at 0x", "Traceback", "/work/", 'File "', "Error:", "Exception", "Expecting", "aiohttp/")
 
 
 @dataclass
@@ -150,10 +151,24 @@ def assert_plain_error(response: Response, status: int | None = None, code: str 
     assert isinstance(error["message"], str) and error["message"], error
     text = response.body.decode()
     assert not any(leak in text for leak in LEAKS), text
+    assert_server_unnamed(response)
     if status is not None:
         assert response.status == status, (response.status, text)
     if code is not None:
         assert error["code"] == code, text
+
+
+def assert_server_unnamed(response: Response) -> None:
+    """No answer says which software (or version) serves it."""
+    servers = [value for name, value in response.headers.items() if name.lower() == "server"]
+    assert servers in ([], [SERVER_NAME]), servers
+
+
+class ApiTestServer(TestServer):
+    """A test server with the runner the API process runs (producer_api.serving)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ApiRunner:
+        return ApiRunner(self.app, **kwargs)
 
 
 StartApi = Callable[..., Awaitable[ApiUnderTest]]
@@ -182,7 +197,7 @@ async def serve_api() -> AsyncIterator[StartApi]:
             cache=cache,
             executor=encoding,
         )
-        client = TestClient(TestServer(app))
+        client = TestClient(ApiTestServer(app))
         await client.start_server()
         clients.append(client)
         return ApiUnderTest(client, publisher)

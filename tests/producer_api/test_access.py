@@ -9,12 +9,15 @@ from pathlib import Path
 import aiohttp
 import pytest
 
+from producer_api.serving import SERVER_NAME
 from tests.producer_api.conftest import PREDICT, ApiUnderTest, Response, StartApi, assert_plain_error
 from tests.support.images import make_image_bytes
 from tests.support.services import free_port
 
 PNG = make_image_bytes("PNG")
-KEYS = "first-key-0123456789,second-key-abcdefghij"
+FIRST_KEY = "first-key-0123456789-abcdefghijklmn"
+SECOND_KEY = "second-key-abcdefghij-0123456789xyz"
+KEYS = f"{FIRST_KEY},{SECOND_KEY}"
 OPEN_ROUTES = [
     "/healthz",
     "/readyz",
@@ -46,7 +49,7 @@ async def get(api: ApiUnderTest, path: str) -> int:
     [
         pytest.param({}, id="no-key"),
         pytest.param({"Authorization": "Bearer wrong-key"}, id="wrong-bearer"),
-        pytest.param({"X-API-Key": "first-key-012345678"}, id="key-prefix"),
+        pytest.param({"X-API-Key": FIRST_KEY[:-1]}, id="key-prefix"),
         pytest.param({"Authorization": "Basic Zmlyc3Qta2V5"}, id="other-scheme"),
         pytest.param({"Authorization": "Bearer "}, id="empty-bearer"),
     ],
@@ -67,9 +70,9 @@ async def test_without_a_valid_key_the_answer_is_401_before_the_body_counts(
 @pytest.mark.parametrize(
     "headers",
     [
-        pytest.param({"Authorization": "Bearer first-key-0123456789"}, id="bearer"),
-        pytest.param({"Authorization": "bearer second-key-abcdefghij"}, id="bearer-lowercase-second-key"),
-        pytest.param({"X-API-Key": "second-key-abcdefghij"}, id="x-api-key"),
+        pytest.param({"Authorization": f"Bearer {FIRST_KEY}"}, id="bearer"),
+        pytest.param({"Authorization": f"bearer {SECOND_KEY}"}, id="bearer-lowercase-second-key"),
+        pytest.param({"X-API-Key": SECOND_KEY}, id="x-api-key"),
     ],
 )
 async def test_either_header_with_any_configured_key_is_let_in(
@@ -85,13 +88,11 @@ async def test_either_header_with_any_configured_key_is_let_in(
 
 async def test_keys_come_from_a_file_too(serve_api: StartApi, tmp_path: Path) -> None:
     keys_file = tmp_path / "keys"
-    keys_file.write_text("# operators\nfile-key-one\n\n  file-key-two  \n")
-    api = await serve_api(keys="env-key", keys_file=keys_file)
+    file_keys = ("file-key-one-0123456789abcdefghijk", "file-key-two-0123456789abcdefghijk")
+    keys_file.write_text(f"# operators\n{file_keys[0]}\n\n  {file_keys[1]}  \n")
+    api = await serve_api(keys=FIRST_KEY, keys_file=keys_file)
 
-    statuses = [
-        (await predict(api, **{"X-API-Key": key})).status
-        for key in ("file-key-one", "file-key-two", "env-key")
-    ]
+    statuses = [(await predict(api, **{"X-API-Key": key})).status for key in (*file_keys, FIRST_KEY)]
 
     assert statuses == [200, 200, 200]
     assert (await predict(api, **{"X-API-Key": "# operators"})).status == 401
@@ -115,16 +116,19 @@ async def test_probes_metrics_and_docs_stay_open(serve_api: StartApi, path: str)
     assert await get(api, path) in (200, 503)
 
 
-async def test_auth_is_on_only_when_keys_are_configured(serve_api: StartApi) -> None:
-    without_keys, with_blank_keys, with_keys = (
+async def test_auth_is_on_when_keys_are_configured_and_off_when_none_is_or_it_is_turned_off(
+    serve_api: StartApi,
+) -> None:
+    without_keys, turned_off, with_keys, required = (
         await serve_api(),
-        await serve_api(keys=" , "),
+        await serve_api(auth="off"),
         await serve_api(keys=KEYS),
+        await serve_api(keys=KEYS, auth="required"),
     )
 
-    statuses = [(await predict(api)).status for api in (without_keys, with_blank_keys, with_keys)]
+    statuses = [(await predict(api)).status for api in (without_keys, turned_off, with_keys, required)]
 
-    assert statuses == [200, 200, 401]
+    assert statuses == [200, 200, 401, 401]
 
 
 async def test_keys_are_never_logged(serve_api: StartApi, caplog: pytest.LogCaptureFixture) -> None:
@@ -132,11 +136,11 @@ async def test_keys_are_never_logged(serve_api: StartApi, caplog: pytest.LogCapt
     caplog.set_level(logging.DEBUG)
 
     refused = await predict(api, Authorization="Bearer a-wrong-key-that-must-not-leak")
-    admitted = await predict(api, Authorization="Bearer first-key-0123456789")
+    admitted = await predict(api, Authorization=f"Bearer {FIRST_KEY}")
 
     assert (refused.status, admitted.status) == (401, 200)
 
-    for secret in ("a-wrong-key-that-must-not-leak", "first-key-0123456789", "second-key"):
+    for secret in ("a-wrong-key-that-must-not-leak", FIRST_KEY, SECOND_KEY):
         assert secret not in caplog.text
 
 
@@ -150,7 +154,8 @@ async def test_metrics_can_move_to_their_own_port(serve_api: StartApi) -> None:
     ):
         assert response.status == 200
         assert "captioner_api_in_flight" in await response.text()
-    async with api.client.get("/metrics", headers={"X-API-Key": "first-key-0123456789"}) as response:
+        assert response.headers["Server"] == SERVER_NAME
+    async with api.client.get("/metrics", headers={"X-API-Key": FIRST_KEY}) as response:
         assert response.status == 404
 
 

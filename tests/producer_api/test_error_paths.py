@@ -7,7 +7,14 @@ import pytest
 
 from producer_api.errors import BrokerUnavailableError
 from schemas import CaptionReply, CaptionRequest, ReplyError, ReplyStatus
-from tests.producer_api.conftest import PREDICT, ApiUnderTest, Response, StartApi, assert_plain_error
+from tests.producer_api.conftest import (
+    PREDICT,
+    ApiUnderTest,
+    Response,
+    StartApi,
+    assert_plain_error,
+    assert_server_unnamed,
+)
 from tests.support.images import make_image_bytes
 
 PNG = make_image_bytes("PNG")
@@ -139,3 +146,55 @@ async def test_an_unexpected_exception_is_a_json_500_without_a_trace(
 
     assert_plain_error(response, 500, "internal_error")
     assert (api.in_flight, api.buffered_bytes) == (0, 0)
+
+
+async def test_malformed_json_says_where_but_not_in_the_parsers_words(serve_api: StartApi) -> None:
+    api = await serve_api()
+
+    response = await api.post(b'{"image": "aGk=",\n}', "application/json")
+
+    assert_plain_error(response, 400, "malformed_request")
+    assert response.json()["error"]["message"] == "the body is not valid JSON (at line 2, column 1)"
+
+
+@pytest.mark.parametrize(
+    ("method", "path"),
+    [
+        ("GET", "/healthz"),
+        ("GET", "/readyz"),  # 503: no Kafka in process
+        ("GET", "/api/v1/openapi.json"),
+        ("GET", "/static/demo.js"),
+        ("GET", "/api/v1/nothing-here"),
+        ("DELETE", "/healthz"),
+        ("POST", PREDICT),
+    ],
+)
+async def test_no_answer_names_the_server_software(serve_api: StartApi, method: str, path: str) -> None:
+    api = await serve_api()
+
+    async with api.client.request(method, path, data=PNG, headers={"Content-Type": "image/png"}) as answer:
+        response = Response(answer.status, dict(answer.headers), await answer.read())
+
+    assert_server_unnamed(response)
+
+
+@pytest.mark.parametrize(
+    "head",
+    [
+        pytest.param("G\x01T / HTTP/1.1\nHost: test\n", id="bad-method"),
+        pytest.param("GET / HTTP/1.1\nHost: test\nBad Header\n", id="bad-header"),
+        pytest.param(f"GET /{'x' * 9000} HTTP/1.1\nHost: test\n", id="line-too-long"),
+        pytest.param("POST /api/v1/predictions HTTP/1.1\nHost: test\nContent-Length: x\n", id="bad-length"),
+    ],
+)
+async def test_a_request_aiohttp_cannot_parse_gets_the_plain_json_error(
+    serve_api: StartApi, head: str
+) -> None:
+    api = await serve_api()
+    connection = await api.open_raw(head)
+
+    response = await connection.response()
+    await connection.close()
+
+    assert_plain_error(response, 400, "malformed_request")
+    assert response.json()["error"]["message"] == "the request is not valid HTTP"

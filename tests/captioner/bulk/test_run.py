@@ -164,6 +164,19 @@ def test_the_report_lists_failures_up_to_a_bound_then_the_totals(capsys: pytest.
     assert err[-1].startswith(f"5 captioned, {MAX_LISTED_FAILURES + 3} failed in 2.0 s")
 
 
+def test_the_report_shows_a_hostile_file_name_and_message_on_one_line(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    summary = Summary(captioned=0, elapsed_s=1.0)
+    summary.add(Result.failed("/images/a\n5 captioned\x1b[2J.jpg", error="invalid_image", message="bad\rok"))
+
+    report(summary, sys.stderr)
+
+    err = capsys.readouterr().err.splitlines()
+    assert err[1] == "  /images/a\\n5 captioned\\x1b[2J.jpg: invalid_image: bad\\rok"
+    assert len(err) == 3
+
+
 @pytest.fixture
 def album(tmp_path: Path) -> Path:
     folder = tmp_path / "album"
