@@ -17,13 +17,14 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import sys
 from collections.abc import Callable, Iterator
 from contextvars import ContextVar
 from typing import Any, Literal, TextIO
 
 from pythonjsonlogger.json import JsonFormatter
+
+from core.text import escaped, escaped_keeping_lines
 
 MAX_MESSAGE_CHARS = 4096
 # A correlation or trace id, a logger or thread name, an extra field of a JSON line.
@@ -37,50 +38,13 @@ TRACEBACK_PREFIX = "  | "
 _CONTEXT_FIELDS = ("correlation_id", "trace_id")
 _TRACEBACK_FIELDS = frozenset({"exc_info", "stack_info"})
 
-# What would let a value forge or hide a line, or rewrite a terminal: C0 controls, DEL, C1 controls,
-# the Unicode line and paragraph separators, bidirectional marks and overrides, the byte-order mark, and
-# lone surrogates (undecodable bytes of a file name; a UTF-8 stream refuses to write them).
-_UNSAFE = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]")
-_UNSAFE_BUT_NEWLINE = re.compile(
-    "[\x00-\x09\x0b-\x1f\x7f-\x9f\u061c\u200e\u200f\u2028-\u202e\u2066-\u2069\ufeff\ud800-\udfff]"
-)
-_SHORT_ESCAPES = {"\t": "\\t", "\n": "\\n", "\r": "\\r"}
-
-
-def _escape(char: str) -> str:
-    code = ord(char)
-    return _SHORT_ESCAPES.get(char) or (f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}")
-
-
-def printable(text: str, limit: int) -> str:
-    """`text` with every unsafe character escaped, cut to `limit` characters (escapes included) plus a
-    note of how many characters were cut. Only the first `limit` characters are ever looked at, so a
-    huge value costs no more than a short one."""
-    if len(text) <= limit and _UNSAFE.search(text) is None:
-        return text
-    parts: list[str] = []
-    room, position, stop = limit, 0, limit
-    for found in _UNSAFE.finditer(text, 0, limit):
-        safe, escape = text[position : found.start()], _escape(found.group())
-        if len(safe) + len(escape) > room:
-            stop = found.start()
-            break
-        parts += (safe, escape)
-        room -= len(safe) + len(escape)
-        position = found.end()
-    tail = text[position : min(position + room, stop)]
-    parts.append(tail)
-    cut = len(text) - position - len(tail)
-    shown = "".join(parts)
-    return f"{shown}... [{cut} characters cut]" if cut else shown
-
 
 def traceback_text(text: str) -> str:
     """A traceback cut to MAX_TRACEBACK_CHARS, its line breaks kept and every other unsafe character
     escaped."""
     cut = len(text) - MAX_TRACEBACK_CHARS
     head = text[:MAX_TRACEBACK_CHARS] if cut > 0 else text
-    shown = _UNSAFE_BUT_NEWLINE.sub(lambda found: _escape(found.group()), head)
+    shown = escaped_keeping_lines(head)
     return f"{shown}\n... [{cut} characters cut]" if cut > 0 else shown
 
 
@@ -133,11 +97,11 @@ class TextFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         # Not Formatter.format: that caches the raw traceback on the record (exc_text), where another
         # handler's formatter may have put one already.
-        record.message = printable(record.getMessage(), MAX_MESSAGE_CHARS)
+        record.message = escaped(record.getMessage(), MAX_MESSAGE_CHARS)
         record.asctime = self.formatTime(record, self.datefmt)
-        head = printable(self.formatMessage(record), MAX_PREFIX_CHARS + MAX_MESSAGE_CHARS)
+        head = escaped(self.formatMessage(record), MAX_PREFIX_CHARS + MAX_MESSAGE_CHARS)
         ids = [
-            f"{name}={printable(str(value), MAX_FIELD_CHARS)}"
+            f"{name}={escaped(str(value), MAX_FIELD_CHARS)}"
             for name in _CONTEXT_FIELDS
             if (value := getattr(record, name, None)) is not None
         ]
@@ -182,7 +146,7 @@ def _json_field(name: str, value: object) -> object:
     text = value if isinstance(value, str) else str(value)
     if name in _TRACEBACK_FIELDS:
         return traceback_text(text)
-    return printable(text, MAX_MESSAGE_CHARS if name == "message" else MAX_FIELD_CHARS)
+    return escaped(text, MAX_MESSAGE_CHARS if name == "message" else MAX_FIELD_CHARS)
 
 
 def log_handler(log_format: Literal["text", "json", "auto"], stream: TextIO | None = None) -> logging.Handler:

@@ -30,8 +30,9 @@ from opentelemetry.sdk.trace.export import (
 from opentelemetry.trace import Span, StatusCode, Tracer, format_trace_id
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
-from core.logs import MAX_MESSAGE_CHARS, printable, traceback_text
+from core.logs import MAX_MESSAGE_CHARS, traceback_text
 from core.settings import TracingSettings
+from core.text import escaped
 from schemas.headers import TRACEPARENT, TRACESTATE
 
 # A version-00 traceparent is 55 characters; later versions may append fields, so some room is left.
@@ -130,7 +131,7 @@ class JsonLinesSpanExporter(SpanExporter):
 def span_text(value: object, limit: int = MAX_SPAN_TEXT_CHARS) -> str:
     """A value from outside as a span's name, attribute or status: control characters escaped, cut to
     `limit` characters (as core.logs does for log lines)."""
-    return printable(str(value), limit)
+    return escaped(str(value), limit)
 
 
 def record_failure(span: Span, error: BaseException) -> None:

@@ -34,11 +34,11 @@ from captioner.bulk.paths import count_paths, input_paths, uses_stdin
 from captioner.bulk.results import PathKey, Result
 from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_all
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
-from captioner.bulk.terminal import shown
 from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
+from core.text import escaped
 from core.topics import OUTCOME_HEADROOM_BYTES
 
 log = logging.getLogger(__name__)
@@ -53,11 +53,11 @@ def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: Top
         with _output(options) as (sink, skip):
             asyncio.run(_run(options, sink, skip, summary, kafka=kafka, topics=topics))
     except UsageError as exc:
-        print(f"captioner caption: {shown(exc.message)}", file=sys.stderr)
+        print(f"captioner caption: {escaped(exc.message)}", file=sys.stderr)
         return ExitCode.USAGE
     except (KafkaException, KafkaTimeoutError) as exc:
         print(
-            f"captioner caption: Kafka is unreachable or refused the reply topic: {shown(str(exc))}",
+            f"captioner caption: Kafka is unreachable or refused the reply topic: {escaped(str(exc))}",
             file=sys.stderr,
         )
         return ExitCode.UNAVAILABLE
@@ -248,7 +248,7 @@ def report(summary: Summary, err: TextIO, *, stopped: str | None = None) -> None
         print(f"failed ({summary.failed}):", file=err)
         for failure in summary.failures:
             line = f"{failure.path}: {failure.error}: {failure.message}"
-            print(f"  {shown(line)}", file=err)
+            print(f"  {escaped(line)}", file=err)
         if summary.failed > len(summary.failures):
             print(f"  ... and {summary.failed - len(summary.failures)} more (see the output)", file=err)
     skipped = f", {summary.skipped} skipped (already in the output)" if summary.skipped else ""
@@ -258,7 +258,7 @@ def report(summary: Summary, err: TextIO, *, stopped: str | None = None) -> None
         file=err,
     )
     if stopped is not None:
-        print(f"stopped early ({shown(stopped)}); with --output, --resume goes on from there", file=err)
+        print(f"stopped early ({escaped(stopped)}); with --output, --resume goes on from there", file=err)
     if summary.left_in_flight:
         print(
             f"{summary.left_in_flight} images were still in flight on the request topic: workers may "

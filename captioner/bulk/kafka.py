@@ -33,7 +33,6 @@ from confluent_kafka import (
 
 from captioner.bulk.files import ImageFile
 from captioner.bulk.results import TIMEOUT, Result
-from captioner.bulk.terminal import shown
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
@@ -205,7 +204,7 @@ class KafkaBackend:
                 self._kafka, [self.reply_topic], timeout_s=self._admin_timeout_s, client_log=LIBRDKAFKA_LOG
             )
         except KafkaException as exc:
-            log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, shown(str(exc)))
+            log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
 
     def _start_clients(self) -> None:
         client_id = f"captioner-bulk-{self.run_id}"
@@ -264,12 +263,12 @@ class KafkaBackend:
 
 def _decode(message: Message) -> CaptionReply | None:
     if message.error():
-        log.warning("reply topic error: %s", shown(str(message.error())))
+        log.warning("reply topic error: %s", message.error())
         return None
     try:
         return REPLY_CODEC.decode(message.value() or b"")
     except RecordDecodeError as exc:
-        log.warning("unreadable reply at offset %d: %s", message.offset(), shown(str(exc)))
+        log.warning("unreadable reply at offset %d: %s", message.offset(), exc)
         return None
 
 

@@ -29,8 +29,9 @@ from captioner.bulk.results import (
     valid_text,
     written_path,
 )
-from captioner.bulk.terminal import json_escaped, shown
+from captioner.bulk.terminal import json_escaped
 from captioner.errors import UsageError
+from core.text import escaped
 
 CSV_FIELDS = (*FIELDS, PATH_BYTES_FIELD)
 
@@ -86,7 +87,7 @@ class CsvSink:
         if value is None:
             return ""
         one_line = value.replace("\r", " ").replace("\n", " ")
-        return shown(one_line) if self._terminal else one_line
+        return escaped(one_line) if self._terminal else one_line
 
 
 def _texts(result: Result) -> dict[str, str | None]:

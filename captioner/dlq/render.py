@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Sequence
 from dataclasses import asdict
 from datetime import UTC, datetime
@@ -12,24 +11,17 @@ from typing import Any
 from captioner.dlq.overview import Overview
 from captioner.dlq.records import DeadLetter, Origin, ms_to_datetime
 from captioner.dlq.replay import ReplaySummary
+from core.text import escaped, escaped_keeping_lines
 from schemas import CaptionRequest
 
 SHOWN_BYTES = 8192  # of one header value or key: the worker's stack header is 4000 characters
 SHOWN_NAME = 256  # characters of a header name
-# Control and format characters (an escape sequence can rewrite the operator's terminal), but not
-# newline and tab, which stack traces need.
-_UNPRINTABLE = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f\u200b-\u200f\u202a-\u202e\u2066-\u2069\ufeff]")
 
 
 def shown(value: bytes, limit: int = SHOWN_BYTES) -> str:
     """Bytes from a record as text, cut to `limit` bytes with a note of the full size."""
     text = value[:limit].decode("utf-8", "backslashreplace")
     return text if len(value) <= limit else f"{text}... ({len(value)} bytes in all)"
-
-
-def printable(text: str) -> str:
-    """Text for a terminal: control characters escaped, as JSON output escapes them."""
-    return _UNPRINTABLE.sub(lambda match: match.group().encode("unicode_escape").decode(), text)
 
 
 def to_json(data: Any) -> str:
@@ -41,7 +33,7 @@ def iso(epoch_ms: int | None) -> str | None:
 
 
 def table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
-    cells = [list(header), *([("-" if c is None else printable(str(c))) for c in row] for row in rows)]
+    cells = [list(header), *([("-" if c is None else escaped(str(c))) for c in row] for row in rows)]
     widths = [max(len(row[i]) for row in cells) for i in range(len(header))]
     return "\n".join(
         "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in cells
@@ -145,7 +137,7 @@ def dead_letter_text(record: DeadLetter) -> str:
         lines += _request_lines(data["request"])
     lines.append("headers" + ("     unreadable (a name is not UTF-8)" if record.headers_unreadable else ""))
     lines += [_header_line(name, value) for name, value in data["headers"].items()]
-    return printable("\n".join(lines))
+    return escaped_keeping_lines("\n".join(lines))
 
 
 def _request_lines(request: dict[str, Any]) -> list[str]:
@@ -192,4 +184,4 @@ def replay_text(summary: ReplaySummary) -> str:
     if summary.interrupted:
         lines.append("  interrupted: acknowledged records are committed; run again to continue")
     lines += [f"  error: {error}" for error in summary.errors]
-    return printable("\n".join(lines))
+    return escaped_keeping_lines("\n".join(lines))
