@@ -98,8 +98,8 @@ class InferenceWorker:
         sys.setswitchinterval(GIL_SWITCH_INTERVAL_S)
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
+        ensure_topics(self._kafka, self._topics)  # before the model: a missing topic fails in seconds
         model = self._model or load_caption_model(self.settings)
-        ensure_topics(self._kafka, self._topics)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()

@@ -23,7 +23,7 @@ from confluent_kafka import OFFSET_BEGINNING, Consumer, KafkaError, Message, Top
 
 from core.cache_keys import MAX_ENTRY_BYTES, cache_key, entry_key, entry_problem, entry_size
 from core.consuming import poll_batch
-from core.kafka_config import consumer_config
+from core.kafka_config import API_CLIENT_PREFIX, consumer_config
 from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
@@ -244,7 +244,7 @@ async def start_caption_cache(
     if not cache.enabled:
         return None
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
-    client_id = f"captioner-api-{api.instance_id}-cache"
+    client_id = f"{API_CLIENT_PREFIX}{api.instance_id}-cache"
     reader = CacheReader(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.captions,

@@ -15,6 +15,7 @@ from core.settings import KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
 from tests.support.repo import repo_files
+from tests.support.secured_kafka import SECURED_USERS, SecuredKafka, secured_broker
 from tests.support.services import (
     CAPTIONER,
     ApiProcess,
@@ -55,6 +56,15 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kafka_bootstrap() -> Iterator[str]:
     with kafka_cluster() as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[SecuredKafka]:
+    """A second broker, with TLS, SASL/SCRAM and an authorizer, and a SCRAM user per role; started only
+    for the tests that ask for it."""
+    with secured_broker() as kafka:
+        kafka.add_users(*SECURED_USERS)
+        yield kafka
 
 
 @pytest.fixture

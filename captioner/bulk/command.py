@@ -32,7 +32,7 @@ from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_a
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
 from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
-from core.errors import KafkaTimeoutError
+from core.errors import KafkaTimeoutError, TopicNotAuthorizedError, TopicsMissingError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
 
@@ -43,7 +43,7 @@ def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: Top
     stream, sink, skip = _open(options)
     try:
         summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
-    except (KafkaException, KafkaTimeoutError) as exc:
+    except (KafkaException, KafkaTimeoutError, TopicNotAuthorizedError, TopicsMissingError) as exc:
         print(f"captioner caption: Kafka is unreachable or refused the reply topic: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
     finally:
