@@ -15,7 +15,6 @@ from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
 from captioner.errors import ExitCode
-from core.errors import TopicNotAuthorizedError, TopicsMissingError
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
     InvalidSettingError,
@@ -24,6 +23,7 @@ from core.settings import (
     load_settings,
     refuse_unknown_variables,
 )
+from core.topics import TopicNotAuthorizedError, TopicsMissingError
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})

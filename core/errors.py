@@ -10,8 +10,6 @@ __all__ = [
     "InvalidImageError",
     "InvalidRequestError",
     "KafkaTimeoutError",
-    "TopicNotAuthorizedError",
-    "TopicsMissingError",
     "UnsupportedImageFormatError",
 ]
 
@@ -49,19 +47,4 @@ class KafkaTimeoutError(CaptionerError):
 
     code = "kafka_timeout"
     retriable = True
-    http_status = 503
-
-
-class TopicsMissingError(CaptionerError):
-    """Topics a process needs do not exist and its principal may not create them: the operator creates
-    them (`captioner topics create`). The message names the topics."""
-
-    code = "topics_missing"
-    http_status = 503
-
-
-class TopicNotAuthorizedError(CaptionerError):
-    """The cluster will not even say whether a topic exists: the principal has no ACL on it."""
-
-    code = "topic_not_authorized"
     http_status = 503

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from core.errors import KafkaTimeoutError, TopicNotAuthorizedError, TopicsMissingError
+from core.errors import CaptionerError, KafkaTimeoutError
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
 
@@ -23,6 +23,19 @@ _HOUR_MS = 3_600_000
 # this much more than the request topic, so a job that fit there always fits there too.
 OUTCOME_HEADROOM_BYTES = 64 * 1024
 CAPTION_CACHE_MAX_BATCH_BYTES = 1024 * 1024
+
+
+class TopicsMissingError(CaptionerError):
+    """Topics a process needs do not exist and its principal may not create them: the operator creates
+    them (`captioner topics create`). A start-up error: no caller ever sees it."""
+
+    code = "topics_missing"
+
+
+class TopicNotAuthorizedError(CaptionerError):
+    """The cluster will not even say whether a topic exists: the principal has no ACL on it."""
+
+    code = "topic_not_authorized"
 
 
 @dataclass(frozen=True)

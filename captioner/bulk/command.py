@@ -32,9 +32,9 @@ from captioner.bulk.run import Backend, NoProgress, Progress, Summary, caption_a
 from captioner.bulk.sinks import ResultSink, make_sink, open_output
 from captioner.bulk.window import AdaptiveWindow
 from captioner.errors import ExitCode, UsageError
-from core.errors import KafkaTimeoutError, TopicNotAuthorizedError, TopicsMissingError
+from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
-from core.topics import OUTCOME_HEADROOM_BYTES
+from core.topics import OUTCOME_HEADROOM_BYTES, TopicNotAuthorizedError, TopicsMissingError
 
 
 def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
