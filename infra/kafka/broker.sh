@@ -55,7 +55,6 @@ run_java() {
 
 # server.properties from the template; secured, its listener lines give way to security.sh's.
 write_config() {
-  local listener_lines='^(listeners|advertised\.listeners|listener\.security\.protocol\.map|inter\.broker\.listener\.name)='
   if [[ "$security" == plaintext ]]; then
     fill_template "$here/server.properties" > "$config"
     return
@@ -64,7 +63,7 @@ write_config() {
   (umask 077  # the config holds the passwords
     { fill_template "$here/server.properties" | grep -Ev "$listener_lines"
       security_properties "$port" "$controller_port" "$state"; } > "$config"
-    admin_env "$port" "$state" > "$state/admin.env")
+    admin_env "127.0.0.1:$port" "$state" > "$state/admin.env")
 }
 
 fill_template() {

@@ -1,4 +1,4 @@
-# Sourced by broker.sh: what KAFKA_LOCAL_SECURITY=sasl_ssl adds to a local KRaft broker.
+# Sourced by broker.sh and cluster.sh: what KAFKA_LOCAL_SECURITY=sasl_ssl adds to local KRaft brokers.
 #   - clients: one SASL_SSL listener, TLS (a throwaway CA's certificate for 127.0.0.1 and localhost) and
 #     SASL/SCRAM-SHA-512; the broker talks to itself (inter-broker) on it as the super user `admin`, whose
 #     SCRAM credential is written into the metadata log when the storage is formatted;
@@ -48,7 +48,8 @@ secret() {
   cat "$file"
 }
 
-# security_properties PORT CONTROLLER_PORT STATE: the lines that replace the PLAINTEXT listeners.
+# security_properties PORT CONTROLLER_PORT STATE: the lines that replace the PLAINTEXT listeners (a
+# cluster's nodes share STATE's certificate and passwords).
 security_properties() {
   local port="$1" controller_port="$2" state="$3"
   local admin_password controller_password
@@ -77,15 +78,18 @@ super.users=User:admin
 EOF
 }
 
+# listener_lines: the template's lines that security_properties replaces.
+listener_lines='^(listeners|advertised\.listeners|listener\.security\.protocol\.map|inter\.broker\.listener\.name)='
+
 # The --add-scram argument that gives `admin` its credential when the storage is formatted.
 admin_scram() {
   echo "SCRAM-SHA-512=[name=admin,password=$(secret "$1/secrets/admin")]"
 }
 
-# admin_env PORT STATE: the CAPTIONER_KAFKA_* settings of the super user, shell-quoted, one a line.
+# admin_env BOOTSTRAP STATE: the CAPTIONER_KAFKA_* settings of the super user, shell-quoted, one a line.
 admin_env() {
-  local port="$1" state="$2"
-  printf 'CAPTIONER_KAFKA_BOOTSTRAP_SERVERS=%q\n' "127.0.0.1:$port"
+  local bootstrap="$1" state="$2"
+  printf 'CAPTIONER_KAFKA_BOOTSTRAP_SERVERS=%q\n' "$bootstrap"
   printf 'CAPTIONER_KAFKA_SECURITY_PROTOCOL=SASL_SSL\n'
   printf 'CAPTIONER_KAFKA_SASL_MECHANISM=SCRAM-SHA-512\n'
   printf 'CAPTIONER_KAFKA_SASL_USERNAME=admin\n'
