@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -15,7 +16,6 @@ from core.settings import KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
 from tests.support.repo import repo_files
-from tests.support.secured_kafka import SECURED_USERS, SecuredKafka, secured_broker
 from tests.support.services import (
     CAPTIONER,
     ApiProcess,
@@ -25,6 +25,9 @@ from tests.support.services import (
     spawn,
     spawn_api,
 )
+
+if TYPE_CHECKING:
+    from tests.support.secured_kafka import SecuredKafka
 
 # Failing examples are printed with a reproduce blob; no example database inside the repository.
 hypothesis_settings.register_profile("captioner", database=None)
@@ -62,6 +65,8 @@ def kafka_bootstrap() -> Iterator[str]:
 def secured_kafka() -> Iterator[SecuredKafka]:
     """A second broker, with TLS, SASL/SCRAM and an authorizer, and a SCRAM user per role; started only
     for the tests that ask for it."""
+    from tests.support.secured_kafka import SECURED_USERS, secured_broker
+
     with secured_broker() as kafka:
         kafka.add_users(*SECURED_USERS)
         yield kafka

@@ -55,7 +55,7 @@ from tests.support.secured_kafka import (
 from tests.support.services import CAPTIONER, service_env
 from tests.support.waiting import wait_until
 
-pytestmark = [pytest.mark.integration]
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 REFUSED = "TOPIC_AUTHORIZATION_FAILED"
 ALLOWED = "allowed"
@@ -374,6 +374,25 @@ def test_the_acls_on_the_broker_are_the_ones_the_code_gives(deployment: Deployme
 
     assert wanted <= set(on_broker)
     assert {binding.permission_type for binding in on_broker} == {AclPermissionType.ALLOW}
+
+
+def test_only_a_super_user_grants_acls_or_sets_passwords(deployment: Deployment) -> None:
+    """The operator runs the service's tools; it cannot give the intruder the worker's rights."""
+    escalated = deployment.captioner(OPERATOR, "topics", "acls", f"--worker=User:{INTRUDER}")
+    password = subprocess.run(
+        [CAPTIONER, "topics", "scram-user", WORKER],
+        input="taken-over\n",
+        env=service_env(deployment.as_user(OPERATOR)),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+    assert escalated.returncode == 1
+    assert last_line(escalated.stderr).startswith("captioner topics acls: ACL refused: ")
+    assert password.returncode == 1, password.stderr
+    assert "SCRAM credential refused" in password.stderr
+    AdminClient(deployment.kafka.client_config(WORKER)).list_topics(timeout=30)  # its password still works
 
 
 def test_api_and_worker_start_without_create_and_the_operator_replays_a_dead_letter(
