@@ -152,11 +152,26 @@ def create_topics(
         for spec in specs
         if spec.name in missing
     ]
-    futures = (
-        admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
-        if new_topics
-        else {}
-    )
+    created, refused = _created(admin, new_topics, timeout_s=timeout_s) if new_topics else ([], [])
+    if refused:
+        raise TopicsMissingError(
+            f"{_plural('topic', refused)} {', '.join(sorted(refused))} "
+            f"{'does' if len(refused) == 1 else 'do'} not exist and {_principal(kafka)} may not create "
+            f"{'it' if len(refused) == 1 else 'them'}",
+            detail="CreateTopics: TOPIC_AUTHORIZATION_FAILED",
+        )
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
+    return created
+
+
+def _created(
+    admin: AdminClient, new_topics: list[NewTopic], *, timeout_s: float
+) -> tuple[list[str], list[str]]:
+    """Asks for the topics; returns those created and those this principal may not create. One that
+    another process created meanwhile is neither."""
+    futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
     created, refused = [], []
     for name, future in futures.items():
         try:
@@ -170,17 +185,7 @@ def create_topics(
                 refused.append(name)
             elif code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    if refused:
-        raise TopicsMissingError(
-            f"{_plural('topic', refused)} {', '.join(sorted(refused))} "
-            f"{'does' if len(refused) == 1 else 'do'} not exist and {_principal(kafka)} may not create "
-            f"{'it' if len(refused) == 1 else 'them'}",
-            detail="CreateTopics: TOPIC_AUTHORIZATION_FAILED",
-        )
-    if created:
-        log.info("created topics %s", ", ".join(created))
-    _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
-    return created
+    return created, refused
 
 
 _NOT_AUTHORIZED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
