@@ -7,6 +7,7 @@ INSTALLED := $(VENV)/.installed
 LOCK := requirements/lock.txt
 LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
+SECURE ?= 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
 .PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
@@ -53,8 +54,8 @@ broker:
 broker-stop:
 	infra/kafka/broker.sh stop
 
-run: install
-	@WORKERS=$(WORKERS) infra/run-local.sh
+run: install  # SECURE=1: TLS, SASL/SCRAM and ACLs, each process its own principal (README, Secured Kafka)
+	@WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh
 
 lint: install
 	$(BIN)/ruff check .

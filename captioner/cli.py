@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
@@ -12,6 +14,7 @@ import typer
 from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
+from captioner.errors import ExitCode
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
     InvalidSettingError,
@@ -20,6 +23,7 @@ from core.settings import (
     load_settings,
     refuse_unknown_variables,
 )
+from core.topics import TopicNotAuthorizedError, TopicsMissingError
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -60,6 +64,17 @@ def _observe(service_name: str) -> None:
     configure_tracing(load_settings(TracingSettings), service_name=service_name)
 
 
+@contextmanager
+def _topics_checked(command: str) -> Iterator[None]:
+    """A process whose topics are missing (and that may not create them) or hidden from its principal ends
+    with one line naming them, and exit status 3."""
+    try:
+        yield
+    except (TopicsMissingError, TopicNotAuthorizedError) as exc:
+        typer.echo(f"captioner {command}: {exc.message}", err=True)
+        raise typer.Exit(ExitCode.UNAVAILABLE) from None
+
+
 @app.command("config")
 def show_config() -> None:
     """Print the effective settings of every group as JSON, secrets masked."""
@@ -79,13 +94,14 @@ def api() -> None:
     from producer_api.app import run_api
 
     try:
-        run_api(
-            api=load_settings(ApiSettings),
-            kafka=load_settings(KafkaSettings),
-            topics=load_settings(TopicSettings),
-            images=load_settings(ImageSettings),
-            cache=load_settings(CacheSettings),
-        )
+        with _topics_checked("api"):
+            run_api(
+                api=load_settings(ApiSettings),
+                kafka=load_settings(KafkaSettings),
+                topics=load_settings(TopicSettings),
+                images=load_settings(ImageSettings),
+                cache=load_settings(CacheSettings),
+            )
     except CacheKeyError as exc:
         typer.echo(f"captioner api: {exc.message}", err=True)
         raise typer.Exit(2) from None
@@ -112,13 +128,14 @@ def worker() -> None:
         raise typer.Exit(2) from None
 
     try:
-        run_worker(
-            settings=settings,
-            kafka=kafka,
-            topics=topics,
-            images=images,
-            cache=load_settings(CacheSettings),
-        )
+        with _topics_checked("worker"):
+            run_worker(
+                settings=settings,
+                kafka=kafka,
+                topics=topics,
+                images=images,
+                cache=load_settings(CacheSettings),
+            )
     except (ModelUnavailableError, CacheKeyError) as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -228,8 +245,83 @@ def topics_create() -> None:
     from core.settings import KafkaSettings, TopicSettings
     from core.topics import ensure_topics
 
-    created = ensure_topics(load_settings(KafkaSettings), load_settings(TopicSettings))
+    with _topics_checked("topics create"):
+        created = ensure_topics(load_settings(KafkaSettings), load_settings(TopicSettings))
     typer.echo(f"created: {', '.join(created) or 'none (all exist)'}")
+
+
+Principal = Annotated[str | None, typer.Option(help="User:<name>; left out, the role gets no ACLs")]
+
+
+@topics_app.command("acls")
+def topics_acls(
+    api: Principal = None,
+    worker: Principal = None,
+    operator: Principal = None,
+    publisher: Annotated[
+        list[str] | None,
+        typer.Option(help="an outside publisher, User:<name>=<its reply topic>; repeatable"),
+    ] = None,
+    dry_run: Annotated[bool, typer.Option(help="print the ACLs, apply nothing")] = False,
+) -> None:
+    """Grant each role its least privilege as Kafka ACLs, for the topics of CAPTIONER_TOPIC_* and the groups
+    of CAPTIONER_WORKER_GROUP_ID (README, Security and limits). Run as a super user."""
+    from captioner.acls import (
+        Principals,
+        Publisher,
+        WorkerGroups,
+        apply_grants,
+        check_principal,
+        grants,
+        listing,
+    )
+    from captioner.errors import OperatorError
+    from core.settings import KafkaSettings, TopicSettings, WorkerSettings
+
+    configure_tool_logging(verbose=False)
+    try:
+        principals = Principals(
+            api=api and check_principal(api),
+            worker=worker and check_principal(worker),
+            operator=operator and check_principal(operator),
+            publishers=tuple(Publisher.parse(text) for text in publisher or []),
+        )
+        workers = load_settings(WorkerSettings)
+        found = grants(
+            principals,
+            load_settings(TopicSettings),
+            WorkerGroups(requests=workers.worker_group_id, retries=workers.retry_group_id),
+        )
+        typer.echo(listing(found))
+        if not dry_run:
+            apply_grants(load_settings(KafkaSettings), found)
+            typer.echo(f"applied {len(found)} ACLs")
+    except OperatorError as exc:
+        typer.echo(f"captioner topics acls: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+
+
+@topics_app.command("scram-user")
+def topics_scram_user(
+    name: Annotated[str, typer.Argument(help="the user, as in User:<name>")],
+) -> None:
+    """Create a SCRAM-SHA-512 user, or set its password, read from the first line of stdin (never an
+    argument: those show in process listings). Run as a super user."""
+    from captioner.acls import set_scram_passwords
+    from captioner.errors import OperatorError
+    from core.settings import KafkaSettings
+
+    configure_tool_logging(verbose=False)
+    password = sys.stdin.readline().rstrip("\r\n")
+    if not password:
+        typer.echo("captioner topics scram-user: give the password on stdin", err=True)
+        raise typer.Exit(ExitCode.USAGE)
+    try:
+        set_scram_passwords(load_settings(KafkaSettings), {name: password})
+    except OperatorError as exc:
+        typer.echo(f"captioner topics scram-user: {exc.message}", err=True)
+        raise typer.Exit(exc.exit_code) from None
+    typer.echo(f"SCRAM-SHA-512 credential set for User:{name}")
 
 
 def main() -> None:

@@ -10,6 +10,9 @@ from typing import Any
 
 from core.settings import KafkaSettings, TopicSettings
 
+# An API instance's client ids, and the group ids its assign()-only consumers must still name, start with
+# this; the ACLs (captioner/acls.py) grant by it.
+API_CLIENT_PREFIX = "captioner-api-"
 _SOCKET_TIMEOUT_MS = 10_000
 # Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group
 # gives up.

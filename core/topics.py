@@ -1,15 +1,17 @@
-"""Every topic the service uses, defined once, and created idempotently at start-up."""
+"""Every topic the service uses, defined once; at start-up each process checks that its topics exist and
+creates those missing only where it may (the operator's `captioner topics create` creates them all)."""
 
 from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Collection
 from dataclasses import dataclass, field
 
-from confluent_kafka import KafkaError, KafkaException
+from confluent_kafka import KafkaError, KafkaException, TopicCollection
 from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from core.errors import KafkaTimeoutError
+from core.errors import CaptionerError, KafkaTimeoutError
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
 
@@ -21,6 +23,19 @@ _HOUR_MS = 3_600_000
 # this much more than the request topic, so a job that fit there always fits there too.
 OUTCOME_HEADROOM_BYTES = 64 * 1024
 CAPTION_CACHE_MAX_BATCH_BYTES = 1024 * 1024
+
+
+class TopicsMissingError(CaptionerError):
+    """Topics a process needs do not exist and its principal may not create them: the operator creates
+    them (`captioner topics create`). A start-up error: no caller ever sees it."""
+
+    code = "topics_missing"
+
+
+class TopicNotAuthorizedError(CaptionerError):
+    """The cluster will not even say whether a topic exists: the principal has no ACL on it."""
+
+    code = "topic_not_authorized"
 
 
 @dataclass(frozen=True)
@@ -93,9 +108,29 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: float = 30.0) -> list[str]:
-    """Create missing topics; existing ones are left as they are. Returns the names created."""
-    return create_topics(kafka, topic_specs(topics), topics.max_message_bytes, timeout_s=timeout_s)
+def api_topic_names(topics: TopicSettings, *, cache: bool) -> list[str]:
+    """The topics an API instance uses: all it checks at start (its ACLs let it see no others)."""
+    return [topics.requests, topics.replies, *([topics.captions] if cache else [])]
+
+
+def ensure_topics(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    *,
+    names: Collection[str] | None = None,
+    timeout_s: float = 30.0,
+) -> list[str]:
+    """Check that the topics `names` (default: all of them) exist and create those missing. A process
+    that finds them all needs no right to create topics; one that finds some missing and may not create
+    them raises TopicsMissingError, which tells the operator to run `captioner topics create`. Returns
+    the names created."""
+    specs = [spec for spec in topic_specs(topics) if names is None or spec.name in names]
+    try:
+        return create_topics(kafka, specs, topics.max_message_bytes, timeout_s=timeout_s)
+    except TopicsMissingError as exc:
+        raise TopicsMissingError(
+            f"{exc.message}: run `captioner topics create` as the operator", detail=exc.detail
+        ) from None
 
 
 def create_topics(
@@ -107,17 +142,37 @@ def create_topics(
     client_log: logging.Logger | None = None,
 ) -> list[str]:
     """Create the topics of `specs` that are missing and wait until every one has partition leaders.
-    `client_log` takes librdkafka's own log lines, which otherwise go straight to stderr."""
+    Only missing topics are asked for: a cluster with an authorizer refuses CreateTopics to a principal
+    without CREATE even for topics that exist. `client_log` takes librdkafka's own log lines, which
+    otherwise go straight to stderr."""
     admin = _admin(kafka, client_log)
-    futures = admin.create_topics(
-        [
-            spec.new_topic(replication_factor=kafka.replication_factor, max_message_bytes=max_message_bytes)
-            for spec in specs
-        ],
-        operation_timeout=timeout_s,
-        request_timeout=timeout_s,
-    )
-    created = []
+    missing = set(missing_topics(admin, [spec.name for spec in specs], kafka=kafka, timeout_s=timeout_s))
+    new_topics = [
+        spec.new_topic(replication_factor=kafka.replication_factor, max_message_bytes=max_message_bytes)
+        for spec in specs
+        if spec.name in missing
+    ]
+    created, refused = _created(admin, new_topics, timeout_s=timeout_s) if new_topics else ([], [])
+    if refused:
+        raise TopicsMissingError(
+            f"{_plural('topic', refused)} {', '.join(sorted(refused))} "
+            f"{'does' if len(refused) == 1 else 'do'} not exist and {_principal(kafka)} may not create "
+            f"{'it' if len(refused) == 1 else 'them'}",
+            detail="CreateTopics: TOPIC_AUTHORIZATION_FAILED",
+        )
+    if created:
+        log.info("created topics %s", ", ".join(created))
+    _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
+    return created
+
+
+def _created(
+    admin: AdminClient, new_topics: list[NewTopic], *, timeout_s: float
+) -> tuple[list[str], list[str]]:
+    """Asks for the topics; returns those created and those this principal may not create. One that
+    another process created meanwhile is neither."""
+    futures = admin.create_topics(new_topics, operation_timeout=timeout_s, request_timeout=timeout_s)
+    created, refused = [], []
     for name, future in futures.items():
         try:
             future.result(timeout=timeout_s)
@@ -125,12 +180,54 @@ def create_topics(
         except TimeoutError:
             raise KafkaTimeoutError(f"topic {name} not created within {timeout_s:g} s") from None
         except KafkaException as exc:
-            if exc.args[0].code() != KafkaError.TOPIC_ALREADY_EXISTS:
+            code = exc.args[0].code()
+            if code in _NOT_AUTHORIZED:
+                refused.append(name)
+            elif code != KafkaError.TOPIC_ALREADY_EXISTS:
                 raise
-    if created:
-        log.info("created topics %s", ", ".join(created))
-    _wait_for_leaders(admin, [spec.name for spec in specs], timeout_s=timeout_s)
-    return created
+    return created, refused
+
+
+_NOT_AUTHORIZED = {KafkaError.TOPIC_AUTHORIZATION_FAILED, KafkaError.CLUSTER_AUTHORIZATION_FAILED}
+
+
+def missing_topics(
+    admin: AdminClient, names: list[str], *, kafka: KafkaSettings, timeout_s: float
+) -> list[str]:
+    """Which of `names` do not exist, asked topic by topic (DescribeTopics, which never creates one). A
+    topic the principal may not describe is an error: the cluster then will not say whether it exists."""
+    if not names:
+        return []
+    futures = admin.describe_topics(TopicCollection(names), request_timeout=timeout_s)
+    missing, hidden = [], []
+    for name, future in futures.items():
+        try:
+            future.result(timeout=timeout_s)
+        except TimeoutError:
+            raise KafkaTimeoutError(f"topic {name} not described within {timeout_s:g} s") from None
+        except KafkaException as exc:
+            code = exc.args[0].code()
+            if code == KafkaError.UNKNOWN_TOPIC_OR_PART:
+                missing.append(name)
+            elif code in _NOT_AUTHORIZED:
+                hidden.append(name)
+            else:
+                raise
+    if hidden:
+        raise TopicNotAuthorizedError(
+            f"{_principal(kafka)} may not describe {_plural('topic', hidden)} {', '.join(sorted(hidden))} "
+            "(no ACL allows it; see `captioner topics acls`)",
+            detail="DescribeTopics: TOPIC_AUTHORIZATION_FAILED",
+        )
+    return missing
+
+
+def _principal(kafka: KafkaSettings) -> str:
+    return f"User:{kafka.sasl_username}" if kafka.sasl_username else "this client"
+
+
+def _plural(noun: str, items: Collection[object]) -> str:
+    return noun if len(items) == 1 else f"{noun}s"
 
 
 def delete_topics(

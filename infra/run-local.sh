@@ -20,10 +20,15 @@ stop_all() {
 }
 trap stop_all INT TERM EXIT
 
+# SECURE=1: a broker with TLS, SASL/SCRAM and ACLs, each process its own principal (infra/secure-local.sh).
+use_role() { :; }
+if [[ "${SECURE:-0}" == 1 ]]; then source "$repo/infra/secure-local.sh"; fi
+
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   export KAFKA_BOOTSTRAP_SERVERS="$("$repo/infra/kafka/broker.sh" start)"
   started_broker=1
 fi
+if [[ "${SECURE:-0}" == 1 ]]; then secure_local_setup; fi
 if [[ -z "${CAPTIONER_WORKER_THREADS:-}" ]]; then
   # Several workers on one machine split its cores instead of oversubscribing them.
   export CAPTIONER_WORKER_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
@@ -34,13 +39,16 @@ cache_keys="$repo/.local/cache-keys"
 export CAPTIONER_CACHE_SIGNING_KEY_FILE="${CAPTIONER_CACHE_SIGNING_KEY_FILE:-$cache_keys/cache-signing.pem}"
 export CAPTIONER_CACHE_VERIFY_KEYS_FILE="${CAPTIONER_CACHE_VERIFY_KEYS_FILE:-$cache_keys/cache-verify.pem}"
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS  model: ${CAPTIONER_MODEL:-microsoft/git-base-textcaps}  workers: $workers"
+use_role operator
 "$bin/captioner" topics create
+use_role worker
 for i in $(seq 1 "$workers"); do
   CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-$i" CAPTIONER_METRICS_PORT=$((metrics_base + i)) \
     "$bin/captioner" worker &
   pids+=($!)
   echo "worker-$i metrics: http://127.0.0.1:$((metrics_base + i))/metrics"
 done
+use_role api
 "$bin/captioner" api &
 pids+=($!)
 

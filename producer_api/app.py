@@ -19,9 +19,9 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
-from core.kafka_config import client_config, consumer_config, producer_config
+from core.kafka_config import API_CLIENT_PREFIX, client_config, consumer_config, producer_config
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
-from core.topics import ensure_topics
+from core.topics import api_topic_names, ensure_topics
 from producer_api import metrics
 from producer_api.admission import Admission
 from producer_api.appkeys import (
@@ -158,11 +158,13 @@ async def metrics_endpoint(_request: web.Request) -> web.Response:
 
 
 async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
-    """Creates topics, starts the reply listener before any job can be published, closes both."""
+    """Checks its topics exist (creating them only if missing), starts the reply listener before any job can
+    be published, closes both."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
     verifier = cache_verifier(app[CACHE_SETTINGS])  # first: a bad key file stops the API at once
-    await asyncio.to_thread(ensure_topics, kafka, topics)
+    needed = api_topic_names(topics, cache=verifier is not None)
+    await asyncio.to_thread(functools.partial(ensure_topics, kafka, topics, names=needed))
     cache = None
     if verifier is not None:
         cache = await start_caption_cache(
@@ -172,7 +174,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
     pending = PendingReplies()
-    client_id = f"captioner-api-{api.instance_id}"
+    client_id = f"{API_CLIENT_PREFIX}{api.instance_id}"
     listener = ReplyListener(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.replies,
@@ -219,7 +221,7 @@ def _readiness(
 ) -> Readiness:
     workers = None
     if api.ready_needs_worker:
-        admin = AdminClient(client_config(kafka, client_id=f"captioner-api-{api.instance_id}-readiness"))
+        admin = AdminClient(client_config(kafka, client_id=f"{API_CLIENT_PREFIX}{api.instance_id}-readiness"))
         group = WorkerGroup(admin, group_id=api.worker_group_id, topic=topics.requests)
         workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
     return Readiness(

@@ -37,7 +37,7 @@ from core.cache_keys import (
 )
 from core.cache_signing import CacheVerifier, Headers, load_verifier
 from core.consuming import poll_batch
-from core.kafka_config import consumer_config
+from core.kafka_config import API_CLIENT_PREFIX, consumer_config
 from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
@@ -405,7 +405,7 @@ async def start_caption_cache(
 ) -> CacheRuntime:
     """The LRU and its reader, started and given LOAD_WAIT_S to read the topic."""
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
-    client_id = f"captioner-api-{api.instance_id}-cache"
+    client_id = f"{API_CLIENT_PREFIX}{api.instance_id}-cache"
     reader = CacheReader(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.captions,

@@ -5,6 +5,7 @@ from __future__ import annotations
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from hypothesis import settings as hypothesis_settings
@@ -24,6 +25,9 @@ from tests.support.services import (
     spawn,
     spawn_api,
 )
+
+if TYPE_CHECKING:
+    from tests.support.secured_kafka import SecuredKafka
 
 # Failing examples are printed with a reproduce blob; no example database inside the repository.
 hypothesis_settings.register_profile("captioner", database=None)
@@ -55,6 +59,17 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kafka_bootstrap() -> Iterator[str]:
     with kafka_cluster() as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def secured_kafka() -> Iterator[SecuredKafka]:
+    """A second broker, with TLS, SASL/SCRAM and an authorizer, and a SCRAM user per role; started only
+    for the tests that ask for it."""
+    from tests.support.secured_kafka import SECURED_USERS, secured_broker
+
+    with secured_broker() as kafka:
+        kafka.add_users(*SECURED_USERS)
+        yield kafka
 
 
 @pytest.fixture

@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic_settings import BaseSettings
 
+from captioner.acls import Principals, Publisher, WorkerGroups, grants, markdown_table
 from core.settings import (
     ApiSettings,
     CacheSettings,
@@ -44,3 +45,21 @@ def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:
     ]
     missing = [name for name in names if f"`{name}`" not in README]
     assert not missing, f"add these to the README's settings table: {missing}"
+
+
+def test_the_acl_table_is_what_captioner_topics_acls_applies() -> None:
+    """README, "Who may write where": the default names, the principals it names."""
+    workers = WorkerSettings.model_construct()
+    found = grants(
+        Principals(
+            api="User:api",
+            worker="User:worker",
+            operator="User:operator",
+            publishers=(Publisher("User:partner", "partner.replies"),),
+        ),
+        TopicSettings.model_construct(),
+        WorkerGroups(requests=workers.worker_group_id, retries=workers.retry_group_id),
+    )
+    table = markdown_table(found)
+
+    assert table in README, f"replace the table under **Who may write where.** with:\n{table}"

@@ -35,6 +35,7 @@ class KafkaCluster:
             **os.environ,
             "KAFKA_CLUSTER_BASE_PORT": str(base_port),
             "KAFKA_CLUSTER_STATE": str(state),
+            "KAFKA_LOCAL_SECURITY": "plaintext",  # the harness's clients speak PLAINTEXT
         }
         self.bootstrap = ""
 

@@ -39,7 +39,7 @@ from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.text import escaped
-from core.topics import OUTCOME_HEADROOM_BYTES
+from core.topics import OUTCOME_HEADROOM_BYTES, TopicNotAuthorizedError, TopicsMissingError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +55,7 @@ def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: Top
     except UsageError as exc:
         print(f"captioner caption: {escaped(exc.message)}", file=sys.stderr)
         return ExitCode.USAGE
-    except (KafkaException, KafkaTimeoutError) as exc:
+    except (KafkaException, KafkaTimeoutError, TopicNotAuthorizedError, TopicsMissingError) as exc:
         print(
             f"captioner caption: Kafka is unreachable or refused the reply topic: {escaped(str(exc))}",
             file=sys.stderr,

@@ -51,8 +51,17 @@ _POLL_S = 0.1
 _FLUSH_S = 5.0
 
 
+# A run's clients (and the group its assign()-only reply consumer names) start with this; the ACLs
+# (captioner/acls.py) grant by it, as they grant the reply topics by reply_topic_prefix.
+BULK_CLIENT_PREFIX = "captioner-bulk-"
+
+
+def reply_topic_prefix(topics: TopicSettings) -> str:
+    return f"{topics.replies}.bulk."
+
+
 def reply_topic_name(topics: TopicSettings, run_id: str) -> str:
-    return f"{topics.replies}.bulk.{run_id}"
+    return f"{reply_topic_prefix(topics)}{run_id}"
 
 
 @dataclass
@@ -207,7 +216,7 @@ class KafkaBackend:
             log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
 
     def _start_clients(self) -> None:
-        client_id = f"captioner-bulk-{self.run_id}"
+        client_id = f"{BULK_CLIENT_PREFIX}{self.run_id}"
         config = producer_config(self._kafka, self._topics, client_id=client_id, linger_ms=2)
         self._producer = Producer(config | {"logger": LIBRDKAFKA_LOG})
         self._consumer = Consumer(self._reply_consumer_config(client_id))

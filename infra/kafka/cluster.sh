@@ -11,19 +11,26 @@
 #   cluster.sh partition|heal NODE   cut a node off the network (iptables on loopback; root only) / undo it
 #   cluster.sh status | bootstrap | pid NODE | port NODE | clean
 # NODE is 1, 2 or 3. Environment: KAFKA_CLUSTER_BASE_PORT (29092): node N listens for clients on BASE+N-1 and for
-# the controller quorum on BASE+100+N-1; KAFKA_CLUSTER_STATE (<repo>/.local/kafka/cluster-<BASE>) holds each node's
-# config, data, log and pid under node-N/.
+# the controller quorum on KAFKA_CLUSTER_CONTROLLER_BASE_PORT (BASE+100)+N-1; KAFKA_CLUSTER_STATE (<repo>/.local/kafka/cluster-<BASE>[-sasl_ssl]) holds
+# each node's config, data, log and pid under node-N/. KAFKA_LOCAL_SECURITY=sasl_ssl: every node's client listener
+# is TLS + SASL/SCRAM with an authorizer, as broker.sh's (infra/kafka/security.sh); the super user's settings are
+# in <state>/admin.env.
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=security.sh
+source "$here/security.sh"
+security="$(security_mode)"
 libs="$repo/.local/kafka/libs"
 base_port="${KAFKA_CLUSTER_BASE_PORT:-29092}"
-state="${KAFKA_CLUSTER_STATE:-$repo/.local/kafka/cluster-$base_port}"
+default_state="$repo/.local/kafka/cluster-$base_port"
+[[ "$security" == plaintext ]] || default_state+="-$security"
+state="${KAFKA_CLUSTER_STATE:-$default_state}"
 nodes=(1 2 3)
 
 client_port() { echo $((base_port + $1 - 1)); }
-controller_port() { echo $((base_port + 100 + $1 - 1)); }
+controller_port() { echo $((${KAFKA_CLUSTER_CONTROLLER_BASE_PORT:-$((base_port + 100))} + $1 - 1)); }
 node_dir() { echo "$state/node-$1"; }
 pid_of() { cat "$(node_dir "$1")/broker.pid" 2>/dev/null || true; }
 # A node's sockets carry its own group id (its client port), so that `partition` can match its outgoing packets.
@@ -65,7 +72,20 @@ check_node() {
 
 write_config() {
   local node="$1" dir; dir="$(node_dir "$node")"
-  cat > "$dir/server.properties" <<EOF
+  if [[ "$security" == plaintext ]]; then
+    node_properties "$node" > "$dir/server.properties"
+    return
+  fi
+  make_tls "$state/tls"
+  (umask 077  # the config holds the passwords
+    { node_properties "$node" | grep -Ev "$listener_lines"
+      security_properties "$(client_port "$node")" "$(controller_port "$node")" "$state"; } > "$dir/server.properties"
+    admin_env "$(bootstrap)" "$state" > "$state/admin.env")
+}
+
+node_properties() {
+  local node="$1" dir; dir="$(node_dir "$node")"
+  cat <<EOF
 # Node $node of a three-node KRaft cluster (combined broker + controller). Written by cluster.sh.
 process.roles=broker,controller
 node.id=$node
@@ -113,11 +133,13 @@ format_storage() {
     # A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what `StorageTool random-uuid` prints).
     head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$state/cluster.id"
   fi
+  local format_args=()
+  [[ "$security" == plaintext ]] || format_args=(--add-scram "$(admin_scram "$state")")
   for node in "${nodes[@]}"; do
     dir="$(node_dir "$node")"
     [[ -f "$dir/data/meta.properties" ]] && continue
     "$(java_cmd)" "${java_opts[@]}" kafka.tools.StorageTool format -t "$(cat "$state/cluster.id")" \
-      -c "$dir/server.properties" >>"$dir/broker.log" 2>&1 &
+      -c "$dir/server.properties" "${format_args[@]}" >>"$dir/broker.log" 2>&1 &
   done
   wait
   for node in "${nodes[@]}"; do

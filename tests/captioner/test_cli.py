@@ -137,3 +137,44 @@ def test_keys_settings_that_hold_together_load(env: dict[str, str], keys: int) -
     api = json.loads(done.stdout)["api"]
     assert api["CAPTIONER_API_AUTH"] == env.get("CAPTIONER_API_AUTH", "auto")
     assert api["CAPTIONER_API_KEYS"] == ("**********" if keys else None)
+
+
+def test_topics_acls_dry_run_lists_each_roles_acls_for_the_configured_names() -> None:
+    done = captioner(
+        "topics",
+        "acls",
+        "--api=User:api",
+        "--worker=User:worker",
+        "--publisher=User:partner=partner.replies",
+        "--dry-run",
+        CAPTIONER_TOPIC_REQUESTS="jobs",
+        CAPTIONER_WORKER_GROUP_ID="team-workers",
+        KAFKA_BOOTSTRAP_SERVERS="127.0.0.1:1",  # a dry run asks the cluster nothing
+    )
+
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    assert "ALLOW User:api WRITE topic jobs  (api: publishes jobs)" in lines
+    assert "ALLOW User:worker READ group team-workers.retries  (worker: the retry tiers' group)" in lines
+    assert "ALLOW User:worker WRITE topic partner.replies  (worker: answers an outside publisher)" in lines
+    assert "ALLOW User:partner READ topic partner.replies  (publisher: reads its replies)" in lines
+    assert not any("User:operator" in line for line in lines)  # a role left out gets nothing
+
+
+@pytest.mark.parametrize(
+    "option", ["--api=api", "--worker=Group:workers", "--publisher=User:partner", "--operator=User:"]
+)
+def test_topics_acls_refuses_a_malformed_principal(option: str) -> None:
+    done = captioner("topics", "acls", option, "--dry-run")
+
+    assert done.returncode == 2
+    assert done.stderr.startswith("captioner topics acls: ") and len(done.stderr.splitlines()) == 1
+
+
+def test_topics_scram_user_takes_its_password_from_stdin_only() -> None:
+    done = subprocess.run(
+        [CAPTIONER, "topics", "scram-user", "api"], input="", capture_output=True, text=True, timeout=60
+    )
+
+    assert done.returncode == 2
+    assert "give the password on stdin" in done.stderr

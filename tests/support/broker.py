@@ -60,7 +60,11 @@ def _local_broker() -> Iterator[str]:
 
 
 def _broker_env(state: Path) -> dict[str, str]:
-    return os.environ | {"KAFKA_LOCAL_PORT": str(TEST_BROKER_PORT), "KAFKA_LOCAL_STATE": str(state)}
+    return os.environ | {
+        "KAFKA_LOCAL_PORT": str(TEST_BROKER_PORT),
+        "KAFKA_LOCAL_STATE": str(state),
+        "KAFKA_LOCAL_SECURITY": "plaintext",  # the session's clients speak PLAINTEXT (secured_kafka.py: TLS)
+    }
 
 
 def _stop(state: Path) -> None:
