@@ -25,6 +25,9 @@ from tests.support.cache_entries import make_entry, new_signer, signed
 from tests.support.images import ReferenceCaptioner, make_image_bytes, reference_captioner
 from tests.support.kafka import Record, caption_request, end_offsets, publish, publish_request, read_until
 
+# Two callers' API keys (the API takes keys of 32 characters or more).
+KEY_A, KEY_B = "a" * 32 + "-caller", "b" * 32 + "-caller"
+
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PREDICT = "/api/v1/predictions"
@@ -235,19 +238,19 @@ def test_per_key_scopes_keep_two_api_keys_apart(
 ) -> None:
     worker_env, api_env = cache_env
     start_worker(**worker_env)
-    api = start_api(**api_env, CAPTIONER_API_KEYS="key-a,key-b", CAPTIONER_CACHE_SCOPE="per_key")
+    api = start_api(**api_env, CAPTIONER_API_KEYS=f"{KEY_A},{KEY_B}", CAPTIONER_CACHE_SCOPE="per_key")
     image = make_image_bytes("PNG", seed=25)
 
-    first = caption(api.url, image, **{"X-API-Key": "key-a"})
+    first = caption(api.url, image, **{"X-API-Key": KEY_A})
     wait_for(lambda: cache_entries(api.url) >= 1, "caller A's entry to reach the API")
-    assert caption(api.url, image, **{"X-API-Key": "key-a"})["cached"] is True
+    assert caption(api.url, image, **{"X-API-Key": KEY_A})["cached"] is True
 
     published = requests_published(kafka_bootstrap, topics)
-    other = caption(api.url, image, **{"Authorization": "Bearer key-b"})
+    other = caption(api.url, image, **{"Authorization": f"Bearer {KEY_B}"})
     assert other["cached"] is False and other["title"] == first["title"]  # B learns nothing from A's
     assert requests_published(kafka_bootstrap, topics) == published + 1
     wait_for(lambda: cache_entries(api.url) >= 2, "caller B's own entry")
-    assert caption(api.url, image, **{"X-API-Key": "key-b"})["cached"] is True
+    assert caption(api.url, image, **{"X-API-Key": KEY_B})["cached"] is True
     scopes = {
         CACHE_ENTRY_CODEC.decode(record.value).scope
         for record in cache_records(kafka_bootstrap, topics, lambda seen: len(seen) >= 2)

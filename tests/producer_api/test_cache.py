@@ -40,6 +40,9 @@ from tests.producer_api.conftest import PREDICT, StartApi
 from tests.support.cache_entries import MODEL, REVISION, make_entry, new_signer, signed
 from tests.support.images import make_image_bytes
 
+# Two callers' API keys (the API takes keys of 32 characters or more).
+KEY_A, KEY_B = "a" * 32 + "-caller", "b" * 32 + "-caller"
+
 SIGNER = new_signer()
 
 
@@ -203,12 +206,12 @@ def test_settings_left_at_auto_accept_what_the_workers_resolved() -> None:
 
 
 def test_a_callers_scope_is_its_own() -> None:
-    scope_a, scope_b = api_key_scope("key-a"), api_key_scope("key-b")
+    scope_a, scope_b = api_key_scope(KEY_A), api_key_scope(KEY_B)
     per_key = settings(scope="per_key")
-    assert caller_scope(per_key, "key-a") == scope_a
+    assert caller_scope(per_key, KEY_A) == scope_a
     assert caller_scope(per_key, None) == SHARED_SCOPE
-    assert caller_scope(settings(), "key-a") == SHARED_SCOPE
-    assert caller_scope(None, "key-a") == SHARED_SCOPE
+    assert caller_scope(settings(), KEY_A) == SHARED_SCOPE
+    assert caller_scope(None, KEY_A) == SHARED_SCOPE
 
     checks = records(scope="per_key")
     entry_a = make_entry(scope=scope_a)
@@ -310,7 +313,9 @@ async def test_per_key_scopes_keep_callers_apart(serve_api: StartApi) -> None:
     per_key = settings(model="m", scope="per_key")
     checks = records(model="m", scope="per_key")
     api = await serve_api(
-        cache=CachedCaptions(lru=checks.lru, settings=per_key), cache_settings=per_key, keys="key-a,key-b"
+        cache=CachedCaptions(lru=checks.lru, settings=per_key),
+        cache_settings=per_key,
+        keys=f"{KEY_A},{KEY_B}",
     )
 
     async def caption(key: str) -> bool:
@@ -321,13 +326,13 @@ async def test_per_key_scopes_keep_callers_apart(serve_api: StartApi) -> None:
             cached: bool = (await response.json())["cached"]
             return cached
 
-    assert await caption("key-a") is False
+    assert await caption(KEY_A) is False
     scope_a = dict(api.publisher.headers[-1])[CACHE_SCOPE].decode()
-    assert scope_a == api_key_scope("key-a")
+    assert scope_a == api_key_scope(KEY_A)
     checks.apply(*signed(make_entry(image, model="m", scope=scope_a), SIGNER))  # the worker's entry
-    assert await caption("key-a") is True
-    assert await caption("key-b") is False  # A's title is not B's to see
-    assert dict(api.publisher.headers[-1])[CACHE_SCOPE].decode() == api_key_scope("key-b")
+    assert await caption(KEY_A) is True
+    assert await caption(KEY_B) is False  # A's title is not B's to see
+    assert dict(api.publisher.headers[-1])[CACHE_SCOPE].decode() == api_key_scope(KEY_B)
     assert len(api.publisher.published) == 2
 
 
@@ -335,12 +340,14 @@ async def test_a_batchs_items_carry_their_callers_scope(serve_api: StartApi) -> 
     per_key = settings(model="m", scope="per_key")
     checks = records(model="m", scope="per_key")
     image = make_image_bytes("PNG", seed=6)
-    checks.apply(*signed(make_entry(image, model="m", scope=api_key_scope("key-a")), SIGNER))
+    checks.apply(*signed(make_entry(image, model="m", scope=api_key_scope(KEY_A)), SIGNER))
     api = await serve_api(
-        cache=CachedCaptions(lru=checks.lru, settings=per_key), cache_settings=per_key, keys="key-a,key-b"
+        cache=CachedCaptions(lru=checks.lru, settings=per_key),
+        cache_settings=per_key,
+        keys=f"{KEY_A},{KEY_B}",
     )
     body = json.dumps({"images": [{"image": base64.b64encode(image).decode()}] * 2}).encode()
-    for key, cached in (("key-a", True), ("key-b", False)):
+    for key, cached in ((KEY_A, True), (KEY_B, False)):
         async with api.client.post(
             "/api/v1/predictions:batch",
             data=body,
@@ -348,7 +355,7 @@ async def test_a_batchs_items_carry_their_callers_scope(serve_api: StartApi) -> 
         ) as response:
             assert [item["cached"] for item in (await response.json())["results"]] == [cached] * 2
     assert [dict(headers)[CACHE_SCOPE].decode() for headers in api.publisher.headers] == [
-        api_key_scope("key-b")
+        api_key_scope(KEY_B)
     ] * 2
 
 
