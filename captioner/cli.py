@@ -15,6 +15,7 @@ from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
 from captioner.errors import ExitCode
+from core.errors import KafkaTimeoutError
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
     InvalidSettingError,
@@ -66,11 +67,11 @@ def _observe(service_name: str) -> None:
 
 @contextmanager
 def _topics_checked(command: str) -> Iterator[None]:
-    """A process whose topics are missing (and that may not create them) or hidden from its principal ends
-    with one line naming them, and exit status 3."""
+    """A process whose topics are missing (and that may not create them), hidden from its principal, or
+    that cannot reach the cluster to look, ends with one line saying so, and exit status 3."""
     try:
         yield
-    except (TopicsMissingError, TopicNotAuthorizedError) as exc:
+    except (TopicsMissingError, TopicNotAuthorizedError, KafkaTimeoutError) as exc:
         typer.echo(f"captioner {command}: {exc.message}", err=True)
         raise typer.Exit(ExitCode.UNAVAILABLE) from None
 

@@ -108,8 +108,9 @@ class InferenceWorker:
         if self.settings.metrics_port:
             start_http_server(self.settings.metrics_port)
         self._signer = load_cache_signer(self._cache)  # before the model: a bad key file stops us at once
-        ensure_topics(self._kafka, self._topics)  # before the model: a missing topic fails in seconds
+        # The model first: a worker that cannot load it says so whatever state the cluster is in.
         model = self._model or load_caption_model(self.settings)
+        ensure_topics(self._kafka, self._topics)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()
