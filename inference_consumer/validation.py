@@ -17,6 +17,7 @@ from confluent_kafka import KafkaError, KafkaException, Producer
 
 from core.errors import InvalidImageError, InvalidRequestError
 from core.images import ACCEPTED_CONTENT_TYPES
+from core.settings import TopicSettings
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import ReplyAddress, legal_topic_name
 from inference_consumer.spring import CORRELATION_ID as SPRING_CORRELATION_ID
@@ -47,8 +48,17 @@ class InvalidReplyAddressError(InvalidRequestError):
 
 @dataclass(frozen=True, slots=True)
 class RequestRules:
-    own_topics: frozenset[str]  # request, retry and dead-letter topics: replies there would be read as jobs
+    # Topics a reply must never go to: the job topics (a reply there would be read as a job) and the
+    # caption cache (a reply there would be a record its readers skip, from a principal that may write it).
+    own_topics: frozenset[str]
     reply_topic_pattern: re.Pattern[str] | None = None
+
+    @classmethod
+    def for_topics(
+        cls, topics: TopicSettings, *, reply_topic_pattern: re.Pattern[str] | None
+    ) -> RequestRules:
+        own = [topics.requests, *topics.retry_topics, topics.dead_letter, topics.captions]
+        return cls(own_topics=frozenset(own), reply_topic_pattern=reply_topic_pattern)
 
 
 def reply_address(

@@ -194,12 +194,7 @@ class InferenceWorker:
                 preprocess=self._preprocessor(model) if on_device is None else on_device.pixels,
                 fetch_size=settings.max_batch_size,
                 revoke_timeout_s=settings.shutdown_timeout_s,
-                rules=RequestRules(
-                    own_topics=frozenset(
-                        [self._topics.requests, *self._topics.retry_topics, self._topics.dead_letter]
-                    ),
-                    reply_topic_pattern=settings.reply_topic_pattern,
-                ),
+                rules=RequestRules.for_topics(self._topics, reply_topic_pattern=settings.reply_topic_pattern),
                 reply_partitions=ReplyTopicPartitions(producer=producer),
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,

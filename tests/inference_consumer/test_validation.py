@@ -10,6 +10,7 @@ import pytest
 from confluent_kafka import KafkaError, KafkaException
 
 from core.errors import InvalidImageError, InvalidRequestError
+from core.settings import TopicSettings
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import ReplyAddress
 from inference_consumer.validation import (
@@ -226,3 +227,14 @@ def test_an_undecodable_records_missing_reply_topic_is_no_address() -> None:
         raise ReplyUndeliverableError("reply_topic does not exist")
 
     assert undecodable_reply_address(b"job-1", spring(), RULES, missing) is None
+
+
+@pytest.mark.parametrize(
+    "topic",
+    ["captioner.requests", "captioner.requests.retry.2", "captioner.requests.dlq", "captioner.captions"],
+)
+def test_a_worker_never_replies_to_its_job_topics_or_the_caption_cache(topic: str) -> None:
+    rules = RequestRules.for_topics(TopicSettings(), reply_topic_pattern=None)
+
+    with pytest.raises(InvalidReplyAddressError):
+        reply_address(request(reply_topic=topic), rules, lambda _topic: 4)
