@@ -5,7 +5,7 @@ from __future__ import annotations
 import sys
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -20,6 +20,9 @@ from core.settings import (
     load_settings,
     refuse_unknown_variables,
 )
+
+if TYPE_CHECKING:
+    from schemas.framing import RecordCodecs
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -81,6 +84,7 @@ def api() -> None:
         topics=load_settings(TopicSettings),
         images=load_settings(ImageSettings),
         cache=load_settings(CacheSettings),
+        codecs=_record_codecs(),
     )
 
 
@@ -109,6 +113,7 @@ def worker() -> None:
             topics=topics,
             images=images,
             cache=load_settings(CacheSettings),
+            codecs=_record_codecs(),
         )
     except ModelUnavailableError as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
@@ -116,6 +121,14 @@ def worker() -> None:
     except WorkerFatalError as exc:
         typer.echo(f"captioner worker stopped: {exc}", err=True)
         raise typer.Exit(3) from None
+
+
+def _record_codecs() -> RecordCodecs:
+    """Both framings with a schema registry (CAPTIONER_SCHEMA_REGISTRY_*), single-object alone without."""
+    from core.schema_registry import record_codecs
+    from core.settings import RegistrySettings
+
+    return record_codecs(load_settings(RegistrySettings))
 
 
 @model_app.command("make")
@@ -178,6 +191,10 @@ def caption_command(
         raise typer.Exit(2) from None
     # Over HTTP the Kafka settings play no part, so a bad one must not stop the command.
     kafka = load_settings(KafkaSettings) if via is Via.kafka else None
+    if via is Via.kafka:
+        raise typer.Exit(
+            caption(options, kafka=kafka, topics=load_settings(TopicSettings), codecs=_record_codecs())
+        )
     raise typer.Exit(caption(options, kafka=kafka, topics=load_settings(TopicSettings)))
 
 

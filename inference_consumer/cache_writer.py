@@ -11,6 +11,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -43,8 +44,16 @@ class Captioned:
 
 
 class CacheWriter:
-    def __init__(self, *, producer: Producer, topic: str) -> None:
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        topic: str,
+        encode: Callable[[CaptionCacheEntry], bytes] = CACHE_ENTRY_CODEC.encode,
+    ) -> None:
+        """encode: the entry's framing (single-object, or the registry's when one is configured)."""
         self._producer = producer
+        self._encode = encode
         self._topic = topic
         self._queue: queue.Queue[Captioned | None] = queue.Queue(maxsize=MAX_PENDING)
         self._pending_bytes = 0
@@ -100,7 +109,7 @@ class CacheWriter:
             inference_ms=captioned.inference_ms,
             completed_at=captioned.completed_at,
         )
-        value = CACHE_ENTRY_CODEC.encode(entry)
+        value = self._encode(entry)
         if len(value) > MAX_ENTRY_BYTES:  # readers would skip it
             metrics.CACHE_WRITES.labels(result="failed").inc()
             return

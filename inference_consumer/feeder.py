@@ -25,7 +25,8 @@ from inference_consumer.observing import AssignedPartitions
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.tracing import job_log_context, start_job_trace, traced_decode
 from inference_consumer.validation import PartitionCount, RequestRules, check_request, reply_address
-from schemas import REQUEST_CODEC, CaptionerError
+from schemas import CaptionerError, CaptionRequest
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec
 
 log = logging.getLogger(__name__)
 
@@ -66,6 +67,7 @@ class JobFeeder:
         max_hold_s: float,
         on_fatal: Fatal,
         chore: Chore | None = None,
+        requests: FramedCodec[CaptionRequest] = SINGLE_OBJECT_CODECS.requests,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -82,6 +84,7 @@ class JobFeeder:
         self._reply_partitions = reply_partitions
         self._on_fatal = on_fatal
         self._chore = chore  # periodic work of the worker's that needs a consumer (DLQ depth)
+        self._requests = requests
         self._holds = RetryHolds(consumer, retry_topics=retry_topics, max_hold_s=max_hold_s)
         self._assigned = AssignedPartitions(topics)
         self.stopping = threading.Event()
@@ -136,7 +139,7 @@ class JobFeeder:
 
     def _admit(self, job: Job) -> None:
         """Decode and check the record, then start decoding its image and queue it for a batch."""
-        job.request = REQUEST_CODEC.decode(job.value)
+        job.request, job.framing = self._requests.decode_framed(job.value)
         job.reply_to = reply_address(job.request, self._rules, self._reply_partitions)
         check_request(job.request)
         if job.expired(datetime.now(UTC)):

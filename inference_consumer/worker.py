@@ -26,6 +26,7 @@ from prometheus_client import start_http_server
 from core.errors import CaptionerError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
+from core.schema_registry import prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
@@ -47,6 +48,7 @@ from inference_consumer.observing import (
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.tracing import inference_spans, job_log_context
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, RecordCodecs
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +76,11 @@ class InferenceWorker:
         images: ImageSettings,
         model: CaptionModel | None = None,
         cache: CacheSettings | None = None,
+        codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
     ) -> None:
+        """codecs: the record framings (core.schema_registry.record_codecs)."""
         self.settings = settings
+        self._codecs = codecs
         self._cache = cache  # None: no caption-cache writes
         self._images = images
         self._kafka = kafka
@@ -100,6 +105,7 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
+        prepare_writers(self._written(), timeout_s=self.settings.shutdown_timeout_s)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()
@@ -110,6 +116,13 @@ class InferenceWorker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _written(self) -> list[tuple[FramedCodec[Any], str]]:
+        """What this worker writes in its own framing: replies, and caption-cache entries when on."""
+        written: list[tuple[FramedCodec[Any], str]] = [(self._codecs.replies, self._topics.replies)]
+        if self._cache is not None and self._cache.enabled:
+            written.append((self._codecs.cache_entries, self._topics.captions))
+        return written
 
     def _fatal(self, reason: str) -> None:
         """This worker cannot go on: it drains what it can and exits non-zero so it is restarted."""
@@ -158,7 +171,11 @@ class InferenceWorker:
             tracker = OffsetTracker()
             cache_writer = None
             if self._cache is not None and self._cache.enabled:
-                cache_writer = CacheWriter(producer=producer, topic=self._topics.captions)
+                cache_writer = CacheWriter(
+                    producer=producer,
+                    topic=self._topics.captions,
+                    encode=self._codecs.cache_entries.writer(self._topics.captions),
+                )
                 cache_writer.start()
                 stack.callback(cache_writer.close, settings.shutdown_timeout_s)  # before the flush
             outcomes = OutcomePublisher(
@@ -170,6 +187,7 @@ class InferenceWorker:
                 group_id=settings.worker_group_id,
                 on_fatal=self._fatal,
                 cache=cache_writer,
+                replies=self._codecs.replies,
             )
             ready: queue.Queue[Job] = queue.Queue()  # the feeders keep it within _batching.backlog()
             feed = functools.partial(
@@ -193,6 +211,7 @@ class InferenceWorker:
                 reply_partitions=ReplyTopicPartitions(producer=producer),
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,
+                requests=self._codecs.requests,
             )
             feeders = []
             for subscription in self.subscriptions():
@@ -353,9 +372,12 @@ def run_worker(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> None:
     """Run a worker in this process until SIGTERM or SIGINT, with the settings its entry point read."""
-    worker = InferenceWorker(settings=settings, kafka=kafka, topics=topics, images=images, cache=cache)
+    worker = InferenceWorker(
+        settings=settings, kafka=kafka, topics=topics, images=images, cache=cache, codecs=codecs
+    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: finishing in-flight work", signum)

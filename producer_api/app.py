@@ -17,6 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import client_config, consumer_config, producer_config
+from core.schema_registry import prepare_writers
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
@@ -29,6 +30,7 @@ from producer_api.appkeys import (
     KAFKA_SETTINGS,
     LISTENER,
     PUBLISHER,
+    RECORD_CODECS,
     REQUEST_EXECUTOR,
     SERVICE,
     TOPIC_SETTINGS,
@@ -53,6 +55,7 @@ from producer_api.readiness import (
 from producer_api.replies import PendingReplies, ReplyListener
 from producer_api.service import CaptionResult, CaptionService
 from producer_api.tracing import tracing_middleware
+from schemas.framing import SINGLE_OBJECT_CODECS, RecordCodecs
 
 log = logging.getLogger(__name__)
 
@@ -145,9 +148,15 @@ async def metrics_endpoint(_request: web.Request) -> web.Response:
 async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Creates topics, starts the reply listener before any job can be published, closes both."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
+    codecs = app[RECORD_CODECS]
     loop = asyncio.get_running_loop()
     await asyncio.to_thread(ensure_topics, kafka, topics)
-    cache = await start_caption_cache(app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics)
+    # With a registry, the request schema is registered now, so that encoding on the request path makes
+    # no registry request (and none on the event loop).
+    await asyncio.to_thread(prepare_writers, [(codecs.requests, topics.requests)], timeout_s=30.0)
+    cache = await start_caption_cache(
+        app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics, decode=codecs.cache_entries.decode
+    )
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -159,6 +168,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         partition=partition,
         pending=pending,
         loop=loop,
+        decode=codecs.replies.decode,
     )
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
@@ -178,6 +188,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         reply_partition=partition,
         cache=cache.captions if cache else None,
         executor=app[REQUEST_EXECUTOR],
+        encode=codecs.requests.writer(topics.requests),
     )
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
@@ -264,8 +275,11 @@ def make_app(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> web.Application:
+    """codecs: the record framings (core.schema_registry.record_codecs)."""
     app = make_api_app(api=api, images=images)
+    app[RECORD_CODECS] = codecs
     app[KAFKA_SETTINGS] = kafka
     app[TOPIC_SETTINGS] = topics
     app[CACHE_SETTINGS] = cache
@@ -280,11 +294,12 @@ def run_api(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close.
     The settings are the ones its entry point read."""
     web.run_app(
-        make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache),
+        make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache, codecs=codecs),
         loop=new_event_loop(),
         host=api.host,
         port=api.port,

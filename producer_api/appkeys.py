@@ -14,6 +14,7 @@ from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import ReplyListener
 from producer_api.service import CaptionResult
+from schemas.framing import RecordCodecs
 
 
 class Captioner(Protocol):
@@ -30,3 +31,4 @@ REQUEST_EXECUTOR = web.AppKey("request_executor", ThreadPoolExecutor)
 SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")
 PUBLISHER = web.AppKey("request_publisher", RequestPublisher)
 LISTENER = web.AppKey("reply_listener", ReplyListener)
+RECORD_CODECS = web.AppKey("record_codecs", RecordCodecs)

@@ -15,7 +15,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,6 +28,7 @@ from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry, RecordDecodeError
+from schemas.errors import SchemaRegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +38,8 @@ MAX_KEY_BYTES = 4096
 # How long start-up waits for the topic to be read to the end it had; past this the API serves anyway
 # (misses until the reader catches up).
 LOAD_WAIT_S = 10.0
+
+DecodeEntry = Callable[[bytes], CaptionCacheEntry]  # either framing (schemas/framing.py)
 
 
 class CaptionLru:
@@ -130,9 +133,17 @@ def reader_config(config: dict[str, Any]) -> dict[str, Any]:
 class CacheReader:
     """A thread that reads every partition of the cache topic from its start into the LRU, then follows."""
 
-    def __init__(self, *, config: dict[str, Any], topic: str, lru: CaptionLru) -> None:
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        topic: str,
+        lru: CaptionLru,
+        decode: DecodeEntry = CACHE_ENTRY_CODEC.decode,
+    ) -> None:
         self.topic = topic
         self._lru = lru
+        self._decode = decode
         self._consumer = Consumer(reader_config(config))
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="cache-reader", daemon=True)
@@ -183,7 +194,7 @@ class CacheReader:
                 metrics.CACHE_READER_ERRORS.labels(reason="read_error").inc()
             return
         try:
-            apply_record(self._lru, message.key(), message.value())
+            apply_record(self._lru, message.key(), message.value(), decode=self._decode)
         except Exception:
             log.exception("caption-cache record %s@%s skipped", message.partition(), message.offset())
             metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc()
@@ -200,16 +211,18 @@ class CacheReader:
                 self.loaded.set()
 
 
-def apply_record(lru: CaptionLru, key: bytes | None, value: bytes | None) -> None:
+def apply_record(
+    lru: CaptionLru, key: bytes | None, value: bytes | None, *, decode: DecodeEntry = CACHE_ENTRY_CODEC.decode
+) -> None:
     """One record of the topic: an entry to keep, a tombstone (no value) that forgets its key, or a record
     to skip and count."""
-    problem = _keep(lru, key, value)
+    problem = _keep(lru, key, value, decode)
     if problem is not None:
         log.warning("caption-cache record skipped: %s", problem)
         metrics.CACHE_READER_ERRORS.labels(reason=problem.split(":")[0]).inc()
 
 
-def _keep(lru: CaptionLru, key: bytes | None, value: bytes | None) -> str | None:
+def _keep(lru: CaptionLru, key: bytes | None, value: bytes | None, decode: DecodeEntry) -> str | None:
     """None once the record is applied; else why it was not (a reason, then a colon and details)."""
     if not key or len(key) > MAX_KEY_BYTES:
         return "bad_key"
@@ -219,8 +232,8 @@ def _keep(lru: CaptionLru, key: bytes | None, value: bytes | None) -> str | None
     if len(value) > MAX_ENTRY_BYTES:
         return "too_large"
     try:
-        entry = CACHE_ENTRY_CODEC.decode(value)
-    except RecordDecodeError as exc:
+        entry = decode(value)
+    except (RecordDecodeError, SchemaRegistryUnavailableError) as exc:
         return f"undecodable: {exc.message}"
     problem = entry_problem(entry)
     if problem is not None:
@@ -238,7 +251,12 @@ class CacheRuntime:
 
 
 async def start_caption_cache(
-    cache: CacheSettings, *, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings
+    cache: CacheSettings,
+    *,
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    decode: DecodeEntry = CACHE_ENTRY_CODEC.decode,
 ) -> CacheRuntime | None:
     """The LRU and its reader, started and given LOAD_WAIT_S to read the topic; None when disabled."""
     if not cache.enabled:
@@ -249,6 +267,7 @@ async def start_caption_cache(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.captions,
         lru=lru,
+        decode=decode,
     )
     await asyncio.to_thread(reader.start, timeout_s=30.0)
     started = time.monotonic()

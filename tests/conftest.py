@@ -14,6 +14,7 @@ from captioner.model_factory import make_model
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
+from tests.support.registry import LocalRegistry, local_registry
 from tests.support.repo import repo_files
 from tests.support.services import (
     CAPTIONER,
@@ -55,6 +56,13 @@ def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def kafka_bootstrap() -> Iterator[str]:
     with kafka_cluster() as bootstrap:
         yield bootstrap
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[LocalRegistry]:
+    """A real Apicurio Registry (Confluent-compatible API) for the session; tests/support/registry.py."""
+    with local_registry() as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -35,14 +35,22 @@ from captioner.errors import ExitCode, UsageError
 from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import OUTCOME_HEADROOM_BYTES
+from schemas.framing import SINGLE_OBJECT_CODECS, RecordCodecs
 
 
-def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
+def caption(
+    options: CaptionOptions,
+    *,
+    kafka: KafkaSettings | None,
+    topics: TopicSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
+) -> int:
     """Runs the whole command; returns its exit code. Results go to the output as they arrive; the
-    failures and a summary go to stderr at the end. `kafka` is needed --via kafka only."""
+    failures and a summary go to stderr at the end. `kafka` and `codecs` (the record framings) are used
+    --via kafka only."""
     stream, sink, skip = _open(options)
     try:
-        summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics))
+        summary = asyncio.run(_run(options, sink, skip, kafka=kafka, topics=topics, codecs=codecs))
     except (KafkaException, KafkaTimeoutError) as exc:
         print(f"captioner caption: Kafka is unreachable or refused the reply topic: {exc}", file=sys.stderr)
         return ExitCode.UNAVAILABLE
@@ -66,11 +74,12 @@ async def _run(
     *,
     kafka: KafkaSettings | None,
     topics: TopicSettings,
+    codecs: RecordCodecs,
 ) -> Summary:
     paths = input_paths(options.sources, recursive=options.recursive, stdin=sys.stdin)
     # The request topic takes records up to its limit; a file bigger than that could never be sent.
     max_bytes = topics.max_message_bytes - OUTCOME_HEADROOM_BYTES
-    async with _backend(options, kafka=kafka, topics=topics) as backend:
+    async with _backend(options, kafka=kafka, topics=topics, codecs=codecs) as backend:
         with _progress_bar(options.show_progress) as progress:
             counting = asyncio.create_task(_count_total(options, skip, progress))
             try:
@@ -105,12 +114,12 @@ async def _count_total(options: CaptionOptions, skip: frozenset[str], progress: 
 
 @asynccontextmanager
 async def _backend(
-    options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings
+    options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings, codecs: RecordCodecs
 ) -> AsyncIterator[Backend]:
     if options.via is Via.kafka:
         if kafka is None:
             raise UsageError("--via kafka needs the Kafka settings")
-        async with KafkaBackend(kafka, topics, timeout_s=options.timeout_s) as backend:
+        async with KafkaBackend(kafka, topics, timeout_s=options.timeout_s, codecs=codecs) as backend:
             yield backend
         return
     connector = aiohttp.TCPConnector(limit=options.concurrency)

@@ -32,10 +32,12 @@ from captioner.bulk.results import TIMEOUT, Result
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
+from core.schema_registry import prepare_writers
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import TopicSpec, create_topics, delete_topics
-from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, CaptionRequest, RecordDecodeError, ReplyStatus
+from schemas import CaptionerError, CaptionReply, CaptionRequest, ReplyStatus
 from schemas.codec import utc_now
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, RecordCodecs
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection retries and the like): quiet unless the CLI is asked for them.
@@ -84,7 +86,12 @@ class KafkaBackend:
         timeout_s: float,
         run_id: str | None = None,
         admin_timeout_s: float = 15.0,
+        codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
     ) -> None:
+        """codecs: requests are written in their framing (the registry's when one is configured);
+        replies are read in either."""
+        self._requests = codecs.requests
+        self._replies = codecs.replies
         self._kafka = kafka
         self._topics = topics
         self._timeout_s = timeout_s
@@ -145,10 +152,14 @@ class KafkaBackend:
             deadline=utc_now() + timedelta(seconds=self._timeout_s),
         )
         try:
+            value = self._requests.encode(request, topic=self._topics.requests)
+        except CaptionerError as exc:
+            return Result.failed(image.path, error=exc.code, message=exc.message)
+        try:
             self._producer.produce(
                 self._topics.requests,
                 key=correlation_id.encode(),
-                value=REQUEST_CODEC.encode(request),
+                value=value,
                 on_delivery=lambda error, _message: self._on_delivery(correlation_id, error),
             )
         except (BufferError, KafkaException) as exc:
@@ -180,6 +191,7 @@ class KafkaBackend:
             log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
 
     def _start_clients(self) -> None:
+        prepare_writers([(self._requests, self._topics.requests)], timeout_s=self._admin_timeout_s)
         client_id = f"captioner-bulk-{self.run_id}"
         config = producer_config(self._kafka, self._topics, client_id=client_id, linger_ms=2)
         self._producer = Producer(config | {"logger": LIBRDKAFKA_LOG})
@@ -212,7 +224,7 @@ class KafkaBackend:
             replies = [
                 reply
                 for message in poll_batch(self._consumer, max_messages=1000, timeout_s=_POLL_S)
-                if (reply := _decode(message)) is not None
+                if (reply := _decode(message, self._replies)) is not None
             ]
             if replies:
                 self._loop.call_soon_threadsafe(self._waiting.settle, replies)
@@ -228,13 +240,13 @@ class KafkaBackend:
         self._delete_reply_topic()
 
 
-def _decode(message: Message) -> CaptionReply | None:
+def _decode(message: Message, replies: FramedCodec[CaptionReply]) -> CaptionReply | None:
     if message.error():
         log.warning("reply topic error: %s", message.error())
         return None
     try:
-        return REPLY_CODEC.decode(message.value() or b"")
-    except RecordDecodeError as exc:
+        return replies.decode(message.value() or b"")
+    except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
         log.warning("unreadable reply at offset %d: %s", message.offset(), exc)
         return None
 

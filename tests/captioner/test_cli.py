@@ -48,14 +48,27 @@ def test_config_prints_every_group_with_secrets_masked() -> None:
         CAPTIONER_KAFKA_SASL_USERNAME="svc-captioner",
         CAPTIONER_KAFKA_SASL_PASSWORD="hunter2-sasl-secret",
         CAPTIONER_KAFKA_SSL_KEY_PASSWORD="hunter3-key-secret",
+        CAPTIONER_SCHEMA_REGISTRY_PASSWORD="hunter4-registry-secret",
         CAPTIONER_MAX_BATCH_SIZE="8",
     )
 
     assert done.returncode == 0, done.stderr
     assert "hunter2" not in done.stdout + done.stderr
     assert "hunter3" not in done.stdout + done.stderr
+    assert "hunter4" not in done.stdout + done.stderr
     shown = json.loads(done.stdout)
-    assert set(shown) == {"kafka", "topics", "api", "worker", "images", "log", "tracing", "cache"}
+    assert set(shown) == {
+        "kafka",
+        "topics",
+        "api",
+        "worker",
+        "images",
+        "log",
+        "tracing",
+        "cache",
+        "schema_registry",
+    }
+    assert shown["schema_registry"]["CAPTIONER_SCHEMA_REGISTRY_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SSL_KEY_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_USERNAME"] == "svc-captioner"
