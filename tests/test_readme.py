@@ -13,6 +13,7 @@ from core.settings import (
     ImageSettings,
     KafkaSettings,
     LogSettings,
+    RegistrySettings,
     TopicSettings,
     TracingSettings,
     WorkerSettings,
@@ -32,6 +33,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
         LogSettings,
         TracingSettings,
         CacheSettings,
+        RegistrySettings,
     ],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:

@@ -32,12 +32,11 @@ from captioner.bulk.results import TIMEOUT, Result
 from core.consuming import poll_batch
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
-from core.schema_registry import prepare_writers
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import TopicSpec, create_topics, delete_topics
 from schemas import CaptionerError, CaptionReply, CaptionRequest, ReplyStatus
 from schemas.codec import utc_now
-from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, RecordCodecs
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, Framing, RecordCodecs
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection retries and the like): quiet unless the CLI is asked for them.
@@ -88,8 +87,9 @@ class KafkaBackend:
         admin_timeout_s: float = 15.0,
         codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
     ) -> None:
-        """codecs: requests are written in their framing (the registry's when one is configured);
-        replies are read in either."""
+        """codecs: replies are read in either framing. Requests are written single-object, so that the
+        replies to this run's own reply topic are too: in the registry's framing, every run would leave a
+        subject of its own (`<reply topic>-value`) in the registry."""
         self._requests = codecs.requests
         self._replies = codecs.replies
         self._kafka = kafka
@@ -152,7 +152,7 @@ class KafkaBackend:
             deadline=utc_now() + timedelta(seconds=self._timeout_s),
         )
         try:
-            value = self._requests.encode(request, topic=self._topics.requests)
+            value = self._requests.encode(request, topic=self._topics.requests, framing=Framing.SINGLE_OBJECT)
         except CaptionerError as exc:
             return Result.failed(image.path, error=exc.code, message=exc.message)
         try:
@@ -191,7 +191,6 @@ class KafkaBackend:
             log.warning("could not delete this run's reply topic %s: %s", self.reply_topic, exc)
 
     def _start_clients(self) -> None:
-        prepare_writers([(self._requests, self._topics.requests)], timeout_s=self._admin_timeout_s)
         client_id = f"captioner-bulk-{self.run_id}"
         config = producer_config(self._kafka, self._topics, client_id=client_id, linger_ms=2)
         self._producer = Producer(config | {"logger": LIBRDKAFKA_LOG})
