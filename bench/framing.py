@@ -22,6 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -80,13 +81,13 @@ def operations(registry: RecordCodecs) -> list[Operation]:
         found += [
             Operation(
                 f"API: encode request ({label})",
-                lambda r=request: single.requests.encode(r, topic=REQUEST_TOPIC),
-                lambda r=request: registry.requests.encode(r, topic=REQUEST_TOPIC),
+                partial(single.requests.encode, request, topic=REQUEST_TOPIC),
+                partial(registry.requests.encode, request, topic=REQUEST_TOPIC),
             ),
             Operation(
                 f"worker: decode request ({label})",
-                lambda v=plain: single.requests.decode_framed(v),
-                lambda v=framed: registry.requests.decode_framed(v),
+                partial(single.requests.decode_framed, plain),
+                partial(registry.requests.decode_framed, framed),
             ),
         ]
     plain_reply = single.replies.encode(reply, topic=REPLY_TOPIC)
