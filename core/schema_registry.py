@@ -20,6 +20,8 @@ from schemas.framing import (
 log = logging.getLogger(__name__)
 
 _PREPARE_RETRY_S = 1.0
+# The registry client's HTTP library logs every request at INFO with its URL, which may carry credentials.
+_HTTP_LOGGERS = ("httpx", "httpx2")
 
 
 def registry_client_config(settings: RegistrySettings) -> dict[str, Any]:
@@ -38,6 +40,8 @@ def registry_client_config(settings: RegistrySettings) -> dict[str, Any]:
 def record_codecs(settings: RegistrySettings) -> RecordCodecs:
     if settings.url is None:
         return SINGLE_OBJECT_CODECS
+    for name in _HTTP_LOGGERS:
+        logging.getLogger(name).setLevel(logging.WARNING)
     client = RegistryClient(
         registry_client_config(settings),
         max_schemas=settings.max_cached_schemas,
