@@ -20,6 +20,8 @@ from schemas.framing import (
 log = logging.getLogger(__name__)
 
 _PREPARE_RETRY_S = 1.0
+# How long a process starting waits for a registry that is not up yet before it gives up.
+PREPARE_TIMEOUT_S = 30.0
 # The registry client's HTTP library logs every request at INFO with its URL, which may carry credentials.
 _HTTP_LOGGERS = ("httpx", "httpx2")
 

@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 from core.errors import CaptionerError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
-from core.schema_registry import prepare_writers
+from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
@@ -105,7 +105,7 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
-        prepare_writers(self._written(), timeout_s=self.settings.shutdown_timeout_s)
+        prepare_writers(self._written(), timeout_s=PREPARE_TIMEOUT_S)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()

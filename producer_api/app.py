@@ -17,7 +17,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import client_config, consumer_config, producer_config
-from core.schema_registry import prepare_writers
+from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
@@ -153,7 +153,9 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     await asyncio.to_thread(ensure_topics, kafka, topics)
     # With a registry, the request schema is registered now, so that encoding on the request path makes
     # no registry request (and none on the event loop).
-    await asyncio.to_thread(prepare_writers, [(codecs.requests, topics.requests)], timeout_s=30.0)
+    await asyncio.to_thread(
+        prepare_writers, [(codecs.requests, topics.requests)], timeout_s=PREPARE_TIMEOUT_S
+    )
     cache = await start_caption_cache(
         app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics, decode=codecs.cache_entries.decode
     )

@@ -182,18 +182,12 @@ class RegistryClient(SchemaRegistryClient):
         return registered
 
     def ensure_backward(self, subject: str) -> str:
-        """The subject's compatibility level; BACKWARD is set on a subject that has none of its own (or
-        NONE), so that the registry refuses a change our readers could not read. A stricter level an
-        operator set is left as it is."""
-        try:
-            self.requests += 1
-            level = str(self.get_compatibility(subject)).upper()
-        except SchemaRegistryError as exc:
-            if exc.http_status_code != _NOT_FOUND:
-                raise self._unavailable(exc) from None
-            level = "NONE"
-        except Exception as exc:
-            raise self._unavailable(exc) from None
+        """The compatibility level in force on the subject (its own, else the registry's global one). Where
+        that is NONE, BACKWARD is set on the subject, so that the registry refuses a change our readers
+        could not read; any other level an operator chose is left as it is."""
+        level = self._compatibility(subject)
+        if level is None:  # no level of its own: the global one applies
+            level = self._compatibility(None) or "NONE"
         if level != "NONE":
             return level
         try:
@@ -202,6 +196,17 @@ class RegistryClient(SchemaRegistryClient):
         except Exception as exc:
             raise self._unavailable(exc) from None
         return BACKWARD
+
+    def _compatibility(self, subject: str | None) -> str | None:
+        try:
+            self.requests += 1
+            return str(self.get_compatibility(subject)).upper()
+        except SchemaRegistryError as exc:
+            if exc.http_status_code == _NOT_FOUND:
+                return None
+            raise self._unavailable(exc) from None
+        except Exception as exc:
+            raise self._unavailable(exc) from None
 
     def _fetch_schema(self, schema_id: int) -> Schema:
         try:

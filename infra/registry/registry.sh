@@ -43,6 +43,15 @@ port_open() {
   (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
 }
 
+# Ready once the Confluent-compatible API answers 200 (an open port alone can come a moment earlier).
+answers() {
+  (
+    exec 3<>"/dev/tcp/127.0.0.1/$port" || exit 1
+    printf 'GET /apis/ccompat/v7/subjects HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n' >&3
+    read -r -t 5 status <&3 && [[ "$status" == *" 200 "* ]]
+  ) 2>/dev/null
+}
+
 start() {
   fetch
   if running; then echo "$url"; return; fi
@@ -50,7 +59,6 @@ start() {
     echo "registry.sh: port $port is taken by another process; set REGISTRY_LOCAL_PORT" >&2; exit 1
   fi
   mkdir -p "$state"
-  # Quarkus opens its port once the application has started: an open port is a ready registry.
   # `cd` first, apart: with `&&`, the `&` would put a subshell in the background, not java.
   (cd "$state"; nohup "$(java_cmd)" -Xms64m -Xmx384m -XX:+UseSerialGC -Djava.awt.headless=true \
     "-Djava.io.tmpdir=$state" \
@@ -58,11 +66,11 @@ start() {
     "-Dregistry.rules.global.compatibility=$compatibility" \
     -jar "$jar" >>"$log_file" 2>&1 < /dev/null & echo $! > "$pid_file")
   for _ in $(seq 1 240); do
-    if port_open; then echo "$url"; return; fi
+    if answers; then echo "$url"; return; fi
     if ! running; then echo "registry.sh: registry exited; see $log_file" >&2; tail -20 "$log_file" >&2; exit 1; fi
     sleep 0.5
   done
-  echo "registry.sh: registry did not open port $port within 120 s; see $log_file" >&2
+  echo "registry.sh: registry did not answer on port $port within 120 s; see $log_file" >&2
   exit 1
 }
 

@@ -290,3 +290,15 @@ def test_random_bytes_after_a_zero_byte_only_raise_the_error_family(
 @pytest.fixture
 def registered_id(schema_registry: LocalRegistry, topic: str) -> int:
     return Publisher(schema_registry.url).register(topic, request_schema_text())
+
+
+@pytest.mark.integration
+def test_backward_is_set_where_nothing_stricter_is_in_force(
+    registry_client: RegistryClient, schema_registry: LocalRegistry, topic: str
+) -> None:
+    plain = Publisher(schema_registry.url).client
+    assert registry_client.ensure_backward(f"{topic}-value") == "BACKWARD"  # the test registry's global: NONE
+    assert plain.get_compatibility(f"{topic}-value") == "BACKWARD"
+    plain.set_compatibility(f"{topic}.strict-value", "FULL_TRANSITIVE")
+    assert registry_client.ensure_backward(f"{topic}.strict-value") == "FULL_TRANSITIVE"
+    assert plain.get_compatibility(f"{topic}.strict-value") == "FULL_TRANSITIVE"
