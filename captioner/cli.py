@@ -189,13 +189,13 @@ def caption_command(
     except UsageError as exc:
         typer.echo(f"captioner caption: {exc}", err=True)
         raise typer.Exit(2) from None
-    # Over HTTP the Kafka settings play no part, so a bad one must not stop the command.
-    kafka = load_settings(KafkaSettings) if via is Via.kafka else None
+    # Over HTTP the Kafka and registry settings play no part, so a bad one must not stop the command.
+    topics = load_settings(TopicSettings)
     if via is Via.kafka:
         raise typer.Exit(
-            caption(options, kafka=kafka, topics=load_settings(TopicSettings), codecs=_record_codecs())
+            caption(options, kafka=load_settings(KafkaSettings), topics=topics, codecs=_record_codecs())
         )
-    raise typer.Exit(caption(options, kafka=kafka, topics=load_settings(TopicSettings)))
+    raise typer.Exit(caption(options, kafka=None, topics=topics))
 
 
 @topics_app.command("create")

@@ -15,6 +15,7 @@ a moment rather than every record waiting out its own timeout.
 from __future__ import annotations
 
 import io
+import json
 import threading
 import time
 from collections.abc import Callable
@@ -33,7 +34,9 @@ from confluent_kafka.schema_registry.avro import AvroDeserializer, AvroSerialize
 from confluent_kafka.schema_registry.common.serde import ParsedSchemaCache
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 from confluent_kafka.serialization import MessageField, SerializationContext
+from fastavro import parse_schema
 from fastavro.read import SchemaResolutionError
+from fastavro.schema import expand_schema
 
 from schemas.codec import (
     CACHE_ENTRY_CODEC,
@@ -63,6 +66,7 @@ BACKWARD = "BACKWARD"
 # After a request to the registry fails, ids not yet cached fail at once for this long: a registry that is
 # down costs one timeout per hold, not one per record.
 UNREACHABLE_HOLD_S = 1.0
+_MAX_SCHEMA_DEPTH = 64
 _NOT_FOUND = 404
 _CONFLICT = 409
 _UNPROCESSABLE = 422
@@ -127,6 +131,9 @@ class RegistryClient(SchemaRegistryClient):
         self._unknown: TTLCache[int, bool] = TTLCache(
             maxsize=max_schemas, ttl=max(unknown_id_ttl_s, 1e-3), timer=clock
         )
+        self._refused: TTLCache[int, str] = TTLCache(
+            maxsize=max_schemas, ttl=max(unknown_id_ttl_s, 1e-3), timer=clock
+        )
         self._registered: LRUCache[tuple[str, Schema], RegisteredSchema] = LRUCache(maxsize=max_schemas)
         self._budget = LookupBudget(rate_per_s=lookups_per_s, burst=max(1, int(lookups_per_s)), clock=clock)
         self._unreachable_until = 0.0
@@ -145,14 +152,23 @@ class RegistryClient(SchemaRegistryClient):
                 return found
             if schema_id in self._unknown:
                 raise UnknownSchemaIdError(schema_id)
+            refused = self._refused.get(schema_id)
+            if refused is not None:
+                raise WriterSchemaMismatchError(refused)
             self._check_reachable()
             if not self._budget.take():
                 raise SchemaLookupsLimitedError(
                     "too many schema ids not yet known to this process at once; try again shortly"
                 )
         schema = self._fetch_schema(schema_id)
+        problem = unreadable_writer_schema(schema)
         with self._lock:
-            self._found[schema_id] = schema
+            if problem is None:
+                self._found[schema_id] = schema
+            else:
+                self._refused[schema_id] = f"schema id {schema_id} {problem}"
+        if problem is not None:
+            raise WriterSchemaMismatchError(f"schema id {schema_id} {problem}")
         return schema
 
     def register_schema_full_response(
@@ -222,14 +238,6 @@ class RegistryClient(SchemaRegistryClient):
             raise self._unavailable(exc) from None
         except Exception as exc:  # transport errors, and an answer that is not a schema
             raise self._unavailable(exc) from None
-        if (schema.schema_type or "AVRO") != "AVRO" or schema.references:
-            # Another schema type cannot be Avro-decoded; references would make one record cost a chain of
-            # further look-ups.
-            raise WriterSchemaMismatchError(
-                f"schema id {schema_id} is a {schema.schema_type} schema"
-                + (" with references" if schema.references else "")
-                + "; publish with an Avro schema of its own (see schemas/README.md)"
-            )
         return schema
 
     def _check_reachable(self) -> None:
@@ -242,6 +250,60 @@ class RegistryClient(SchemaRegistryClient):
         return SchemaRegistryUnavailableError(
             "the schema registry is unavailable", detail=f"{type(exc).__name__}: {exc}"[:500]
         )
+
+
+def unreadable_writer_schema(schema: Schema) -> str | None:
+    """Why a registered schema is not one we read records with, or None. Another schema type cannot be read
+    as Avro; references would make one record cost a chain of further look-ups; and an array whose items
+    encode in no bytes at all (null, a zero-size fixed, a record of such) lets a few bytes claim 2^62
+    items, which fastavro reads (or skips) one by one: a record that never ends."""
+    if (schema.schema_type or "AVRO") != "AVRO":
+        return f"is a {schema.schema_type} schema, not Avro"
+    if schema.references:
+        return "has references; publish with a schema of its own (see schemas/README.md)"
+    try:
+        parsed = parse_schema(json.loads(schema.schema_str or ""), _write_hint=False)
+    except Exception as exc:  # what the registry holds is as hostile as what a record says
+        return f"does not parse as Avro ({type(exc).__name__})"
+    if _has_empty_items(expand_schema(parsed), depth=0):
+        return "has an array of items that take no bytes (null, or a record of nulls)"
+    return None
+
+
+def _has_empty_items(schema: Any, *, depth: int) -> bool:
+    if depth > _MAX_SCHEMA_DEPTH:
+        return True  # deeper than any record we read: refused rather than walked
+    if isinstance(schema, list):
+        return any(_has_empty_items(branch, depth=depth + 1) for branch in schema)
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "array":
+        items = schema.get("items")
+        return _takes_no_bytes(items, depth=0) or _has_empty_items(items, depth=depth + 1)
+    if kind == "map":
+        return _has_empty_items(schema.get("values"), depth=depth + 1)
+    if kind in ("record", "error"):
+        return any(_has_empty_items(field.get("type"), depth=depth + 1) for field in schema.get("fields", []))
+    return isinstance(kind, dict | list) and _has_empty_items(kind, depth=depth + 1)
+
+
+def _takes_no_bytes(schema: Any, *, depth: int) -> bool:
+    """A union writes its branch index and an array, map, enum, string or number at least one byte."""
+    if depth > _MAX_SCHEMA_DEPTH:
+        return False
+    if schema == "null":
+        return True
+    if not isinstance(schema, dict):
+        return False
+    kind = schema.get("type")
+    if kind == "null":
+        return True
+    if kind == "fixed":
+        return schema.get("size") == 0
+    if kind in ("record", "error"):
+        return all(_takes_no_bytes(field.get("type"), depth=depth + 1) for field in schema.get("fields", []))
+    return isinstance(kind, dict) and _takes_no_bytes(kind, depth=depth + 1)
 
 
 class BoundedParsedSchemas(ParsedSchemaCache):

@@ -10,6 +10,7 @@ from collections.abc import Iterator
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from confluent_kafka.schema_registry import Schema
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -40,6 +41,7 @@ from schemas.framing import (
     RegistryClient,
     framing_of,
     registry_codecs,
+    unreadable_writer_schema,
 )
 from tests.support.registry import LocalRegistry, Publisher, request_schema_text
 
@@ -302,3 +304,57 @@ def test_backward_is_set_where_nothing_stricter_is_in_force(
     plain.set_compatibility(f"{topic}.strict-value", "FULL_TRANSITIVE")
     assert registry_client.ensure_backward(f"{topic}.strict-value") == "FULL_TRANSITIVE"
     assert plain.get_compatibility(f"{topic}.strict-value") == "FULL_TRANSITIVE"
+
+
+def request_schema_with(field_type: object, default: object) -> Schema:
+    return Schema(request_schema_text(name="extra", type=field_type, default=default), "AVRO")
+
+
+@pytest.mark.parametrize(
+    ("field_type", "default"),
+    [
+        ({"type": "array", "items": "null"}, []),
+        ({"type": "array", "items": {"type": "record", "name": "Nothing", "fields": []}}, []),
+        ({"type": "array", "items": {"type": "fixed", "name": "Empty", "size": 0}}, []),
+        ({"type": "map", "values": {"type": "array", "items": {"type": "array", "items": "null"}}}, {}),
+    ],
+)
+def test_a_writer_schema_with_arrays_of_items_that_take_no_bytes_is_refused(
+    field_type: object, default: object
+) -> None:
+    """A few bytes could claim 2^62 such items, read one by one: a record that never ends."""
+    assert "no bytes" in (unreadable_writer_schema(request_schema_with(field_type, default)) or "")
+
+
+@pytest.mark.parametrize(
+    ("field_type", "default"),
+    [
+        ({"type": "array", "items": "int"}, []),
+        ({"type": "array", "items": ["null", "int"]}, []),
+        (
+            [
+                "null",
+                {"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]},
+            ],
+            None,
+        ),
+    ],
+)
+def test_a_writer_schema_whose_every_item_takes_a_byte_is_read(field_type: object, default: object) -> None:
+    assert unreadable_writer_schema(request_schema_with(field_type, default)) is None
+    assert unreadable_writer_schema(Schema(REQUEST_CODEC.writer.json_text(), "AVRO")) is None
+
+
+@pytest.mark.integration
+def test_a_registered_schema_with_empty_items_is_a_mismatch_not_an_endless_read(
+    codecs: RecordCodecs, registry_client: RegistryClient, schema_registry: LocalRegistry, topic: str
+) -> None:
+    # Compatible under BACKWARD (a field with a default): the registry takes it; the worker must not.
+    schema_id = Publisher(schema_registry.url).register(
+        topic, request_schema_text(name="extra", type={"type": "array", "items": "null"}, default=[])
+    )
+    body = REQUEST_CODEC.encode(REQUEST)[10:] + b"\xfe\xff\xff\xff\xff\xff\xff\xff\x7f\x00"  # 2^62 nulls
+    for _ in range(3):
+        with pytest.raises(WriterSchemaMismatchError, match="no bytes"):
+            codecs.requests.decode(framed(schema_id, body))
+    assert registry_client.requests == 1  # the verdict is kept, like an unknown id
