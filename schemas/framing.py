@@ -67,6 +67,7 @@ BACKWARD = "BACKWARD"
 # down costs one timeout per hold, not one per record.
 UNREACHABLE_HOLD_S = 1.0
 _MAX_SCHEMA_DEPTH = 64
+_PRIMITIVES = frozenset({"null", "boolean", "int", "long", "float", "double", "bytes", "string"})
 _NOT_FOUND = 404
 _CONFLICT = 409
 _UNPROCESSABLE = 422
@@ -254,9 +255,10 @@ class RegistryClient(SchemaRegistryClient):
 
 def unreadable_writer_schema(schema: Schema) -> str | None:
     """Why a registered schema is not one we read records with, or None. Another schema type cannot be read
-    as Avro; references would make one record cost a chain of further look-ups; and an array whose items
-    encode in no bytes at all (null, a zero-size fixed, a record of such) lets a few bytes claim 2^62
-    items, which fastavro reads (or skips) one by one: a record that never ends."""
+    as Avro; references would make one record cost a chain of further look-ups; fastavro reads a recursive
+    type by recursion as deep as the bytes say (100 KB of them overflow the C stack: the process dies);
+    and an array whose items encode in no bytes (null, a zero-size fixed, a record of such) lets a few bytes
+    claim 2^62 items, read one by one: a record that never ends."""
     if (schema.schema_type or "AVRO") != "AVRO":
         return f"is a {schema.schema_type} schema, not Avro"
     if schema.references:
@@ -265,27 +267,32 @@ def unreadable_writer_schema(schema: Schema) -> str | None:
         parsed = parse_schema(json.loads(schema.schema_str or ""), _write_hint=False)
     except Exception as exc:  # what the registry holds is as hostile as what a record says
         return f"does not parse as Avro ({type(exc).__name__})"
-    if _has_empty_items(expand_schema(parsed), depth=0):
-        return "has an array of items that take no bytes (null, or a record of nulls)"
-    return None
+    # Expanded, every named type is inlined except a reference to itself: a name left is a recursion.
+    return _walk(expand_schema(parsed), depth=0)
 
 
-def _has_empty_items(schema: Any, *, depth: int) -> bool:
+def _walk(schema: Any, *, depth: int) -> str | None:
     if depth > _MAX_SCHEMA_DEPTH:
-        return True  # deeper than any record we read: refused rather than walked
+        return f"nests deeper than {_MAX_SCHEMA_DEPTH} levels"
+    if isinstance(schema, str):
+        return None if schema in _PRIMITIVES else "is recursive (a record inside itself)"
     if isinstance(schema, list):
-        return any(_has_empty_items(branch, depth=depth + 1) for branch in schema)
+        return next(filter(None, (_walk(branch, depth=depth + 1) for branch in schema)), None)
     if not isinstance(schema, dict):
-        return False
+        return None
     kind = schema.get("type")
     if kind == "array":
-        items = schema.get("items")
-        return _takes_no_bytes(items, depth=0) or _has_empty_items(items, depth=depth + 1)
+        if _takes_no_bytes(schema.get("items"), depth=0):
+            return "has an array of items that take no bytes (null, or a record of nulls)"
+        return _walk(schema.get("items"), depth=depth + 1)
     if kind == "map":
-        return _has_empty_items(schema.get("values"), depth=depth + 1)
+        return _walk(schema.get("values"), depth=depth + 1)
     if kind in ("record", "error"):
-        return any(_has_empty_items(field.get("type"), depth=depth + 1) for field in schema.get("fields", []))
-    return isinstance(kind, dict | list) and _has_empty_items(kind, depth=depth + 1)
+        fields = (field.get("type") for field in schema.get("fields", []))
+        return next(filter(None, (_walk(field, depth=depth + 1) for field in fields)), None)
+    if kind in ("enum", "fixed"):
+        return None
+    return _walk(kind, depth=depth + 1)
 
 
 def _takes_no_bytes(schema: Any, *, depth: int) -> bool:

@@ -18,7 +18,7 @@ from confluent_kafka.schema_registry import Schema
 from confluent_kafka.schema_registry.error import SchemaRegistryError
 
 from core.settings import TopicSettings
-from schemas import REPLY_CODEC, CaptionReply, ReplyStatus
+from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, ReplyStatus
 from schemas import headers as names
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
@@ -121,7 +121,7 @@ def test_a_publishers_evolved_schema_is_served_and_an_incompatible_one_refused(
         publisher.client.register_schema(f"{topics.replies}-value", Schema(json.dumps(reply_schema), "AVRO"))
 
 
-def test_unknown_and_foreign_schema_ids_are_dead_lettered_and_the_next_record_is_answered(
+def test_unknown_foreign_and_recursive_schema_ids_are_dead_lettered_and_the_next_record_is_answered(
     start_worker: StartWorker,
     topics: TopicSettings,
     kafka_bootstrap: str,
@@ -131,9 +131,18 @@ def test_unknown_and_foreign_schema_ids_are_dead_lettered_and_the_next_record_is
     publisher = Publisher(schema_registry.url)
     # A schema the registry knows that is not a request: our reply schema, under a topic of its own.
     foreign_id = publisher.register(f"elsewhere-{uuid.uuid4().hex[:6]}", REPLY_CODEC.writer.json_text())
+    # A compatible change under the request subject, recursive: read naively, 200 KB of nesting would
+    # overflow the C stack and kill the worker, again on every restart.
+    node = {"type": "record", "name": "Node", "fields": [{"name": "next", "type": ["null", "Node"]}]}
+    recursive_id = publisher.register(
+        topics.requests, request_schema_text(name="chain", type=["null", node], default=None)
+    )
+    deep = caption_request(b"x", reply_topic=topics.replies)
+    deep_body = REQUEST_CODEC.encode(deep)[10:] + b"\x02" * 200_000 + b"\x00"
     hostile = {
         b"unknown-id": b"\x00" + (2**31 - 11).to_bytes(4, "big") + b"\x02ab",
         b"foreign-id": b"\x00" + foreign_id.to_bytes(4, "big") + b"\x02ab\x02cd",
+        b"recursive": b"\x00" + recursive_id.to_bytes(4, "big") + deep_body,
     }
     for key, value in hostile.items():
         publish(kafka_bootstrap, topics.requests, value, key=key, partition=0)
@@ -146,9 +155,13 @@ def test_unknown_and_foreign_schema_ids_are_dead_lettered_and_the_next_record_is
         partition=0,
     )
 
-    dead = read_until(kafka_bootstrap, topics.dead_letter, lambda seen: len(seen) >= 2)
+    dead = read_until(kafka_bootstrap, topics.dead_letter, lambda seen: len(seen) >= 3)
     codes = {record.key: record.headers[names.DLQ_ERROR_CODE] for record in dead}
-    assert codes == {b"unknown-id": b"unknown_schema_id", b"foreign-id": b"schema_mismatch"}
+    assert codes == {
+        b"unknown-id": b"unknown_schema_id",
+        b"foreign-id": b"schema_mismatch",
+        b"recursive": b"schema_mismatch",
+    }
     assert {record.key: record.value for record in dead} == hostile  # the record's own bytes, kept
     reply = read_reply(
         final_reply(kafka_bootstrap, topics.replies, request.correlation_id, publisher), publisher
