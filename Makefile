@@ -8,9 +8,10 @@ LOCK := requirements/lock.txt
 LOCK_TOOLS ?= /tmp/captioner-lock-tools
 WORKERS ?= 1
 SECURE ?= 0
+REGISTRY ?= 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock lock-roles lock-tools run broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run registry registry-stop broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -54,8 +55,22 @@ broker:
 broker-stop:
 	infra/kafka/broker.sh stop
 
-run: install  # SECURE=1: TLS, SASL/SCRAM and ACLs, each process its own principal (README, Secured Kafka)
-	@WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh
+# SECURE=1: TLS, SASL/SCRAM and ACLs, each process its own principal (README, Secured Kafka).
+# REGISTRY=1: a local schema registry (infra/registry) for the run, so requests, replies and caption-cache
+# entries are written in its framing (README, "Schema Registry"); stopped when the run ends.
+run: install
+	@if [ "$(REGISTRY)" = 1 ] && [ -z "$$CAPTIONER_SCHEMA_REGISTRY_URL" ]; then \
+		trap 'infra/registry/registry.sh stop' EXIT; trap 'exit 130' INT TERM; \
+		url="$$(infra/registry/registry.sh start)" || exit 1; \
+		echo "schema registry: $$url"; \
+		CAPTIONER_SCHEMA_REGISTRY_URL="$$url" WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh; \
+	else WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh; fi
+
+registry:
+	infra/registry/registry.sh start
+
+registry-stop:
+	infra/registry/registry.sh stop
 
 lint: install
 	$(BIN)/ruff check .
@@ -79,9 +94,11 @@ test-tools:
 		&& { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq $$missing; } \
 		|| echo "missing: $$missing (Debian/Ubuntu: apt-get install $$missing); the tests that use them will fail"; }
 
-# Kafka's jars are fetched before the tests start, so that the tests write nothing inside the repository.
+# Kafka's jars and the schema registry's jar are fetched (built) before the tests start, so that the tests
+# write nothing inside the repository.
 test: lint typecheck imports test-tools
 	infra/kafka/broker.sh fetch
+	infra/registry/registry.sh fetch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: install
@@ -114,4 +131,5 @@ chaos-tools:
 
 clean:
 	-infra/kafka/broker.sh stop
-	rm -rf .local/kafka/state-* .pytest_cache .mypy_cache .ruff_cache
+	-infra/registry/registry.sh stop
+	rm -rf .local/kafka/state-* .local/registry/state-* .pytest_cache .mypy_cache .ruff_cache

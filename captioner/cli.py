@@ -7,7 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import typer
 
@@ -25,6 +25,9 @@ from core.settings import (
     refuse_unknown_variables,
 )
 from core.topics import TopicNotAuthorizedError, TopicsMissingError
+
+if TYPE_CHECKING:
+    from schemas.framing import RecordCodecs
 
 # What `pip install captioner[worker]` adds to the base install.
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
@@ -102,6 +105,7 @@ def api() -> None:
                 topics=load_settings(TopicSettings),
                 images=load_settings(ImageSettings),
                 cache=load_settings(CacheSettings),
+                codecs=_record_codecs(),
             )
     except CacheKeyError as exc:
         typer.echo(f"captioner api: {exc.message}", err=True)
@@ -136,6 +140,7 @@ def worker() -> None:
                 topics=topics,
                 images=images,
                 cache=load_settings(CacheSettings),
+                codecs=_record_codecs(),
             )
     except (ModelUnavailableError, CacheKeyError) as exc:
         typer.echo(f"captioner worker: {exc}", err=True)
@@ -143,6 +148,14 @@ def worker() -> None:
     except WorkerFatalError as exc:
         typer.echo(f"captioner worker stopped: {exc}", err=True)
         raise typer.Exit(3) from None
+
+
+def _record_codecs() -> RecordCodecs:
+    """Both framings with a schema registry (CAPTIONER_SCHEMA_REGISTRY_*), single-object alone without."""
+    from core.schema_registry import record_codecs
+    from core.settings import RegistrySettings
+
+    return record_codecs(load_settings(RegistrySettings))
 
 
 @model_app.command("make")
@@ -235,9 +248,13 @@ def caption_command(
     except UsageError as exc:
         typer.echo(f"captioner caption: {exc}", err=True)
         raise typer.Exit(2) from None
-    # Over HTTP the Kafka settings play no part, so a bad one must not stop the command.
-    kafka = load_settings(KafkaSettings) if via is Via.kafka else None
-    raise typer.Exit(caption(options, kafka=kafka, topics=load_settings(TopicSettings)))
+    # Over HTTP the Kafka and registry settings play no part, so a bad one must not stop the command.
+    topics = load_settings(TopicSettings)
+    if via is Via.kafka:
+        raise typer.Exit(
+            caption(options, kafka=load_settings(KafkaSettings), topics=topics, codecs=_record_codecs())
+        )
+    raise typer.Exit(caption(options, kafka=None, topics=topics))
 
 
 @topics_app.command("create")

@@ -383,6 +383,31 @@ class ClientSettings(BaseSettings):
     )
 
 
+class RegistrySettings(BaseSettings):
+    """A Confluent-compatible Schema Registry (README, "Schema Registry"). With a URL, the API writes
+    requests and workers write replies and caption-cache entries in the Confluent wire format; readers
+    take both framings either way. Without one, nothing is framed for a registry."""
+
+    model_config = SettingsConfigDict(env_prefix="CAPTIONER_SCHEMA_REGISTRY_", frozen=True, extra="ignore")
+
+    url: str | None = Field(
+        default=None, min_length=1, description="e.g. http://registry:8080/apis/ccompat/v7 (Apicurio)"
+    )
+    user: str | None = Field(default=None, description="HTTP basic-auth user")
+    password: SecretStr | None = Field(default=None, description="HTTP basic-auth password")
+    ca_location: str | None = Field(default=None, description="CA certificate(s) of an https registry")
+    timeout_s: float = Field(default=5.0, gt=0, le=60, description="one registry HTTP request's time limit")
+    max_cached_schemas: int = Field(
+        default=1000, ge=1, description="writer schemas by id kept in memory (least recently used out)"
+    )
+    unknown_id_ttl_s: float = Field(
+        default=60.0, ge=0, description="how long an id the registry does not know is answered from memory"
+    )
+    lookups_per_s: float = Field(
+        default=10.0, gt=0, description="ids not yet cached looked up a second at most; more are retried"
+    )
+
+
 # Every group, by the name `captioner config` shows it under.
 SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "kafka": KafkaSettings,
@@ -394,6 +419,7 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "tracing": TracingSettings,
     "cache": CacheSettings,
     "client": ClientSettings,
+    "schema_registry": RegistrySettings,
 }
 PREFIX = "CAPTIONER_"
 # CAPTIONER_* variables that are not settings but may sit in a service's environment: the test

@@ -12,6 +12,7 @@ import contextlib
 import logging
 import queue
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
@@ -60,8 +61,18 @@ def load_cache_signer(settings: CacheSettings | None) -> CacheSigner | None:
 
 
 class CacheWriter:
-    def __init__(self, *, producer: Producer, topic: str, signer: CacheSigner, profile: ModelProfile) -> None:
+    def __init__(
+        self,
+        *,
+        producer: Producer,
+        topic: str,
+        signer: CacheSigner,
+        profile: ModelProfile,
+        encode: Callable[[CaptionCacheEntry], bytes] = CACHE_ENTRY_CODEC.encode,
+    ) -> None:
+        """encode: the entry's framing (single-object, or the registry's when one is configured)."""
         self._producer = producer
+        self._encode = encode
         self._topic = topic
         self._signer = signer
         self._profile = profile
@@ -124,7 +135,7 @@ class CacheWriter:
             inference_ms=captioned.inference_ms,
             completed_at=captioned.completed_at,
         )
-        value = CACHE_ENTRY_CODEC.encode(entry)
+        value = self._encode(entry)
         if len(value) > MAX_ENTRY_BYTES:  # readers would skip it
             metrics.CACHE_WRITES.labels(result="failed").inc()
             return

@@ -31,7 +31,8 @@ from inference_consumer.validation import (
     reply_address,
     undecodable_reply_address,
 )
-from schemas import REQUEST_CODEC, CaptionerError, SchemaContractError
+from schemas import CaptionerError, CaptionRequest, SchemaContractError
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +73,7 @@ class JobFeeder:
         max_hold_s: float,
         on_fatal: Fatal,
         chore: Chore | None = None,
+        requests: FramedCodec[CaptionRequest] = SINGLE_OBJECT_CODECS.requests,
     ) -> None:
         self._consumer = consumer
         self._producer = producer
@@ -88,6 +90,7 @@ class JobFeeder:
         self._reply_partitions = reply_partitions
         self._on_fatal = on_fatal
         self._chore = chore  # periodic work of the worker's that needs a consumer (DLQ depth)
+        self._requests = requests
         self._holds = RetryHolds(consumer, retry_topics=retry_topics, max_hold_s=max_hold_s)
         self._assigned = AssignedPartitions(topics)
         self.stopping = threading.Event()
@@ -143,7 +146,7 @@ class JobFeeder:
     def _admit(self, job: Job) -> None:
         """Decode and check the record, then start decoding its image and queue it for a batch."""
         try:
-            job.request = REQUEST_CODEC.decode(job.value)
+            job.request, job.framing = self._requests.decode_framed(job.value)
         except SchemaContractError:
             # Spring reply headers may still say where its sender waits: it gets a FAILED reply.
             job.reply_to = undecodable_reply_address(

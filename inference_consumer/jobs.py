@@ -18,6 +18,7 @@ from core.cache_keys import SCOPE_HEX, SHARED_SCOPE
 from inference_consumer.tracing import JobTrace
 from schemas import CaptionRequest
 from schemas import headers as record_headers
+from schemas.framing import Framing
 
 # Kafka's own rule for topic names; also what a replayed-from marker must look like.
 TOPIC_NAME = re.compile(r"[A-Za-z0-9._-]{1,249}")
@@ -104,6 +105,7 @@ class Job:
     attempt: int = 1
     generation: int = 0  # the OffsetTracker's, for this record's partition assignment
     request: CaptionRequest | None = None
+    framing: Framing = Framing.SINGLE_OBJECT  # the request's; its replies are written in it
     reply_to: ReplyAddress | None = None  # set once the request's reply address is known to be good
     pixels: Future[torch.Tensor] | None = field(default=None, repr=False)
     trace: JobTrace | None = field(default=None, repr=False)  # set once the worker takes the record

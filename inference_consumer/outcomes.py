@@ -32,8 +32,9 @@ from inference_consumer.tracing import (
     job_log_context,
     start_publish_span,
 )
-from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyError, ReplyStatus
+from schemas import CaptionerError, CaptionReply, ReplyError, ReplyStatus
 from schemas import headers as record_headers
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec
 
 log = logging.getLogger(__name__)
 
@@ -62,8 +63,10 @@ class OutcomePublisher:
         group_id: str,
         on_fatal: Fatal | None = None,
         cache: CacheWriter | None = None,
+        replies: FramedCodec[CaptionReply] = SINGLE_OBJECT_CODECS.replies,
     ) -> None:
         self._producer = producer
+        self._replies = replies
         self._cache = cache
         self._tracker = tracker
         self._topics = topics
@@ -298,10 +301,16 @@ class OutcomePublisher:
                 metrics.REPLY_SECONDS.observe(time.perf_counter() - produced)
                 then()
 
+        try:  # in the request's framing; a registry that refuses or is down leaves the reply undeliverable
+            value = self._replies.encode(reply, topic=address.topic, framing=job.framing)
+        except CaptionerError as exc:
+            end_publish_span(span, exc.code)
+            undeliverable(f"{exc.code}: {exc.message}")
+            return
         sent = self._produce(
             address.topic,
             key=address.correlation_id.encode() or None,
-            value=REPLY_CODEC.encode(reply),
+            value=value,
             partition=-1 if address.partition is None else address.partition,
             headers=[*address.headers, *headers],
             on_delivery=on_delivery,

@@ -29,6 +29,7 @@ from core.cache_signing import CacheSigner
 from core.errors import CaptionerError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
+from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics
@@ -55,6 +56,7 @@ from inference_consumer.observing import (
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.tracing import inference_spans, job_log_context
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, RecordCodecs
 
 log = logging.getLogger(__name__)
 
@@ -82,8 +84,11 @@ class InferenceWorker:
         images: ImageSettings,
         model: CaptionModel | None = None,
         cache: CacheSettings | None = None,
+        codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
     ) -> None:
+        """codecs: the record framings (core.schema_registry.record_codecs)."""
         self.settings = settings
+        self._codecs = codecs
         self._cache = cache  # None: no caption-cache writes
         self._images = images
         self._kafka = kafka
@@ -111,6 +116,7 @@ class InferenceWorker:
         # The model first: a worker that cannot load it says so whatever state the cluster is in.
         model = self._model or load_caption_model(self.settings)
         ensure_topics(self._kafka, self._topics)
+        prepare_writers(self._written(), timeout_s=PREPARE_TIMEOUT_S)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
                 feeder.start()
@@ -121,6 +127,13 @@ class InferenceWorker:
 
     def stop(self) -> None:
         self.stopping.set()
+
+    def _written(self) -> list[tuple[FramedCodec[Any], str]]:
+        """What this worker writes in its own framing: replies, and caption-cache entries when on."""
+        written: list[tuple[FramedCodec[Any], str]] = [(self._codecs.replies, self._topics.replies)]
+        if self._cache is not None and self._cache.enabled:
+            written.append((self._codecs.cache_entries, self._topics.captions))
+        return written
 
     def _fatal(self, reason: str) -> None:
         """This worker cannot go on: it drains what it can and exits non-zero so it is restarted."""
@@ -180,6 +193,7 @@ class InferenceWorker:
                 group_id=settings.worker_group_id,
                 on_fatal=self._fatal,
                 cache=cache_writer,
+                replies=self._codecs.replies,
             )
             ready: queue.Queue[Job] = queue.Queue()  # the feeders keep it within _batching.backlog()
             feed = functools.partial(
@@ -198,6 +212,7 @@ class InferenceWorker:
                 reply_partitions=ReplyTopicPartitions(producer=producer),
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,
+                requests=self._codecs.requests,
             )
             feeders = []
             for subscription in self.subscriptions():
@@ -231,7 +246,11 @@ class InferenceWorker:
             profile.image_pipeline,
         )
         return CacheWriter(
-            producer=producer, topic=self._topics.captions, signer=self._signer, profile=profile
+            producer=producer,
+            topic=self._topics.captions,
+            signer=self._signer,
+            profile=profile,
+            encode=self._codecs.cache_entries.writer(self._topics.captions),
         )
 
     def subscriptions(self) -> list[Subscription]:
@@ -383,9 +402,12 @@ def run_worker(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> None:
     """Run a worker in this process until SIGTERM or SIGINT, with the settings its entry point read."""
-    worker = InferenceWorker(settings=settings, kafka=kafka, topics=topics, images=images, cache=cache)
+    worker = InferenceWorker(
+        settings=settings, kafka=kafka, topics=topics, images=images, cache=cache, codecs=codecs
+    )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:
         log.info("signal %d: finishing in-flight work", signum)

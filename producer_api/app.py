@@ -20,6 +20,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import API_CLIENT_PREFIX, client_config, consumer_config, producer_config
+from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import api_topic_names, ensure_topics
 from producer_api import metrics
@@ -33,6 +34,7 @@ from producer_api.appkeys import (
     KAFKA_SETTINGS,
     LISTENER,
     PUBLISHER,
+    RECORD_CODECS,
     REQUEST_EXECUTOR,
     SERVICE,
     TOPIC_SETTINGS,
@@ -60,6 +62,7 @@ from producer_api.scoping import request_scope
 from producer_api.service import CaptionResult, CaptionService
 from producer_api.serving import ApiRunner, name_the_server, plain_error, serve
 from producer_api.tracing import tracing_middleware
+from schemas.framing import SINGLE_OBJECT_CODECS, RecordCodecs
 
 log = logging.getLogger(__name__)
 
@@ -161,14 +164,25 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Checks its topics exist (creating them only if missing), starts the reply listener before any job can
     be published, closes both."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
+    codecs = app[RECORD_CODECS]
     loop = asyncio.get_running_loop()
     verifier = cache_verifier(app[CACHE_SETTINGS])  # first: a bad key file stops the API at once
     needed = api_topic_names(topics, cache=verifier is not None)
     await asyncio.to_thread(functools.partial(ensure_topics, kafka, topics, names=needed))
+    # With a registry, the request schema is registered now, so that encoding on the request path makes
+    # no registry request (and none on the event loop).
+    await asyncio.to_thread(
+        prepare_writers, [(codecs.requests, topics.requests)], timeout_s=PREPARE_TIMEOUT_S
+    )
     cache = None
     if verifier is not None:
         cache = await start_caption_cache(
-            app[CACHE_SETTINGS], verifier=verifier, api=api, kafka=kafka, topics=topics
+            app[CACHE_SETTINGS],
+            verifier=verifier,
+            api=api,
+            kafka=kafka,
+            topics=topics,
+            decode=codecs.cache_entries.decode,
         )
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
@@ -181,6 +195,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         partition=partition,
         pending=pending,
         loop=loop,
+        decode=codecs.replies.decode,
     )
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
@@ -200,6 +215,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         reply_partition=partition,
         cache=cache.captions if cache else None,
         executor=app[REQUEST_EXECUTOR],
+        encode=codecs.requests.writer(topics.requests),
     )
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
@@ -297,8 +313,11 @@ def make_app(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> web.Application:
+    """codecs: the record framings (core.schema_registry.record_codecs)."""
     app = make_api_app(api=api, images=images)
+    app[RECORD_CODECS] = codecs
     app[KAFKA_SETTINGS] = kafka
     app[TOPIC_SETTINGS] = topics
     app[CACHE_SETTINGS] = cache
@@ -313,10 +332,11 @@ def run_api(
     topics: TopicSettings,
     images: ImageSettings,
     cache: CacheSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
 ) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, answer every request in flight (the drain,
     bounded by api.drain_timeout_s), close. The settings are the ones its entry point read."""
-    app = make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache)
+    app = make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache, codecs=codecs)
     # The Runner cancels what is left on the loop and closes it, as web.run_app would.
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
         runner.run(

@@ -15,6 +15,7 @@ from producer_api.payload import ImageUpload
 from producer_api.publisher import RequestPublisher
 from producer_api.replies import ReplyListener
 from producer_api.service import CaptionResult
+from schemas.framing import RecordCodecs
 
 if TYPE_CHECKING:
     from producer_api.draining import Drain  # which reads the settings under these keys
@@ -37,3 +38,4 @@ SERVICE: web.AppKey[Captioner] = web.AppKey("caption_service")
 PUBLISHER = web.AppKey("request_publisher", RequestPublisher)
 LISTENER = web.AppKey("reply_listener", ReplyListener)
 DRAIN: web.AppKey[Drain] = web.AppKey("drain")
+RECORD_CODECS = web.AppKey("record_codecs", RecordCodecs)

@@ -17,7 +17,7 @@ import collections
 import logging
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +42,7 @@ from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry, RecordDecodeError
+from schemas.errors import SchemaRegistryUnavailableError
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +56,8 @@ IGNORED = frozenset({"other_profile", "other_scope"})
 # How long start-up waits for the topic to be read to the end it had; past this the API serves anyway
 # (misses until the reader catches up).
 LOAD_WAIT_S = 10.0
+
+DecodeEntry = Callable[[bytes], CaptionCacheEntry]  # either framing (schemas/framing.py)
 
 
 class CaptionLru:
@@ -225,8 +228,17 @@ def start_offsets(watermarks: Mapping[int, tuple[int, int]], *, max_entries: int
 class CacheRecords:
     """Each record the reader takes: checked, then kept in the LRU, forgotten (a tombstone) or counted."""
 
-    def __init__(self, *, lru: CaptionLru, verifier: CacheVerifier, rule: ProfileRule) -> None:
+    def __init__(
+        self,
+        *,
+        lru: CaptionLru,
+        verifier: CacheVerifier,
+        rule: ProfileRule,
+        decode: DecodeEntry = CACHE_ENTRY_CODEC.decode,
+    ) -> None:
+        """decode: the entries' framing (single-object, or either when a registry is configured)."""
         self.lru = lru
+        self._decode = decode
         self._verifier = verifier
         self._rule = rule
         self._logged: set[str] = set()
@@ -269,8 +281,8 @@ class CacheRecords:
         if unverified is not None:
             return unverified
         try:
-            entry = CACHE_ENTRY_CODEC.decode(value)
-        except RecordDecodeError as exc:
+            entry = self._decode(value)
+        except (RecordDecodeError, SchemaRegistryUnavailableError) as exc:
             return f"undecodable: {exc.message}"
         problem = entry_problem(entry)
         if problem is not None:
@@ -402,6 +414,7 @@ async def start_caption_cache(
     api: ApiSettings,
     kafka: KafkaSettings,
     topics: TopicSettings,
+    decode: DecodeEntry = CACHE_ENTRY_CODEC.decode,
 ) -> CacheRuntime:
     """The LRU and its reader, started and given LOAD_WAIT_S to read the topic."""
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
@@ -409,7 +422,7 @@ async def start_caption_cache(
     reader = CacheReader(
         config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
         topic=topics.captions,
-        records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache)),
+        records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache), decode=decode),
         max_entries=api.cache_max_entries,
     )
     await asyncio.to_thread(reader.start, timeout_s=30.0)

@@ -12,13 +12,14 @@ import asyncio
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
 from core.consuming import poll_batch
 from producer_api import metrics
-from schemas import REPLY_CODEC, CaptionReply, RecordDecodeError, ReplyStatus
+from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyStatus
 
 log = logging.getLogger(__name__)
 
@@ -81,7 +82,10 @@ class ReplyListener:
         partition: int,
         pending: PendingReplies,
         loop: asyncio.AbstractEventLoop,
+        decode: Callable[[bytes], CaptionReply] = REPLY_CODEC.decode,
     ) -> None:
+        """decode: either framing (schemas/framing.py); a registry look-up runs on the listener's thread."""
+        self._decode = decode
         self.topic = topic
         self.partition = partition
         self._pending = pending
@@ -130,8 +134,8 @@ class ReplyListener:
                     log.warning("reply topic error: %s", message.error())
                     continue
                 try:
-                    replies.append(REPLY_CODEC.decode(message.value() or b""))
-                except RecordDecodeError as exc:
+                    replies.append(self._decode(message.value() or b""))
+                except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
                     log.error(
                         "unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc
                     )

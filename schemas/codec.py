@@ -103,7 +103,7 @@ class RecordCodec(Generic[RecordT]):
         buffer = io.BytesIO()
         buffer.write(MAGIC)
         buffer.write(self.writer.fingerprint)
-        schemaless_writer(buffer, self.writer.parsed, self._to_avro(record))
+        schemaless_writer(buffer, self.writer.parsed, self.to_datum(record))
         return buffer.getvalue()
 
     def decode(self, data: bytes) -> RecordT:
@@ -120,7 +120,7 @@ class RecordCodec(Generic[RecordT]):
         if body.tell() != len(data) - HEADER_SIZE:
             raise TrailingBytesError(f"{len(data) - HEADER_SIZE - body.tell()} trailing bytes after record")
         try:
-            return self._from_avro(datum)
+            return self.from_datum(datum)
         except (TypeError, ValueError) as exc:
             raise RecordDecodeError(f"{writer.name} has a value outside its type") from exc
 
@@ -137,7 +137,8 @@ class RecordCodec(Generic[RecordT]):
         except KeyError:
             raise UnknownFingerprintError(fingerprint, self.writer.name) from None
 
-    def _to_avro(self, record: RecordT) -> dict[str, Any]:
+    def to_datum(self, record: RecordT) -> dict[str, Any]:
+        """The record as fastavro writes it."""
         # A shallow copy: dataclasses.asdict deep-copies every value (the image's bytes, each datetime),
         # which cost more than the Avro encoding itself on a small record.
         datum = _fields_of(record)
@@ -147,7 +148,9 @@ class RecordCodec(Generic[RecordT]):
                 datum["error"] = _fields_of(record.error)
         return datum
 
-    def _from_avro(self, datum: dict[str, Any]) -> RecordT:
+    def from_datum(self, datum: dict[str, Any]) -> RecordT:
+        """The record from what fastavro read with the newest schema as reader; raises TypeError or
+        ValueError on a value outside its type."""
         values = {key: value for key, value in datum.items() if key in self._field_names}
         if self._record_type is CaptionReply:
             values["status"] = ReplyStatus(values["status"])

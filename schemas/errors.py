@@ -61,3 +61,43 @@ class TrailingBytesError(RecordDecodeError):
     """Bytes follow the end of the record: not what any Avro writer produces."""
 
     code = "trailing_bytes"
+
+
+class UnknownSchemaIdError(RecordDecodeError):
+    """A registry-framed record names a schema id the registry does not have."""
+
+    code = "unknown_schema_id"
+
+    def __init__(self, schema_id: int) -> None:
+        super().__init__(
+            f"schema id {schema_id} is not in the schema registry; register the writer schema under the "
+            "topic's subject (see schemas/README.md)"
+        )
+        self.schema_id = schema_id
+
+
+class WriterSchemaMismatchError(RecordDecodeError):
+    """The registry's writer schema does not resolve to ours: another record type, another schema type, or a
+    change the registry's compatibility rule should have refused."""
+
+    code = "schema_mismatch"
+
+
+class SchemaRegistryUnavailableError(CaptionerError):
+    """The registry did not answer in time, or answered with a server error: the record may read later."""
+
+    code = "schema_registry_unavailable"
+    retriable = True
+    http_status = 503
+
+
+class SchemaLookupsLimitedError(SchemaRegistryUnavailableError):
+    """More schema ids not yet cached than the look-up budget allows right now (a flood of unknown ids)."""
+
+    code = "schema_lookups_limited"
+
+
+class SchemaRegistrationError(CaptionerError):
+    """The registry refused our schema under a subject (an incompatible schema is registered there)."""
+
+    code = "schema_registration_refused"

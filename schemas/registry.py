@@ -26,6 +26,11 @@ class SchemaVersion:
     def path(self) -> Path:
         return SCHEMA_DIR / f"v{self.version}" / f"{self.name}.avsc"
 
+    def json_text(self) -> str:
+        """The .avsc file as compact JSON: what a schema registry is given (its defaults and logical types
+        included, which the parsing canonical form drops)."""
+        return json.dumps(json.loads(self.path.read_text()), separators=(",", ":"))
+
 
 def _load(path: Path, name: str, version: int) -> SchemaVersion:
     raw = json.loads(path.read_text())

@@ -15,6 +15,7 @@ from captioner.model_factory import make_model
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
+from tests.support.registry import LocalRegistry, local_registry
 from tests.support.repo import repo_files
 from tests.support.services import (
     CAPTIONER,
@@ -70,6 +71,13 @@ def secured_kafka() -> Iterator[SecuredKafka]:
     with secured_broker() as kafka:
         kafka.add_users(*SECURED_USERS)
         yield kafka
+
+
+@pytest.fixture(scope="session")
+def schema_registry() -> Iterator[LocalRegistry]:
+    """A real Apicurio Registry (Confluent-compatible API) for the session; tests/support/registry.py."""
+    with local_registry() as registry:
+        yield registry
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from core.settings import (
     ImageSettings,
     KafkaSettings,
     LogSettings,
+    RegistrySettings,
     TopicSettings,
     TracingSettings,
     WorkerSettings,
@@ -35,6 +36,7 @@ README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
         TracingSettings,
         CacheSettings,
         ClientSettings,
+        RegistrySettings,
     ],
 )
 def test_every_setting_is_documented(settings: type[BaseSettings]) -> None:

@@ -40,18 +40,26 @@ from core.errors import KafkaTimeoutError
 from core.settings import KafkaSettings, TopicSettings
 from core.text import escaped
 from core.topics import OUTCOME_HEADROOM_BYTES, TopicNotAuthorizedError, TopicsMissingError
+from schemas.framing import SINGLE_OBJECT_CODECS, RecordCodecs
 
 log = logging.getLogger(__name__)
 
 
-def caption(options: CaptionOptions, *, kafka: KafkaSettings | None, topics: TopicSettings) -> int:
+def caption(
+    options: CaptionOptions,
+    *,
+    kafka: KafkaSettings | None,
+    topics: TopicSettings,
+    codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
+) -> int:
     """Runs the whole command; returns its exit code. Results go to the output as they arrive; the
     failures and a summary go to stderr at the end, also when the run is stopped early (Ctrl-C, SIGTERM,
-    an error), with the jobs it left in flight. `kafka` is needed --via kafka only."""
+    an error), with the jobs it left in flight. `kafka` and `codecs` (the record framings) are used --via
+    kafka only."""
     summary = Summary()
     try:
         with _output(options) as (sink, skip):
-            asyncio.run(_run(options, sink, skip, summary, kafka=kafka, topics=topics))
+            asyncio.run(_run(options, sink, skip, summary, kafka=kafka, topics=topics, codecs=codecs))
     except UsageError as exc:
         print(f"captioner caption: {escaped(exc.message)}", file=sys.stderr)
         return ExitCode.USAGE
@@ -109,6 +117,7 @@ async def _run(
     *,
     kafka: KafkaSettings | None,
     topics: TopicSettings,
+    codecs: RecordCodecs,
 ) -> None:
     _stop_on_sigterm()
     paths = input_paths(
@@ -119,7 +128,7 @@ async def _run(
     )
     # The request topic takes records up to its limit; a file bigger than that could never be sent.
     max_bytes = topics.max_message_bytes - OUTCOME_HEADROOM_BYTES
-    async with _backend(options, summary, kafka=kafka, topics=topics) as backend:
+    async with _backend(options, summary, kafka=kafka, topics=topics, codecs=codecs) as backend:
         with _progress_bar(options.show_progress) as progress:
             stop_counting = threading.Event()
             counting = asyncio.create_task(_count_total(options, skip, progress, stop_counting))
@@ -174,12 +183,17 @@ async def _count_total(
 
 @asynccontextmanager
 async def _backend(
-    options: CaptionOptions, summary: Summary, *, kafka: KafkaSettings | None, topics: TopicSettings
+    options: CaptionOptions,
+    summary: Summary,
+    *,
+    kafka: KafkaSettings | None,
+    topics: TopicSettings,
+    codecs: RecordCodecs,
 ) -> AsyncIterator[Backend]:
     if options.via is Via.kafka:
         if kafka is None:
             raise UsageError("--via kafka needs the Kafka settings")
-        backend = KafkaBackend(kafka, topics, timeout_s=options.timeout_s)
+        backend = KafkaBackend(kafka, topics, timeout_s=options.timeout_s, codecs=codecs)
         try:
             async with backend:
                 yield backend

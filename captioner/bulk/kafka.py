@@ -38,8 +38,9 @@ from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import TopicSpec, create_topics, delete_topics
-from schemas import REPLY_CODEC, REQUEST_CODEC, CaptionReply, CaptionRequest, RecordDecodeError, ReplyStatus
+from schemas import CaptionerError, CaptionReply, CaptionRequest, ReplyStatus
 from schemas.codec import utc_now
+from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, Framing, RecordCodecs
 
 log = logging.getLogger(__name__)
 # librdkafka's own log lines (connection retries and the like): quiet unless the CLI is asked for them.
@@ -103,7 +104,13 @@ class KafkaBackend:
         timeout_s: float,
         run_id: str | None = None,
         admin_timeout_s: float = 15.0,
+        codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
     ) -> None:
+        """codecs: replies are read in either framing. Requests are written single-object, so that the
+        replies to this run's own reply topic are too: in the registry's framing, every run would leave a
+        subject of its own (`<reply topic>-value`) in the registry."""
+        self._requests = codecs.requests
+        self._replies = codecs.replies
         self._kafka = kafka
         self._topics = topics
         self._timeout_s = timeout_s
@@ -173,7 +180,10 @@ class KafkaBackend:
             reply_partition=0,
             deadline=utc_now() + timedelta(seconds=self._timeout_s),
         )
-        value = REQUEST_CODEC.encode(request)
+        try:
+            value = self._requests.encode(request, topic=self._topics.requests, framing=Framing.SINGLE_OBJECT)
+        except CaptionerError as exc:
+            return Result.failed(image.path, error=exc.code, message=exc.message)
         with self._send_lock:
             if self._sending_stopped:
                 return Result.failed(image.path, error="not_published", message="the run was stopping")
@@ -248,7 +258,7 @@ class KafkaBackend:
             replies = [
                 reply
                 for message in poll_batch(self._consumer, max_messages=1000, timeout_s=_POLL_S)
-                if (reply := _decode(message)) is not None
+                if (reply := _decode(message, self._replies)) is not None
             ]
             if replies:
                 self._loop.call_soon_threadsafe(self._waiting.settle, replies)
@@ -270,13 +280,13 @@ class KafkaBackend:
         self._delete_reply_topic()
 
 
-def _decode(message: Message) -> CaptionReply | None:
+def _decode(message: Message, replies: FramedCodec[CaptionReply]) -> CaptionReply | None:
     if message.error():
         log.warning("reply topic error: %s", message.error())
         return None
     try:
-        return REPLY_CODEC.decode(message.value() or b"")
-    except RecordDecodeError as exc:
+        return replies.decode(message.value() or b"")
+    except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
         log.warning("unreadable reply at offset %d: %s", message.offset(), exc)
         return None
 

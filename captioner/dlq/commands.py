@@ -36,8 +36,9 @@ from captioner.dlq.replay import (
 from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
-from core.settings import KafkaSettings, TopicSettings, TracingSettings, load_settings
+from core.settings import KafkaSettings, RegistrySettings, TopicSettings, TracingSettings, load_settings
 from core.tracing import configure_tracing
+from schemas import CaptionRequest
 
 dlq_app = typer.Typer(
     help="The dead-letter topic: count, inspect and replay its records.\n\n"
@@ -97,7 +98,9 @@ def list_dead_letters(
     with exit_codes(kafka):
         selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
         name = topic or topics.dead_letter
-        with open_dead_letter_topic(kafka, topics, topic=name, timeout_s=timeout) as dlq:
+        with open_dead_letter_topic(
+            kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
+        ) as dlq:
             records = _selected(dlq, selection)
             overview = summarize(records, topic=name, selection=selection.describe(), bucket=bucket)
     typer.echo(render.to_json(render.overview_json(overview)) if json else render.overview_text(overview))
@@ -119,7 +122,9 @@ def show(
     kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     with exit_codes(kafka):
         name = topic or topics.dead_letter
-        with open_dead_letter_topic(kafka, topics, topic=name, timeout_s=timeout) as dlq:
+        with open_dead_letter_topic(
+            kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
+        ) as dlq:
             records = _find(dlq, partition, offset, id_)
     if json:
         typer.echo(render.to_json({"records": [render.dead_letter_json(r) for r in records]}))
@@ -201,7 +206,12 @@ def run_replay(
     stop = threading.Event()
     with (
         open_dead_letter_topic(
-            kafka, topics, topic=summary.topic, timeout_s=timeout_s, group_id=summary.group
+            kafka,
+            topics,
+            topic=summary.topic,
+            timeout_s=timeout_s,
+            group_id=summary.group,
+            decode_request=_request_decoder(),
         ) as dlq,
         stop_on_signals(stop),
     ):
@@ -223,6 +233,13 @@ def run_replay(
             closing(dlq.read(ranges, stop=stop)) as records,
         ):
             replayer.run(records, on_record=on_record)
+
+
+def _request_decoder() -> Callable[[bytes], CaptionRequest]:
+    """Dead letters are requests in either framing; the registry's is read where one is configured."""
+    from core.schema_registry import record_codecs
+
+    return record_codecs(load_settings(RegistrySettings)).requests.decode
 
 
 def build_filter(

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Generator, Iterator
+from collections.abc import Callable, Generator, Iterator
 from contextlib import closing, contextmanager
 from typing import Any
 
@@ -20,6 +20,7 @@ from core.consuming import poll_batch
 from core.kafka_config import consumer_config
 from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
+from schemas import REQUEST_CODEC, CaptionRequest
 
 READER_GROUP = "captioner-dlq-reader"  # librdkafka wants a group.id; readers never commit to it
 
@@ -48,7 +49,13 @@ def require_topic(client: Any, topic: str, *, timeout_s: float) -> list[int]:
 
 @contextmanager
 def open_dead_letter_topic(
-    kafka: KafkaSettings, topics: TopicSettings, *, topic: str, timeout_s: float, group_id: str = READER_GROUP
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    *,
+    topic: str,
+    timeout_s: float,
+    group_id: str = READER_GROUP,
+    decode_request: Callable[[bytes], CaptionRequest] = REQUEST_CODEC.decode,
 ) -> Iterator[DeadLetterTopic]:
     config = consumer_config(
         kafka,
@@ -59,14 +66,22 @@ def open_dead_letter_topic(
     )
     consumer = Consumer(config)
     try:
-        yield DeadLetterTopic(consumer, topic, timeout_s=timeout_s)
+        yield DeadLetterTopic(consumer, topic, timeout_s=timeout_s, decode_request=decode_request)
     finally:
         consumer.close()
 
 
 class DeadLetterTopic:
-    def __init__(self, consumer: Consumer, name: str, *, timeout_s: float) -> None:
+    def __init__(
+        self,
+        consumer: Consumer,
+        name: str,
+        *,
+        timeout_s: float,
+        decode_request: Callable[[bytes], CaptionRequest] = REQUEST_CODEC.decode,
+    ) -> None:
         self._consumer = consumer
+        self._decode_request = decode_request
         self.name = name
         self._timeout_s = timeout_s
 
@@ -148,8 +163,7 @@ class DeadLetterTopic:
             return []
         raise KafkaUnavailableError(f"no records from {self.name} within {self._timeout_s:g} s")
 
-    @staticmethod
-    def _take(message: Any, remaining: dict[int, int]) -> DeadLetter | None:
+    def _take(self, message: Any, remaining: dict[int, int]) -> DeadLetter | None:
         """The message as a record if it is wanted; partitions are dropped from `remaining` at their end."""
         partition = message.partition()
         error = message.error()
@@ -164,7 +178,7 @@ class DeadLetterTopic:
             return None
         if message.offset() >= end - 1:
             remaining.pop(partition)
-        return DeadLetter.from_message(message)
+        return DeadLetter.from_message(message, decode_request=self._decode_request)
 
 
 def _stopped(stop: threading.Event | None) -> bool:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from functools import cached_property
 from typing import Any
 
-from schemas import REQUEST_CODEC, CaptionRequest, SchemaContractError
+from schemas import REQUEST_CODEC, CaptionerError, CaptionRequest
 from schemas import headers as names
 
 Headers = tuple[tuple[str, bytes], ...]
@@ -104,9 +105,15 @@ class DeadLetter:
     value: bytes
     headers: Headers
     headers_unreadable: bool = False  # the client could not decode them (a header name not UTF-8)
+    # Either framing where a schema registry is configured (schemas/framing.py).
+    decode_request: Callable[[bytes], CaptionRequest] = field(
+        default=REQUEST_CODEC.decode, repr=False, compare=False
+    )
 
     @classmethod
-    def from_message(cls, message: Any) -> DeadLetter:
+    def from_message(
+        cls, message: Any, *, decode_request: Callable[[bytes], CaptionRequest] = REQUEST_CODEC.decode
+    ) -> DeadLetter:
         try:
             headers, unreadable = header_pairs(message.headers()), False
         except (SystemError, UnicodeDecodeError):  # confluent-kafka's C code fails on a non-UTF-8 name
@@ -120,6 +127,7 @@ class DeadLetter:
             value=message.value() or b"",
             headers=headers,
             headers_unreadable=unreadable,
+            decode_request=decode_request,
         )
 
     @property
@@ -179,10 +187,10 @@ class DeadLetter:
         return self.key.decode("utf-8", "backslashreplace") if self.key is not None else None
 
     @cached_property
-    def _decoded(self) -> CaptionRequest | SchemaContractError:
+    def _decoded(self) -> CaptionRequest | CaptionerError:
         try:
-            return REQUEST_CODEC.decode(self.value)
-        except SchemaContractError as exc:
+            return self.decode_request(self.value)
+        except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
             return exc
 
     @property

@@ -50,6 +50,7 @@ def test_config_prints_every_group_with_secrets_masked() -> None:
         CAPTIONER_KAFKA_SASL_PASSWORD="hunter2-sasl-secret",
         CAPTIONER_KAFKA_SSL_KEY_PASSWORD="hunter3-key-secret",
         CAPTIONER_API_KEY="hunter4-client-key",
+        CAPTIONER_SCHEMA_REGISTRY_PASSWORD="hunter4-registry-secret",
         CAPTIONER_MAX_BATCH_SIZE="8",
     )
 
@@ -58,8 +59,20 @@ def test_config_prints_every_group_with_secrets_masked() -> None:
     assert "hunter3" not in done.stdout + done.stderr
     assert "hunter4" not in done.stdout + done.stderr
     shown = json.loads(done.stdout)
-    assert set(shown) == {"kafka", "topics", "api", "worker", "images", "log", "tracing", "cache", "client"}
+    assert set(shown) == {
+        "kafka",
+        "topics",
+        "api",
+        "worker",
+        "images",
+        "log",
+        "tracing",
+        "cache",
+        "client",
+        "schema_registry",
+    }
     assert shown["client"]["CAPTIONER_API_KEY"] == "**********"
+    assert shown["schema_registry"]["CAPTIONER_SCHEMA_REGISTRY_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SSL_KEY_PASSWORD"] == "**********"
     assert shown["kafka"]["CAPTIONER_KAFKA_SASL_USERNAME"] == "svc-captioner"

@@ -131,7 +131,7 @@ def test_older_writer_version_is_resolved_to_the_current_reader(tmp_path: object
     try:
         request = make_request()
         body = io.BytesIO()
-        datum = {k: v for k, v in REQUEST_CODEC._to_avro(request).items() if k != "max_new_tokens"}
+        datum = {k: v for k, v in REQUEST_CODEC.to_datum(request).items() if k != "max_new_tokens"}
         schemaless_writer(body, parsed, datum)
         decoded = REQUEST_CODEC.decode(MAGIC + old_version.fingerprint + body.getvalue())
     finally:
