@@ -14,6 +14,7 @@ from typing import Any
 
 from core.errors import (
     CaptionerError,
+    ImageTooCostlyError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidRequestError,
@@ -40,6 +41,7 @@ INLINE_ENCODE_MAX_BYTES = 64 * 1024
 _CALLER_ERRORS: dict[str, type[CaptionerError]] = {
     InvalidImageError.code: InvalidImageError,
     ImageTooLargeError.code: ImageTooLargeError,
+    ImageTooCostlyError.code: ImageTooCostlyError,
     UnsupportedImageFormatError.code: UnsupportedImageFormatError,
     InvalidRequestError.code: InvalidRequestError,
 }
