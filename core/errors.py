@@ -6,6 +6,7 @@ from schemas.errors import CaptionerError
 
 __all__ = [
     "CaptionerError",
+    "ImageTooCostlyError",
     "ImageTooLargeError",
     "InvalidImageError",
     "InvalidRequestError",
@@ -25,6 +26,14 @@ class ImageTooLargeError(InvalidImageError):
     """The image has more pixels than the limit. Permanent."""
 
     code = "image_too_large"
+
+
+class ImageTooCostlyError(InvalidImageError):
+    """Decoding the image would cost far more time than any image of its size needs (a JPEG with
+    thousands of progressive scans, a PNG of a million chunks, ...), or it took longer than the
+    worker waits for one image. Permanent."""
+
+    code = "image_too_costly"
 
 
 class UnsupportedImageFormatError(InvalidImageError):

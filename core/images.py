@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from PIL import Image, UnidentifiedImageError
 
 from core.errors import ImageTooLargeError, InvalidImageError, UnsupportedImageFormatError
+from core.image_structure import check_decoding_cost
 
 ACCEPTED_FORMATS: dict[str, str] = {
     "JPEG": "image/jpeg",
@@ -106,7 +107,10 @@ class ImageInfo:
 
 
 def open_image(data: bytes, *, max_pixels: int) -> Image.Image:
-    """Reads the header of an image in an accepted format within the pixel limit; decodes nothing."""
+    """Reads the header of an image in an accepted format within the pixel limit; decodes nothing.
+    Before Pillow parses anything, the format's structure is walked for what would make decoding it
+    cost more than a bounded time (core.image_structure)."""
+    check_decoding_cost(data)
     try:
         image = Image.open(io.BytesIO(data), formats=_OPENERS)
     except _DECODE_ERRORS as exc:

@@ -298,6 +298,13 @@ class WorkerSettings(BaseSettings):
         description="...or this share of its last batch's inference time, when that is longer",
     )
     decode_threads: int = Field(default=2, ge=1)
+    decode_timeout_s: float = Field(
+        default=10.0,
+        gt=0,
+        description="the longest a worker waits for one image once its decoding started (then the job "
+        "fails image_too_costly), and for a decode thread to start it while the pool finishes nothing "
+        "(then the job is retried)",
+    )
     image_pipeline: Literal["auto", "pil", "tensor"] = Field(
         default="auto",
         description="pil: decode and preprocess each image on the CPU; tensor: JPEGs decoded and "

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from core.errors import (
     CaptionerError,
+    ImageTooCostlyError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidRequestError,
@@ -11,6 +12,8 @@ from core.errors import (
 )
 
 __all__ = [
+    "DecodersBusyError",
+    "ImageTooCostlyError",
     "ImageTooLargeError",
     "InferenceError",
     "InvalidImageError",
@@ -32,6 +35,15 @@ class InferenceError(WorkerError):
 
     retriable = True
     code = "inference_failed"
+    http_status = 503
+
+
+class DecodersBusyError(WorkerError):
+    """Every decode thread was held by images that outlived the decode bound, so this job's image was
+    not started in time; another attempt, from a retry tier, will find a thread."""
+
+    retriable = True
+    code = "decoders_busy"
     http_status = 503
 
 

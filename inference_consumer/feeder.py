@@ -52,6 +52,17 @@ _FATAL_CONSUMER_ERRORS = frozenset(
 )
 
 
+def _noting_start(job: Job, decode: Preprocess) -> Preprocess:
+    """`decode`, noting on the job when a pool thread starts it: the worker's decode bound counts from
+    there, not from the time it waited for a thread."""
+
+    def decode_noting_start(data: bytes) -> torch.Tensor:
+        job.decode_started = time.monotonic()
+        return decode(data)
+
+    return decode_noting_start
+
+
 class JobFeeder:
     def __init__(
         self,
@@ -158,7 +169,9 @@ class JobFeeder:
         if job.expired(datetime.now(UTC)):
             self._outcomes.skipped_expired(job)
             return
-        job.pixels = self._decode_pool.submit(traced_decode(job, self._preprocess), job.request.image)
+        job.pixels = self._decode_pool.submit(
+            _noting_start(job, traced_decode(job, self._preprocess)), job.request.image
+        )
         while not self.stopping.is_set():
             if self._ready.qsize() < self._backlog():
                 self._ready.put(job)

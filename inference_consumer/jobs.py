@@ -108,6 +108,7 @@ class Job:
     framing: Framing = Framing.SINGLE_OBJECT  # the request's; its replies are written in it
     reply_to: ReplyAddress | None = None  # set once the request's reply address is known to be good
     pixels: Future[torch.Tensor] | None = field(default=None, repr=False)
+    decode_started: float | None = field(default=None, repr=False)  # time.monotonic() when a thread took it
     trace: JobTrace | None = field(default=None, repr=False)  # set once the worker takes the record
 
     @classmethod

@@ -13,8 +13,8 @@ import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from types import FrameType
@@ -26,7 +26,7 @@ from prometheus_client import start_http_server
 
 from core.cache_keys import ModelProfile, precision_name
 from core.cache_signing import CacheSigner
-from core.errors import CaptionerError
+from core.errors import CaptionerError, ImageTooCostlyError
 from core.kafka_config import consumer_config, producer_config
 from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
@@ -37,7 +37,7 @@ from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
 from inference_consumer.cache_writer import CacheWriter, load_cache_signer
 from inference_consumer.chaos import FailingBatches
-from inference_consumer.errors import InferenceError, WorkerFatalError
+from inference_consumer.errors import DecodersBusyError, InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.image_pipeline import device_preprocessor
 from inference_consumer.jobs import Job
@@ -317,11 +317,12 @@ class InferenceWorker:
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
         runnable: list[tuple[Job, torch.Tensor]] = []
         now = datetime.now(UTC)
+        pool = _PoolProgress(bound_s=self.settings.decode_timeout_s)
         for job in batch:
             assert job.pixels is not None and job.request is not None
             observe_queue_time(job.request.created_at, now)
             try:
-                pixels = job.pixels.result()
+                pixels = self._pixels(job, pool.gives_up_at)
             except CaptionerError as exc:  # an invalid image, say: its own outcome, never a retry
                 outcomes.failed(job, exc)
                 continue
@@ -330,12 +331,38 @@ class InferenceWorker:
                     log.exception("preprocessing %s failed", job.correlation_id)
                 outcomes.failed(job, InferenceError("preprocessing the image failed", detail=repr(exc)))
                 continue
-            if job.expired(now):
+            finally:
+                pool.saw(job.pixels)
+            # Checked once its pixels are ready: a deadline that passed while they decoded was answered 504.
+            if job.expired(datetime.now(UTC)):
                 outcomes.skipped_expired(job)
             else:
                 runnable.append((job, pixels))
         if runnable:
             self._caption(model, runnable, outcomes)
+
+    def _pixels(self, job: Job, thread_wait_until: float) -> torch.Tensor:
+        """The job's decoded image, waited for at most decode_timeout_s from the moment a decode thread
+        started it (a thread cannot be stopped: the structural caps of core.images are what bound it).
+        A job that no thread took by thread_wait_until is taken back from the pool and retried."""
+        future = job.pixels
+        assert future is not None
+        bound = self.settings.decode_timeout_s
+        while not future.done():
+            now = time.monotonic()
+            if job.decode_started is None:
+                if now < thread_wait_until:
+                    wait([future], timeout=thread_wait_until - now)
+                    continue
+                if future.cancel():
+                    raise DecodersBusyError(f"no decode thread was free for {bound:g} s")
+                job.decode_started = now  # a thread took it this instant
+            if now >= job.decode_started + bound:
+                with job_log_context(job):
+                    log.warning("the image of %s is still decoding after %g s", job.correlation_id, bound)
+                raise ImageTooCostlyError(f"the image took longer than {bound:g} s to decode", limit=bound)
+            wait([future], timeout=job.decode_started + bound - now)
+        return future.result()
 
     def _caption(
         self, model: CaptionModel, runnable: list[tuple[Job, torch.Tensor]], outcomes: OutcomePublisher
@@ -381,6 +408,24 @@ class InferenceWorker:
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None
         return min(requested or self.settings.max_new_tokens, self.settings.max_new_tokens)
+
+
+@dataclass
+class _PoolProgress:
+    """When a batch gives up on its jobs that no decode thread has started: `bound_s` after the batch
+    began, or after the pool last finished one of its images, whichever is later. A pool busy with
+    ordinary images keeps finishing them; one whose every thread is held by images past their bound
+    finishes none."""
+
+    bound_s: float
+    gives_up_at: float = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.gives_up_at = time.monotonic() + self.bound_s
+
+    def saw(self, pixels: Future[torch.Tensor] | None) -> None:
+        if pixels is not None and pixels.done() and not pixels.cancelled():
+            self.gives_up_at = time.monotonic() + self.bound_s
 
 
 def _timed_pixels(model: CaptionModel, image: bytes, *, max_pixels: int) -> torch.Tensor:

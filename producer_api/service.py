@@ -15,6 +15,7 @@ from typing import Any
 from core.cache_keys import SHARED_SCOPE
 from core.errors import (
     CaptionerError,
+    ImageTooCostlyError,
     ImageTooLargeError,
     InvalidImageError,
     InvalidRequestError,
@@ -42,6 +43,7 @@ INLINE_ENCODE_MAX_BYTES = 64 * 1024
 _CALLER_ERRORS: dict[str, type[CaptionerError]] = {
     InvalidImageError.code: InvalidImageError,
     ImageTooLargeError.code: ImageTooLargeError,
+    ImageTooCostlyError.code: ImageTooCostlyError,
     UnsupportedImageFormatError.code: UnsupportedImageFormatError,
     InvalidRequestError.code: InvalidRequestError,
 }

@@ -10,13 +10,13 @@ import pytest
 import torch
 from PIL import Image
 
-from core.errors import ImageTooLargeError, InvalidImageError
+from core.errors import ImageTooCostlyError, ImageTooLargeError, InvalidImageError
 from core.settings import WorkerSettings
 from inference_consumer import image_pipeline
 from inference_consumer.image_pipeline import DevicePreprocessor, ImagePipeline, resolve_pipeline
 from inference_consumer.model import CaptionModel, load_caption_model
 from tests.support.hostile import bad_images
-from tests.support.images import encode, make_image_bytes, make_picture
+from tests.support.images import encode, make_image_bytes, make_picture, scan_bomb
 
 MAX_PIXELS = 24_000_000
 CPU = torch.device("cpu")
@@ -177,3 +177,22 @@ def test_an_image_over_the_pixel_limit_is_refused_before_decoding(pipeline: Imag
 
     assert isinstance(batch.errors[0], ImageTooLargeError)
     assert not batch.pixels.any()
+
+
+def test_a_scan_bomb_is_refused_before_decode_jpeg_and_the_batch_goes_on(
+    model: CaptionModel, pipeline: ImagePipeline, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    bomb, good = scan_bomb(400, 300, scans=2000), make_image_bytes("JPEG", width=80, height=60, seed=3)
+    handed: list[bytes] = []
+    decode = image_pipeline._decode_jpeg
+
+    def recording(inputs: list[torch.Tensor], device: torch.device) -> list[torch.Tensor]:
+        handed.extend(bytes(item.numpy()) for item in inputs)
+        return decode(inputs, device)
+
+    monkeypatch.setattr(image_pipeline, "_decode_jpeg", recording)
+    batch = pipeline.prepare_batch([bomb, good])
+
+    assert isinstance(batch.errors[0], ImageTooCostlyError) and batch.errors[1] is None
+    assert handed == [good]  # the device decoder never saw the bomb
+    assert torch.equal(batch.pixels[1], pil_path(model, good))
