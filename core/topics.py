@@ -93,9 +93,17 @@ def topic_specs(topics: TopicSettings) -> list[TopicSpec]:
     ]
 
 
-def ensure_topics(kafka: KafkaSettings, topics: TopicSettings, *, timeout_s: float = 30.0) -> list[str]:
+def ensure_topics(
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    *,
+    timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
+) -> list[str]:
     """Create missing topics; existing ones are left as they are. Returns the names created."""
-    return create_topics(kafka, topic_specs(topics), topics.max_message_bytes, timeout_s=timeout_s)
+    return create_topics(
+        kafka, topic_specs(topics), topics.max_message_bytes, timeout_s=timeout_s, client_log=client_log
+    )
 
 
 def create_topics(

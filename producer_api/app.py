@@ -6,6 +6,7 @@ import asyncio
 import functools
 import logging
 import random
+import signal
 from collections.abc import AsyncIterator, Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
 
@@ -14,9 +15,11 @@ from aiohttp.typedefs import Middleware
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.broker_watch import BrokerWatch
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import client_config, consumer_config, producer_config
+from core.logs import LIBRDKAFKA_LOG
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from producer_api import metrics
@@ -146,8 +149,11 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Creates topics, starts the reply listener before any job can be published, closes both."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     loop = asyncio.get_running_loop()
-    await asyncio.to_thread(ensure_topics, kafka, topics)
-    cache = await start_caption_cache(app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics)
+    brokers = BrokerWatch()  # every client's librdkafka lines and errors, and whether a broker answers
+    await asyncio.to_thread(ensure_topics, kafka, topics, client_log=LIBRDKAFKA_LOG)
+    cache = await start_caption_cache(
+        app[CACHE_SETTINGS], api=api, kafka=kafka, topics=topics, client=brokers.client_config()
+    )
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -159,12 +165,14 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         partition=partition,
         pending=pending,
         loop=loop,
+        brokers=brokers,
     )
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
         config=producer_config(kafka, topics, client_id=client_id)
         | {"message.timeout.ms": int(api.request_timeout_s * 1000)},
         loop=loop,
+        brokers=brokers,
     )
     publisher.start()
     broker_watch = asyncio.create_task(publisher.watch_brokers(topic=topics.requests))
@@ -179,7 +187,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         cache=cache.captions if cache else None,
         executor=app[REQUEST_EXECUTOR],
     )
-    app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
+    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
     broker_watch.cancel()
@@ -195,10 +203,14 @@ def _readiness(
     topics: TopicSettings,
     listener: ReplyListener,
     publisher: RequestPublisher,
+    brokers: BrokerWatch,
 ) -> Readiness:
     workers = None
     if api.ready_needs_worker:
-        admin = AdminClient(client_config(kafka, client_id=f"captioner-api-{api.instance_id}-readiness"))
+        admin = AdminClient(
+            client_config(kafka, client_id=f"captioner-api-{api.instance_id}-readiness")
+            | brokers.client_config(statistics=False)
+        )
         group = WorkerGroup(admin, group_id=api.worker_group_id, topic=topics.requests)
         workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
     return Readiness(
@@ -273,6 +285,15 @@ def make_app(
     return app
 
 
+async def signals_once(_app: web.Application) -> None:
+    """After the first SIGTERM or SIGINT, the others are only logged: a second one (a supervisor that
+    signals the process group and then each process, `make run` stopping) would otherwise end the wait for
+    in-flight requests that the first one started."""
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(signum, log.info, "signal %d: already stopping", signum)
+
+
 def run_api(
     *,
     api: ApiSettings,
@@ -283,8 +304,10 @@ def run_api(
 ) -> None:
     """Serve until SIGINT/SIGTERM; then stop accepting, let in-flight requests finish (bounded), close.
     The settings are the ones its entry point read."""
+    app = make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache)
+    app.on_shutdown.append(signals_once)
     web.run_app(
-        make_app(api=api, kafka=kafka, topics=topics, images=images, cache=cache),
+        app,
         loop=new_event_loop(),
         host=api.host,
         port=api.port,

@@ -238,15 +238,21 @@ class CacheRuntime:
 
 
 async def start_caption_cache(
-    cache: CacheSettings, *, api: ApiSettings, kafka: KafkaSettings, topics: TopicSettings
+    cache: CacheSettings,
+    *,
+    api: ApiSettings,
+    kafka: KafkaSettings,
+    topics: TopicSettings,
+    client: dict[str, Any] | None = None,
 ) -> CacheRuntime | None:
-    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic; None when disabled."""
+    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic; None when disabled.
+    `client`: more librdkafka configuration for the reader (its log and error callbacks)."""
     if not cache.enabled:
         return None
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
     client_id = f"captioner-api-{api.instance_id}-cache"
     reader = CacheReader(
-        config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
+        config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id) | (client or {}),
         topic=topics.captions,
         lru=lru,
     )
