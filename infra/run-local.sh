@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # `make run`: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster), WORKERS workers and
-# one API, in the foreground. Ctrl-C or SIGTERM stops them gracefully, the broker last. Worker N serves
+# one API, in the foreground. Ctrl-C or SIGTERM, to this script or to its whole process group, stops the
+# API and the workers gracefully (killed after STOP_TIMEOUT_S), then the broker, which runs in a session of
+# its own so that a group's signal cannot stop it first; then it says "stopped" and exits 0. Worker N serves
 # Prometheus metrics on METRICS_PORT_BASE+N (9101, 9102, ...); "ready" is said once the API's /readyz
 # answers 200, which needs a worker holding request partitions.
 set -euo pipefail
@@ -9,16 +11,33 @@ bin="$repo/.venv/bin"
 workers="${WORKERS:-1}"
 metrics_base="${METRICS_PORT_BASE:-9100}"
 api_url="http://127.0.0.1:${CAPTIONER_API_PORT:-9000}"
+stop_timeout_s="${STOP_TIMEOUT_S:-8}"
 started_broker=0
 pids=()
 
+# The services first, while the broker still takes their last outcomes and commits; each gets SIGTERM
+# (again, when the whole group was signalled) and is killed past stop_timeout_s. The broker last, given
+# 5 s before it is killed too.
 stop_all() {
   trap - INT TERM EXIT
+  local pid give_up=$((SECONDS + stop_timeout_s))
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  while [[ -n "$(jobs -rp)" ]] && ((SECONDS < give_up)); do sleep 0.1; done
+  for pid in $(jobs -rp); do
+    echo "pid $pid did not stop within ${stop_timeout_s} s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ "$started_broker" == 1 ]]; then "$repo/infra/kafka/broker.sh" stop; fi
+  if [[ "$started_broker" == 1 ]]; then KAFKA_LOCAL_STOP_TIMEOUT_S=5 "$repo/infra/kafka/broker.sh" stop; fi
 }
-trap stop_all INT TERM EXIT
+stopped_by() {
+  stop_all
+  echo "stopped ($1)"
+  exit 0
+}
+trap 'stopped_by SIGINT' INT
+trap 'stopped_by SIGTERM' TERM
+trap stop_all EXIT
 
 if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   export KAFKA_BOOTSTRAP_SERVERS="$("$repo/infra/kafka/broker.sh" start)"
