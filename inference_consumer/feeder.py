@@ -97,6 +97,9 @@ class JobFeeder:
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
 
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():

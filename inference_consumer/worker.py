@@ -135,7 +135,9 @@ class InferenceWorker:
                 # A reply topic that stops taking records holds its job, and every later job of the
                 # partition uncommitted, for this long at most (README, Failure handling).
                 | delivery_bound(settings.delivery_timeout_s)
-                | self._brokers.client_config()
+                # No statistics: the producer knows every reply topic named to it, so they cost more;
+                # the consumers' say whether a broker answers.
+                | self._brokers.client_config(statistics=False)
                 # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
                 # our headers.
                 | {
@@ -208,8 +210,9 @@ class InferenceWorker:
             feeders = []
             for subscription in self.subscriptions():
                 consumer = Consumer(subscription.config)
-                stack.callback(self._waits.close, consumer, name=subscription.name)
-                feeders.append(feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore))
+                feeder = feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore)
+                stack.callback(self._close, consumer, feeder, subscription.name)
+                feeders.append(feeder)
             for feeder in feeders:
                 stack.callback(self._join, feeder)
                 stack.callback(feeder.stopping.set)
@@ -351,6 +354,14 @@ class InferenceWorker:
 
     def _join(self, feeder: JobFeeder) -> None:
         feeder.join(self._waits.left_s())
+
+    def _close(self, consumer: Consumer, feeder: JobFeeder, name: str) -> None:
+        """A consumer is closed once its feeder has stopped polling it; one still polling when the stop's
+        time is spent is left to the process's exit (closing it under its poll would fail the feeder)."""
+        if feeder.alive():
+            log.warning("the %s feeder is still running; its consumer is not closed", name)
+            return
+        self._waits.close(consumer, name=name)
 
     def _close_cache_writer(self, cache_writer: CacheWriter) -> None:
         cache_writer.close(self._waits.left_s())

@@ -19,7 +19,9 @@ pids=()
 # (again, when the whole group was signalled) and is killed past stop_timeout_s. The broker last, given
 # 5 s before it is killed too.
 stop_all() {
-  trap - INT TERM EXIT
+  # Further signals (make passes its SIGTERM on to this script, after the group's) must not cut this short.
+  trap '' INT TERM
+  trap - EXIT
   local pid give_up=$((SECONDS + stop_timeout_s))
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
   while [[ -n "$(jobs -rp)" ]] && ((SECONDS < give_up)); do sleep 0.1; done

@@ -47,7 +47,7 @@ class RequestPublisher:
         callbacks = (
             {"error_cb": self._on_client_error}
             if brokers is None
-            else brokers.client_config(error_cb=self._on_client_error)
+            else brokers.client_config(error_cb=self._on_client_error, statistics=False)
         )
         self._producer = Producer(config | callbacks)
         self._outgoing: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()

@@ -9,7 +9,9 @@ told to once no broker is left, instead of waiting for outcomes that cannot be w
 
 from __future__ import annotations
 
+import json
 import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -157,9 +159,12 @@ def test_a_worker_with_an_outcome_pending_and_no_broker_left_stops_at_once(
 
     cluster.stop_first()
     worker.wait_for_log("no Kafka broker reachable (", timeout_s=30)
+    signalled = time.monotonic()
     worker.popen.send_signal(signal.SIGTERM)
 
     assert worker.wait_exit(timeout_s=STOP_DEADLINE_S) == 0, worker.log()[-3000:]
+    # For README's figures (pytest -s shows it).
+    print(json.dumps({"worker_stopped_s": round(time.monotonic() - signalled, 2)}))
 
 
 def succeeded(metrics_port: int) -> float:
