@@ -96,7 +96,7 @@ def test_a_reply_topic_without_a_leader_holds_other_callers_commits_only_for_the
     topic_env: dict[str, str],
 ) -> None:
     topics, group = cluster_topics, topic_env["CAPTIONER_WORKER_GROUP_ID"]
-    start_worker(
+    worker = start_worker(
         KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap, CAPTIONER_DELIVERY_TIMEOUT_S=str(DELIVERY_TIMEOUT_S)
     )
     stuck = caption_request(make_image_bytes("PNG", seed=1), reply_topic=leaderless_topic)
@@ -138,6 +138,15 @@ def test_a_reply_topic_without_a_leader_holds_other_callers_commits_only_for_the
     )
     statuses = {REPLY_CODEC.decode(r.value).status for r in replies if r.key in wanted}
     assert statuses == {ReplyStatus.SUCCEEDED}
+
+    # A record timed out makes the idempotent producer drain and bump its epoch, never a fatal error:
+    # the worker goes on producing.
+    later = caption_request(make_image_bytes("PNG", seed=4), reply_topic=topics.replies)
+    publish_request(cluster.bootstrap, topics.requests, later, partition=PARTITION)
+    read_until(
+        cluster.bootstrap, topics.replies, lambda seen: later.correlation_id.encode() in {r.key for r in seen}
+    )
+    assert worker.alive()
 
 
 def test_a_worker_with_an_outcome_pending_and_no_broker_left_stops_at_once(
