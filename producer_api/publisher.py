@@ -136,8 +136,9 @@ class RequestPublisher:
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self.brokers_down:  # librdkafka says it again at each reconnection round
+                log.warning("all Kafka brokers are down (%s): requests get 503 until one is back", error)
             self.brokers_down = True
-            log.warning("all Kafka brokers are down: %s", error)
 
 
 def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
