@@ -59,12 +59,7 @@ broker-stop:
 # REGISTRY=1: a local schema registry (infra/registry) for the run, so requests, replies and caption-cache
 # entries are written in its framing (README, "Schema Registry"); stopped when the run ends.
 run: install
-	@if [ "$(REGISTRY)" = 1 ] && [ -z "$$CAPTIONER_SCHEMA_REGISTRY_URL" ]; then \
-		trap 'infra/registry/registry.sh stop' EXIT; trap 'exit 130' INT TERM; \
-		url="$$(infra/registry/registry.sh start)" || exit 1; \
-		echo "schema registry: $$url"; \
-		CAPTIONER_SCHEMA_REGISTRY_URL="$$url" WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh; \
-	else WORKERS=$(WORKERS) SECURE=$(SECURE) infra/run-local.sh; fi
+	@WORKERS=$(WORKERS) SECURE=$(SECURE) REGISTRY=$(REGISTRY) infra/run-local.sh
 
 registry:
 	infra/registry/registry.sh start

@@ -17,6 +17,7 @@ _SOCKET_TIMEOUT_MS = 10_000
 # Kafka's rule: heartbeats at most a third of the session timeout, so two can be lost before the group
 # gives up.
 _HEARTBEATS_PER_SESSION = 3
+_METADATA_PROPAGATION_MS = 30_000  # librdkafka's default
 
 
 def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
@@ -81,6 +82,18 @@ def producer_config(
         # timeout) before the client's socket timeout, so the connection survives and the retry goes out at
         # once.
         "request.timeout.ms": _SOCKET_TIMEOUT_MS - 2_000,
+    }
+
+
+def delivery_bound(timeout_s: float) -> dict[str, Any]:
+    """A record the broker has not acknowledged within timeout_s fails with a delivery report
+    (`_MSG_TIMED_OUT`), whatever holds it: a partition without a leader, a topic that answers only with
+    retriable errors, or one deleted after the record was queued (librdkafka waits for a topic missing from
+    its metadata up to topic.metadata.propagation.max.ms, 30 s by default, before failing its records)."""
+    timeout_ms = max(1, round(timeout_s * 1000))
+    return {
+        "message.timeout.ms": timeout_ms,
+        "topic.metadata.propagation.max.ms": min(_METADATA_PROPAGATION_MS, timeout_ms),
     }
 
 

@@ -316,7 +316,18 @@ class WorkerSettings(BaseSettings):
         le=2047,
         description="glibc: tensors below this reuse freed heap memory, not fresh pages; 0 = glibc default",
     )
-    shutdown_timeout_s: float = Field(default=30.0, ge=0)
+    shutdown_timeout_s: float = Field(
+        default=30.0,
+        ge=0,
+        description="how long SIGTERM or a rebalance lets in-flight jobs finish and their outcomes be sent",
+    )
+    delivery_timeout_s: float = Field(
+        default=30.0,
+        ge=1,
+        le=3600,
+        description="a reply, retry or dead-letter record the broker has not taken within this has failed: "
+        "a reply is dead-lettered (reply_undeliverable), a retry or dead letter is sent again",
+    )
     session_timeout_ms: int = Field(
         default=10_000,
         ge=1000,

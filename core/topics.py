@@ -119,6 +119,7 @@ def ensure_topics(
     *,
     names: Collection[str] | None = None,
     timeout_s: float = 30.0,
+    client_log: logging.Logger | None = None,
 ) -> list[str]:
     """Check that the topics `names` (default: all of them) exist and create those missing. A process
     that finds them all needs no right to create topics; one that finds some missing and may not create
@@ -126,7 +127,9 @@ def ensure_topics(
     the names created."""
     specs = [spec for spec in topic_specs(topics) if names is None or spec.name in names]
     try:
-        return create_topics(kafka, specs, topics.max_message_bytes, timeout_s=timeout_s)
+        return create_topics(
+            kafka, specs, topics.max_message_bytes, timeout_s=timeout_s, client_log=client_log
+        )
     except TopicsMissingError as exc:
         raise TopicsMissingError(
             f"{exc.message}: run `captioner topics create` as the operator", detail=exc.detail

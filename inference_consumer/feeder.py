@@ -21,6 +21,7 @@ from core.consuming import poll_batch
 from core.offsets import OffsetTracker
 from inference_consumer.holds import RetryHolds
 from inference_consumer.jobs import Job, position
+from inference_consumer.kafka_waits import KafkaWaits
 from inference_consumer.observing import AssignedPartitions
 from inference_consumer.outcomes import Fatal, OutcomePublisher
 from inference_consumer.tracing import job_log_context, start_job_trace, traced_decode
@@ -40,6 +41,7 @@ Preprocess = Callable[[bytes], torch.Tensor]
 Chore = Callable[[Consumer], None]
 
 _BACKLOG_CHECK_S = 0.005  # a full backlog frees a whole batch at a time, far less often than this
+_REVOKE_FLUSH_S = 5.0  # the outcomes produced by the revoked partitions' last jobs are in flight for ms
 # Errors after which this consumer cannot go on: an orchestrator must restart it, and someone must look.
 _FATAL_CONSUMER_ERRORS = frozenset(
     {
@@ -78,7 +80,7 @@ class JobFeeder:
         decode_pool: Executor,
         preprocess: Preprocess,
         fetch_size: int,
-        revoke_timeout_s: float,
+        waits: KafkaWaits,
         rules: RequestRules,
         reply_partitions: PartitionCount,
         max_hold_s: float,
@@ -96,7 +98,7 @@ class JobFeeder:
         self._decode_pool = decode_pool
         self._preprocess = preprocess
         self._fetch_size = fetch_size
-        self._revoke_timeout_s = revoke_timeout_s
+        self._waits = waits
         self._rules = rules
         self._reply_partitions = reply_partitions
         self._on_fatal = on_fatal
@@ -115,6 +117,9 @@ class JobFeeder:
 
     def join(self, timeout_s: float) -> None:
         self._thread.join(timeout_s)
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
 
     def _run(self) -> None:
         try:
@@ -208,21 +213,25 @@ class JobFeeder:
         keys = [(p.topic, p.partition) for p in partitions]
         if not self._wait_finished(keys):
             log.warning("revoking %d partitions with jobs still running; they will run again", len(keys))
-        self._producer.flush(5.0)
+        self._waits.flush(self._producer, cap_s=_REVOKE_FLUSH_S)
         self._store_finished()
-        try:
-            consumer.commit(asynchronous=False)
-        except Exception as exc:
-            log.info("commit on revoke: %s", exc)
+        if self._waits.reachable():
+            try:
+                consumer.commit(asynchronous=False)
+            except Exception as exc:
+                log.info("commit on revoke: %s", exc)
+        else:
+            log.warning("finished offsets of the revoked partitions not committed: no broker to commit to")
         self._tracker.forget(keys)
         self._holds.forget(keys)
         self._assigned.revoked(partitions)
 
     def _wait_finished(self, keys: list[tuple[str, int]]) -> bool:
-        """Serves delivery reports while it waits: at shutdown no other loop does."""
-        give_up = time.monotonic() + self._revoke_timeout_s
+        """Serves delivery reports while it waits: at shutdown no other loop does. With no broker reachable
+        no outcome can become durable, so it does not wait."""
+        give_up = self._waits.give_up_at()
         while not self._tracker.wait_finished(keys, timeout_s=0.05):
-            if time.monotonic() > give_up:
+            if not self._waits.waiting(give_up):
                 return False
             self._outcomes.serve()
         return True

@@ -18,8 +18,9 @@ log = logging.getLogger(__name__)
 
 # A created_at more than this far back is a replayed dead letter or a wrong clock, not time spent queued.
 MAX_QUEUE_S = 86_400.0
-# librdkafka's statistics cadence: lag a few seconds old is fresh enough for a dashboard and an alert.
-STATISTICS_INTERVAL_MS = 5_000
+# Lag a few seconds old is fresh enough for a dashboard and an alert; librdkafka's statistics come more
+# often (core.broker_watch reads broker states from them), and only one report in this long is read.
+LAG_INTERVAL_S = 5.0
 DLQ_REFRESH_S = 30.0
 _WATERMARK_TIMEOUT_S = 1.0
 
@@ -40,10 +41,16 @@ class ConsumerLag:
     """librdkafka's `stats_cb`: sets the lag gauge of each partition the consumer holds, and drops the series
     of partitions it no longer holds. Called on the consumer's polling thread."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, interval_s: float = LAG_INTERVAL_S) -> None:
         self._series: set[tuple[str, str]] = set()
+        self._interval_s = interval_s
+        self._next = 0.0
 
     def on_stats(self, stats_json: str) -> None:
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self._interval_s
         try:
             lags = dict(partition_lags(json.loads(stats_json)))
         except (ValueError, TypeError, AttributeError) as exc:

@@ -1,9 +1,10 @@
 """Produces each job's outcome (reply, retry record, dead letter) and finishes its offset once durable.
 
-No method here raises for what one record carries: a reply the broker refuses sends the job to the
-dead-letter topic, a retry record it refuses does too, and only a dead letter it refuses for good
-(say, the worker may not write the topic) stops the worker, through `on_fatal`, since it can no
-longer keep a job anywhere.
+No method here raises for what one record carries: a reply the broker refuses, or does not take within
+the producer's delivery timeout (CAPTIONER_DELIVERY_TIMEOUT_S), sends the job to the dead-letter topic, so
+one reply topic cannot hold the partition's later commits for longer; a retry record it refuses does too;
+and only a dead letter it refuses for good (say, the worker may not write the topic) stops the worker,
+through `on_fatal`, since it can no longer keep a job anywhere.
 """
 
 from __future__ import annotations
@@ -221,7 +222,8 @@ class OutcomePublisher:
 
     def _send(self, job: Job, topic: str, headers: dict[str, bytes], *, refused: Callable[[], None]) -> bool:
         """The record's own bytes to `topic`; its offset finishes once acknowledged. A failure the
-        producer may overcome (broker down past message.timeout.ms) sends it again; one it cannot
+        producer may overcome (not acknowledged within the delivery timeout: a broker down, a partition
+        without a leader) sends it again, so a retry or dead-letter record is never dropped; one it cannot
         (refused by the topic) calls `refused`."""
 
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
@@ -281,22 +283,25 @@ class OutcomePublisher:
 
         span, headers = start_publish_span(job, address.topic)
 
-        def undeliverable(reason: str) -> None:
+        def undeliverable(reason: str, *, timed_out: bool = False) -> None:
             with job_log_context(job):
                 log.error("reply for %s to %s undeliverable: %s", job.name, address.topic, reason)
             if then:
                 job.reply_to = None  # the dead letter's FAILED reply would meet the same refusal
-                self._dead_letter(
-                    job, ReplyUndeliverableError("the reply topic refused the reply", detail=reason)
+                message = (
+                    "the reply topic did not take the reply within the delivery timeout"
+                    if timed_out
+                    else "the reply topic refused the reply"
                 )
+                self._dead_letter(job, ReplyUndeliverableError(message, detail=reason))
 
         produced = time.perf_counter()
 
         def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
             end_publish_span(span, None if delivery_error is None else delivery_error.str())
             if delivery_error is not None:
-                reason = delivery_error.str()
-                self._deferred.append(lambda: undeliverable(reason))
+                reason, timed_out = delivery_error.str(), delivery_error.code() == KafkaError._MSG_TIMED_OUT
+                self._deferred.append(lambda: undeliverable(reason, timed_out=timed_out))
             elif then:
                 metrics.REPLY_SECONDS.observe(time.perf_counter() - produced)
                 then()

@@ -24,10 +24,12 @@ import torch
 from confluent_kafka import Consumer, Producer
 from prometheus_client import start_http_server
 
+from core.broker_watch import BrokerWatch
 from core.cache_keys import ModelProfile, precision_name
 from core.cache_signing import CacheSigner
 from core.errors import CaptionerError, ImageTooCostlyError
-from core.kafka_config import consumer_config, producer_config
+from core.kafka_config import consumer_config, delivery_bound, producer_config
+from core.logs import LIBRDKAFKA_LOG
 from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
@@ -41,18 +43,14 @@ from inference_consumer.errors import DecodersBusyError, InferenceError, WorkerF
 from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.image_pipeline import device_preprocessor
 from inference_consumer.jobs import Job
+from inference_consumer.kafka_waits import KafkaWaits
 from inference_consumer.model import (
     CaptionModel,
     configure_torch_threads,
     directory_revision,
     load_caption_model,
 )
-from inference_consumer.observing import (
-    STATISTICS_INTERVAL_MS,
-    ConsumerLag,
-    DeadLetterDepth,
-    observe_queue_time,
-)
+from inference_consumer.observing import ConsumerLag, DeadLetterDepth, observe_queue_time
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.tracing import inference_spans, job_log_context
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
@@ -69,6 +67,7 @@ GIL_SWITCH_INTERVAL_S = 0.0005
 
 @dataclass(frozen=True)
 class Subscription:
+    name: str  # for logs: which of the worker's consumers
     config: dict[str, Any]
     topics: list[str]
     chore: Chore | None = None  # what the consumer's feeder also does, now and then
@@ -97,6 +96,9 @@ class InferenceWorker:
         self._signer: CacheSigner | None = None
         self.stopping = threading.Event()
         self._fatal_reason: str | None = None
+        # One per process: librdkafka's lines and errors from every client, and whether a broker answers.
+        self._brokers = BrokerWatch()
+        self._waits = KafkaWaits(timeout_s=settings.shutdown_timeout_s, reachable=self._brokers.reachable)
         self._chaos = FailingBatches(settings.chaos_failing_batches)
         self._batching = BatchPolicy(
             max_size=settings.max_batch_size,
@@ -115,7 +117,7 @@ class InferenceWorker:
         self._signer = load_cache_signer(self._cache)  # before the model: a bad key file stops us at once
         # The model first: a worker that cannot load it says so whatever state the cluster is in.
         model = self._model or load_caption_model(self.settings)
-        ensure_topics(self._kafka, self._topics)
+        ensure_topics(self._kafka, self._topics, client_log=LIBRDKAFKA_LOG)
         prepare_writers(self._written(), timeout_s=PREPARE_TIMEOUT_S)
         with self._components(model) as (feeders, outcomes, collector):
             for feeder in feeders:
@@ -126,6 +128,7 @@ class InferenceWorker:
             raise WorkerFatalError(self._fatal_reason)
 
     def stop(self) -> None:
+        self._waits.stop()
         self.stopping.set()
 
     def _written(self) -> list[tuple[FramedCodec[Any], str]]:
@@ -139,7 +142,7 @@ class InferenceWorker:
         """This worker cannot go on: it drains what it can and exits non-zero so it is restarted."""
         log.critical("stopping: %s", reason)
         self._fatal_reason = self._fatal_reason or reason
-        self.stopping.set()
+        self.stop()
 
     @contextlib.contextmanager
     def _components(
@@ -153,6 +156,12 @@ class InferenceWorker:
         with contextlib.ExitStack() as stack:
             producer = Producer(
                 producer_config(self._kafka, self._topics, client_id=client_id)
+                # A reply topic that stops taking records holds its job, and every later job of the
+                # partition uncommitted, for this long at most (README, Failure handling).
+                | delivery_bound(settings.delivery_timeout_s)
+                # No statistics: the producer knows every reply topic named to it, so they cost more;
+                # the consumers' say whether a broker answers.
+                | self._brokers.client_config(statistics=False)
                 # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
                 # our headers.
                 | {
@@ -160,7 +169,7 @@ class InferenceWorker:
                     "message.max.bytes": self._topics.max_message_bytes + OUTCOME_HEADROOM_BYTES,
                 }
             )
-            stack.callback(_flush, producer, settings.shutdown_timeout_s)
+            stack.callback(self._flush, producer)
             on_device = device_preprocessor(
                 model,
                 setting=settings.image_pipeline,
@@ -183,7 +192,7 @@ class InferenceWorker:
             cache_writer = self._cache_writer(producer, model, tensor_pipeline=on_device is not None)
             if cache_writer is not None:
                 cache_writer.start()
-                stack.callback(cache_writer.close, settings.shutdown_timeout_s)  # before the flush
+                stack.callback(self._close_cache_writer, cache_writer)  # before the flush
             outcomes = OutcomePublisher(
                 producer=producer,
                 tracker=tracker,
@@ -207,9 +216,13 @@ class InferenceWorker:
                 decode_pool=decode_pool,
                 preprocess=self._preprocessor(model) if on_device is None else on_device.pixels,
                 fetch_size=settings.max_batch_size,
-                revoke_timeout_s=settings.shutdown_timeout_s,
+                waits=self._waits,
                 rules=RequestRules.for_topics(self._topics, reply_topic_pattern=settings.reply_topic_pattern),
-                reply_partitions=ReplyTopicPartitions(producer=producer),
+                # A reply topic deleted or never there is known at once; one that does not answer
+                # within the delivery bound fails the reply instead.
+                reply_partitions=ReplyTopicPartitions(
+                    producer=producer, timeout_s=min(5.0, settings.delivery_timeout_s)
+                ),
                 max_hold_s=max(self._topics.retry_delays_s, default=0.0),
                 on_fatal=self._fatal,
                 requests=self._codecs.requests,
@@ -217,10 +230,11 @@ class InferenceWorker:
             feeders = []
             for subscription in self.subscriptions():
                 consumer = Consumer(subscription.config)
-                stack.callback(consumer.close)
-                feeders.append(feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore))
+                feeder = feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore)
+                stack.callback(self._close, consumer, feeder, subscription.name)
+                feeders.append(feeder)
             for feeder in feeders:
-                stack.callback(feeder.join, settings.shutdown_timeout_s)
+                stack.callback(self._join, feeder)
                 stack.callback(feeder.stopping.set)
             yield feeders, outcomes, BatchCollector(ready, self._batching)
 
@@ -260,12 +274,14 @@ class InferenceWorker:
         dead_letters = DeadLetterDepth(self._topics.dead_letter)
         return [
             self._subscription(
+                "requests",
                 f"{client_id}-requests",
                 self.settings.worker_group_id,
                 "cooperative-sticky",
                 [self._topics.requests],
             ),
             self._subscription(
+                "retries",
                 f"{client_id}-retries",
                 self.settings.retry_group_id,
                 "roundrobin",
@@ -275,22 +291,26 @@ class InferenceWorker:
         ]
 
     def _subscription(
-        self, client_id: str, group_id: str, assignor: str, topics: list[str], *, chore: Chore | None = None
+        self,
+        name: str,
+        client_id: str,
+        group_id: str,
+        assignor: str,
+        topics: list[str],
+        *,
+        chore: Chore | None = None,
     ) -> Subscription:
+        # per-partition consumer lag, from librdkafka's statistics
+        lag = ConsumerLag().on_stats if self.settings.metrics_port else None
         overrides: dict[str, Any] = {
             "max.poll.interval.ms": 600_000,
             "session.timeout.ms": self.settings.session_timeout_ms,
             "partition.assignment.strategy": assignor,
-        }
-        if self.settings.metrics_port:  # per-partition consumer lag, from librdkafka's statistics
-            overrides |= {
-                "statistics.interval.ms": STATISTICS_INTERVAL_MS,
-                "stats_cb": ConsumerLag().on_stats,
-            }
+        } | self._brokers.client_config(stats_cb=lag)
         config = consumer_config(
             self._kafka, self._topics, client_id=client_id, group_id=group_id, **overrides
         )
-        return Subscription(config=config, topics=topics, chore=chore)
+        return Subscription(name=name, config=config, topics=topics, chore=chore)
 
     def _preprocessor(self, model: CaptionModel) -> Callable[[bytes], torch.Tensor]:
         return functools.partial(_timed_pixels, model, max_pixels=self._images.max_image_pixels)
@@ -307,11 +327,14 @@ class InferenceWorker:
             outcomes.serve()
             if batch:
                 self._run_batch(model, batch, outcomes)
+        self._waits.stop()
         for feeder in feeders:
             feeder.stopping.set()
         for feeder in feeders:
-            feeder.join(self.settings.shutdown_timeout_s)
-        while batch := collector.drain():
+            feeder.join(self._waits.left_s())
+        # Jobs already decoded run while their outcomes can still be written in time; the rest stay
+        # uncommitted and run again on the partition's next owner.
+        while self._waits.left_s() > 0 and self._waits.reachable() and (batch := collector.drain()):
             self._run_batch(model, batch, outcomes)
 
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
@@ -405,6 +428,25 @@ class InferenceWorker:
         for (job, _), title, limit in zip(runnable, titles, limits, strict=True):
             outcomes.succeeded(job, title, inference_ms=elapsed_ms, max_new_tokens=limit)
 
+    def _join(self, feeder: JobFeeder) -> None:
+        feeder.join(self._waits.left_s())
+
+    def _close(self, consumer: Consumer, feeder: JobFeeder, name: str) -> None:
+        """A consumer is closed once its feeder has stopped polling it; one still polling when the stop's
+        time is spent is left to the process's exit (closing it under its poll would fail the feeder)."""
+        if feeder.alive():
+            log.warning("the %s feeder is still running; its consumer is not closed", name)
+            return
+        self._waits.close(consumer, name=name)
+
+    def _close_cache_writer(self, cache_writer: CacheWriter) -> None:
+        cache_writer.close(self._waits.left_s())
+
+    def _flush(self, producer: Producer) -> None:
+        remaining = self._waits.flush(producer)
+        if remaining:
+            log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
+
     def _max_new_tokens(self, job: Job) -> int:
         requested = job.request.max_new_tokens if job.request else None
         return min(requested or self.settings.max_new_tokens, self.settings.max_new_tokens)
@@ -432,12 +474,6 @@ def _timed_pixels(model: CaptionModel, image: bytes, *, max_pixels: int) -> torc
     """An image's decoding and preprocessing on the decode pool, timed (failures included)."""
     with metrics.DECODE_SECONDS.time():
         return model.pixels(image, max_pixels=max_pixels)
-
-
-def _flush(producer: Producer, timeout_s: float) -> None:
-    remaining = producer.flush(timeout_s)
-    if remaining:
-        log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
 
 
 def run_worker(

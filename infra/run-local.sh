@@ -1,24 +1,47 @@
 #!/usr/bin/env bash
 # `make run`: the local broker (unless KAFKA_BOOTSTRAP_SERVERS names a cluster), WORKERS workers and
-# one API, in the foreground. Ctrl-C or SIGTERM stops them gracefully, the broker last. Worker N serves
+# one API, in the foreground. Ctrl-C or SIGTERM, to this script or to its whole process group, stops the
+# API and the workers gracefully (killed after STOP_TIMEOUT_S), then the broker, which runs in a session of
+# its own so that a group's signal cannot stop it first; then it says "stopped" and exits 0. Worker N serves
 # Prometheus metrics on METRICS_PORT_BASE+N (9101, 9102, ...); "ready" is said once the API's /readyz
-# answers 200, which needs a worker holding request partitions.
+# answers 200, which needs a worker holding request partitions. SECURE=1 and REGISTRY=1: see below.
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 bin="$repo/.venv/bin"
 workers="${WORKERS:-1}"
 metrics_base="${METRICS_PORT_BASE:-9100}"
 api_url="http://127.0.0.1:${CAPTIONER_API_PORT:-9000}"
+stop_timeout_s="${STOP_TIMEOUT_S:-8}"
 started_broker=0
+started_registry=0
 pids=()
 
+# The services first, while the broker still takes their last outcomes and commits; each gets SIGTERM
+# (again, when the whole group was signalled) and is killed past stop_timeout_s. The broker last, given
+# 5 s before it is killed too.
 stop_all() {
-  trap - INT TERM EXIT
+  # Further signals (make passes its SIGTERM on to this script, after the group's) must not cut this short.
+  trap '' INT TERM
+  trap - EXIT
+  local pid give_up=$((SECONDS + stop_timeout_s))
   for pid in "${pids[@]}"; do kill -TERM "$pid" 2>/dev/null || true; done
+  while [[ -n "$(jobs -rp)" ]] && ((SECONDS < give_up)); do sleep 0.1; done
+  for pid in $(jobs -rp); do
+    echo "pid $pid did not stop within ${stop_timeout_s} s; killing it" >&2
+    kill -KILL "$pid" 2>/dev/null || true
+  done
   for pid in "${pids[@]}"; do wait "$pid" 2>/dev/null || true; done
-  if [[ "$started_broker" == 1 ]]; then "$repo/infra/kafka/broker.sh" stop; fi
+  if [[ "$started_broker" == 1 ]]; then KAFKA_LOCAL_STOP_TIMEOUT_S=5 "$repo/infra/kafka/broker.sh" stop; fi
+  if [[ "$started_registry" == 1 ]]; then "$repo/infra/registry/registry.sh" stop; fi
 }
-trap stop_all INT TERM EXIT
+stopped_by() {
+  stop_all
+  echo "stopped ($1)"
+  exit 0
+}
+trap 'stopped_by SIGINT' INT
+trap 'stopped_by SIGTERM' TERM
+trap stop_all EXIT
 
 # SECURE=1: a broker with TLS, SASL/SCRAM and ACLs, each process its own principal (infra/secure-local.sh).
 use_role() { :; }
@@ -29,6 +52,13 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
   started_broker=1
 fi
 if [[ "${SECURE:-0}" == 1 ]]; then secure_local_setup; fi
+# REGISTRY=1: a local schema registry (infra/registry), in a session of its own like the broker, so that
+# requests, replies and caption-cache entries are written in its framing (README, "Schema Registry").
+if [[ "${REGISTRY:-0}" == 1 && -z "${CAPTIONER_SCHEMA_REGISTRY_URL:-}" ]]; then
+  export CAPTIONER_SCHEMA_REGISTRY_URL="$("$repo/infra/registry/registry.sh" start)"
+  started_registry=1
+  echo "schema registry: $CAPTIONER_SCHEMA_REGISTRY_URL"
+fi
 if [[ -z "${CAPTIONER_WORKER_THREADS:-}" ]]; then
   # Several workers on one machine split its cores instead of oversubscribing them.
   export CAPTIONER_WORKER_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))

@@ -17,9 +17,11 @@ from aiohttp.typedefs import Middleware
 from confluent_kafka.admin import AdminClient
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
+from core.broker_watch import BrokerWatch
 from core.errors import CaptionerError
 from core.event_loop import new_event_loop
 from core.kafka_config import API_CLIENT_PREFIX, client_config, consumer_config, producer_config
+from core.logs import LIBRDKAFKA_LOG
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import ApiSettings, CacheSettings, ImageSettings, KafkaSettings, TopicSettings
 from core.topics import api_topic_names, ensure_topics
@@ -166,9 +168,12 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     codecs = app[RECORD_CODECS]
     loop = asyncio.get_running_loop()
+    brokers = BrokerWatch()  # every client's librdkafka lines and errors, and whether a broker answers
     verifier = cache_verifier(app[CACHE_SETTINGS])  # first: a bad key file stops the API at once
     needed = api_topic_names(topics, cache=verifier is not None)
-    await asyncio.to_thread(functools.partial(ensure_topics, kafka, topics, names=needed))
+    await asyncio.to_thread(
+        functools.partial(ensure_topics, kafka, topics, names=needed, client_log=LIBRDKAFKA_LOG)
+    )
     # With a registry, the request schema is registered now, so that encoding on the request path makes
     # no registry request (and none on the event loop).
     await asyncio.to_thread(
@@ -183,6 +188,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
             kafka=kafka,
             topics=topics,
             decode=codecs.cache_entries.decode,
+            client=brokers.client_config(),
         )
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
@@ -196,12 +202,14 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         pending=pending,
         loop=loop,
         decode=codecs.replies.decode,
+        brokers=brokers,
     )
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
         config=producer_config(kafka, topics, client_id=client_id)
         | {"message.timeout.ms": int(api.request_timeout_s * 1000)},
         loop=loop,
+        brokers=brokers,
     )
     publisher.start()
     broker_watch = asyncio.create_task(publisher.watch_brokers(topic=topics.requests))
@@ -217,7 +225,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         executor=app[REQUEST_EXECUTOR],
         encode=codecs.requests.writer(topics.requests),
     )
-    app[READINESS] = _readiness(api, kafka, topics, listener, publisher)
+    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
     # Cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
@@ -234,10 +242,14 @@ def _readiness(
     topics: TopicSettings,
     listener: ReplyListener,
     publisher: RequestPublisher,
+    brokers: BrokerWatch,
 ) -> Readiness:
     workers = None
     if api.ready_needs_worker:
-        admin = AdminClient(client_config(kafka, client_id=f"{API_CLIENT_PREFIX}{api.instance_id}-readiness"))
+        admin = AdminClient(
+            client_config(kafka, client_id=f"{API_CLIENT_PREFIX}{api.instance_id}-readiness")
+            | brokers.client_config(statistics=False)
+        )
         group = WorkerGroup(admin, group_id=api.worker_group_id, topic=topics.requests)
         workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
     return Readiness(

@@ -415,12 +415,14 @@ async def start_caption_cache(
     kafka: KafkaSettings,
     topics: TopicSettings,
     decode: DecodeEntry = CACHE_ENTRY_CODEC.decode,
+    client: dict[str, Any] | None = None,
 ) -> CacheRuntime:
-    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic."""
+    """The LRU and its reader, started and given LOAD_WAIT_S to read the topic. `client`: more librdkafka
+    configuration for the reader (its log and error callbacks)."""
     lru = CaptionLru(max_entries=api.cache_max_entries, max_bytes=api.cache_max_bytes)
     client_id = f"{API_CLIENT_PREFIX}{api.instance_id}-cache"
     reader = CacheReader(
-        config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id),
+        config=consumer_config(kafka, topics, client_id=client_id, group_id=client_id) | (client or {}),
         topic=topics.captions,
         records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache), decode=decode),
         max_entries=api.cache_max_entries,

@@ -7,15 +7,19 @@ import asyncio
 import logging
 import queue
 import threading
+import time
 from dataclasses import dataclass
 from typing import Any
 
 from confluent_kafka import KafkaError, Message, Producer
 
+from core.broker_watch import BrokerWatch
 from producer_api.admission import RETRY_AFTER_S
 from producer_api.errors import BrokerUnavailableError, OverloadedError
 
 log = logging.getLogger(__name__)
+
+_FLUSH_SLICE_S = 0.1  # a flush at shutdown ends this soon after the last broker is lost
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,9 +34,22 @@ class _Outgoing:
 class RequestPublisher:
     """`await publish(...)` returns once the broker has acknowledged the record (acks=all)."""
 
-    def __init__(self, *, config: dict[str, Any], loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        *,
+        config: dict[str, Any],
+        loop: asyncio.AbstractEventLoop,
+        brokers: BrokerWatch | None = None,
+    ) -> None:
+        """`brokers` takes the producer's log lines and errors and says whether a broker answers."""
         self._loop = loop
-        self._producer = Producer(config | {"error_cb": self._on_client_error})
+        self._brokers = brokers
+        callbacks = (
+            {"error_cb": self._on_client_error}
+            if brokers is None
+            else brokers.client_config(error_cb=self._on_client_error, statistics=False)
+        )
+        self._producer = Producer(config | callbacks)
         self._outgoing: queue.SimpleQueue[_Outgoing | None] = queue.SimpleQueue()
         self._producing = threading.Thread(target=self._produce_loop, name="request-producer", daemon=True)
         self._delivering = threading.Thread(target=self._delivery_loop, name="delivery-reports", daemon=True)
@@ -74,11 +91,20 @@ class RequestPublisher:
     async def close(self, *, timeout_s: float) -> None:
         self._outgoing.put(None)
         await asyncio.to_thread(self._producing.join, timeout_s)
-        remaining = await asyncio.to_thread(self._producer.flush, timeout_s)
+        remaining = await asyncio.to_thread(self._flush, timeout_s)
         if remaining:
             log.warning("%d job records were not delivered before shutdown", remaining)
         self._closed.set()
         await asyncio.to_thread(self._delivering.join, timeout_s)
+
+    def _flush(self, timeout_s: float) -> int:
+        """Within timeout_s, and only while a broker is reachable: with none, nothing queued can go."""
+        if self._brokers is None:
+            return int(self._producer.flush(timeout_s))
+        give_up = time.monotonic() + timeout_s
+        while len(self._producer) and self._brokers.reachable() and time.monotonic() < give_up:
+            self._producer.flush(min(_FLUSH_SLICE_S, max(0.0, give_up - time.monotonic())))
+        return len(self._producer)
 
     def _produce_loop(self) -> None:
         while (item := self._outgoing.get()) is not None:
@@ -110,8 +136,9 @@ class RequestPublisher:
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
+            if not self.brokers_down:  # librdkafka says it again at each reconnection round
+                log.warning("all Kafka brokers are down (%s): requests get 503 until one is back", error)
             self.brokers_down = True
-            log.warning("all Kafka brokers are down: %s", error)
 
 
 def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:

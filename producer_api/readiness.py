@@ -51,6 +51,7 @@ class WorkerGroup:
         self._topic = topic
 
     def holders(self) -> int:
+        self._admin.poll(0)  # hands over the client's log lines, which wait for a poll
         [future] = self._admin.describe_consumer_groups(
             [self.group_id], request_timeout=DESCRIBE_TIMEOUT_S
         ).values()

@@ -17,6 +17,7 @@ from typing import Any
 
 from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
 
+from core.broker_watch import BrokerWatch
 from core.consuming import poll_batch
 from producer_api import metrics
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyStatus
@@ -83,14 +84,21 @@ class ReplyListener:
         pending: PendingReplies,
         loop: asyncio.AbstractEventLoop,
         decode: Callable[[bytes], CaptionReply] = REPLY_CODEC.decode,
+        brokers: BrokerWatch | None = None,
     ) -> None:
-        """decode: either framing (schemas/framing.py); a registry look-up runs on the listener's thread."""
+        """decode: either framing (schemas/framing.py); a registry look-up runs on the listener's thread.
+        `brokers` takes the consumer's log lines and errors."""
         self._decode = decode
         self.topic = topic
         self.partition = partition
         self._pending = pending
         self._loop = loop
-        self._consumer = Consumer(listener_config(config) | {"error_cb": self._on_client_error})
+        callbacks = (
+            {"error_cb": self._on_client_error}
+            if brokers is None
+            else brokers.client_config(error_cb=self._on_client_error)
+        )
+        self._consumer = Consumer(listener_config(config) | callbacks)
         self._stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
         self.brokers_down = False

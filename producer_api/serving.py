@@ -79,7 +79,9 @@ class ApiRunner(web.AppRunner):
 async def serve(app: web.Application, *, host: str, port: int, **runner_args: Any) -> None:
     """Serves `app` until SIGINT or SIGTERM, then stops through the runner's cleanup: the listener
     closes, the app's on_shutdown hooks run (the drain), connections close, then its cleanup contexts.
-    A second signal stops the process at once (the handlers are given back after the first)."""
+    After the first signal, a SIGTERM is only logged: a supervisor may signal the process group and then
+    each process (`make run` does), and that second one must not cut the drain short. A second SIGINT (an
+    operator's Ctrl-C again) stops the process at once."""
     loop = asyncio.get_running_loop()
     stopping = asyncio.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):
@@ -96,6 +98,6 @@ async def serve(app: web.Application, *, host: str, port: int, **runner_args: An
 
 
 def _stop_once(loop: asyncio.AbstractEventLoop, stopping: asyncio.Event) -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        loop.remove_signal_handler(signum)
+    loop.remove_signal_handler(signal.SIGINT)
+    loop.add_signal_handler(signal.SIGTERM, log.info, "SIGTERM: already stopping")
     stopping.set()

@@ -30,6 +30,7 @@ from core.tracing import MAX_SPAN_TEXT_CHARS, extract_context, span_text
 from inference_consumer.errors import InvalidImageError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
+from inference_consumer.kafka_waits import KafkaWaits
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.validation import RequestRules
 from inference_consumer.worker import InferenceWorker
@@ -147,7 +148,7 @@ def worker_path() -> Iterator[WorkerPath]:
             decode_pool=pool,
             preprocess=decode_or_refuse,
             fetch_size=8,
-            revoke_timeout_s=1.0,
+            waits=KafkaWaits(timeout_s=1.0, reachable=lambda: True),
             rules=RequestRules(own_topics=frozenset([REQUESTS])),
             reply_partitions=lambda _topic: 12,
             max_hold_s=1.0,

@@ -5,6 +5,8 @@
 # KAFKA_LOCAL_SECURITY: plaintext (default) or sasl_ssl, a TLS + SASL/SCRAM listener with an authorizer
 # (infra/kafka/security.sh); then `admin-env` prints the super user's CAPTIONER_KAFKA_* settings, which
 # are also kept in <state>/admin.env.
+# KAFKA_LOCAL_STOP_TIMEOUT_S (30: how long `stop` waits for a controlled shutdown before it kills the
+# broker).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -87,7 +89,9 @@ start() {
       echo "broker.sh: formatting $data_dir failed; see $log_file" >&2; tail -5 "$log_file" >&2; exit 1
     fi
   fi
-  nohup "$(java_cmd)" "${java_opts[@]}" kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
+  # A session of its own: a signal to the starter's process group (a supervisor stopping `make run`, Ctrl-C)
+  # must not stop the broker before the clients that still write to it; its starter stops it.
+  setsid nohup "$(java_cmd)" "${java_opts[@]}" kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
   echo $! > "$pid_file"
   for _ in $(seq 1 120); do
     if port_open; then
@@ -103,13 +107,13 @@ start() {
 
 stop() {
   if ! running; then rm -f "$pid_file"; return; fi
-  local pid; pid="$(cat "$pid_file")"
+  local pid timeout_s="${KAFKA_LOCAL_STOP_TIMEOUT_S:-30}"; pid="$(cat "$pid_file")"
   kill -TERM "$pid"
-  for _ in $(seq 1 60); do
+  for _ in $(seq 1 $((timeout_s * 10))); do
     kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; return; }
-    sleep 0.5
+    sleep 0.1
   done
-  echo "broker.sh: broker did not stop in 30 s; killing it" >&2
+  echo "broker.sh: broker did not stop in $timeout_s s; killing it" >&2
   kill -KILL "$pid" 2>/dev/null || true
   rm -f "$pid_file"
 }

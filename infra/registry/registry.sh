@@ -60,7 +60,7 @@ start() {
   fi
   mkdir -p "$state"
   # `cd` first, apart: with `&&`, the `&` would put a subshell in the background, not java.
-  (cd "$state"; nohup "$(java_cmd)" -Xms64m -Xmx384m -XX:+UseSerialGC -Djava.awt.headless=true \
+  (cd "$state"; setsid nohup "$(java_cmd)" -Xms64m -Xmx384m -XX:+UseSerialGC -Djava.awt.headless=true \
     "-Djava.io.tmpdir=$state" \
     -Dquarkus.http.host=127.0.0.1 "-Dquarkus.http.port=$port" \
     "-Dregistry.rules.global.compatibility=$compatibility" \

@@ -18,6 +18,7 @@ from hypothesis import given, settings
 from core.offsets import OffsetTracker
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
+from inference_consumer.kafka_waits import KafkaWaits
 from inference_consumer.validation import RequestRules
 from schemas import REQUEST_CODEC, CaptionerError
 from tests.support.hostile import HostileRecord, hostile_records
@@ -91,7 +92,7 @@ def build_feeder(
         decode_pool=pool,
         preprocess=lambda _data: torch.zeros(3, 2, 2),
         fetch_size=8,
-        revoke_timeout_s=1.0,
+        waits=KafkaWaits(timeout_s=1.0, reachable=lambda: True),
         rules=RequestRules(own_topics=frozenset(["captioner.requests"])),
         reply_partitions=lambda _topic: 4,
         max_hold_s=1.0,

@@ -78,7 +78,7 @@ def test_lag_is_taken_from_assigned_partitions_with_a_known_lag() -> None:
 
 
 def test_a_partition_no_longer_held_loses_its_lag_series() -> None:
-    lag = ConsumerLag()
+    lag = ConsumerLag(interval_s=0)
     lag.on_stats(
         stats({"4": {"desired": True, "consumer_lag": 12}, "5": {"desired": True, "consumer_lag": 0}})
     )

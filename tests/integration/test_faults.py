@@ -6,6 +6,7 @@ import asyncio
 import collections
 import json
 import os
+import re
 import subprocess
 import threading
 import time
@@ -309,6 +310,27 @@ def test_broker_outage_gives_quick_503s_then_recovers(
     )
     assert set(statuses) <= {200, 503, 504}, statuses
     assert load.served_since(recovered_at) == load.clients  # every client, not just the probe
+
+
+def test_a_worker_that_loses_its_broker_says_so_once_and_once_more_when_it_is_back(
+    own_broker: OwnBroker, start_worker: StartWorker, env: dict[str, str]
+) -> None:
+    """Not one line per connection attempt (each client tries many times a second): while the broker is
+    away the worker keeps trying, and its log says so when it starts and when it ends."""
+    env["KAFKA_BOOTSTRAP_SERVERS"] = own_broker.bootstrap
+    worker = start_worker()
+
+    own_broker.stop()
+    worker.wait_for_log("no Kafka broker reachable", timeout_s=30)
+    own_broker.start()  # seconds, during which the worker's clients keep trying
+    worker.wait_for_log("a Kafka broker is reachable again", timeout_s=120)
+
+    log = worker.log()
+    [left_out] = re.findall(r"reachable again after [\d.]+ s \((\d+) connection failures not logged\)", log)
+    assert int(left_out) >= 20, log[-3000:]
+    assert log.count("no Kafka broker reachable") == 1, log[-3000:]
+    assert log.count("Connection refused") <= 5, log[-3000:]  # the first of each kind, before it knew
+    assert worker.alive()
 
 
 async def _saturated_rate(url: str, image: bytes, *, clients: int, duration_s: float) -> float:

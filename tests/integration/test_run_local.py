@@ -1,0 +1,172 @@
+"""`make run` (infra/run-local.sh) stops cleanly however it is told to: a supervisor's SIGTERM to its whole
+process group, or Ctrl-C (SIGINT to the group), with a caption request's job running. The broker must not
+go first, every process (make, script, API, worker, broker) must be gone within 15 s, the job is answered,
+and the last line says it stopped. The script exits 0; make, which passes a SIGTERM on to the script once
+more, ends by the signal it got, as make does, without an error line."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.integration.test_pipeline import PREDICT
+from tests.support.broker import BROKER_SCRIPT, REPO
+from tests.support.images import make_image_bytes
+from tests.support.services import free_port
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+RUN_LOCAL = [str(REPO / "infra" / "run-local.sh")]
+# What `make run` runs, the install it depends on taken as done: a test installs nothing.
+MAKE_RUN = ["make", "--no-print-directory", "-C", str(REPO), "-o", ".venv/.installed", "run"]
+STOP_DEADLINE_S = 15
+
+
+@dataclass
+class LocalRun:
+    popen: subprocess.Popen[bytes]
+    output: Path
+    api_url: str
+    worker_metrics_url: str
+    broker_env: dict[str, str]
+    answers: list[int] = field(default_factory=list)
+
+    def text(self) -> str:
+        return self.output.read_text(errors="replace")
+
+    def processes(self) -> set[int]:
+        """The script's session (itself, the API, the workers) and the broker, which has a session of its
+        own."""
+        session = {pid for pid in _all_pids() if _session_of(pid) == self.popen.pid}
+        broker_pid = Path(self.broker_env["KAFKA_LOCAL_STATE"], "broker.pid")
+        return session | ({int(broker_pid.read_text())} if broker_pid.exists() else set())
+
+    def jobs_started(self) -> float:
+        """Jobs whose batch has started (the worker observes each one's queue time then)."""
+        metrics = requests.get(self.worker_metrics_url, timeout=5).text
+        [line] = [
+            line for line in metrics.splitlines() if line.startswith("captioner_worker_queue_seconds_count")
+        ]
+        return float(line.split()[1])
+
+
+def _all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after "pid (command) "
+
+
+def _session_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[3]) if fields else None
+
+
+def _running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
+
+
+@pytest.fixture(params=[RUN_LOCAL, MAKE_RUN], ids=["run-local.sh", "make-run"])
+def local_run(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) -> Iterator[LocalRun]:
+    broker_env = {
+        "KAFKA_LOCAL_PORT": str(free_port()),
+        "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
+        "KAFKA_LOCAL_STATE": str(tmp_path / "broker"),
+    }
+    api_port, worker_metrics_port = free_port(), free_port()
+    env = {name: value for name, value in os.environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"} | {
+        **broker_env,
+        "CAPTIONER_API_PORT": str(api_port),
+        "METRICS_PORT_BASE": str(worker_metrics_port - 1),  # worker N serves on base + N
+        "CAPTIONER_MODEL": str(tiny_model_dir),
+        "CAPTIONER_WORKER_THREADS": "1",
+        "CAPTIONER_CACHE_ENABLED": "false",
+        "CAPTIONER_LOG_FORMAT": "text",
+        # Long enough a job that the signal finds it running.
+        "CAPTIONER_MAX_NEW_TOKENS": "100",
+        "CAPTIONER_MIN_NEW_TOKENS": "100",
+    }
+    output = tmp_path / "run-local.out"
+    with output.open("wb") as out:
+        popen = subprocess.Popen(
+            request.param, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+        )
+    run = LocalRun(
+        popen,
+        output,
+        api_url=f"http://127.0.0.1:{api_port}",
+        worker_metrics_url=f"http://127.0.0.1:{worker_metrics_port}/metrics",
+        broker_env=broker_env,
+    )
+    started: set[int] = set()
+    try:
+        wait_until(
+            lambda: "ready:" in run.text() or popen.poll() is not None,
+            timeout_s=240,
+            message=lambda: run.text()[-3000:],
+        )
+        assert popen.poll() is None, run.text()[-3000:]
+        started = run.processes()
+        yield run
+    finally:
+        for pid in started | run.processes():
+            if _running(pid):
+                os.kill(pid, signal.SIGKILL)
+        popen.wait()
+        subprocess.run([str(BROKER_SCRIPT), "stop"], env=os.environ | broker_env, check=False)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_make_run_stops_within_15_s_when_its_process_group_is_signalled(
+    local_run: LocalRun, signum: signal.Signals
+) -> None:
+    processes = local_run.processes()
+    assert len(processes) >= 4, processes  # the script, the API, a worker, the broker
+
+    def post() -> None:
+        response = requests.post(
+            local_run.api_url + PREDICT,
+            data=make_image_bytes("PNG", seed=3),
+            headers={"Content-Type": "image/png"},
+            timeout=60,
+        )
+        local_run.answers.append(response.status_code)
+
+    caller = threading.Thread(target=post)
+    caller.start()
+    wait_until(lambda: local_run.jobs_started() >= 1, timeout_s=30, message="the job never started")
+    signalled = time.monotonic()
+    os.killpg(local_run.popen.pid, signum)
+
+    wait_until(
+        lambda: not any(_running(pid) for pid in processes),
+        timeout_s=STOP_DEADLINE_S,
+        message=lambda: (
+            f"still running: {[pid for pid in processes if _running(pid)]}\n" + local_run.text()[-3000:]
+        ),
+    )
+    # For README's figures (pytest -s shows it).
+    print(json.dumps({"signal": signum.name, "stopped_s": round(time.monotonic() - signalled, 2)}))
+    caller.join(timeout=60)
+    by_make = local_run.popen.args == MAKE_RUN
+    assert local_run.popen.wait(timeout=5) == (-signum if by_make else 0), local_run.text()[-3000:]
+    assert local_run.text().rstrip().splitlines()[-1] == f"stopped ({signum.name})"
+    assert "make: ***" not in local_run.text()
+    assert local_run.answers == [200], local_run.text()[-4000:]  # the job running was finished and answered
