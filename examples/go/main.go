@@ -1,8 +1,10 @@
 // Command captioner-go publishes one caption job with franz-go and prints its final reply as one JSON line,
 // written from schemas/README.md alone. The single-object framing is done here, against the Parsing
 // Canonical Forms that README prints: a library's own fingerprint is not trusted (see its warning).
+// With -registry, the job goes in the Schema Registry's framing instead (franz-go's sr package), under
+// caption_request.avsc (a copy of schemas/v1/caption_request.avsc) registered as <request topic>-value.
 //
-//	captioner-go BOOTSTRAP REQUEST_TOPIC REPLY_TOPIC IMAGE TIMEOUT_S
+//	captioner-go [-registry URL] BOOTSTRAP REQUEST_TOPIC REPLY_TOPIC IMAGE TIMEOUT_S
 //	    exit 0: SUCCEEDED; 1: FAILED (the reply is printed all the same); 2: no final reply in time; 64: usage
 //	captioner-go encode CORRELATION_ID IMAGE CONTENT_TYPE REPLY_TOPIC DEADLINE_MS CREATED_AT_MS
 //	    prints the hex of the request's single-object encoding (reply_partition, max_new_tokens null)
@@ -11,11 +13,14 @@ package main
 import (
 	"bytes"
 	"context"
+	_ "embed"
 	"encoding/binary"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
+	"flag"
 	"fmt"
+	"net/http"
 	"os"
 	"strconv"
 	"time"
@@ -23,6 +28,7 @@ import (
 	"github.com/hamba/avro/v2"
 	"github.com/twmb/franz-go/pkg/kadm"
 	"github.com/twmb/franz-go/pkg/kgo"
+	"github.com/twmb/franz-go/pkg/sr"
 )
 
 // Copied verbatim from schemas/README.md ("Parsing Canonical Forms"); the fingerprint is computed from them.
@@ -31,6 +37,9 @@ const (
 	replyCanonical   = `{"name":"io.captioner.v1.CaptionReply","type":"record","fields":[{"name":"correlation_id","type":"string"},{"name":"status","type":{"name":"io.captioner.v1.ReplyStatus","type":"enum","symbols":["SUCCEEDED","FAILED","RETRYING","UNKNOWN"]}},{"name":"title","type":["null","string"]},{"name":"error","type":["null",{"name":"io.captioner.v1.ReplyError","type":"record","fields":[{"name":"code","type":"string"},{"name":"message","type":"string"},{"name":"retriable","type":"boolean"}]}]},{"name":"model","type":"string"},{"name":"worker_id","type":"string"},{"name":"attempt","type":"int"},{"name":"inference_ms","type":"double"},{"name":"completed_at","type":"long"}]}`
 	maxRecordBytes   = 16 << 20 // the request topic's default max.message.bytes
 )
+
+//go:embed caption_request.avsc
+var requestSchemaFile string
 
 var (
 	requestSchema = avro.MustParse(requestCanonical)
@@ -96,8 +105,81 @@ func decodeReply(value []byte) (reply CaptionReply, err error) {
 	return reply, err
 }
 
+// registry is the Schema Registry's framing (00, a 4-byte schema id, the body) through franz-go's Serde:
+// requests under our schema's id; each reply id's writer schema fetched once, resolved to our reply schema.
+type registry struct {
+	client *sr.Client
+	serde  *sr.Serde
+}
+
+func newRegistry(ctx context.Context, url, requestTopic string) (*registry, error) {
+	client, err := sr.NewClient(sr.URLs(url))
+	if err != nil {
+		return nil, err
+	}
+	// The id the schema already has under the subject, else a new one (the subject's compatibility rules).
+	schema := sr.Schema{Schema: requestSchemaFile, Type: sr.TypeAvro}
+	id, err := client.RegisterSchema(ctx, requestTopic+"-value", schema, -1, -1)
+	serde := sr.NewSerde()
+	serde.Register(id, CaptionRequest{}, sr.EncodeFn(func(v any) ([]byte, error) {
+		return avro.Marshal(requestSchema, v)
+	}))
+	return &registry{client, serde}, err
+}
+
+// encode writes in the registry's framing where there is one, else single-object.
+func (r *registry) encode(request CaptionRequest) ([]byte, error) {
+	if r == nil {
+		return encodeRequest(request)
+	}
+	return r.serde.Encode(request)
+}
+
+// decode reads a reply in either framing, told apart by its first byte (without a registry, single-object
+// only). An id the registry does not have, or whose schema is not a CaptionReply, is remembered as such:
+// a record may name any id, and each costs one look-up.
+func (r *registry) decode(ctx context.Context, value []byte) (reply CaptionReply, err error) {
+	if r == nil || !bytes.HasPrefix(value, []byte{0}) {
+		return decodeReply(value)
+	}
+	if err = r.serde.Decode(value, &reply); !errors.Is(err, sr.ErrNotRegistered) {
+		return reply, err
+	}
+	id, _, _ := r.serde.DecodeID(value)
+	writer, lookup := r.client.SchemaByID(ctx, id)
+	var answered *sr.ResponseError
+	if lookup != nil && !(errors.As(lookup, &answered) && answered.StatusCode == http.StatusNotFound) {
+		return reply, lookup // no answer yet: the next record naming this id asks again
+	}
+	resolved, unreadable := resolveReply(writer.Schema, lookup)
+	r.serde.Register(id, CaptionReply{}, sr.DecodeFn(func(body []byte, v any) error {
+		if unreadable != nil {
+			return unreadable
+		}
+		return avro.Unmarshal(resolved, body, v)
+	}))
+	return reply, r.serde.Decode(value, &reply)
+}
+
+// resolveReply is the schema a writer's body is read with: the writer's fields, resolved to our reply's.
+func resolveReply(writerText string, lookup error) (avro.Schema, error) {
+	if lookup != nil {
+		return nil, lookup
+	}
+	writer, err := avro.ParseWithCache(writerText, "", &avro.SchemaCache{})
+	if err != nil {
+		return nil, err
+	}
+	return avro.NewSchemaCompatibility().Resolve(replySchema, writer)
+}
+
 func main() {
-	args := os.Args[1:]
+	flags := flag.NewFlagSet("captioner-go", flag.ContinueOnError) // a bad flag exits 64, not flag's 2
+	registryURL := flags.String("registry", "", "a schema registry's Confluent-compatible API: publish in its framing")
+	var args []string
+	if flags.Parse(os.Args[1:]) == nil {
+		args = flags.Args()
+	}
 	switch {
 	case len(args) == 7 && args[0] == "encode":
 		image, err := os.ReadFile(args[2])
@@ -109,24 +191,30 @@ func main() {
 	case len(args) == 5:
 		seconds, err := strconv.Atoi(args[4])
 		exitOn(err)
-		os.Exit(caption(args[0], args[1], args[2], args[3], time.Duration(seconds)*time.Second))
+		os.Exit(caption(*registryURL, args[0], args[1], args[2], args[3], time.Duration(seconds)*time.Second))
 	default:
-		fmt.Fprintln(os.Stderr, "usage: captioner-go BOOTSTRAP REQUEST_TOPIC REPLY_TOPIC IMAGE TIMEOUT_S")
+		fmt.Fprintln(os.Stderr, "usage: captioner-go [-registry URL] BOOTSTRAP REQUEST_TOPIC REPLY_TOPIC IMAGE TIMEOUT_S")
 		os.Exit(64)
 	}
 }
 
-func caption(bootstrap, requestTopic, replyTopic, imagePath string, timeout time.Duration) int {
+func caption(registryURL, bootstrap, requestTopic, replyTopic, imagePath string, timeout time.Duration) int {
 	image, err := os.ReadFile(imagePath)
 	exitOn(err)
 	now := time.Now()
 	ctx, cancel := context.WithDeadline(context.Background(), now.Add(timeout))
 	defer cancel()
 	id := strconv.FormatInt(now.UnixNano(), 36) + strconv.Itoa(os.Getpid())
-	value, err := encodeRequest(CaptionRequest{
+	request := CaptionRequest{
 		CorrelationID: id, Image: image, ContentType: "application/octet-stream", ReplyTopic: replyTopic,
 		Deadline: now.Add(timeout).UnixMilli(), CreatedAt: now.UnixMilli(),
-	})
+	}
+	var reg *registry
+	if registryURL != "" {
+		reg, err = newRegistry(ctx, registryURL, requestTopic)
+		exitOn(err)
+	}
+	value, err := reg.encode(request)
 	exitOn(err)
 	// Every reply partition from its end as of now, fixed before the job is sent: the key picks the
 	// reply's partition (reply_partition is null), and no reply can come before these offsets.
@@ -146,7 +234,10 @@ func caption(bootstrap, requestTopic, replyTopic, imagePath string, timeout time
 	// At least once: RETRYING replies precede the final one, and a duplicate final reply may follow it.
 	for ctx.Err() == nil {
 		for _, record := range client.PollFetches(ctx).Records() {
-			reply, err := decodeReply(record.Value)
+			reply, err := reg.decode(ctx, record.Value)
+			if err != nil {
+				fmt.Fprintf(os.Stderr, "skipped a record that is not a reply: %v\n", err)
+			}
 			if err != nil || reply.CorrelationID != id {
 				continue
 			}

@@ -80,6 +80,12 @@ def test_the_go_example_frames_with_the_printed_canonical_forms() -> None:
         assert f"`{form}`" in go_client, f"examples/go/main.go should frame with {name}'s canonical form"
 
 
+def test_the_go_example_registers_our_request_schema_file() -> None:
+    """Go cannot embed a file outside its module: examples/go holds a copy of the .avsc it registers."""
+    copy = (REPO / "examples" / "go" / "caption_request.avsc").read_bytes()
+    assert copy == versions("caption_request")[-1].path.read_bytes()
+
+
 # What two Go libraries compute their fingerprints over instead of the canonical form (seen with
 # hamba/avro v2.31.0's Schema.String and goavro v2.15.0's CanonicalSchema), and the byte order they write.
 def _hamba_form(form: str) -> str:
