@@ -63,11 +63,14 @@ if [[ -z "${CAPTIONER_WORKER_THREADS:-}" ]]; then
   # Several workers on one machine split its cores instead of oversubscribing them.
   export CAPTIONER_WORKER_THREADS=$(( $(nproc) / workers > 0 ? $(nproc) / workers : 1 ))
 fi
-# The caption cache's key pair, made once: workers sign entries with it, the API serves only those.
-cache_keys="$repo/.local/cache-keys"
-[[ -f "$cache_keys/cache-signing.pem" ]] || "$bin/captioner" cache keygen --out "$cache_keys" >/dev/null
-export CAPTIONER_CACHE_SIGNING_KEY_FILE="${CAPTIONER_CACHE_SIGNING_KEY_FILE:-$cache_keys/cache-signing.pem}"
-export CAPTIONER_CACHE_VERIFY_KEYS_FILE="${CAPTIONER_CACHE_VERIFY_KEYS_FILE:-$cache_keys/cache-verify.pem}"
+# The caption cache's key pair, made once unless the cache is off or keys are given: workers sign
+# entries with it, the API serves only those.
+if [[ "${CAPTIONER_CACHE_ENABLED:-true}" != false && -z "${CAPTIONER_CACHE_SIGNING_KEY_FILE:-}" ]]; then
+  cache_keys="$repo/.local/cache-keys"
+  [[ -f "$cache_keys/cache-signing.pem" ]] || "$bin/captioner" cache keygen --out "$cache_keys" >/dev/null
+  export CAPTIONER_CACHE_SIGNING_KEY_FILE="$cache_keys/cache-signing.pem"
+  export CAPTIONER_CACHE_VERIFY_KEYS_FILE="${CAPTIONER_CACHE_VERIFY_KEYS_FILE:-$cache_keys/cache-verify.pem}"
+fi
 echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS  model: ${CAPTIONER_MODEL:-microsoft/git-base-textcaps}  workers: $workers"
 use_role operator
 "$bin/captioner" topics create

@@ -8,7 +8,8 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Made by `make install` / `make test` before any test runs, or by Python and the linters themselves.
 NOT_WRITTEN_BY_TESTS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache"}
-KAFKA_JARS = os.path.join(".local", "kafka", "libs")
+# Fetched by `make test` before the tests start (infra/kafka/broker.sh fetch, infra/registry/registry.sh fetch).
+FETCHED = {os.path.join(".local", "kafka", "libs"), os.path.join(".local", "registry")}
 
 
 def repo_files() -> set[str]:
@@ -22,4 +23,4 @@ def repo_files() -> set[str]:
 def _written_by_tests(directory: str, name: str) -> bool:
     if name in NOT_WRITTEN_BY_TESTS or name.endswith(".egg-info"):
         return False
-    return os.path.relpath(os.path.join(directory, name), REPO) != KAFKA_JARS
+    return os.path.relpath(os.path.join(directory, name), REPO) not in FETCHED
