@@ -8,7 +8,7 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 # Made by `make install` / `make test` before any test runs, or by Python and the linters themselves.
 NOT_WRITTEN_BY_TESTS = {".git", ".venv", "__pycache__", ".mypy_cache", ".ruff_cache"}
-# Fetched by `make test` before the tests start (infra/kafka/broker.sh fetch, infra/registry/registry.sh fetch).
+# Fetched by `make test` before the tests start (infra/kafka/broker.sh and infra/registry/registry.sh fetch).
 FETCHED = {os.path.join(".local", "kafka", "libs"), os.path.join(".local", "registry")}
 
 
