@@ -4,8 +4,8 @@ Without a `logger`, librdkafka writes each line to stderr; with no broker listen
 its bootstrap broker many times a second (it re-bootstraps whenever every broker is down), one line a try.
 Here a process's clients share one BrokerWatch: their lines go to the `captioner.librdkafka` logger, a line
 that keeps recurring is logged once per `repeat_after_s` with a count of those left out, and losing every
-broker is said once when it starts and once when it ends (README, "When a worker stops"). Shutdown steps ask
-`reachable()` so that they do not wait for a broker that is not there.
+broker is said once when it starts and once when it ends (docs/security.md, When a worker stops).
+Shutdown steps ask `reachable()` so that they do not wait for a broker that is not there.
 
 "Reachable" comes from librdkafka itself, per client: `_ALL_BROKERS_DOWN` (its error callback) says every
 connection of that client is down; its statistics (every STATISTICS_INTERVAL_MS) list each broker's connection

@@ -2,7 +2,7 @@
 (kubernetes-validate's bundled copies, strict), the KEDA ScaledObject has the documented shape, and every
 file agrees with the code: probe paths are API routes, setting names exist, limits cover the API's.
 
-None of this starts a container or a cluster: see the README's "Deploy" section for what was never run."""
+None of this starts a container or a cluster: see docs/deploy.md, "Never run"."""
 
 from __future__ import annotations
 

@@ -162,7 +162,7 @@ def test_make_run_stops_within_15_s_when_its_process_group_is_signalled(
             f"still running: {[pid for pid in processes if _running(pid)]}\n" + local_run.text()[-3000:]
         ),
     )
-    # For README's figures (pytest -s shows it).
+    # For the figures in docs/quickstart.md (pytest -s shows it).
     print(json.dumps({"signal": signum.name, "stopped_s": round(time.monotonic() - signalled, 2)}))
     caller.join(timeout=60)
     by_make = local_run.popen.args == MAKE_RUN
