@@ -49,12 +49,23 @@ _LEVELS = {
     3: logging.ERROR,
     4: logging.WARNING,
 }
+# What librdkafka says at notice or info level while it waits out a state that ends by itself, retrying on its
+# own: a fresh broker still loading its group and transaction coordinators. DEBUG, so that a normal start
+# says nothing of it; at warning level and above the same words are logged as they come.
+_TRANSIENT = ("Coordinator load in progress",)
+_NOTICE = 5
 # Errors librdkafka also writes as log lines, or that only restate what the statistics say.
 _ALSO_LOGGED = frozenset({KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._ALL_BROKERS_DOWN})
 _MAX_KEYS = 256  # distinct recurring lines remembered (a line can hold a hostile reply topic's name)
 _DIGITS = re.compile(r"\d+")
 _THREAD_PREFIX = re.compile(r"^\[thrd:[^\]]*\]: ")
 _BROKER_UP = '"state":"UP"'  # a broker connection's state in librdkafka's statistics JSON
+
+
+def _python_level(level: int, text: str) -> int:
+    if level >= _NOTICE and any(phrase in text for phrase in _TRANSIENT):
+        return logging.DEBUG
+    return _LEVELS.get(level, logging.INFO)
 
 
 @dataclass(slots=True)
@@ -127,7 +138,7 @@ class BrokerWatch:
                     return
             left_out = self._left_out(_DIGITS.sub("#", f"{facility} {text}"))
         if left_out is not None:
-            self._emit(_LEVELS.get(level, logging.INFO), fmt % args if args else fmt, left_out)
+            self._emit(_python_level(level, text), fmt % args if args else fmt, left_out)
 
     def error(self, client: int, error: KafkaError) -> None:
         """librdkafka's `error_cb`: every broker down is this client's report; errors that are not also
