@@ -111,7 +111,7 @@ from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm, rss_peak, uss_peaks
+from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host

@@ -66,9 +66,9 @@ from bench.models import ensure_model
 from bench.report import capacity_table, stdout_console
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
+from tests.support.processes import exit_on_sigterm
 
 DEFAULT_WORKER_COUNTS = (1, 2, 3)
 SHARE_TIMEOUT_S = 60.0

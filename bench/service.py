@@ -16,10 +16,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.models import REPO
-from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 from core.cache_signing import write_key_pair
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
+from tests.support.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 
 BROKER_SH = REPO / "infra" / "kafka" / "broker.sh"
 _READY_TIMEOUT_S = 300.0  # a worker loads its model first

@@ -53,8 +53,8 @@ from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
 from bench.models import ensure_model
 from bench.stats import percentile
-from captioner.processes import exit_on_sigterm
 from core.settings import TopicSettings, WorkerSettings
+from tests.support.processes import exit_on_sigterm
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
 _IN_FLIGHT_S = 2.0

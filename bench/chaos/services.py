@@ -17,7 +17,7 @@ from pathlib import Path
 from bench.chaos.config import ChaosConfig
 from bench.load import ClosedLoop, Target, load_client
 from bench.service import topic_env
-from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from tests.support.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 
 API_COUNT = 2
 WORKER_COUNT = 2

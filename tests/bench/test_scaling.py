@@ -33,7 +33,7 @@ from bench.scaling import (
 )
 from bench.service import Service, ServiceSpec, running_service
 from bench.stats import LatencySummary
-from captioner.processes import CAPTIONER
+from tests.support.processes import CAPTIONER
 
 CPUINFO = """processor\t: 0
 model name\t: Example CPU @ 2.0GHz

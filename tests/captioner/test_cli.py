@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.processes import CAPTIONER
+from tests.support.processes import CAPTIONER
 
 
 def captioner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:

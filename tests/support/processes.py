@@ -1,6 +1,8 @@
 """Service processes run as children (`captioner api`, `captioner worker`, ...): started with a log file,
-watched, stopped with SIGTERM then a wait. The benchmarks, `make chaos` and the integration tests all
-start the service through this one module."""
+watched, stopped with SIGTERM then a wait, their memory sampled. The integration tests, the benchmarks and
+`make chaos` all start the service through this one module; it is harness, not service, so it lives with
+the tests' support code, which the benchmarks import (never the other way round: pyproject.toml's
+import contracts)."""
 
 from __future__ import annotations
 
