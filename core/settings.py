@@ -440,11 +440,6 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "schema_registry": RegistrySettings,
 }
 PREFIX = "CAPTIONER_"
-# CAPTIONER_* variables that are not settings but may sit in a service's environment: the test
-# harness's, inherited by the services the tests start.
-NOT_SETTINGS: dict[str, str] = {
-    "CAPTIONER_TEST_BROKER_PORT": "the port of the tests' local Kafka broker (tests/support/broker.py)",
-}
 
 
 class UnknownSettingError(CaptionerError):
@@ -510,7 +505,7 @@ def known_variables() -> frozenset[str]:
         for name in group.model_fields
         for variable in field_variables(group, name)
     }
-    return frozenset(names | NOT_SETTINGS.keys())
+    return frozenset(names)
 
 
 def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:

@@ -12,7 +12,7 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from captioner.model_factory import make_model
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, UnknownSettingError, refuse_unknown_variables
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
 from tests.support.registry import LocalRegistry, local_registry
@@ -29,6 +29,16 @@ from tests.support.services import (
 
 if TYPE_CHECKING:
     from tests.support.secured_kafka import SecuredKafka
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The services the tests start inherit this environment and refuse a CAPTIONER_* variable that is not a
+    setting: say so once, before any test (the tests' own variables, like TEST_KAFKA_PORT, have no prefix)."""
+    try:
+        refuse_unknown_variables()
+    except UnknownSettingError as exc:
+        raise pytest.UsageError(f"{exc.message} (the tests' broker port is TEST_KAFKA_PORT)") from None
+
 
 # Failing examples are printed with a reproduce blob; no example database inside the repository.
 hypothesis_settings.register_profile("captioner", database=None)
