@@ -131,7 +131,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
         phases=QUICK if quick else FULL,
         max_new_tokens=max_new_tokens,
         # Forced length by default (min = max), so every caption costs the same work.
-        min_new_tokens=int(env.get("CAPTIONER_MIN_NEW_TOKENS", max_new_tokens)),
+        min_new_tokens=int(env.get("BENCH_MIN_NEW_TOKENS", max_new_tokens)),
         workers=workers,
         # As infra/run-local.sh: workers on one machine split its cores.
         worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers)),

@@ -1,5 +1,7 @@
-"""The service as `make run` runs it (infra/run-local.sh): the broker, `captioner topics create`, WORKERS x
-`captioner worker` and one `captioner api`, here with topic names and a port of this benchmark's own."""
+"""The service as `make run` runs it (infra/run-local.sh): the broker, `captioner topics create`, WORKERS
+workers and one `captioner api`, here with topic names and a port of this benchmark's own. Each worker is
+`captioner worker` as the harness runs it (tests/support/harness_worker.py), so that its captions can be
+forced to a fixed length."""
 
 from __future__ import annotations
 
@@ -19,7 +21,15 @@ from bench.models import REPO
 from core.cache_signing import write_key_pair
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, TopicSettings
-from tests.support.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from tests.support.processes import (
+    CAPTIONER,
+    HARNESS_WORKER,
+    ApiProcess,
+    ServiceProcess,
+    free_port,
+    spawn,
+    spawn_api,
+)
 
 BROKER_SH = REPO / "infra" / "kafka" / "broker.sh"
 _READY_TIMEOUT_S = 300.0  # a worker loads its model first
@@ -32,17 +42,17 @@ class ServiceSpec:
     workers: int
     worker_threads: int
     max_new_tokens: int
-    min_new_tokens: int
+    min_new_tokens: int  # the harness worker's forced length (HARNESS_MIN_NEW_TOKENS)
     # CPU of each worker, in order (`taskset -c`); empty: no pinning, the scheduler places them.
     worker_cpus: tuple[int, ...] = ()
     # Settings of this service alone, over the harness's environment (the GPU run's device and dtype).
     extra_env: tuple[tuple[str, str], ...] = ()
 
     def worker_command(self, index: int) -> list[str]:
-        """`captioner worker`, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
+        """The harness's worker, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
         if not self.worker_cpus:
-            return [CAPTIONER, "worker"]
-        return ["taskset", "-c", str(self.worker_cpus[index - 1]), CAPTIONER, "worker"]
+            return list(HARNESS_WORKER)
+        return ["taskset", "-c", str(self.worker_cpus[index - 1]), *HARNESS_WORKER]
 
 
 def worker_id(run_id: str, label: str, index: int) -> str:
@@ -117,7 +127,7 @@ def service_env(spec: ServiceSpec, *, bootstrap: str, run_id: str, port: int) ->
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "CAPTIONER_MODEL": str(spec.model_dir),
         "CAPTIONER_MAX_NEW_TOKENS": str(spec.max_new_tokens),
-        "CAPTIONER_MIN_NEW_TOKENS": str(spec.min_new_tokens),
+        "HARNESS_MIN_NEW_TOKENS": str(spec.min_new_tokens),
         "CAPTIONER_WORKER_THREADS": str(spec.worker_threads),
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_PORT": str(port),

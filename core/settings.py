@@ -279,7 +279,6 @@ class WorkerSettings(BaseSettings):
     )
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
-    min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=64, ge=1)
     batch_budget_ms: float = Field(
         default=6000.0,
@@ -334,11 +333,6 @@ class WorkerSettings(BaseSettings):
         description="a worker that stops heartbeating loses its partitions after this",
     )
     metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
-    chaos_failing_batches: int = Field(
-        default=0,
-        ge=0,
-        description="fail the first N inference batches with a transient error (drills, tests)",
-    )
 
     @property
     def retry_group_id(self) -> str:

@@ -12,7 +12,7 @@ def test_defaults_force_twenty_tokens() -> None:
 
 def test_quick_and_overrides() -> None:
     config = load_config(
-        {"BENCH_QUICK": "1", "CAPTIONER_MIN_NEW_TOKENS": "0", "WORKERS": "2", "CAPTIONER_MAX_BATCH_SIZE": "8"}
+        {"BENCH_QUICK": "1", "BENCH_MIN_NEW_TOKENS": "0", "WORKERS": "2", "CAPTIONER_MAX_BATCH_SIZE": "8"}
     )
     assert config.phases is QUICK
     assert config.min_new_tokens == 0

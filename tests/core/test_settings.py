@@ -12,8 +12,10 @@ from core.settings import (
     InvalidSettingError,
     KafkaSettings,
     TopicSettings,
+    UnknownSettingError,
     WorkerSettings,
     load_settings,
+    refuse_unknown_variables,
 )
 
 
@@ -125,3 +127,10 @@ def test_keys_settings_that_would_leave_the_api_open_are_refused(
 def test_a_stop_waits_past_the_request_timeout_by_default() -> None:
     assert ApiSettings(request_timeout_s=12).drain_timeout_s > 12
     assert ApiSettings(request_timeout_s=12, shutdown_timeout_s=3).drain_timeout_s == 3
+
+
+@pytest.mark.parametrize("variable", ["CAPTIONER_MIN_NEW_TOKENS", "CAPTIONER_CHAOS_FAILING_BATCHES"])
+def test_the_service_has_no_setting_for_benchmarks_or_drills(variable: str) -> None:
+    """Forced caption lengths and injected failures are the harness's (tests/support/harness_worker.py)."""
+    with pytest.raises(UnknownSettingError):
+        refuse_unknown_variables({variable: "1"})

@@ -23,6 +23,10 @@ from types import FrameType
 from typing import Any
 
 CAPTIONER = str(Path(sys.executable).parent / "captioner")
+REPO = Path(__file__).resolve().parents[2]
+# `captioner worker` with the harness's forced caption length and injected failures (HARNESS_*); it runs
+# from the repository's root, as every process here does.
+HARNESS_WORKER = (sys.executable, "-m", "tests.support.harness_worker")
 
 
 def exit_on_sigterm() -> None:
@@ -161,11 +165,16 @@ class ApiProcess(ServiceProcess):
 
 def _popen(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
     """In its own session, so a terminal's Ctrl-C reaches only the harness, which then stops the children
-    in order; stdout and stderr go to log_path."""
+    in order; stdout and stderr go to log_path; run from the repository's root."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
-            list(args), env=dict(env), stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+            list(args),
+            env=dict(env),
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            cwd=REPO,
         )
 
 
