@@ -7,14 +7,17 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
+import click
 import typer
+from typer.core import TyperGroup
 
 from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
-from captioner.errors import ExitCode
+from captioner.dlq.errors import RecordNotFoundError
+from captioner.errors import ExitCode, KafkaRefusedError, KafkaUnavailableError, OperatorError
 from core.errors import KafkaTimeoutError
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
@@ -33,12 +36,49 @@ if TYPE_CHECKING:
 WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
 
 
+# The exit status of each operator error that ends a command early, by class: a subclass ends as its
+# family does unless listed itself.
+EXIT_CODES: dict[type[OperatorError], ExitCode] = {
+    OperatorError: ExitCode.USAGE,
+    KafkaUnavailableError: ExitCode.UNAVAILABLE,
+    KafkaRefusedError: ExitCode.FAILURES,
+    RecordNotFoundError: ExitCode.NOT_FOUND,
+}
+
+
+def exit_code(error: OperatorError) -> ExitCode:
+    for cls in type(error).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return ExitCode.USAGE
+
+
+class OperatorCommands(TyperGroup):
+    """Every command: an operator error that ends one early is one line on stderr (with the cluster it
+    tried, when it could not reach it) and its exit status."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except OperatorError as exc:
+            from core.settings import KafkaSettings
+
+            where = ""
+            if isinstance(exc, KafkaUnavailableError):
+                where = f" (bootstrap servers {load_settings(KafkaSettings).bootstrap_servers})"
+            typer.echo(f"captioner {ctx.invoked_subcommand}: {exc}{where}", err=True)
+            raise typer.Exit(exit_code(exc)) from None
+
+
 class ModelSizeChoice(StrEnum):
     tiny = "tiny"
     base = "base"
 
 
-app = typer.Typer(help="captioner: Kafka event-driven image captioning.", no_args_is_help=True)
+app = typer.Typer(
+    cls=OperatorCommands, help="captioner: Kafka event-driven image captioning.", no_args_is_help=True
+)
 model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 cache_app = typer.Typer(help="The caption cache.", no_args_is_help=True)
@@ -293,7 +333,6 @@ def topics_acls(
         grants,
         listing,
     )
-    from captioner.errors import OperatorError
     from core.settings import KafkaSettings, TopicSettings, WorkerSettings
 
     configure_tool_logging(verbose=False)
@@ -316,7 +355,7 @@ def topics_acls(
             typer.echo(f"applied {len(found)} ACLs")
     except OperatorError as exc:
         typer.echo(f"captioner topics acls: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code(exc)) from None
 
 
 @topics_app.command("scram-user")
@@ -326,7 +365,6 @@ def topics_scram_user(
     """Create a SCRAM-SHA-512 user, or set its password, read from the first line of stdin (never an
     argument: those show in process listings). Run as a super user."""
     from captioner.acls import set_scram_passwords
-    from captioner.errors import OperatorError
     from core.settings import KafkaSettings
 
     configure_tool_logging(verbose=False)
@@ -338,7 +376,7 @@ def topics_scram_user(
         set_scram_passwords(load_settings(KafkaSettings), {name: password})
     except OperatorError as exc:
         typer.echo(f"captioner topics scram-user: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code(exc)) from None
     typer.echo(f"SCRAM-SHA-512 credential set for User:{name}")
 
 

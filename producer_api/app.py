@@ -47,7 +47,13 @@ from producer_api.cache import cache_bypassed, cache_verifier, start_caption_cac
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.draining import CUT_ANSWER_S, Drain, drain_middleware, drain_on_shutdown
-from producer_api.errors import RequestTimeoutError, ShuttingDownError, UnauthorizedError, error_body
+from producer_api.errors import (
+    RequestTimeoutError,
+    ShuttingDownError,
+    UnauthorizedError,
+    error_body,
+    http_status,
+)
 from producer_api.intake import admitted_body
 from producer_api.payload import plan_body, prepare_upload
 from producer_api.publisher import RequestPublisher
@@ -91,7 +97,7 @@ def json_error(error: CaptionerError) -> web.Response:
         headers["Retry-After"] = str(error.fields["retry_after_s"])
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    response = web.json_response(error_body(error), status=error.http_status, headers=headers)
+    response = web.json_response(error_body(error), status=http_status(error), headers=headers)
     if isinstance(error, RequestTimeoutError | ShuttingDownError):
         # a client that trickles its body gets no second request on this connection, nor does one of
         # an instance that is stopping
