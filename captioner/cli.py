@@ -9,7 +9,6 @@ from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
 
-import click
 import typer
 from typer.core import TyperGroup
 
@@ -58,7 +57,7 @@ class OperatorCommands(TyperGroup):
     """Every command: an operator error that ends one early is one line on stderr (with the cluster it
     tried, when it could not reach it) and its exit status."""
 
-    def invoke(self, ctx: click.Context) -> Any:
+    def invoke(self, ctx: Any) -> Any:  # typer's own click.Context
         try:
             return super().invoke(ctx)
         except OperatorError as exc:
