@@ -22,6 +22,7 @@ from tests.support.processes import HARNESS_WORKER, ApiProcess, ServiceProcess, 
 
 API_COUNT = 2
 WORKER_COUNT = 2
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 _READY_TIMEOUT_S = 180.0
 PREDICT = "/api/v1/predictions"
 
@@ -45,7 +46,7 @@ def service_env(config: ChaosConfig, *, bootstrap: str, model_dir: Path) -> dict
         "CAPTIONER_MAX_NEW_TOKENS": str(config.new_tokens),
         "HARNESS_MIN_NEW_TOKENS": str(config.new_tokens),
         "CAPTIONER_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
-        "CAPTIONER_TOPIC_RETRY_DELAYS_S": "[0.5, 1.0, 2.0]",
+        "CAPTIONER_TOPIC_RETRY_DELAYS_S": json.dumps(RETRY_DELAYS_S),
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": f"{config.request_timeout_s:g}",
         # The traffic repeats a few images to catch swapped replies: each must reach a worker.
