@@ -23,6 +23,7 @@ from core.settings import (
     InvalidSettingError,
     LogSettings,
     UnknownSettingError,
+    deprecation_warnings,
     load_settings,
     refuse_unknown_variables,
 )
@@ -95,6 +96,8 @@ def check_settings() -> None:
     except UnknownSettingError as exc:
         typer.echo(f"captioner: {exc.message}", err=True)
         raise typer.Exit(2) from None
+    for warning in deprecation_warnings():
+        typer.echo(f"captioner: {warning}", err=True)
 
 
 def _observe(service_name: str) -> None:

@@ -46,6 +46,17 @@ def test_no_captioner_variable_is_let_through_for_the_test_harness() -> None:
     assert harness.returncode == 0, harness.stderr
 
 
+def test_an_old_setting_name_works_and_is_said_to_be_deprecated_once_at_start() -> None:
+    done = captioner("config", CAPTIONER_METRICS_PORT="9100")
+
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "captioner: CAPTIONER_METRICS_PORT is deprecated: it is read as CAPTIONER_WORKER_METRICS_PORT; "
+        "rename it"
+    ]
+    assert json.loads(done.stdout)["worker"]["CAPTIONER_WORKER_METRICS_PORT"] == 9100
+
+
 def test_config_prints_every_group_with_secrets_masked() -> None:
     done = captioner(
         "config",

@@ -141,7 +141,7 @@ def test_expired_job_is_not_run_and_is_counted(
     from tests.support.services import free_port
 
     metrics_port = free_port()
-    start_worker(CAPTIONER_METRICS_PORT=str(metrics_port))
+    start_worker(CAPTIONER_WORKER_METRICS_PORT=str(metrics_port))
     expired = caption_request(make_image_bytes("PNG"), reply_topic=topics.replies, deadline_s=-1)
     live = caption_request(make_image_bytes("PNG", seed=1), reply_topic=topics.replies)
     publish_request(kafka_bootstrap, topics.requests, expired, partition=1)
