@@ -133,7 +133,7 @@ class BenchSettings(BaseSettings):
         ge=1,
         description="the base model's batch at saturation, which sizes the closed loop; default: what the "
         "worker's batching policy settles on for GIT-base on 2 CPU cores at the default "
-        "CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; README, Performance), never more than "
+        "CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; docs/performance.md), never more than "
         "CAPTIONER_MAX_BATCH_SIZE. Elsewhere set it to the batch the worker logs (`captioned N jobs`, "
         "at debug level) or its captioner_worker_batch_size metric",
     )
@@ -154,7 +154,7 @@ def load_config() -> BenchConfig:
         worker_threads=worker.worker_threads or max(1, (os.cpu_count() or 1) // bench.workers),
         # The tiny model gains nothing from intra-op threads, and their OpenMP barriers spinning against the
         # API, broker and client for the same cores would make the capacity run measure that, not transport
-        # (README, Performance).
+        # (docs/performance.md).
         capacity_worker_threads=worker.worker_threads or 1,
         batch_size=bench.batch_size or min(worker.max_batch_size, BASE_CPU_BATCH),
         run_id=run_id,

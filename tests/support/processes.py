@@ -1,12 +1,13 @@
 """Service processes run as children (`captioner api`, `captioner worker`, ...): started with a log file,
-watched, stopped with SIGTERM then a wait, their memory sampled. The integration tests, the benchmarks and
-`make chaos` all start the service through this one module; it is harness, not service, so it lives with
-the tests' support code, which the benchmarks import (never the other way round: pyproject.toml's
-import contracts)."""
+watched, stopped with SIGTERM then a wait, their memory sampled; and processes as /proc shows them (a
+session's members, whether one still runs). The integration tests, the benchmarks and `make chaos` all
+start the service through this one module; it is harness, not service, so it lives with the tests' support
+code, which the benchmarks import (never the other way round: pyproject.toml's import contracts)."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -249,3 +250,29 @@ def uss_peaks(processes: Sequence[ServiceProcess], *, interval_s: float = 0.5) -
     peaks = UssPeaks(processes)
     with sampled_on_a_thread(peaks.sample, interval_s=interval_s, name="uss-sampler"):
         yield peaks
+
+
+def all_pids() -> list[int]:
+    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
+
+
+def _stat(pid: int) -> list[str] | None:
+    try:
+        text = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return text[text.rindex(")") + 2 :].split()  # after "pid (command) "
+
+
+def session_of(pid: int) -> int | None:
+    fields = _stat(pid)
+    return int(fields[3]) if fields else None
+
+
+def session_members(session: int) -> set[int]:
+    return {pid for pid in all_pids() if session_of(pid) == session}
+
+
+def running(pid: int) -> bool:
+    fields = _stat(pid)
+    return fields is not None and fields[0] != "Z"
