@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -32,8 +34,32 @@ from core.topics import TopicNotAuthorizedError, TopicsMissingError
 if TYPE_CHECKING:
     from schemas.framing import RecordCodecs
 
-# What `pip install captioner[worker]` adds to the base install.
-WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
+# A requirement of the installed distribution's metadata: its name, and the extra it belongs to.
+_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_WORKER_EXTRA = re.compile(r"""extra\s*==\s*["']worker["']""")
+
+
+def worker_libraries() -> frozenset[str]:
+    """The modules of what `pip install captioner[worker]` adds: pyproject.toml's `worker` extra, the one
+    list of them, as this install's metadata has it (a distribution's module is its name in lower case with
+    `_` for `-`: huggingface-hub is huggingface_hub)."""
+    try:
+        requirements = importlib.metadata.requires("captioner") or []
+    except importlib.metadata.PackageNotFoundError:
+        return frozenset()
+    return frozenset(
+        found.group(0).lower().replace("-", "_")
+        for requirement in requirements
+        if _WORKER_EXTRA.search(requirement) and (found := _REQUIREMENT_NAME.match(requirement))
+    )
+
+
+def _needs_worker_extra(missing: ImportError) -> None:
+    """A worker library that is not installed ends `captioner worker` with one line saying what to install."""
+    name = (missing.name or "").split(".")[0]
+    if name in worker_libraries():
+        typer.echo(f"captioner worker needs {name}: pip install 'captioner[worker]'", err=True)
+        raise typer.Exit(2) from None
 
 
 # The exit status of each operator error that ends a command early, by class: a subclass ends as its
@@ -169,10 +195,8 @@ def worker() -> None:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
         from inference_consumer.worker import run_worker
     except ImportError as exc:
-        if exc.name not in WORKER_EXTRA:
-            raise
-        typer.echo(f"captioner worker needs {exc.name}: pip install 'captioner[worker]'", err=True)
-        raise typer.Exit(2) from None
+        _needs_worker_extra(exc)
+        raise
 
     try:
         with _topics_checked("worker"):
@@ -190,6 +214,9 @@ def worker() -> None:
     except WorkerFatalError as exc:
         typer.echo(f"captioner worker stopped: {exc}", err=True)
         raise typer.Exit(3) from None
+    except ImportError as exc:  # one the worker imports when it needs it (the model's libraries)
+        _needs_worker_extra(exc)
+        raise
 
 
 def _record_codecs() -> RecordCodecs:
