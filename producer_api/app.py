@@ -43,7 +43,7 @@ from producer_api.appkeys import (
 )
 from producer_api.auth import METRICS_PATH, WWW_AUTHENTICATE, ApiKeys, auth_middleware
 from producer_api.batch import BATCH_PATH, predict_batch
-from producer_api.cache import cache_bypassed, cache_verifier, start_caption_cache
+from producer_api.cache import CacheRuntime, cache_bypassed, cache_verifier, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.draining import CUT_ANSWER_S, Drain, drain_middleware, drain_on_shutdown
@@ -231,7 +231,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         executor=app[REQUEST_EXECUTOR],
         encode=codecs.requests.writer(topics.requests),
     )
-    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers)
+    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers, cache)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
     yield
     # Cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
@@ -249,6 +249,7 @@ def _readiness(
     listener: ReplyListener,
     publisher: RequestPublisher,
     brokers: BrokerWatch,
+    cache: CacheRuntime | None,
 ) -> Readiness:
     workers = None
     if api.ready_needs_worker:
@@ -262,6 +263,7 @@ def _readiness(
         listener=listener,
         broker=BrokerCheck(functools.partial(publisher.check_broker, topic=topics.requests, timeout_s=2.0)),
         workers=workers,
+        cache_reader=cache.reader if cache else None,
     )
 
 

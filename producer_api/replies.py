@@ -10,16 +10,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.broker_watch import BrokerWatch
-from core.consuming import poll_batch
 from producer_api import metrics
+from producer_api.topic_reader import TopicReader
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyStatus
 
 log = logging.getLogger(__name__)
@@ -99,8 +98,14 @@ class ReplyListener:
             else brokers.client_config(error_cb=self._on_client_error)
         )
         self._consumer = Consumer(listener_config(config) | callbacks)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._replies: list[CaptionReply] = []  # the current poll's, on the reader's thread
+        self.reader = TopicReader(
+            name="reply-listener",
+            consumer=self._consumer,
+            handle=self._read,
+            after_poll=self._hand_over,
+            on_failure=metrics.REPLIES_UNREADABLE.inc,
+        )
         self.brokers_down = False
 
     def start(self, *, timeout_s: float) -> None:
@@ -108,7 +113,7 @@ class ReplyListener:
         high = self._end_offset(timeout_s=timeout_s)
         start = high if high >= 0 else OFFSET_END
         self._consumer.assign([TopicPartition(self.topic, self.partition, start)])
-        self._thread.start()
+        self.reader.start()
 
     def _end_offset(self, *, timeout_s: float) -> int:
         """A topic whose leader is moving answers NOT_LEADER for a moment; wait that out."""
@@ -125,32 +130,28 @@ class ReplyListener:
                 time.sleep(0.2)
 
     def alive(self) -> bool:
-        """False before start() and once the thread has ended, whether by close() or by a failure."""
-        return self._thread.is_alive()
+        """False before start() and once the thread has ended."""
+        return self.reader.alive()
 
     def close(self, *, timeout_s: float) -> None:
-        self._stopping.set()
-        self._thread.join(timeout_s)
-        self._consumer.close()
+        self.reader.close(timeout_s=timeout_s)
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            messages = poll_batch(self._consumer, max_messages=1000, timeout_s=0.1)
-            replies = []
-            for message in messages:
-                if message.error():
-                    log.warning("reply topic error: %s", message.error())
-                    continue
-                try:
-                    replies.append(self._decode(message.value() or b""))
-                except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
-                    log.error(
-                        "unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc
-                    )
-            if messages:
-                self.brokers_down = False
-            if replies:
-                self._loop.call_soon_threadsafe(self._pending.deliver, replies)
+    def _read(self, message: Message) -> None:
+        if message.error():
+            log.warning("reply topic error: %s", message.error())
+            return
+        try:
+            self._replies.append(self._decode(message.value() or b""))
+        except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
+            metrics.REPLIES_UNREADABLE.inc()
+            log.error("unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc)
+
+    def _hand_over(self, messages: list[Message]) -> None:
+        if messages:
+            self.brokers_down = False
+        replies, self._replies = self._replies, []
+        if replies:
+            self._loop.call_soon_threadsafe(self._pending.deliver, replies)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
