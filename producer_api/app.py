@@ -6,6 +6,7 @@ and only then closes the Kafka clients their answers need."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -170,7 +171,16 @@ async def metrics_endpoint(_request: web.Request) -> web.Response:
 
 async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Checks its topics exist (creating them only if missing), starts the reply listener before any job can
-    be published, closes both."""
+    be published, closes every client it started, in reverse order: at the stop, and at once when a later
+    start-up step fails."""
+    async with contextlib.AsyncExitStack() as started:
+        await _start_kafka_clients(app, started)
+        # The cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
+        yield
+
+
+async def _start_kafka_clients(app: web.Application, started: contextlib.AsyncExitStack) -> None:
+    """Each client goes on `started`, to be closed, as soon as it exists."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     codecs = app[RECORD_CODECS]
     loop = asyncio.get_running_loop()
@@ -196,6 +206,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
             decode=codecs.cache_entries.decode,
             client=brokers.client_config(),
         )
+        started.push_async_callback(asyncio.to_thread, cache.reader.close, timeout_s=CLIENT_CLOSE_S)
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -210,6 +221,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         decode=codecs.replies.decode,
         brokers=brokers,
     )
+    started.push_async_callback(asyncio.to_thread, listener.close, timeout_s=CLIENT_CLOSE_S)  # started or not
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
         config=producer_config(kafka, topics, client_id=client_id)
@@ -218,7 +230,9 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         brokers=brokers,
     )
     publisher.start()
+    started.push_async_callback(publisher.close, timeout_s=CLIENT_CLOSE_S)
     broker_watch = asyncio.create_task(publisher.watch_brokers(topic=topics.requests))
+    started.callback(broker_watch.cancel)
     app[LISTENER] = listener
     app[PUBLISHER] = publisher
     app[SERVICE] = CaptionService(
@@ -233,13 +247,6 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     )
     app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers, cache)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
-    yield
-    # Cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
-    broker_watch.cancel()
-    await publisher.close(timeout_s=CLIENT_CLOSE_S)
-    await asyncio.to_thread(listener.close, timeout_s=CLIENT_CLOSE_S)
-    if cache is not None:
-        await asyncio.to_thread(cache.reader.close, timeout_s=CLIENT_CLOSE_S)
 
 
 def _readiness(

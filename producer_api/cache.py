@@ -40,7 +40,7 @@ from core.kafka_config import API_CLIENT_PREFIX, consumer_config
 from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
-from producer_api.topic_reader import TopicReader
+from producer_api.topic_reader import TopicReader, watermarks
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry, RecordDecodeError
 from schemas.errors import SchemaRegistryUnavailableError
 
@@ -322,14 +322,12 @@ class CacheReader:
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise RuntimeError(f"the caption-cache topic {self.topic} is not available")
-        watermarks = {
-            partition: self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=timeout_s
-            )
+        ends = {
+            partition: watermarks(self._consumer, self.topic, partition, timeout_s=timeout_s)
             for partition in sorted(topic.partitions)
         }
-        starts = start_offsets(watermarks, max_entries=self._max_entries)
-        for partition, (_low, high) in watermarks.items():
+        starts = start_offsets(ends, max_entries=self._max_entries)
+        for partition, (_low, high) in ends.items():
             if high > starts[partition]:
                 self._behind[partition] = high
         if not self._behind:
@@ -423,9 +421,14 @@ async def start_caption_cache(
         records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache), decode=decode),
         max_entries=api.cache_max_entries,
     )
-    await asyncio.to_thread(reader.start, timeout_s=30.0)
-    started = time.monotonic()
-    if await asyncio.to_thread(reader.loaded.wait, LOAD_WAIT_S):
+    try:
+        await asyncio.to_thread(reader.start, timeout_s=30.0)
+        started = time.monotonic()
+        loaded = await asyncio.to_thread(reader.loaded.wait, LOAD_WAIT_S)
+    except BaseException:  # a start that fails or is cancelled leaves no consumer or thread behind
+        await asyncio.to_thread(reader.close, timeout_s=LOAD_WAIT_S)
+        raise
+    if loaded:
         log.info(
             "caption cache: %d entries read from %s in %.1f s (verify keys %s)",
             len(lru),

@@ -10,26 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, Message, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 
 from core.broker_watch import BrokerWatch
 from producer_api import metrics
-from producer_api.topic_reader import TopicReader
+from producer_api.topic_reader import TopicReader, watermarks
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyStatus
 
 log = logging.getLogger(__name__)
-
-
-_LEADER_MOVING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._TIMED_OUT,
-}
 
 
 class PendingReplies:
@@ -110,24 +101,10 @@ class ReplyListener:
 
     def start(self, *, timeout_s: float) -> None:
         """Assign the partition at its current end, so no reply produced after this can be missed."""
-        high = self._end_offset(timeout_s=timeout_s)
+        _low, high = watermarks(self._consumer, self.topic, self.partition, timeout_s=timeout_s)
         start = high if high >= 0 else OFFSET_END
         self._consumer.assign([TopicPartition(self.topic, self.partition, start)])
         self.reader.start()
-
-    def _end_offset(self, *, timeout_s: float) -> int:
-        """A topic whose leader is moving answers NOT_LEADER for a moment; wait that out."""
-        give_up = time.monotonic() + timeout_s
-        while True:
-            try:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, self.partition), timeout=max(give_up - time.monotonic(), 0.1)
-                )
-                return int(high)
-            except KafkaException as exc:
-                if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.2)
 
     def alive(self) -> bool:
         """False before start() and once the thread has ended."""

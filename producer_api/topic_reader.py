@@ -8,9 +8,10 @@ from __future__ import annotations
 import logging
 import sys
 import threading
+import time
 from collections.abc import Callable
 
-from confluent_kafka import Consumer, Message
+from confluent_kafka import Consumer, KafkaError, KafkaException, Message, TopicPartition
 
 from core.consuming import poll_batch
 
@@ -21,8 +22,32 @@ MAX_POLLED = 1000
 # After a poll that raised: the pause before the next, so a broken consumer cannot spin a core.
 FAILED_POLL_PAUSE_S = 0.1
 
+# What a partition whose leader is moving (a topic just created, a broker restarting) answers for a moment.
+LEADER_MOVING = {
+    KafkaError.NOT_LEADER_FOR_PARTITION,
+    KafkaError.LEADER_NOT_AVAILABLE,
+    KafkaError.UNKNOWN_TOPIC_OR_PART,
+    KafkaError._TIMED_OUT,
+}
+LEADER_MOVING_PAUSE_S = 0.2
+
 HandleRecord = Callable[[Message], None]
 AfterPoll = Callable[[list[Message]], None]
+
+
+def watermarks(consumer: Consumer, topic: str, partition: int, *, timeout_s: float) -> tuple[int, int]:
+    """A partition's low and high watermarks, waiting out a leader that is moving for up to timeout_s."""
+    give_up = time.monotonic() + timeout_s
+    while True:
+        try:
+            low, high = consumer.get_watermark_offsets(
+                TopicPartition(topic, partition), timeout=max(give_up - time.monotonic(), 0.1)
+            )
+            return int(low), int(high)
+        except KafkaException as exc:
+            if exc.args[0].code() not in LEADER_MOVING or time.monotonic() > give_up:
+                raise
+            time.sleep(LEADER_MOVING_PAUSE_S)
 
 
 class TopicReader:
