@@ -4,10 +4,11 @@ How to run
     make bench                    # full run (its duration on the build machine: docs/performance.md)
     BENCH_QUICK=1 make bench      # shorter: fewer images, shorter load phases, same keys
     WORKERS=2 make bench          # as `make run`: workers split the cores (CAPTIONER_WORKER_THREADS)
-Settings read here: CAPTIONER_MAX_NEW_TOKENS (default 20) and CAPTIONER_MIN_NEW_TOKENS (default: the
-max, so every caption is forced to its full length and costs fixed work); both go to the naive loop and
-to the service processes alike. KAFKA_BOOTSTRAP_SERVERS uses that cluster instead of the local broker
-(infra/kafka/broker.sh start; stopped at the end only if this run started it). Every other CAPTIONER_*
+Settings read here: CAPTIONER_MAX_NEW_TOKENS (default 20) and BENCH_MIN_NEW_TOKENS (default: the max, so
+every caption is forced to its full length and costs fixed work); both go to the naive loop and to the
+service processes alike (its workers run as the harness runs them: tests/support/harness_worker.py).
+KAFKA_BOOTSTRAP_SERVERS uses that cluster instead of the local broker (infra/kafka/broker.sh start;
+stopped at the end only if this run started it). Every other CAPTIONER_*
 variable (CAPTIONER_DECODER, CAPTIONER_MAX_BATCH_SIZE, ...) passes through to the service unchanged;
 CAPTIONER_API_REQUEST_TIMEOUT_S defaults to 120 s here (not 30), so that at saturation, on a slow or busy
 machine, a request waiting behind a batch is measured, not turned into a 504.
@@ -16,10 +17,10 @@ What it does, on this machine, in one run
     Models: random-weight GIT directories made by captioner.model_factory, cached in .local/models/{base,tiny}
     (base has the exact shapes and cost of microsoft/git-base-textcaps). Images: photo-like JPEGs made
     locally, 320x240 to 4000x3000 (bench/images.py). The service is started as `make run` starts it
-    (`captioner topics create`, WORKERS x `captioner worker`, `captioner api`), with topic names, consumer
-    group and port of this run's own, and stopped with SIGTERM (then a wait) at the end, even on failure.
-    HTTP load comes from a separate client process (bench/load.py), to 127.0.0.1 only. Progress goes to
-    stderr; service logs to .local/bench/<run id>/.
+    (`captioner topics create`, WORKERS x `captioner worker`, as the harness runs it, `captioner api`), with
+    topic names, consumer group and port of this run's own, and stopped with SIGTERM (then a wait) at the
+    end, even on failure. HTTP load comes from a separate client process (bench/load.py), to 127.0.0.1
+    only. Progress goes to stderr; service logs to .local/bench/<run id>/.
 
 What each number means (the JSON object on the last line of stdout)
     naive_img_s      images/s of a plain in-process loop, one image at a time: JPEG bytes -> PIL ->
@@ -111,7 +112,7 @@ from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm, rss_peak, uss_peaks
+from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host

@@ -1,18 +1,21 @@
-"""Run sizes of the full and the quick (BENCH_QUICK=1) benchmark, and the generation settings."""
+"""Run sizes of the full and the quick (BENCH_QUICK=1) benchmark, and the generation settings: the bench's
+own knobs (BenchSettings, BENCH_* and WORKERS) and the worker's settings, each read with load_settings."""
 
 from __future__ import annotations
 
 import os
 import time
 import uuid
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
+
+from pydantic import AliasChoices, Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.models import REPO
-from core.settings import WorkerSettings
+from core.settings import WorkerSettings, load_settings
 
-FORCED_NEW_TOKENS = 20
 BASE_CPU_BATCH = 16
 STEADY_FRACTIONS = (0.3, 0.65, 0.9)  # the summary's p99_ms_30, p99_ms_65 (and p50/p95/p99_ms), p99_ms_90
 
@@ -112,34 +115,54 @@ class BenchConfig:
         )
 
 
-def _default_batch_size(env: Mapping[str, str]) -> int:
-    """What the worker's batching policy settles on for GIT-base on 2 CPU cores at the default
-    CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; docs/performance.md), never more than
-    CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE to the batch the worker logs (`captioned N
-    jobs`, at debug level) or its captioner_worker_batch_size metric."""
-    limit = env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
-    return min(int(limit), BASE_CPU_BATCH)
+class BenchSettings(BaseSettings):
+    """`make bench`'s own knobs; the service's settings (CAPTIONER_*) pass through to its processes."""
+
+    model_config = SettingsConfigDict(env_prefix="BENCH_", frozen=True, extra="ignore", env_ignore_empty=True)
+
+    quick: bool = Field(default=False, description="fewer images, shorter load phases, same keys")
+    min_new_tokens: int | None = Field(
+        default=None,
+        ge=0,
+        le=512,
+        description="every caption at least this long (the harness's worker); default: "
+        "CAPTIONER_MAX_NEW_TOKENS, so every caption costs the same work",
+    )
+    batch_size: int | None = Field(
+        default=None,
+        ge=1,
+        description="the base model's batch at saturation, which sizes the closed loop; default: what the "
+        "worker's batching policy settles on for GIT-base on 2 CPU cores at the default "
+        "CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; docs/performance.md), never more than "
+        "CAPTIONER_MAX_BATCH_SIZE. Elsewhere set it to the batch the worker logs (`captioned N jobs`, "
+        "at debug level) or its captioner_worker_batch_size metric",
+    )
+    workers: int = Field(default=1, ge=1, validation_alias=AliasChoices("WORKERS"), description="as make run")
 
 
-def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
-    quick = env.get("BENCH_QUICK", "") not in ("", "0", "false", "no")
-    max_new_tokens = int(env.get("CAPTIONER_MAX_NEW_TOKENS", FORCED_NEW_TOKENS))
-    workers = max(1, int(env.get("WORKERS", "1")))
+def load_config() -> BenchConfig:
+    """The run's configuration from the environment: BenchSettings and the worker's settings."""
+    bench, worker = load_settings(BenchSettings), load_settings(WorkerSettings)
     run_id = f"bench-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
     return BenchConfig(
-        quick=quick,
-        phases=QUICK if quick else FULL,
-        max_new_tokens=max_new_tokens,
-        # Forced length by default (min = max), so every caption costs the same work.
-        min_new_tokens=int(env.get("CAPTIONER_MIN_NEW_TOKENS", max_new_tokens)),
-        workers=workers,
+        quick=bench.quick,
+        phases=QUICK if bench.quick else FULL,
+        max_new_tokens=worker.max_new_tokens,
+        min_new_tokens=worker.max_new_tokens if bench.min_new_tokens is None else bench.min_new_tokens,
+        workers=bench.workers,
         # As infra/run-local.sh: workers on one machine split its cores.
-        worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers)),
+        worker_threads=worker.worker_threads or max(1, (os.cpu_count() or 1) // bench.workers),
         # The tiny model gains nothing from intra-op threads, and their OpenMP barriers spinning against the
         # API, broker and client for the same cores would make the capacity run measure that, not transport
         # (docs/performance.md).
-        capacity_worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or 1),
-        batch_size=int(env.get("BENCH_BATCH_SIZE") or _default_batch_size(env)),
+        capacity_worker_threads=worker.worker_threads or 1,
+        batch_size=bench.batch_size or min(worker.max_batch_size, BASE_CPU_BATCH),
         run_id=run_id,
         run_dir=REPO / ".local" / "bench" / run_id,
     )
+
+
+def worker_settings(**overrides: Any) -> WorkerSettings:
+    """The worker's settings as the environment gives them (load_settings), with the bench's overrides
+    (a model directory, a device), validated as the environment's are."""
+    return WorkerSettings.model_validate(load_settings(WorkerSettings).model_dump() | overrides)

@@ -228,9 +228,9 @@ def _cycle(items: list[Item], size: int) -> list[Item]:
 
 
 def _preprocessor(model: CaptionModel) -> Callable[[BenchImage], torch.Tensor]:
-    from core.settings import ImageSettings
+    from core.settings import ImageSettings, load_settings
 
-    max_pixels = ImageSettings().max_image_pixels
+    max_pixels = load_settings(ImageSettings).max_image_pixels
     return lambda image: worker_pixels(model, image.data, max_pixels=max_pixels)
 
 

@@ -124,7 +124,7 @@ def main() -> int:
     from bench.images import make_images
     from bench.load import load_client
     from bench.service import start_broker
-    from captioner.processes import exit_on_sigterm
+    from tests.support.processes import exit_on_sigterm
 
     exit_on_sigterm()
     config = load_config()

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from bench.ceiling import Ceiling, describe_machine, model_gflop_per_image
+from bench.config import worker_settings
 from bench.images import BenchImage
 
 if TYPE_CHECKING:
@@ -42,11 +43,10 @@ class DecoderCheck:
 def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterator[CaptionModel]:
     """The model as a worker loads it (its settings from the environment, this model directory, and any
     overrides such as dtype or device), with the worker's thread count; released on exit."""
-    from core.settings import WorkerSettings
     from inference_consumer.model import configure_torch_threads, load_caption_model
 
     configure_torch_threads(threads)
-    model = load_caption_model(WorkerSettings.model_validate({"model": str(model_dir), **overrides}))
+    model = load_caption_model(worker_settings(model=str(model_dir), **overrides))
     try:
         yield model
     finally:
@@ -72,13 +72,12 @@ def measure_ceiling(
 def check_decoders(
     model_dir: Path, images: list[BenchImage], *, max_new_tokens: int, min_new_tokens: int, threads: int
 ) -> DecoderCheck:
-    from core.settings import WorkerSettings
 
     with caption_model(model_dir, threads=threads) as model:
         identical = decoders_agree(
             model, images, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
         )
-    return DecoderCheck(decoder=WorkerSettings(model=str(model_dir)).decoder, identical=identical)
+    return DecoderCheck(decoder=worker_settings(model=str(model_dir)).decoder, identical=identical)
 
 
 def decoders_agree(
@@ -106,11 +105,11 @@ def reference_runner(
     model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
 ) -> Iterator[Callable[[], ReferenceRun]]:
     """A callable that runs the worker's work for `image` once, in-process, and returns its timings."""
-    from core.settings import ImageSettings, WorkerSettings
+    from core.settings import ImageSettings, WorkerSettings, load_settings
     from inference_consumer.allocator import keep_freed_memory
 
-    settings = WorkerSettings()
-    max_pixels = ImageSettings().max_image_pixels
+    settings = load_settings(WorkerSettings)
+    max_pixels = load_settings(ImageSettings).max_image_pixels
     keep_freed_memory(settings.malloc_threshold_mb * 2**20)  # as the worker does (after the naive loop)
     with caption_model(model_dir, threads=threads) as model:
 

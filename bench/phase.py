@@ -26,7 +26,7 @@ from bench.load import LoadClient, load_client
 from bench.measure import measure_saturation
 from bench.service import running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm
+from tests.support.processes import exit_on_sigterm
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024
 

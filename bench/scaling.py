@@ -53,8 +53,10 @@ from collections.abc import Mapping, Sequence
 from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from rich.console import Console
 from rich.table import Table
 
@@ -66,9 +68,9 @@ from bench.models import ensure_model
 from bench.report import capacity_table, stdout_console
 from bench.service import Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
-from captioner.processes import exit_on_sigterm
 from core.kafka_config import client_config
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, load_settings
+from tests.support.processes import exit_on_sigterm
 
 DEFAULT_WORKER_COUNTS = (1, 2, 3)
 SHARE_TIMEOUT_S = 60.0
@@ -145,13 +147,29 @@ class ScalingConfig:
     pin: bool  # False: no taskset, for comparison
 
 
-def load_scaling_config(env: Mapping[str, str] = os.environ) -> ScalingConfig:
-    counts = env.get("BENCH_SCALING_WORKERS")
+class ScalingSettings(BaseSettings):
+    """`make bench-scaling`'s own knobs (the module's docstring); make bench's are read as it reads them."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="BENCH_SCALING_", frozen=True, extra="ignore", env_ignore_empty=True
+    )
+
+    workers: Annotated[tuple[int, ...], NoDecode] = DEFAULT_WORKER_COUNTS
+    pin: bool = True
+
+    @field_validator("workers", mode="before")
+    @classmethod
+    def _counts(cls, value: object) -> object:
+        return parse_worker_counts(value) if isinstance(value, str) else value
+
+
+def load_scaling_config() -> ScalingConfig:
+    scaling = load_settings(ScalingSettings)
     return ScalingConfig(
-        bench=load_config(env),
-        worker_counts=parse_worker_counts(counts) if counts else DEFAULT_WORKER_COUNTS,
+        bench=load_config(),
+        worker_counts=scaling.workers,
         cpus=tuple(sorted(os.sched_getaffinity(0))),
-        pin=env.get("BENCH_SCALING_PIN", "1") not in ("0", "false", "no"),
+        pin=scaling.pin,
     )
 
 
@@ -183,7 +201,7 @@ class GroupReader:
     def __init__(self, bootstrap: str) -> None:
         from confluent_kafka.admin import AdminClient
 
-        config = client_config(KafkaSettings(), client_id="bench-scaling-admin")
+        config = client_config(load_settings(KafkaSettings), client_id="bench-scaling-admin")
         self._admin = AdminClient(config | {"bootstrap.servers": bootstrap})
 
     def held_partitions(self, group: str, topic: str) -> dict[str, int]:
@@ -372,7 +390,7 @@ def run(config: ScalingConfig) -> ScalingResults:
     log(f"run {config.bench.run_id}: workers {list(config.worker_counts)}; load average {load_avg:.2f}")
     log(f"CPU {cpu.describe()}")
     ensure_model("tiny")
-    partitions = TopicSettings().request_partitions
+    partitions = load_settings(TopicSettings).request_partitions
     points: list[ScalingPoint] = []
     with ExitStack() as stack:
         bootstrap = start_broker(stack)

@@ -1,5 +1,7 @@
-"""The service as `make run` runs it (infra/run-local.sh): the broker, `captioner topics create`, WORKERS x
-`captioner worker` and one `captioner api`, here with topic names and a port of this benchmark's own."""
+"""The service as `make run` runs it (infra/run-local.sh): the broker, `captioner topics create`, WORKERS
+workers and one `captioner api`, here with topic names and a port of this benchmark's own. Each worker is
+`captioner worker` as the harness runs it (tests/support/harness_worker.py), so that its captions can be
+forced to a fixed length."""
 
 from __future__ import annotations
 
@@ -16,13 +18,24 @@ from pathlib import Path
 from typing import TypeVar
 
 from bench.models import REPO
-from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 from core.cache_signing import write_key_pair
 from core.kafka_config import client_config
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import ApiSettings, KafkaSettings, TopicSettings, load_settings, variable_names
+from tests.support.processes import (
+    CAPTIONER,
+    HARNESS_WORKER,
+    ApiProcess,
+    ServiceProcess,
+    free_port,
+    spawn,
+    spawn_api,
+)
 
 BROKER_SH = REPO / "infra" / "kafka" / "broker.sh"
 _READY_TIMEOUT_S = 300.0  # a worker loads its model first
+# At saturation a request waits for the batch ahead of it: on a slow or busy machine that can pass the
+# default 30 s, and a 504 would then measure this timeout, not the service's throughput.
+REQUEST_TIMEOUT_S = 120.0
 
 
 @dataclass(frozen=True)
@@ -32,17 +45,17 @@ class ServiceSpec:
     workers: int
     worker_threads: int
     max_new_tokens: int
-    min_new_tokens: int
+    min_new_tokens: int  # the harness worker's forced length (HARNESS_MIN_NEW_TOKENS)
     # CPU of each worker, in order (`taskset -c`); empty: no pinning, the scheduler places them.
     worker_cpus: tuple[int, ...] = ()
     # Settings of this service alone, over the harness's environment (the GPU run's device and dtype).
     extra_env: tuple[tuple[str, str], ...] = ()
 
     def worker_command(self, index: int) -> list[str]:
-        """`captioner worker`, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
+        """The harness's worker, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
         if not self.worker_cpus:
-            return [CAPTIONER, "worker"]
-        return ["taskset", "-c", str(self.worker_cpus[index - 1]), CAPTIONER, "worker"]
+            return list(HARNESS_WORKER)
+        return ["taskset", "-c", str(self.worker_cpus[index - 1]), *HARNESS_WORKER]
 
 
 def worker_id(run_id: str, label: str, index: int) -> str:
@@ -80,8 +93,9 @@ class Service:
 def start_broker(stack: ExitStack) -> str:
     """KAFKA_BOOTSTRAP_SERVERS if set; else `broker.sh start`. A broker this run started is stopped at the
     end; one that was already running (someone else's) is left running."""
-    if bootstrap := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
-        return bootstrap
+    kafka = load_settings(KafkaSettings)
+    if "bootstrap_servers" in kafka.model_fields_set:
+        return kafka.bootstrap_servers
     was_running = subprocess.run([BROKER_SH, "status"], capture_output=True, check=False).returncode == 0
     started = subprocess.run([BROKER_SH, "start"], capture_output=True, text=True, check=False, timeout=180)
     if started.returncode != 0:
@@ -108,22 +122,34 @@ def topic_env(run_id: str, label: str) -> dict[str, str]:
     }
 
 
+def run_topics(run_id: str, label: str) -> TopicSettings:
+    """The topic settings this run's services read: the environment's, with the run's own names."""
+    names = topic_env(run_id, label)
+    run_names = {
+        field: names[variable]
+        for field, variable in variable_names(TopicSettings).items()
+        if variable in names
+    }
+    return load_settings(TopicSettings).model_copy(update=run_names)
+
+
 def service_env(spec: ServiceSpec, *, bootstrap: str, run_id: str, port: int) -> dict[str, str]:
     """The harness's environment (so CAPTIONER_DECODER, CAPTIONER_MAX_BATCH_SIZE... pass through), plus
-    what this run fixes: model, generation length, threads, topics, port, and a longer request timeout."""
+    what this run fixes: model, generation length, threads, topics, port, and a longer request timeout
+    (REQUEST_TIMEOUT_S) unless CAPTIONER_API_REQUEST_TIMEOUT_S sets one."""
+    api = load_settings(ApiSettings)
+    request_timeout_s = api.request_timeout_s if "request_timeout_s" in api.model_fields_set else None
     return {
         **os.environ,
         **topic_env(run_id, spec.label),
         "KAFKA_BOOTSTRAP_SERVERS": bootstrap,
         "CAPTIONER_MODEL": str(spec.model_dir),
         "CAPTIONER_MAX_NEW_TOKENS": str(spec.max_new_tokens),
-        "CAPTIONER_MIN_NEW_TOKENS": str(spec.min_new_tokens),
+        "HARNESS_MIN_NEW_TOKENS": str(spec.min_new_tokens),
         "CAPTIONER_WORKER_THREADS": str(spec.worker_threads),
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_PORT": str(port),
-        # At saturation a request waits for the batch ahead of it: on a slow or busy machine that can pass
-        # the default 30 s, and a 504 would then measure this timeout, not the service's throughput.
-        "CAPTIONER_API_REQUEST_TIMEOUT_S": os.environ.get("CAPTIONER_API_REQUEST_TIMEOUT_S", "120"),
+        "CAPTIONER_API_REQUEST_TIMEOUT_S": f"{request_timeout_s or REQUEST_TIMEOUT_S:g}",
         **dict(spec.extra_env),
     }
 
@@ -206,15 +232,10 @@ def delete_topics(bootstrap: str, run_id: str, label: str) -> None:
     """Best effort: the run's topics hold nothing but benchmark traffic."""
     from confluent_kafka.admin import AdminClient
 
-    names = topic_env(run_id, label)
-    topics = TopicSettings(
-        requests=names["CAPTIONER_TOPIC_REQUESTS"],
-        replies=names["CAPTIONER_TOPIC_REPLIES"],
-        retry_prefix=names["CAPTIONER_TOPIC_RETRY_PREFIX"],
-        dead_letter=names["CAPTIONER_TOPIC_DEAD_LETTER"],
-        captions=names["CAPTIONER_TOPIC_CAPTIONS"],
-    )
-    config = client_config(KafkaSettings(), client_id=f"{run_id}-admin") | {"bootstrap.servers": bootstrap}
+    topics = run_topics(run_id, label)
+    config = client_config(load_settings(KafkaSettings), client_id=f"{run_id}-admin") | {
+        "bootstrap.servers": bootstrap
+    }
     try:
         admin = AdminClient(config)  # kept referenced until the futures are done
         futures = admin.delete_topics(

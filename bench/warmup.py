@@ -20,7 +20,7 @@ from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-def
 
 from bench.stats import median
 from core.kafka_config import client_config, consumer_config, producer_config
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, load_settings
 
 _TIMEOUT_S = 30.0
 ROUND_TRIPS = 4000  # past where the median round trip stops falling on a fresh broker (docs/performance.md)
@@ -43,7 +43,7 @@ class WarmupResult:
 def warm_up_broker(
     bootstrap: str, *, topic: str, payload_bytes: int, round_trips: int = ROUND_TRIPS
 ) -> WarmupResult:
-    kafka, at = KafkaSettings(), {"bootstrap.servers": bootstrap}
+    kafka, at = load_settings(KafkaSettings), {"bootstrap.servers": bootstrap}
     admin = AdminClient(client_config(kafka, client_id=f"{topic}-admin") | at)
     _wait(admin.create_topics([NewTopic(topic, num_partitions=1, replication_factor=1)]))
     try:
@@ -55,7 +55,7 @@ def warm_up_broker(
 def _round_trips(
     kafka: KafkaSettings, at: dict[str, str], topic: str, *, round_trips: int, payload: bytes
 ) -> WarmupResult:
-    topics = TopicSettings()
+    topics = load_settings(TopicSettings)
     producer = Producer(producer_config(kafka, topics, client_id=f"{topic}-producer") | at)
     consumer = Consumer(
         consumer_config(kafka, topics, client_id=f"{topic}-consumer", group_id=f"{topic}-group") | at

@@ -40,7 +40,7 @@ from confluent_kafka.admin import (  # type: ignore[attr-defined]
 from captioner.bulk.kafka import BULK_CLIENT_PREFIX, reply_topic_prefix
 from captioner.dlq.ledger import DEFAULT_NAMESPACE
 from captioner.dlq.reader import READER_GROUP, describe_kafka_error
-from captioner.errors import ExitCode, OperatorError, UsageError
+from captioner.errors import KafkaRefusedError, UsageError
 from core.kafka_config import API_CLIENT_PREFIX, client_config
 from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
@@ -241,13 +241,6 @@ def listing(found: Iterable[Grant]) -> str:
     return "\n".join(
         f"ALLOW {g.principal} {g.operation.name} {g.resource_text}  ({g.role}: {g.why})" for g in found
     )
-
-
-class KafkaRefusedError(OperatorError):
-    """The cluster refused an ACL or a credential (the caller is not a super user, say)."""
-
-    code = "kafka_refused"
-    exit_code = ExitCode.FAILURES
 
 
 def apply_grants(kafka: KafkaSettings, found: list[Grant], *, timeout_s: float = 30.0) -> None:

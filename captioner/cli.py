@@ -2,25 +2,30 @@
 
 from __future__ import annotations
 
+import importlib.metadata
+import re
 import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+from typer.core import TyperGroup
 
 from captioner.bulk.options import Via
 from captioner.bulk.sinks import Format
 from captioner.dlq.commands import dlq_app
-from captioner.errors import ExitCode
+from captioner.dlq.errors import RecordNotFoundError
+from captioner.errors import ExitCode, KafkaRefusedError, KafkaUnavailableError, OperatorError
 from core.errors import KafkaTimeoutError
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
     InvalidSettingError,
     LogSettings,
     UnknownSettingError,
+    deprecation_warnings,
     load_settings,
     refuse_unknown_variables,
 )
@@ -29,8 +34,67 @@ from core.topics import TopicNotAuthorizedError, TopicsMissingError
 if TYPE_CHECKING:
     from schemas.framing import RecordCodecs
 
-# What `pip install captioner[worker]` adds to the base install.
-WORKER_EXTRA = frozenset({"torch", "transformers", "numpy"})
+# A requirement of the installed distribution's metadata: its name, and the extra it belongs to.
+_REQUIREMENT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_WORKER_EXTRA = re.compile(r"""extra\s*==\s*["']worker["']""")
+
+
+def worker_libraries() -> frozenset[str]:
+    """The modules of what `pip install captioner[worker]` adds: pyproject.toml's `worker` extra, the one
+    list of them, as this install's metadata has it (a distribution's module is its name in lower case with
+    `_` for `-`: huggingface-hub is huggingface_hub)."""
+    try:
+        requirements = importlib.metadata.requires("captioner") or []
+    except importlib.metadata.PackageNotFoundError:
+        return frozenset()
+    return frozenset(
+        found.group(0).lower().replace("-", "_")
+        for requirement in requirements
+        if _WORKER_EXTRA.search(requirement) and (found := _REQUIREMENT_NAME.match(requirement))
+    )
+
+
+def _needs_worker_extra(missing: ImportError) -> None:
+    """A worker library that is not installed ends `captioner worker` with one line saying what to install."""
+    name = (missing.name or "").split(".")[0]
+    if name in worker_libraries():
+        typer.echo(f"captioner worker needs {name}: pip install 'captioner[worker]'", err=True)
+        raise typer.Exit(2) from None
+
+
+# The exit status of each operator error that ends a command early, by class: a subclass ends as its
+# family does unless listed itself.
+EXIT_CODES: dict[type[OperatorError], ExitCode] = {
+    OperatorError: ExitCode.USAGE,
+    KafkaUnavailableError: ExitCode.UNAVAILABLE,
+    KafkaRefusedError: ExitCode.FAILURES,
+    RecordNotFoundError: ExitCode.NOT_FOUND,
+}
+
+
+def exit_code(error: OperatorError) -> ExitCode:
+    for cls in type(error).__mro__:
+        code = EXIT_CODES.get(cls)
+        if code is not None:
+            return code
+    return ExitCode.USAGE
+
+
+class OperatorCommands(TyperGroup):
+    """Every command: an operator error that ends one early is one line on stderr (with the cluster it
+    tried, when it could not reach it) and its exit status."""
+
+    def invoke(self, ctx: Any) -> Any:  # typer's own click.Context
+        try:
+            return super().invoke(ctx)
+        except OperatorError as exc:
+            from core.settings import KafkaSettings
+
+            where = ""
+            if isinstance(exc, KafkaUnavailableError):
+                where = f" (bootstrap servers {load_settings(KafkaSettings).bootstrap_servers})"
+            typer.echo(f"captioner {ctx.invoked_subcommand}: {exc}{where}", err=True)
+            raise typer.Exit(exit_code(exc)) from None
 
 
 class ModelSizeChoice(StrEnum):
@@ -38,7 +102,9 @@ class ModelSizeChoice(StrEnum):
     base = "base"
 
 
-app = typer.Typer(help="captioner: Kafka event-driven image captioning.", no_args_is_help=True)
+app = typer.Typer(
+    cls=OperatorCommands, help="captioner: Kafka event-driven image captioning.", no_args_is_help=True
+)
 model_app = typer.Typer(help="Model directories.", no_args_is_help=True)
 topics_app = typer.Typer(help="Kafka topics.", no_args_is_help=True)
 cache_app = typer.Typer(help="The caption cache.", no_args_is_help=True)
@@ -56,6 +122,8 @@ def check_settings() -> None:
     except UnknownSettingError as exc:
         typer.echo(f"captioner: {exc.message}", err=True)
         raise typer.Exit(2) from None
+    for warning in deprecation_warnings():
+        typer.echo(f"captioner: {warning}", err=True)
 
 
 def _observe(service_name: str) -> None:
@@ -127,10 +195,8 @@ def worker() -> None:
         from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
         from inference_consumer.worker import run_worker
     except ImportError as exc:
-        if exc.name not in WORKER_EXTRA:
-            raise
-        typer.echo(f"captioner worker needs {exc.name}: pip install 'captioner[worker]'", err=True)
-        raise typer.Exit(2) from None
+        _needs_worker_extra(exc)
+        raise
 
     try:
         with _topics_checked("worker"):
@@ -148,6 +214,9 @@ def worker() -> None:
     except WorkerFatalError as exc:
         typer.echo(f"captioner worker stopped: {exc}", err=True)
         raise typer.Exit(3) from None
+    except ImportError as exc:  # one the worker imports when it needs it (the model's libraries)
+        _needs_worker_extra(exc)
+        raise
 
 
 def _record_codecs() -> RecordCodecs:
@@ -293,7 +362,6 @@ def topics_acls(
         grants,
         listing,
     )
-    from captioner.errors import OperatorError
     from core.settings import KafkaSettings, TopicSettings, WorkerSettings
 
     configure_tool_logging(verbose=False)
@@ -316,7 +384,7 @@ def topics_acls(
             typer.echo(f"applied {len(found)} ACLs")
     except OperatorError as exc:
         typer.echo(f"captioner topics acls: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code(exc)) from None
 
 
 @topics_app.command("scram-user")
@@ -326,7 +394,6 @@ def topics_scram_user(
     """Create a SCRAM-SHA-512 user, or set its password, read from the first line of stdin (never an
     argument: those show in process listings). Run as a super user."""
     from captioner.acls import set_scram_passwords
-    from captioner.errors import OperatorError
     from core.settings import KafkaSettings
 
     configure_tool_logging(verbose=False)
@@ -338,7 +405,7 @@ def topics_scram_user(
         set_scram_passwords(load_settings(KafkaSettings), {name: password})
     except OperatorError as exc:
         typer.echo(f"captioner topics scram-user: {exc.message}", err=True)
-        raise typer.Exit(exc.exit_code) from None
+        raise typer.Exit(exit_code(exc)) from None
     typer.echo(f"SCRAM-SHA-512 credential set for User:{name}")
 
 

@@ -1,5 +1,6 @@
-"""The operator tools' errors (`captioner caption`, `captioner dlq`): their branch of the one error family,
-each member naming the exit status a script sees."""
+"""The operator tools' errors (`captioner caption`, `captioner dlq`, `captioner topics`): their branch of the
+one error family, and the exit statuses a script sees (which error ends with which: captioner/cli.py,
+EXIT_CODES)."""
 
 from __future__ import annotations
 
@@ -18,10 +19,9 @@ class ExitCode(IntEnum):
 
 
 class OperatorError(CaptionerError):
-    """What ends an operator command early, with `exit_code` and a one-line message."""
+    """What ends an operator command early, with a one-line message."""
 
     code = "usage_error"
-    exit_code = ExitCode.USAGE
 
 
 class UsageError(OperatorError):
@@ -31,4 +31,9 @@ class UsageError(OperatorError):
 class KafkaUnavailableError(OperatorError):
     code = "kafka_unavailable"
     retriable = True
-    exit_code = ExitCode.UNAVAILABLE
+
+
+class KafkaRefusedError(OperatorError):
+    """The cluster refused an ACL or a credential (the caller is not a super user, say)."""
+
+    code = "kafka_refused"

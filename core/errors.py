@@ -19,7 +19,6 @@ class InvalidImageError(CaptionerError):
     """The bytes are not an image in an accepted format that we can decode. Permanent."""
 
     code = "invalid_image"
-    http_status = 422
 
 
 class ImageTooLargeError(InvalidImageError):
@@ -40,14 +39,12 @@ class UnsupportedImageFormatError(InvalidImageError):
     """A recognised image format that we do not decode (HEIC, ICO, EPS, ...). Permanent."""
 
     code = "unsupported_media_type"
-    http_status = 415
 
 
 class InvalidRequestError(CaptionerError):
     """A record that decodes but breaks the contract's rules (a field out of range, say). Permanent."""
 
     code = "invalid_request"
-    http_status = 400
 
 
 class KafkaTimeoutError(CaptionerError):
@@ -56,4 +53,3 @@ class KafkaTimeoutError(CaptionerError):
 
     code = "kafka_timeout"
     retriable = True
-    http_status = 503

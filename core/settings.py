@@ -35,6 +35,17 @@ def _default_instance_id() -> str:
     return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
 
 
+# Old variable -> the one that replaced it: still read, and named at start (deprecation_warnings) so that
+# it can be renamed.
+RENAMED: dict[str, str] = {}
+
+
+def renamed(name: str, *, was: str) -> AliasChoices:
+    """A setting's variable `name`, formerly `was`: both are read, `name` first."""
+    RENAMED[was] = name
+    return AliasChoices(name, was)
+
+
 class KafkaSettings(BaseSettings):
     """How to reach the cluster. Secrets stay SecretStr until they reach librdkafka."""
 
@@ -249,7 +260,11 @@ class ImageSettings(BaseSettings):
 class WorkerSettings(BaseSettings):
     """The inference worker (inference_consumer)."""
 
-    model_config = SettingsConfigDict(env_prefix="CAPTIONER_", frozen=True, extra="ignore")
+    # The worker's own process settings that the API has too are named by role, as the API's are:
+    # CAPTIONER_WORKER_METRICS_PORT beside CAPTIONER_API_METRICS_PORT.
+    model_config = SettingsConfigDict(
+        env_prefix="CAPTIONER_", frozen=True, extra="ignore", populate_by_name=True
+    )
 
     model: str = "microsoft/git-base-textcaps"
     model_id: str | None = Field(
@@ -279,7 +294,6 @@ class WorkerSettings(BaseSettings):
     )
     worker_id: str = Field(default_factory=_default_instance_id)
     max_new_tokens: int = Field(default=20, ge=1, le=512)
-    min_new_tokens: int = Field(default=0, ge=0, le=512, description="forces fixed work in benchmarks")
     max_batch_size: int = Field(default=64, ge=1)
     batch_budget_ms: float = Field(
         default=6000.0,
@@ -319,6 +333,7 @@ class WorkerSettings(BaseSettings):
     shutdown_timeout_s: float = Field(
         default=30.0,
         ge=0,
+        validation_alias=renamed("CAPTIONER_WORKER_SHUTDOWN_TIMEOUT_S", was="CAPTIONER_SHUTDOWN_TIMEOUT_S"),
         description="how long SIGTERM or a rebalance lets in-flight jobs finish and their outcomes be sent",
     )
     delivery_timeout_s: float = Field(
@@ -333,11 +348,12 @@ class WorkerSettings(BaseSettings):
         ge=1000,
         description="a worker that stops heartbeating loses its partitions after this",
     )
-    metrics_port: int = Field(default=0, ge=0, le=65535, description="Prometheus /metrics port; 0 = off")
-    chaos_failing_batches: int = Field(
+    metrics_port: int = Field(
         default=0,
         ge=0,
-        description="fail the first N inference batches with a transient error (drills, tests)",
+        le=65535,
+        validation_alias=renamed("CAPTIONER_WORKER_METRICS_PORT", was="CAPTIONER_METRICS_PORT"),
+        description="Prometheus /metrics port; 0 = off",
     )
 
     @property
@@ -440,11 +456,6 @@ SETTINGS_GROUPS: dict[str, type[BaseSettings]] = {
     "schema_registry": RegistrySettings,
 }
 PREFIX = "CAPTIONER_"
-# CAPTIONER_* variables that are not settings but may sit in a service's environment: the test
-# harness's, inherited by the services the tests start.
-NOT_SETTINGS: dict[str, str] = {
-    "CAPTIONER_TEST_BROKER_PORT": "the port of the tests' local Kafka broker (tests/support/broker.py)",
-}
 
 
 class UnknownSettingError(CaptionerError):
@@ -510,7 +521,7 @@ def known_variables() -> frozenset[str]:
         for name in group.model_fields
         for variable in field_variables(group, name)
     }
-    return frozenset(names | NOT_SETTINGS.keys())
+    return frozenset(names)
 
 
 def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
@@ -536,6 +547,16 @@ def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         + ", ".join(lines)
         + "; every setting is listed in docs/settings.md"
     )
+
+
+def deprecation_warnings(environ: Mapping[str, str] | None = None) -> list[str]:
+    """One line for each old variable name set (RENAMED): still read, to be renamed."""
+    names = {name.upper() for name in (os.environ if environ is None else environ)}
+    return [
+        f"{old} is deprecated: it is read as {new}; rename it"
+        for old, new in sorted(RENAMED.items())
+        if old in names
+    ]
 
 
 def effective_settings() -> dict[str, dict[str, Any]]:

@@ -35,7 +35,6 @@ class InferenceError(WorkerError):
 
     retriable = True
     code = "inference_failed"
-    http_status = 503
 
 
 class DecodersBusyError(WorkerError):
@@ -44,7 +43,6 @@ class DecodersBusyError(WorkerError):
 
     retriable = True
     code = "decoders_busy"
-    http_status = 503
 
 
 class ModelUnavailableError(WorkerError):

@@ -38,7 +38,6 @@ from inference_consumer import metrics
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
 from inference_consumer.cache_writer import CacheWriter, load_cache_signer
-from inference_consumer.chaos import FailingBatches
 from inference_consumer.errors import DecodersBusyError, InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.image_pipeline import device_preprocessor
@@ -84,9 +83,12 @@ class InferenceWorker:
         model: CaptionModel | None = None,
         cache: CacheSettings | None = None,
         codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
+        load_model: Callable[[WorkerSettings], CaptionModel] = load_caption_model,
     ) -> None:
-        """codecs: the record framings (core.schema_registry.record_codecs)."""
+        """codecs: the record framings (core.schema_registry.record_codecs). model: one already loaded;
+        else load_model loads it once the process is set up for it (threads, allocator)."""
         self.settings = settings
+        self._load_model = load_model
         self._codecs = codecs
         self._cache = cache  # None: no caption-cache writes
         self._images = images
@@ -99,7 +101,6 @@ class InferenceWorker:
         # One per process: librdkafka's lines and errors from every client, and whether a broker answers.
         self._brokers = BrokerWatch()
         self._waits = KafkaWaits(timeout_s=settings.shutdown_timeout_s, reachable=self._brokers.reachable)
-        self._chaos = FailingBatches(settings.chaos_failing_batches)
         self._batching = BatchPolicy(
             max_size=settings.max_batch_size,
             budget_s=settings.batch_budget_ms / 1000,
@@ -116,7 +117,7 @@ class InferenceWorker:
             start_http_server(self.settings.metrics_port)
         self._signer = load_cache_signer(self._cache)  # before the model: a bad key file stops us at once
         # The model first: a worker that cannot load it says so whatever state the cluster is in.
-        model = self._model or load_caption_model(self.settings)
+        model = self._model or self._load_model(self.settings)
         ensure_topics(self._kafka, self._topics, client_log=LIBRDKAFKA_LOG)
         prepare_writers(self._written(), timeout_s=PREPARE_TIMEOUT_S)
         with self._components(model) as (feeders, outcomes, collector):
@@ -394,12 +395,7 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             with inference_spans([job for job, _ in runnable]):
-                self._chaos.before_batch()
-                titles = model.caption(
-                    [pixels for _, pixels in runnable],
-                    max_new_tokens=limits,
-                    min_new_tokens=self.settings.min_new_tokens,
-                )
+                titles = model.caption([pixels for _, pixels in runnable], max_new_tokens=limits)
         except Exception as exc:
             if len(runnable) > 1:
                 # Split the batch so one bad input cannot sink the others.
@@ -484,10 +480,17 @@ def run_worker(
     images: ImageSettings,
     cache: CacheSettings,
     codecs: RecordCodecs = SINGLE_OBJECT_CODECS,
+    load_model: Callable[[WorkerSettings], CaptionModel] = load_caption_model,
 ) -> None:
     """Run a worker in this process until SIGTERM or SIGINT, with the settings its entry point read."""
     worker = InferenceWorker(
-        settings=settings, kafka=kafka, topics=topics, images=images, cache=cache, codecs=codecs
+        settings=settings,
+        kafka=kafka,
+        topics=topics,
+        images=images,
+        cache=cache,
+        codecs=codecs,
+        load_model=load_model,
     )
 
     def on_signal(signum: int, _frame: FrameType | None) -> None:

@@ -76,7 +76,7 @@ use_role operator
 "$bin/captioner" topics create
 use_role worker
 for i in $(seq 1 "$workers"); do
-  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-$i" CAPTIONER_METRICS_PORT=$((metrics_base + i)) \
+  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-$i" CAPTIONER_WORKER_METRICS_PORT=$((metrics_base + i)) \
     "$bin/captioner" worker &
   pids+=($!)
   echo "worker-$i metrics: http://127.0.0.1:$((metrics_base + i))/metrics"

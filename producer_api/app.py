@@ -6,6 +6,7 @@ and only then closes the Kafka clients their answers need."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import logging
 import random
@@ -43,11 +44,17 @@ from producer_api.appkeys import (
 )
 from producer_api.auth import METRICS_PATH, WWW_AUTHENTICATE, ApiKeys, auth_middleware
 from producer_api.batch import BATCH_PATH, predict_batch
-from producer_api.cache import cache_bypassed, cache_verifier, start_caption_cache
+from producer_api.cache import CacheRuntime, cache_bypassed, cache_verifier, start_caption_cache
 from producer_api.demo import add_demo_routes
 from producer_api.docs import add_docs_routes
 from producer_api.draining import CUT_ANSWER_S, Drain, drain_middleware, drain_on_shutdown
-from producer_api.errors import RequestTimeoutError, ShuttingDownError, UnauthorizedError, error_body
+from producer_api.errors import (
+    RequestTimeoutError,
+    ShuttingDownError,
+    UnauthorizedError,
+    error_body,
+    http_status,
+)
 from producer_api.intake import admitted_body
 from producer_api.payload import plan_body, prepare_upload
 from producer_api.publisher import RequestPublisher
@@ -91,7 +98,7 @@ def json_error(error: CaptionerError) -> web.Response:
         headers["Retry-After"] = str(error.fields["retry_after_s"])
     if isinstance(error, UnauthorizedError):
         headers["WWW-Authenticate"] = WWW_AUTHENTICATE
-    response = web.json_response(error_body(error), status=error.http_status, headers=headers)
+    response = web.json_response(error_body(error), status=http_status(error), headers=headers)
     if isinstance(error, RequestTimeoutError | ShuttingDownError):
         # a client that trickles its body gets no second request on this connection, nor does one of
         # an instance that is stopping
@@ -164,7 +171,16 @@ async def metrics_endpoint(_request: web.Request) -> web.Response:
 
 async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
     """Checks its topics exist (creating them only if missing), starts the reply listener before any job can
-    be published, closes both."""
+    be published, closes every client it started, in reverse order: at the stop, and at once when a later
+    start-up step fails."""
+    async with contextlib.AsyncExitStack() as started:
+        await _start_kafka_clients(app, started)
+        # The cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
+        yield
+
+
+async def _start_kafka_clients(app: web.Application, started: contextlib.AsyncExitStack) -> None:
+    """Each client goes on `started`, to be closed, as soon as it exists."""
     api, kafka, topics = app[API_SETTINGS], app[KAFKA_SETTINGS], app[TOPIC_SETTINGS]
     codecs = app[RECORD_CODECS]
     loop = asyncio.get_running_loop()
@@ -190,6 +206,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
             decode=codecs.cache_entries.decode,
             client=brokers.client_config(),
         )
+        started.push_async_callback(asyncio.to_thread, cache.reader.close, timeout_s=CLIENT_CLOSE_S)
     partition = (
         api.reply_partition if api.reply_partition is not None else random.randrange(topics.reply_partitions)
     )
@@ -204,6 +221,7 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         decode=codecs.replies.decode,
         brokers=brokers,
     )
+    started.push_async_callback(asyncio.to_thread, listener.close, timeout_s=CLIENT_CLOSE_S)  # started or not
     await asyncio.to_thread(listener.start, timeout_s=30.0)
     publisher = RequestPublisher(
         config=producer_config(kafka, topics, client_id=client_id)
@@ -212,7 +230,9 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         brokers=brokers,
     )
     publisher.start()
+    started.push_async_callback(publisher.close, timeout_s=CLIENT_CLOSE_S)
     broker_watch = asyncio.create_task(publisher.watch_brokers(topic=topics.requests))
+    started.callback(broker_watch.cancel)
     app[LISTENER] = listener
     app[PUBLISHER] = publisher
     app[SERVICE] = CaptionService(
@@ -225,15 +245,8 @@ async def kafka_clients(app: web.Application) -> AsyncIterator[None]:
         executor=app[REQUEST_EXECUTOR],
         encode=codecs.requests.writer(topics.requests),
     )
-    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers)
+    app[READINESS] = _readiness(api, kafka, topics, listener, publisher, brokers, cache)
     log.info("API instance %s reads replies from %s[%d]", api.instance_id, topics.replies, partition)
-    yield
-    # Cleanup runs after the drain (on_shutdown): no request waits on these clients any more.
-    broker_watch.cancel()
-    await publisher.close(timeout_s=CLIENT_CLOSE_S)
-    await asyncio.to_thread(listener.close, timeout_s=CLIENT_CLOSE_S)
-    if cache is not None:
-        await asyncio.to_thread(cache.reader.close, timeout_s=CLIENT_CLOSE_S)
 
 
 def _readiness(
@@ -243,6 +256,7 @@ def _readiness(
     listener: ReplyListener,
     publisher: RequestPublisher,
     brokers: BrokerWatch,
+    cache: CacheRuntime | None,
 ) -> Readiness:
     workers = None
     if api.ready_needs_worker:
@@ -256,6 +270,7 @@ def _readiness(
         listener=listener,
         broker=BrokerCheck(functools.partial(publisher.check_broker, topic=topics.requests, timeout_s=2.0)),
         workers=workers,
+        cache_reader=cache.reader if cache else None,
     )
 
 

@@ -20,7 +20,7 @@ from aiohttp import web
 from core.errors import CaptionerError
 from producer_api import metrics
 from producer_api.appkeys import API_SETTINGS, IMAGE_SETTINGS, REQUEST_EXECUTOR, SERVICE
-from producer_api.errors import error_body
+from producer_api.errors import error_body, http_status
 from producer_api.intake import admitted_body
 from producer_api.payload import batch_images, checked_upload, plan_batch_body
 from producer_api.scoping import request_scope
@@ -68,7 +68,8 @@ async def _caption_item(app: web.Application, item: bytes | CaptionerError, *, s
         del item
         result = await app[SERVICE].caption(upload, scope=scope)
     except CaptionerError as error:
-        metrics.BATCH_ITEMS.labels(status=str(error.http_status)).inc()
-        return {"status": error.http_status, **error_body(error)}
+        status = http_status(error)
+        metrics.BATCH_ITEMS.labels(status=str(status)).inc()
+        return {"status": status, **error_body(error)}
     metrics.BATCH_ITEMS.labels(status="200").inc()
     return {"status": 200, **result.body()}

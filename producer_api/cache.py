@@ -36,11 +36,11 @@ from core.cache_keys import (
     lookup_key_of,
 )
 from core.cache_signing import CacheVerifier, Headers, load_verifier
-from core.consuming import poll_batch
 from core.kafka_config import API_CLIENT_PREFIX, consumer_config
 from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
 from producer_api import metrics
+from producer_api.topic_reader import TopicReader, watermarks
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry, RecordDecodeError
 from schemas.errors import SchemaRegistryUnavailableError
 
@@ -297,8 +297,8 @@ class CacheRecords:
 
 
 class CacheReader:
-    """A thread that reads every partition of the cache topic, from where start_offsets says, into the
-    LRU, then follows."""
+    """Reads every partition of the cache topic, from where start_offsets says, into the LRU, then follows
+    (a TopicReader's thread)."""
 
     def __init__(
         self, *, config: dict[str, Any], topic: str, records: CacheRecords, max_entries: int
@@ -307,8 +307,13 @@ class CacheReader:
         self._records = records
         self._max_entries = max_entries
         self._consumer = Consumer(reader_config(config))
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="cache-reader", daemon=True)
+        self.reader = TopicReader(
+            name="cache-reader",
+            consumer=self._consumer,
+            handle=self._handle,
+            after_poll=self._count,
+            on_failure=metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc,
+        )
         self._behind: dict[int, int] = {}  # partition -> the end offset it had at start, until reached
         self.loaded = threading.Event()
 
@@ -317,38 +322,24 @@ class CacheReader:
         topic = metadata.topics.get(self.topic)
         if topic is None or topic.error is not None:
             raise RuntimeError(f"the caption-cache topic {self.topic} is not available")
-        watermarks = {
-            partition: self._consumer.get_watermark_offsets(
-                TopicPartition(self.topic, partition), timeout=timeout_s
-            )
+        ends = {
+            partition: watermarks(self._consumer, self.topic, partition, timeout_s=timeout_s)
             for partition in sorted(topic.partitions)
         }
-        starts = start_offsets(watermarks, max_entries=self._max_entries)
-        for partition, (_low, high) in watermarks.items():
+        starts = start_offsets(ends, max_entries=self._max_entries)
+        for partition, (_low, high) in ends.items():
             if high > starts[partition]:
                 self._behind[partition] = high
         if not self._behind:
             self.loaded.set()
         self._consumer.assign([TopicPartition(self.topic, p, offset) for p, offset in starts.items()])
-        self._thread.start()
+        self.reader.start()
+
+    def alive(self) -> bool:
+        return self.reader.alive()
 
     def close(self, *, timeout_s: float) -> None:
-        self._stopping.set()
-        self._thread.join(timeout_s)
-        self._consumer.close()
-
-    def _run(self) -> None:
-        lru = self._records.lru
-        while not self._stopping.is_set():
-            try:
-                for message in poll_batch(self._consumer, max_messages=1000, timeout_s=0.1):
-                    self._handle(message)
-            except Exception:  # the reader outlives whatever one poll or record brings
-                log.exception("caption-cache reader error")
-                metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc()
-                time.sleep(0.1)
-            metrics.CACHE_ENTRIES.set(len(lru))
-            metrics.CACHE_BYTES.set(lru.size_bytes)
+        self.reader.close(timeout_s=timeout_s)
 
     def _handle(self, message: Message) -> None:
         error = message.error()
@@ -359,13 +350,16 @@ class CacheReader:
                 log.warning("caption-cache topic error: %s", error)
                 metrics.CACHE_READER_ERRORS.labels(reason="read_error").inc()
             return
+        offset = message.offset()
         try:
             self._records.apply(message.key(), message.value(), _headers(message))
-        except Exception:
-            log.exception("caption-cache record %s@%s skipped", message.partition(), message.offset())
-            metrics.CACHE_READER_ERRORS.labels(reason="unexpected").inc()
-        offset = message.offset()
-        self._reached(message.partition(), None if offset is None else offset + 1)
+        finally:  # a record that raised is read all the same: the load is not held back by it
+            self._reached(message.partition(), None if offset is None else offset + 1)
+
+    def _count(self, _messages: list[Message]) -> None:
+        lru = self._records.lru
+        metrics.CACHE_ENTRIES.set(len(lru))
+        metrics.CACHE_BYTES.set(lru.size_bytes)
 
     def _reached(self, partition: int | None, next_offset: int | None) -> None:
         if partition is None or next_offset is None:
@@ -427,9 +421,14 @@ async def start_caption_cache(
         records=CacheRecords(lru=lru, verifier=verifier, rule=ProfileRule.of(cache), decode=decode),
         max_entries=api.cache_max_entries,
     )
-    await asyncio.to_thread(reader.start, timeout_s=30.0)
-    started = time.monotonic()
-    if await asyncio.to_thread(reader.loaded.wait, LOAD_WAIT_S):
+    try:
+        await asyncio.to_thread(reader.start, timeout_s=30.0)
+        started = time.monotonic()
+        loaded = await asyncio.to_thread(reader.loaded.wait, LOAD_WAIT_S)
+    except BaseException:  # a start that fails or is cancelled leaves no consumer or thread behind
+        await asyncio.to_thread(reader.close, timeout_s=LOAD_WAIT_S)
+        raise
+    if loaded:
         log.info(
             "caption cache: %d entries read from %s in %.1f s (verify keys %s)",
             len(lru),

@@ -52,6 +52,10 @@ REPLIES_UNCLAIMED = Counter(
     "Replies read from this instance's reply partition that no request here was waiting for: another "
     "instance's (two instances on one partition), a duplicate, or one that came after its request timed out",
 )
+REPLIES_UNREADABLE = Counter(
+    "captioner_api_replies_unreadable_total",
+    "Records of this instance's reply partition skipped: undecodable, or their handling failed",
+)
 BATCH_ITEMS = Counter("captioner_api_batch_items_total", "Batch items answered", ["status"])
 WORKERS_ASSIGNED = Gauge(
     "captioner_api_workers_assigned",

@@ -1,6 +1,7 @@
 """`GET /readyz`: ready only when this instance can answer a caption request end to end: its reply listener's
-thread runs, the broker answers, and at least one worker of the group holds request partitions (a request
-published before then would wait for a worker to join; docs/metrics.md, Readiness)."""
+thread runs (and its caption-cache reader's, when it reads the cache), the broker answers, and at least one
+worker of the group holds request partitions (a request published before then would wait for a worker to
+join; docs/metrics.md, Readiness)."""
 
 from __future__ import annotations
 
@@ -109,6 +110,10 @@ class ReplyListenerState(Protocol):
     def alive(self) -> bool: ...
 
 
+class ReaderState(Protocol):
+    def alive(self) -> bool: ...
+
+
 class BrokerCheck:
     """Whether the broker answers a metadata request, kept BROKER_CACHE_S; concurrent probes share one."""
 
@@ -128,6 +133,7 @@ class Readiness:
     listener: ReplyListenerState
     broker: BrokerCheck
     workers: WorkersCheck | None  # None: not waiting for workers (CAPTIONER_API_READY_NEEDS_WORKER=false)
+    cache_reader: ReaderState | None = None  # None: this instance reads no caption cache
 
     async def checks(self) -> dict[str, Check]:
         facts = {"partition": self.listener.partition}
@@ -138,6 +144,12 @@ class Readiness:
         )
         broker, workers = await asyncio.gather(self.broker.check(), self._workers())
         found = {"reply_listener": listener, "broker": broker}
+        if self.cache_reader is not None:
+            found["cache_reader"] = (
+                Check(True)
+                if self.cache_reader.alive()
+                else Check(False, reason="the caption-cache reader's thread has stopped")
+            )
         return found | ({"workers": workers} if workers else {})
 
     async def _workers(self) -> Check | None:

@@ -10,27 +10,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
-from confluent_kafka import OFFSET_END, Consumer, KafkaError, KafkaException, TopicPartition
+from confluent_kafka import OFFSET_END, Consumer, KafkaError, Message, TopicPartition
 
 from core.broker_watch import BrokerWatch
-from core.consuming import poll_batch
 from producer_api import metrics
+from producer_api.topic_reader import TopicReader, watermarks
 from schemas import REPLY_CODEC, CaptionerError, CaptionReply, ReplyStatus
 
 log = logging.getLogger(__name__)
-
-
-_LEADER_MOVING = {
-    KafkaError.NOT_LEADER_FOR_PARTITION,
-    KafkaError.LEADER_NOT_AVAILABLE,
-    KafkaError.UNKNOWN_TOPIC_OR_PART,
-    KafkaError._TIMED_OUT,
-}
 
 
 class PendingReplies:
@@ -99,58 +89,46 @@ class ReplyListener:
             else brokers.client_config(error_cb=self._on_client_error)
         )
         self._consumer = Consumer(listener_config(config) | callbacks)
-        self._stopping = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="reply-listener", daemon=True)
+        self._replies: list[CaptionReply] = []  # the current poll's, on the reader's thread
+        self.reader = TopicReader(
+            name="reply-listener",
+            consumer=self._consumer,
+            handle=self._read,
+            after_poll=self._hand_over,
+            on_failure=metrics.REPLIES_UNREADABLE.inc,
+        )
         self.brokers_down = False
 
     def start(self, *, timeout_s: float) -> None:
         """Assign the partition at its current end, so no reply produced after this can be missed."""
-        high = self._end_offset(timeout_s=timeout_s)
+        _low, high = watermarks(self._consumer, self.topic, self.partition, timeout_s=timeout_s)
         start = high if high >= 0 else OFFSET_END
         self._consumer.assign([TopicPartition(self.topic, self.partition, start)])
-        self._thread.start()
-
-    def _end_offset(self, *, timeout_s: float) -> int:
-        """A topic whose leader is moving answers NOT_LEADER for a moment; wait that out."""
-        give_up = time.monotonic() + timeout_s
-        while True:
-            try:
-                _low, high = self._consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, self.partition), timeout=max(give_up - time.monotonic(), 0.1)
-                )
-                return int(high)
-            except KafkaException as exc:
-                if exc.args[0].code() not in _LEADER_MOVING or time.monotonic() > give_up:
-                    raise
-                time.sleep(0.2)
+        self.reader.start()
 
     def alive(self) -> bool:
-        """False before start() and once the thread has ended, whether by close() or by a failure."""
-        return self._thread.is_alive()
+        """False before start() and once the thread has ended."""
+        return self.reader.alive()
 
     def close(self, *, timeout_s: float) -> None:
-        self._stopping.set()
-        self._thread.join(timeout_s)
-        self._consumer.close()
+        self.reader.close(timeout_s=timeout_s)
 
-    def _run(self) -> None:
-        while not self._stopping.is_set():
-            messages = poll_batch(self._consumer, max_messages=1000, timeout_s=0.1)
-            replies = []
-            for message in messages:
-                if message.error():
-                    log.warning("reply topic error: %s", message.error())
-                    continue
-                try:
-                    replies.append(self._decode(message.value() or b""))
-                except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
-                    log.error(
-                        "unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc
-                    )
-            if messages:
-                self.brokers_down = False
-            if replies:
-                self._loop.call_soon_threadsafe(self._pending.deliver, replies)
+    def _read(self, message: Message) -> None:
+        if message.error():
+            log.warning("reply topic error: %s", message.error())
+            return
+        try:
+            self._replies.append(self._decode(message.value() or b""))
+        except CaptionerError as exc:  # unreadable, or a registry that cannot say how to read it
+            metrics.REPLIES_UNREADABLE.inc()
+            log.error("unreadable reply at %s[%d]@%d: %s", self.topic, self.partition, message.offset(), exc)
+
+    def _hand_over(self, messages: list[Message]) -> None:
+        if messages:
+            self.brokers_down = False
+        replies, self._replies = self._replies, []
+        if replies:
+            self._loop.call_soon_threadsafe(self._pending.deliver, replies)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:

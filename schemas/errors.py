@@ -1,8 +1,9 @@
 """The project's error base, and the errors raised while reading records.
 
 The base lives here, in the bottom layer, so that every package's errors are one family: a stable
-`code`, a `retriable` flag that callers route on, and the HTTP status it maps to. `message` is safe
-to show a caller; `detail` is for operators only (logs and dead-letter headers)."""
+`code` and a `retriable` flag that callers route on. `message` is safe to show a caller; `detail` is for
+operators only (logs and dead-letter headers). What a code means to a transport (an HTTP status, an exit
+status) is said at that transport's edge: producer_api/errors.py, captioner/cli.py."""
 
 from __future__ import annotations
 
@@ -12,7 +13,6 @@ from typing import Any
 class CaptionerError(Exception):
     code = "internal_error"
     retriable = False
-    http_status = 500
 
     def __init__(self, message: str, *, detail: str | None = None, **fields: Any) -> None:
         super().__init__(message)
@@ -25,7 +25,6 @@ class SchemaContractError(CaptionerError):
     """A record does not follow the published contract. Never retriable: the bytes will not change."""
 
     code = "schema_error"
-    http_status = 400
 
 
 class RecordDecodeError(SchemaContractError):
@@ -88,7 +87,6 @@ class SchemaRegistryUnavailableError(CaptionerError):
 
     code = "schema_registry_unavailable"
     retriable = True
-    http_status = 503
 
 
 class SchemaLookupsLimitedError(SchemaRegistryUnavailableError):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -12,9 +12,10 @@ from hypothesis import settings as hypothesis_settings
 from hypothesis.configuration import set_hypothesis_home_dir
 
 from captioner.model_factory import make_model
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, UnknownSettingError, refuse_unknown_variables
 from core.topics import ensure_topics
 from tests.support.broker import kafka_cluster
+from tests.support.models import endless_model
 from tests.support.registry import LocalRegistry, local_registry
 from tests.support.repo import repo_files
 from tests.support.services import (
@@ -29,6 +30,16 @@ from tests.support.services import (
 
 if TYPE_CHECKING:
     from tests.support.secured_kafka import SecuredKafka
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """The services the tests start inherit this environment and refuse a CAPTIONER_* variable that is not a
+    setting: say so once, before any test (the tests' own variables, like TEST_KAFKA_PORT, have no prefix)."""
+    try:
+        refuse_unknown_variables()
+    except UnknownSettingError as exc:
+        raise pytest.UsageError(f"{exc.message} (the tests' broker port is TEST_KAFKA_PORT)") from None
+
 
 # Failing examples are printed with a reproduce blob; no example database inside the repository.
 hypothesis_settings.register_profile("captioner", database=None)
@@ -54,6 +65,12 @@ def repository_left_as_found(hypothesis_home_outside_the_repository: None) -> It
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_model("tiny", tmp_path_factory.mktemp("models") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def endless_model_dir(tiny_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model, every caption max_new_tokens long (tests/support/models.py)."""
+    return endless_model(tiny_model_dir, tmp_path_factory.mktemp("models") / "endless")
 
 
 @pytest.fixture(scope="session")
@@ -128,11 +145,12 @@ StartApi = Callable[..., ApiProcess]
 def start_worker(env: dict[str, str], tmp_path: Path) -> Iterator[StartWorker]:
     started: list[ServiceProcess] = []
 
-    def start(**overrides: str) -> ServiceProcess:
+    def start(*, command: Sequence[str] = (CAPTIONER, "worker"), **overrides: str) -> ServiceProcess:
+        """command: HARNESS_WORKER for the harness's injected failures (tests/support/harness_worker.py)."""
         worker_id = overrides.pop("CAPTIONER_WORKER_ID", f"worker-{len(started) + 1}")
         process = spawn(
             worker_id,
-            [CAPTIONER, "worker"],
+            command,
             env=service_env(env, CAPTIONER_WORKER_ID=worker_id, **overrides),
             log_path=tmp_path / f"{worker_id}.log",
         )

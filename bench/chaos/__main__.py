@@ -48,13 +48,14 @@ from bench.chaos.cluster import NODES, ClusterView, KafkaCluster
 from bench.chaos.config import ChaosConfig, load_config
 from bench.chaos.faults import Chaos, FaultRecord, run_fault
 from bench.chaos.outcomes import Tally, answered_rate, due_between
-from bench.chaos.services import deploy, learn_titles, measure_capacity, service_env
+from bench.chaos.services import RETRY_DELAYS_S, deploy, learn_titles, measure_capacity, service_env
 from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
 from bench.models import ensure_model
+from bench.service import run_topics
 from bench.stats import percentile
-from captioner.processes import exit_on_sigterm
-from core.settings import TopicSettings, WorkerSettings
+from core.settings import WorkerSettings, load_settings
+from tests.support.processes import exit_on_sigterm
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
 _IN_FLIGHT_S = 2.0
@@ -90,7 +91,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         view = ClusterView(cluster.bootstrap)
         workload = _workload(config, deployment.predict_urls)
         traffic = Traffic(workload)
-        chaos = Chaos(config, cluster, view, deployment, traffic, 0.0, _topic_names(env))
+        chaos = Chaos(config, cluster, view, deployment, traffic, 0.0, _topic_names(config))
         view.wait_healthy(chaos.topics, timeout_s=120)
         log(f"open-loop load at {workload.rate:.1f} requests/s over both instances")
         traffic.start()
@@ -124,15 +125,8 @@ def _workload(config: ChaosConfig, urls: Sequence[str]) -> Workload:
     )
 
 
-def _topic_names(env: dict[str, str]) -> list[str]:
-    topics = TopicSettings(
-        requests=env["CAPTIONER_TOPIC_REQUESTS"],
-        replies=env["CAPTIONER_TOPIC_REPLIES"],
-        retry_prefix=env["CAPTIONER_TOPIC_RETRY_PREFIX"],
-        dead_letter=env["CAPTIONER_TOPIC_DEAD_LETTER"],
-        captions=env["CAPTIONER_TOPIC_CAPTIONS"],
-        retry_delays_s=tuple(json.loads(env["CAPTIONER_TOPIC_RETRY_DELAYS_S"])),
-    )
+def _topic_names(config: ChaosConfig) -> list[str]:
+    topics = run_topics(config.run_id, "chaos").model_copy(update={"retry_delays_s": RETRY_DELAYS_S})
     return [topics.requests, topics.replies, *topics.retry_topics, topics.dead_letter, topics.captions]
 
 
@@ -158,7 +152,8 @@ def _faults(chaos: Chaos) -> list[FaultRecord]:
 def _drain(chaos: Chaos) -> dict[str, int]:
     """Waits until every job offset is committed by the worker group or its job is in the dead letters."""
     group = chaos.deployment.group
-    retry_group = WorkerSettings(worker_group_id=group).retry_group_id  # the retry tiers' own group
+    # the retry tiers' own group
+    retry_group = load_settings(WorkerSettings).model_copy(update={"worker_group_id": group}).retry_group_id
     give_up = time.monotonic() + _DRAIN_TIMEOUT_S
     while True:
         unfinished = chaos.view.unfinished_jobs(group, [chaos.topics[0]]) | chaos.view.unfinished_jobs(

@@ -19,7 +19,7 @@ from confluent_kafka.admin import AdminClient
 from bench.models import REPO
 from captioner.dlq.records import header_pairs
 from core.kafka_config import client_config
-from core.settings import KafkaSettings
+from core.settings import KafkaSettings, load_settings
 from schemas import headers as record_headers
 
 CLUSTER_SH = REPO / "infra" / "kafka" / "cluster.sh"
@@ -93,7 +93,7 @@ class ClusterView:
     """What the cluster reports, through the project's own client settings."""
 
     def __init__(self, bootstrap: str) -> None:
-        self._config = client_config(KafkaSettings(), client_id="chaos-observer") | {
+        self._config = client_config(load_settings(KafkaSettings), client_id="chaos-observer") | {
             "bootstrap.servers": bootstrap
         }
         self._admin = AdminClient(self._config | {"logger": _quiet_logger()})

@@ -1,14 +1,18 @@
-"""What one chaos run does, read from the environment once."""
+"""What one chaos run does, read from the environment once (ChaosSettings: CHAOS_* and
+KAFKA_CLUSTER_BASE_PORT, through load_settings)."""
 
 from __future__ import annotations
 
-import os
 import time
-from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Annotated
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from bench.models import REPO
+from core.settings import load_settings
 
 FAULTS = (
     "leader-kill",
@@ -49,31 +53,58 @@ class ChaosConfig:
         return self.session_timeout_ms / 1000 + 4.0
 
 
-def load_config(env: Mapping[str, str] = os.environ) -> ChaosConfig:
-    run_id = env.get("CHAOS_RUN_ID") or time.strftime("chaos-%Y%m%d-%H%M%S")
-    faults = tuple(
-        name.strip() for name in env.get("CHAOS_FAULTS", ",".join(FAULTS)).split(",") if name.strip()
-    )
-    unknown = [name for name in faults if name not in FAULTS]
-    if unknown:
-        raise ValueError(f"unknown CHAOS_FAULTS {unknown}; choose from {', '.join(FAULTS)}")
-    rate = env.get("CHAOS_RATE")
-    model = env.get("CHAOS_MODEL_DIR")
+class ChaosSettings(BaseSettings):
+    """`make chaos`'s knobs (bench/chaos/__main__.py says what each does)."""
+
+    model_config = SettingsConfigDict(env_prefix="CHAOS_", frozen=True, extra="ignore", env_ignore_empty=True)
+
+    run_id: str | None = None
+    run_dir: Path | None = None
+    faults: Annotated[tuple[str, ...], NoDecode] = FAULTS  # comma-separated, in the order to run them
+    base_port: int = Field(default=29092, ge=1, validation_alias=AliasChoices("KAFKA_CLUSTER_BASE_PORT"))
+    model_dir: Path | None = None
+    images: int = Field(default=12, ge=1)
+    rate: float | None = Field(default=None, gt=0)
+    capacity_share: float = Field(default=0.7, gt=0)
+    max_rate: float = Field(default=40.0, gt=0)
+    steady_s: float = Field(default=20.0, gt=0)
+    request_timeout_s: float = Field(default=20.0, gt=0)
+    session_timeout_ms: int = Field(default=6000, ge=1000)
+    max_batch_size: int = Field(default=8, ge=1)
+    new_tokens: int = Field(default=100, ge=1, le=512)
+    max_recovery_s: float = Field(default=60.0, gt=0)
+    stable_s: float = Field(default=5.0, gt=0)
+
+    @field_validator("faults", mode="before")
+    @classmethod
+    def _known_faults(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        faults = tuple(name.strip() for name in value.split(",") if name.strip())
+        unknown = [name for name in faults if name not in FAULTS]
+        if unknown:
+            raise ValueError(f"unknown faults {unknown}; choose from {', '.join(FAULTS)}")
+        return faults
+
+
+def load_config() -> ChaosConfig:
+    chaos = load_settings(ChaosSettings)
+    run_id = chaos.run_id or time.strftime("chaos-%Y%m%d-%H%M%S")
     return ChaosConfig(
         run_id=run_id,
-        run_dir=Path(env.get("CHAOS_RUN_DIR") or REPO / ".local" / "chaos" / run_id),
-        faults=faults,
-        base_port=int(env.get("KAFKA_CLUSTER_BASE_PORT", "29092")),
-        model_dir=Path(model) if model else None,
-        images=int(env.get("CHAOS_IMAGES", "12")),
-        rate=float(rate) if rate else None,
-        capacity_share=float(env.get("CHAOS_CAPACITY_SHARE", "0.7")),
-        max_rate=float(env.get("CHAOS_MAX_RATE", "40")),
-        steady_s=float(env.get("CHAOS_STEADY_S", "20")),
-        request_timeout_s=float(env.get("CHAOS_REQUEST_TIMEOUT_S", "20")),
-        session_timeout_ms=int(env.get("CHAOS_SESSION_TIMEOUT_MS", "6000")),
-        max_batch_size=int(env.get("CHAOS_MAX_BATCH_SIZE", "8")),
-        new_tokens=int(env.get("CHAOS_NEW_TOKENS", "100")),
-        max_recovery_s=float(env.get("CHAOS_MAX_RECOVERY_S", "60")),
-        stable_s=float(env.get("CHAOS_STABLE_S", "5")),
+        run_dir=chaos.run_dir or REPO / ".local" / "chaos" / run_id,
+        faults=chaos.faults,
+        base_port=chaos.base_port,
+        model_dir=chaos.model_dir,
+        images=chaos.images,
+        rate=chaos.rate,
+        capacity_share=chaos.capacity_share,
+        max_rate=chaos.max_rate,
+        steady_s=chaos.steady_s,
+        request_timeout_s=chaos.request_timeout_s,
+        session_timeout_ms=chaos.session_timeout_ms,
+        max_batch_size=chaos.max_batch_size,
+        new_tokens=chaos.new_tokens,
+        max_recovery_s=chaos.max_recovery_s,
+        stable_s=chaos.stable_s,
     )

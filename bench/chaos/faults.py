@@ -17,7 +17,7 @@ from bench.chaos.config import ChaosConfig
 from bench.chaos.outcomes import degraded_s, last_dip_end
 from bench.chaos.services import WORKER_COUNT, Deployment, worker_client_id
 from bench.chaos.traffic import Traffic
-from captioner.processes import ServiceProcess
+from tests.support.processes import ServiceProcess
 
 _HEAL_TIMEOUT_S = 120.0
 _BACKLOG_BATCHES = 3  # jobs to pile up before a worker kill, in full batches

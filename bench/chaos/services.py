@@ -1,5 +1,6 @@
-"""The service under test: two `captioner api` instances (reply partitions 0 and 1) and two `captioner
-worker`s on the cluster, started as bench/service.py starts one of each, with topics of this run's own."""
+"""The service under test: two `captioner api` instances (reply partitions 0 and 1) and two workers (the
+harness's `captioner worker`, for its forced caption length) on the cluster, started as bench/service.py
+starts one of each, with topics of this run's own."""
 
 from __future__ import annotations
 
@@ -17,10 +18,11 @@ from pathlib import Path
 from bench.chaos.config import ChaosConfig
 from bench.load import ClosedLoop, Target, load_client
 from bench.service import topic_env
-from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from tests.support.processes import HARNESS_WORKER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 
 API_COUNT = 2
 WORKER_COUNT = 2
+RETRY_DELAYS_S = (0.5, 1.0, 2.0)
 _READY_TIMEOUT_S = 180.0
 PREDICT = "/api/v1/predictions"
 
@@ -42,9 +44,9 @@ def service_env(config: ChaosConfig, *, bootstrap: str, model_dir: Path) -> dict
         "CAPTIONER_WORKER_THREADS": "1",
         "CAPTIONER_MAX_BATCH_SIZE": str(config.max_batch_size),
         "CAPTIONER_MAX_NEW_TOKENS": str(config.new_tokens),
-        "CAPTIONER_MIN_NEW_TOKENS": str(config.new_tokens),
+        "HARNESS_MIN_NEW_TOKENS": str(config.new_tokens),
         "CAPTIONER_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
-        "CAPTIONER_TOPIC_RETRY_DELAYS_S": "[0.5, 1.0, 2.0]",
+        "CAPTIONER_TOPIC_RETRY_DELAYS_S": json.dumps(RETRY_DELAYS_S),
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": f"{config.request_timeout_s:g}",
         # The traffic repeats a few images to catch swapped replies: each must reach a worker.
@@ -77,7 +79,7 @@ class Deployment:
         worker_id = f"worker-{self._started_workers}"
         worker = spawn(
             worker_id,
-            [CAPTIONER, "worker"],
+            HARNESS_WORKER,
             env={**self.env, "CAPTIONER_WORKER_ID": worker_id, "CAPTIONER_LOG_LEVEL": "DEBUG"},
             log_path=self.log_dir / f"{worker_id}.log",
         )

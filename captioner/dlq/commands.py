@@ -33,7 +33,7 @@ from captioner.dlq.replay import (
     TargetTopics,
     check_topic_name,
 )
-from captioner.errors import KafkaUnavailableError, OperatorError, UsageError
+from captioner.errors import UsageError
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
 from core.settings import KafkaSettings, RegistrySettings, TopicSettings, TracingSettings, load_settings
@@ -95,14 +95,13 @@ def list_dead_letters(
 
     Reads the topic from its low to its high watermark without a consumer group: commits nothing."""
     kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
-    with exit_codes(kafka):
-        selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
-        name = topic or topics.dead_letter
-        with open_dead_letter_topic(
-            kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
-        ) as dlq:
-            records = _selected(dlq, selection)
-            overview = summarize(records, topic=name, selection=selection.describe(), bucket=bucket)
+    selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
+    name = topic or topics.dead_letter
+    with open_dead_letter_topic(
+        kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
+    ) as dlq:
+        records = _selected(dlq, selection)
+        overview = summarize(records, topic=name, selection=selection.describe(), bucket=bucket)
     typer.echo(render.to_json(render.overview_json(overview)) if json else render.overview_text(overview))
 
 
@@ -120,12 +119,11 @@ def show(
     Select it by --partition and --offset, or by --id (every dead letter of that correlation id; add
     --partition to read only one partition). The value is decoded as a CaptionRequest where possible."""
     kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
-    with exit_codes(kafka):
-        name = topic or topics.dead_letter
-        with open_dead_letter_topic(
-            kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
-        ) as dlq:
-            records = _find(dlq, partition, offset, id_)
+    name = topic or topics.dead_letter
+    with open_dead_letter_topic(
+        kafka, topics, topic=name, timeout_s=timeout, decode_request=_request_decoder()
+    ) as dlq:
+        records = _find(dlq, partition, offset, id_)
     if json:
         typer.echo(render.to_json({"records": [render.dead_letter_json(r) for r in records]}))
     else:
@@ -175,16 +173,15 @@ def replay(
     stops cleanly: only records whose re-publication Kafka acknowledged are committed."""
     kafka, topics = load_settings(KafkaSettings), load_settings(TopicSettings)
     configure_tracing(load_settings(TracingSettings), service_name="captioner-dlq")
-    with exit_codes(kafka):
-        selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
-        summary = ReplaySummary(
-            topic=topic or topics.dead_letter,
-            group=replay_group(group, selection),
-            selection=selection.describe(),
-            dry_run=dry_run,
-            to=check_topic_name(to),
-        )
-        run_replay(kafka, topics, summary, selection, namespace=group, rate=rate, timeout_s=timeout)
+    selection = build_filter(error_class, since, until, partition, from_offset, to_offset, id_)
+    summary = ReplaySummary(
+        topic=topic or topics.dead_letter,
+        group=replay_group(group, selection),
+        selection=selection.describe(),
+        dry_run=dry_run,
+        to=check_topic_name(to),
+    )
+    run_replay(kafka, topics, summary, selection, namespace=group, rate=rate, timeout_s=timeout)
     typer.echo(render.to_json(summary.to_json()) if json else render.replay_text(summary))
     raise typer.Exit(summary.exit_code)
 
@@ -286,17 +283,6 @@ def _find(
     if not found:
         raise RecordNotFoundError(f"no dead letter with id {id_!r} in {dlq.name}")
     return found
-
-
-@contextmanager
-def exit_codes(kafka: KafkaSettings) -> Iterator[None]:
-    """An OperatorError ends the command with its exit code and a one-line message on stderr."""
-    try:
-        yield
-    except OperatorError as exc:
-        where = f" (bootstrap servers {kafka.bootstrap_servers})" * isinstance(exc, KafkaUnavailableError)
-        typer.echo(f"captioner dlq: {exc}{where}", err=True)
-        raise typer.Exit(exc.exit_code) from None
 
 
 @contextmanager

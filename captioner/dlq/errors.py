@@ -1,9 +1,9 @@
 """What can end a `captioner dlq` command early besides the operator tools' shared errors
-(`captioner.errors`), and the exit code each one means to a script."""
+(`captioner.errors`)."""
 
 from __future__ import annotations
 
-from captioner.errors import ExitCode, KafkaUnavailableError, OperatorError
+from captioner.errors import KafkaUnavailableError, OperatorError
 
 
 class TopicMissingError(KafkaUnavailableError):
@@ -17,7 +17,6 @@ class TopicMissingError(KafkaUnavailableError):
 
 class RecordNotFoundError(OperatorError):
     code = "record_not_found"
-    exit_code = ExitCode.NOT_FOUND
 
 
 class UntrustedTargetError(OperatorError):

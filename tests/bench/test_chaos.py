@@ -7,6 +7,8 @@ import pytest
 from bench.chaos.config import FAULTS, load_config
 from bench.chaos.outcomes import Tally, degraded_s, last_dip_end
 from bench.chaos.traffic import NO_ANSWER, Answer, Workload
+from core.settings import InvalidSettingError
+from tests.bench.conftest import Environment
 
 
 def answered(done_times: list[float], *, status: int = 200, title_ok: bool = True) -> list[Answer]:
@@ -79,8 +81,10 @@ def test_requests_alternate_instances_and_each_instance_sees_every_image() -> No
     assert {(api, image) for api, image in picks} == {(api, image) for api in (0, 1) for image in (0, 1, 2)}
 
 
-def test_config_names_every_fault_by_default_and_refuses_unknown_ones() -> None:
-    assert load_config({}).faults == FAULTS
-    assert load_config({"CHAOS_FAULTS": "worker-kill, leader-kill"}).faults == ("worker-kill", "leader-kill")
-    with pytest.raises(ValueError, match="unknown"):
-        load_config({"CHAOS_FAULTS": "meteor"})
+def test_config_names_every_fault_by_default_and_refuses_unknown_ones(environment: Environment) -> None:
+    assert load_config().faults == FAULTS
+    environment(CHAOS_FAULTS="worker-kill, leader-kill")
+    assert load_config().faults == ("worker-kill", "leader-kill")
+    environment(CHAOS_FAULTS="meteor")
+    with pytest.raises(InvalidSettingError, match=r"CHAOS_FAULTS: .*unknown"):
+        load_config()

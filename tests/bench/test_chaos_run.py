@@ -10,6 +10,7 @@ import pytest
 
 from bench.chaos.__main__ import run
 from bench.chaos.config import load_config
+from tests.bench.conftest import Environment
 from tests.support.broker import TEST_BROKER_PORT
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -30,22 +31,21 @@ SUMMARY_KEYS = {
 
 @pytest.mark.timeout(600)
 def test_a_leader_and_a_worker_killed_under_load_lose_no_request(
-    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_model_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str], environment: Environment
 ) -> None:
-    config = load_config(
-        {
-            "CHAOS_FAULTS": "leader-kill,worker-kill",
-            "CHAOS_RATE": "15",
-            "CHAOS_STEADY_S": "6",
-            "CHAOS_IMAGES": "4",
-            "CHAOS_STABLE_S": "3",
-            "CHAOS_MODEL_DIR": str(tiny_model_dir),
-            "CHAOS_RUN_DIR": str(tmp_path),
-            "CHAOS_RUN_ID": f"chaos-test-{tmp_path.name}",
-            # Clear of the test broker's own ports (it needs none here: the harness brings its cluster).
-            "KAFKA_CLUSTER_BASE_PORT": str(TEST_BROKER_PORT + 1000),
-        }
+    environment(
+        CHAOS_FAULTS="leader-kill,worker-kill",
+        CHAOS_RATE="15",
+        CHAOS_STEADY_S="6",
+        CHAOS_IMAGES="4",
+        CHAOS_STABLE_S="3",
+        CHAOS_MODEL_DIR=str(tiny_model_dir),
+        CHAOS_RUN_DIR=str(tmp_path),
+        CHAOS_RUN_ID=f"chaos-test-{tmp_path.name}",
+        # Clear of the test broker's own ports (it needs none here: the harness brings its cluster).
+        KAFKA_CLUSTER_BASE_PORT=str(TEST_BROKER_PORT + 1000),
     )
+    config = load_config()
 
     summary = run(config)
 

@@ -12,8 +12,8 @@ from aiohttp import web
 from PIL import Image
 
 from bench.load import ClosedLoop, LoadClient, OpenLoop, Sequential, Target, load_client, unique_jpeg
-from captioner.processes import free_port
 from tests.support.images import make_image_bytes
+from tests.support.processes import free_port
 from tests.support.waiting import wait_until
 
 _ANSWER = {"id": "x", "title": "two words", "latency_ms": 2.5, "inference_ms": 1.5}

@@ -7,7 +7,6 @@ import math
 import pytest
 
 from bench.ceiling import Ceiling, Machine, cpu_flags
-from bench.config import load_config
 from bench.gpu_phase import GpuResult
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
@@ -24,6 +23,7 @@ from bench.naive import NaiveResult
 from bench.report import SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
 from bench.warmup import WarmupResult
+from tests.bench.conftest import quick_config
 
 
 def _latency(errors: int = 0, slower: float = 1.0) -> LatencySummary:
@@ -56,7 +56,7 @@ def test_capacity_is_the_highest_passing_step() -> None:
 def _results() -> BenchResults:
     image = make_image(320, 240, seed=1)
     return BenchResults(
-        config=load_config({"BENCH_QUICK": "1"}),
+        config=quick_config(),
         images=[image],
         overhead_image=image,
         capacity_image=image,

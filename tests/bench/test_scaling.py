@@ -12,7 +12,7 @@ from typing import cast
 
 import pytest
 
-from bench.config import QUICK, load_config
+from bench.config import QUICK
 from bench.images import make_image
 from bench.load import LoadClient, LoadRun, LoadSpec, OpenLoop, Outcome, Sequential, answered, load_client
 from bench.measure import CapacityResult, CapacityStep, measure_capacity, target
@@ -33,7 +33,8 @@ from bench.scaling import (
 )
 from bench.service import Service, ServiceSpec, running_service
 from bench.stats import LatencySummary
-from captioner.processes import CAPTIONER
+from tests.bench.conftest import Environment, quick_config
+from tests.support.processes import HARNESS_WORKER
 
 CPUINFO = """processor\t: 0
 model name\t: Example CPU @ 2.0GHz
@@ -52,10 +53,13 @@ def test_worker_counts_parse_in_order_and_reject_nonsense() -> None:
             parse_worker_counts(bad)
 
 
-def test_the_run_pins_workers_and_measures_one_two_three_unless_told_otherwise() -> None:
-    default = load_scaling_config({})
+def test_the_run_pins_workers_and_measures_one_two_three_unless_told_otherwise(
+    environment: Environment,
+) -> None:
+    default = load_scaling_config()
     assert (default.worker_counts, default.pin) == ((1, 2, 3), True)
-    told = load_scaling_config({"BENCH_SCALING_WORKERS": "2", "BENCH_SCALING_PIN": "0"})
+    environment(BENCH_SCALING_WORKERS="2", BENCH_SCALING_PIN="0")
+    told = load_scaling_config()
     assert (told.worker_counts, told.pin) == ((2,), False)
 
 
@@ -75,7 +79,7 @@ def test_pinned_workers_run_under_taskset_and_unpinned_ones_do_not() -> None:
         min_new_tokens=20,
         worker_cpus=(0, 1),
     )
-    assert spec.worker_command(2) == ["taskset", "-c", "1", CAPTIONER, "worker"]
+    assert spec.worker_command(2) == ["taskset", "-c", "1", *HARNESS_WORKER]
     unpinned = ServiceSpec(
         label="tiny",
         model_dir=Path("/models/tiny"),
@@ -84,7 +88,7 @@ def test_pinned_workers_run_under_taskset_and_unpinned_ones_do_not() -> None:
         max_new_tokens=20,
         min_new_tokens=20,
     )
-    assert unpinned.worker_command(1) == [CAPTIONER, "worker"]
+    assert unpinned.worker_command(1) == list(HARNESS_WORKER)
 
 
 def test_cpu_info_names_the_model_and_its_vector_extensions() -> None:
@@ -214,9 +218,7 @@ def test_the_last_stdout_line_is_the_json_summary(capsys: pytest.CaptureFixture[
         )
         for workers, shares, rate in ((1, (6,), 500.0), (2, (3, 3), 560.0), (3, (2, 2, 2), 540.0))
     ]
-    config = ScalingConfig(
-        bench=load_config({"BENCH_QUICK": "1"}), worker_counts=(1, 2, 3), cpus=(0, 1), pin=True
-    )
+    config = ScalingConfig(bench=quick_config(), worker_counts=(1, 2, 3), cpus=(0, 1), pin=True)
     results = ScalingResults(
         config=config, cpu=CpuInfo.parse(CPUINFO), points=points, load_avg_at_start=0.5, wall_s=300.0
     )

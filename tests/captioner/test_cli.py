@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.processes import CAPTIONER
+from tests.support.processes import CAPTIONER
 
 
 def captioner(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
@@ -36,10 +36,25 @@ def test_every_command_refuses_unknown_settings_before_it_starts(command: list[s
     assert "CAPTIONER_API_REQUEST_TIMOUT_S (did you mean CAPTIONER_API_REQUEST_TIMEOUT_S?)" in done.stderr
 
 
-def test_the_test_harness_variables_are_allowed() -> None:
-    done = captioner("config", CAPTIONER_TEST_BROKER_PORT="19999")
+def test_no_captioner_variable_is_let_through_for_the_test_harness() -> None:
+    """The harness's own variables sit outside the CAPTIONER_ prefix, so the check knows no exceptions."""
+    refused = captioner("config", CAPTIONER_TEST_BROKER_PORT="19999")
+    harness = captioner("config", TEST_KAFKA_PORT="19999")
+
+    assert refused.returncode == 2
+    assert "unknown setting: CAPTIONER_TEST_BROKER_PORT" in refused.stderr
+    assert harness.returncode == 0, harness.stderr
+
+
+def test_an_old_setting_name_works_and_is_said_to_be_deprecated_once_at_start() -> None:
+    done = captioner("config", CAPTIONER_METRICS_PORT="9100")
 
     assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines() == [
+        "captioner: CAPTIONER_METRICS_PORT is deprecated: it is read as CAPTIONER_WORKER_METRICS_PORT; "
+        "rename it"
+    ]
+    assert json.loads(done.stdout)["worker"]["CAPTIONER_WORKER_METRICS_PORT"] == 9100
 
 
 def test_config_prints_every_group_with_secrets_masked() -> None:

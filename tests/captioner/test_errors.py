@@ -1,4 +1,5 @@
-"""The operator tools' errors are one branch of the project's error family, each naming its exit code."""
+"""The operator tools' errors are one branch of the project's error family; the command line maps each to
+its exit status (captioner/cli.py, EXIT_CODES)."""
 
 from __future__ import annotations
 
@@ -6,26 +7,32 @@ import pytest
 
 from captioner.bulk.options import Via, options_from
 from captioner.bulk.sinks import Format
+from captioner.cli import exit_code
 from captioner.dlq.errors import RecordNotFoundError, TopicMissingError, UntrustedTargetError
-from captioner.errors import ExitCode, KafkaUnavailableError, OperatorError, UsageError
+from captioner.errors import ExitCode, KafkaRefusedError, KafkaUnavailableError, OperatorError, UsageError
 from schemas.errors import CaptionerError
 
+ERRORS_AND_EXIT_CODES = [
+    (UsageError("bad"), ExitCode.USAGE),
+    (KafkaUnavailableError("down"), ExitCode.UNAVAILABLE),
+    (TopicMissingError("captioner.dlq"), ExitCode.UNAVAILABLE),
+    (RecordNotFoundError("gone"), ExitCode.NOT_FOUND),
+    (UntrustedTargetError("elsewhere"), ExitCode.USAGE),
+    (KafkaRefusedError("refused"), ExitCode.FAILURES),
+]
 
-@pytest.mark.parametrize(
-    ("error", "exit_code"),
-    [
-        (UsageError("bad"), ExitCode.USAGE),
-        (KafkaUnavailableError("down"), ExitCode.UNAVAILABLE),
-        (TopicMissingError("captioner.dlq"), ExitCode.UNAVAILABLE),
-        (RecordNotFoundError("gone"), ExitCode.NOT_FOUND),
-        (UntrustedTargetError("elsewhere"), ExitCode.USAGE),
-    ],
-)
-def test_every_operator_error_is_a_captioner_error_with_an_exit_code(
-    error: OperatorError, exit_code: ExitCode
+
+@pytest.mark.parametrize(("error", "status"), ERRORS_AND_EXIT_CODES)
+def test_every_operator_error_is_a_captioner_error_the_command_line_gives_an_exit_status(
+    error: OperatorError, status: ExitCode
 ) -> None:
     assert isinstance(error, CaptionerError)
-    assert error.exit_code is exit_code
+    assert exit_code(error) is status
+
+
+@pytest.mark.parametrize(("error", "status"), ERRORS_AND_EXIT_CODES)
+def test_an_error_knows_no_exit_status_of_its_own(error: OperatorError, status: ExitCode) -> None:
+    assert not hasattr(error, "exit_code")
 
 
 def test_caption_and_dlq_share_one_usage_error() -> None:

@@ -75,7 +75,7 @@ def test_formats_outside_the_allow_list_are_refused_before_any_plugin_decodes_th
         decode_image(data, max_pixels=10**6)
     if name:
         assert isinstance(caught.value, UnsupportedImageFormatError) and name in caught.value.message
-        assert caught.value.http_status == 415
+        assert caught.value.code == "unsupported_media_type"
 
 
 @pytest.mark.parametrize(

@@ -12,8 +12,12 @@ from core.settings import (
     InvalidSettingError,
     KafkaSettings,
     TopicSettings,
+    UnknownSettingError,
     WorkerSettings,
+    deprecation_warnings,
     load_settings,
+    refuse_unknown_variables,
+    variable_names,
 )
 
 
@@ -125,3 +129,42 @@ def test_keys_settings_that_would_leave_the_api_open_are_refused(
 def test_a_stop_waits_past_the_request_timeout_by_default() -> None:
     assert ApiSettings(request_timeout_s=12).drain_timeout_s > 12
     assert ApiSettings(request_timeout_s=12, shutdown_timeout_s=3).drain_timeout_s == 3
+
+
+@pytest.mark.parametrize("variable", ["CAPTIONER_MIN_NEW_TOKENS", "CAPTIONER_CHAOS_FAILING_BATCHES"])
+def test_the_service_has_no_setting_for_benchmarks_or_drills(variable: str) -> None:
+    """Forced caption lengths and injected failures are the harness's (tests/support/harness_worker.py)."""
+    with pytest.raises(UnknownSettingError):
+        refuse_unknown_variables({variable: "1"})
+
+
+def test_a_setting_both_roles_have_for_their_own_process_is_named_by_role() -> None:
+    """CAPTIONER_API_METRICS_PORT and CAPTIONER_WORKER_METRICS_PORT, not CAPTIONER_METRICS_PORT. (Both
+    read the workers' consumer group, which is one setting.)"""
+    shared = (ApiSettings.model_fields.keys() & WorkerSettings.model_fields.keys()) - {"worker_group_id"}
+    api, worker = variable_names(ApiSettings), variable_names(WorkerSettings)
+
+    assert shared
+    for field in shared:
+        assert api[field] == f"CAPTIONER_API_{field.upper()}"
+        assert worker[field] == f"CAPTIONER_WORKER_{field.upper()}"
+
+
+@pytest.mark.parametrize(
+    ("old", "new", "field"),
+    [
+        ("CAPTIONER_METRICS_PORT", "CAPTIONER_WORKER_METRICS_PORT", "metrics_port"),
+        ("CAPTIONER_SHUTDOWN_TIMEOUT_S", "CAPTIONER_WORKER_SHUTDOWN_TIMEOUT_S", "shutdown_timeout_s"),
+    ],
+)
+def test_an_old_name_is_still_read_and_said_to_be_deprecated(
+    monkeypatch: pytest.MonkeyPatch, old: str, new: str, field: str
+) -> None:
+    monkeypatch.setenv(old, "9100")
+
+    refuse_unknown_variables()
+    assert getattr(load_settings(WorkerSettings), field) == 9100
+    assert deprecation_warnings() == [f"{old} is deprecated: it is read as {new}; rename it"]
+
+    monkeypatch.setenv(new, "9200")  # the new name wins
+    assert getattr(load_settings(WorkerSettings), field) == 9200

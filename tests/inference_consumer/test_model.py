@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 import torch
 
-from captioner.processes import CAPTIONER, free_port
 from core.model_id import public_model_id
 from core.settings import WorkerSettings
 from inference_consumer.errors import ModelUnavailableError
@@ -23,6 +22,7 @@ from inference_consumer.model import (
     resolved_revision,
 )
 from tests.support.images import make_picture, reference_captioner
+from tests.support.processes import CAPTIONER, free_port
 
 
 def test_local_directory_loads_and_captions_like_generate(tiny_model_dir: Path) -> None:

@@ -18,8 +18,9 @@ from tests.support.repo import REPO
 DEPLOY = REPO / "infra" / "deploy"
 FULL_LOCK = REPO / "requirements" / "lock.txt"
 ROLES = ("api", "worker")
-# torch and what only it brings (CUDA runtime wheels, triton), and the worker's other libraries.
-WORKER_ONLY = re.compile(r"^(torch|transformers|numpy|triton|nvidia-.*|tokenizers|safetensors)$")
+# What only the worker extra's libraries bring: CUDA runtime wheels and triton (torch), tokenizers and
+# safetensors (transformers).
+BROUGHT_BY_WORKER_LIBRARIES = re.compile(r"^(triton|nvidia-.*|tokenizers|safetensors)$")
 PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==(\S+)")
 HASH = re.compile(r"--hash=(sha256:[0-9a-f]{64})")
 
@@ -75,8 +76,13 @@ def test_each_role_lock_holds_its_install_and_the_build_backend(role: str) -> No
 
 
 def test_the_api_lock_holds_no_worker_library() -> None:
-    assert not [name for name in read_lock(role_lock("api")) if WORKER_ONLY.match(name)]
-    assert {"torch", "transformers", "numpy"} <= set(read_lock(role_lock("worker")))
+    """The worker's libraries are pyproject.toml's `worker` extra (tests/test_packaging.py)."""
+    extras = project()["optional-dependencies"]
+    assert isinstance(extras, dict)
+    worker_extra = {canonicalize_name(Requirement(line).name) for line in extras["worker"]}
+    api_lock = read_lock(role_lock("api"))
+    assert not [name for name in api_lock if name in worker_extra or BROUGHT_BY_WORKER_LIBRARIES.match(name)]
+    assert worker_extra <= set(read_lock(role_lock("worker")))
 
 
 def dockerfile(role: str) -> str:

@@ -38,8 +38,9 @@ DELIVERY_TIMEOUT_S = 5
 # worker used before it had one.
 COMMIT_DEADLINE_S = 90
 PARTITION = 2
-# With nothing to wait for, a stop takes the process's own exit: well under CAPTIONER_SHUTDOWN_TIMEOUT_S
-# (30 s), which a worker waiting for its pending outcome's revoke would spend, and more.
+# With nothing to wait for, a stop takes the process's own exit: well under
+# CAPTIONER_WORKER_SHUTDOWN_TIMEOUT_S (30 s), which a worker waiting for its pending outcome's revoke would
+# spend, and more.
 STOP_DEADLINE_S = 15
 
 
@@ -156,7 +157,7 @@ def test_a_worker_with_an_outcome_pending_and_no_broker_left_stops_at_once(
     worker = start_worker(
         KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap,
         CAPTIONER_DELIVERY_TIMEOUT_S="600",  # the reply stays pending for the whole test
-        CAPTIONER_METRICS_PORT=str(metrics_port),
+        CAPTIONER_WORKER_METRICS_PORT=str(metrics_port),
     )
     stuck = caption_request(make_image_bytes("PNG", seed=1), reply_topic=leaderless_topic)
     publish_request(cluster.bootstrap, cluster_topics.requests, stuck, partition=PARTITION)

@@ -26,6 +26,7 @@ from tests.integration.test_pipeline import PREDICT, post_image
 from tests.support.broker import BROKER_SCRIPT
 from tests.support.images import make_image_bytes, reference_captioner
 from tests.support.kafka import caption_request, committed_offset, publish, publish_request, read_until
+from tests.support.processes import HARNESS_WORKER
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,8 +45,9 @@ DLQ_HEADERS = [
     record_headers.DLQ_WORKER_ID,
     record_headers.DLQ_FAILED_AT_MS,
 ]
-# Slow the tiny model down to ~100 decoding steps per batch so that work is in flight when we strike.
-SLOW_INFERENCE = {"CAPTIONER_MAX_NEW_TOKENS": "100", "CAPTIONER_MIN_NEW_TOKENS": "100"}
+# 100 decoding steps a batch, with a model that never ends a caption early (the endless_model_dir
+# fixture), so that work is in flight when we strike.
+SLOW_TOKENS = {"CAPTIONER_MAX_NEW_TOKENS": "100"}
 
 
 def report(name: str, **counts: int) -> None:
@@ -106,7 +108,7 @@ def test_permanent_failure_reaches_the_caller_at_once(start_worker: StartWorker,
 def test_transient_failure_is_retried_and_answered(
     start_worker: StartWorker, start_api: StartApi, tiny_model_dir: Path
 ) -> None:
-    start_worker(CAPTIONER_CHAOS_FAILING_BATCHES="1")
+    start_worker(command=HARNESS_WORKER, HARNESS_FAILING_BATCHES="1")
     api = start_api()
     image = make_image_bytes("JPEG", seed=9)
 
@@ -120,7 +122,7 @@ def test_transient_failure_is_retried_and_answered(
 def test_exhausted_retries_end_in_the_dlq_and_a_503(
     start_worker: StartWorker, start_api: StartApi, topics: TopicSettings, kafka_bootstrap: str
 ) -> None:
-    start_worker(CAPTIONER_CHAOS_FAILING_BATCHES="1000")
+    start_worker(command=HARNESS_WORKER, HARNESS_FAILING_BATCHES="1000")
     api = start_api()
 
     response = post_image(api.url, make_image_bytes("PNG", seed=2))
@@ -139,7 +141,7 @@ def test_expired_job_is_not_run_and_is_counted(
     from tests.support.services import free_port
 
     metrics_port = free_port()
-    start_worker(CAPTIONER_METRICS_PORT=str(metrics_port))
+    start_worker(CAPTIONER_WORKER_METRICS_PORT=str(metrics_port))
     expired = caption_request(make_image_bytes("PNG"), reply_topic=topics.replies, deadline_s=-1)
     live = caption_request(make_image_bytes("PNG", seed=1), reply_topic=topics.replies)
     publish_request(kafka_bootstrap, topics.requests, expired, partition=1)
@@ -152,8 +154,10 @@ def test_expired_job_is_not_run_and_is_counted(
     assert 'captioner_worker_jobs_total{outcome="expired"} 1.0' in metrics
 
 
-def test_killing_a_worker_mid_batch_loses_no_request(start_worker: StartWorker, start_api: StartApi) -> None:
-    settings = {**SLOW_INFERENCE, "CAPTIONER_MAX_BATCH_SIZE": "4"}
+def test_killing_a_worker_mid_batch_loses_no_request(
+    start_worker: StartWorker, start_api: StartApi, endless_model_dir: Path
+) -> None:
+    settings = {**SLOW_TOKENS, "CAPTIONER_MODEL": str(endless_model_dir), "CAPTIONER_MAX_BATCH_SIZE": "4"}
     victim = start_worker(**settings)
     start_worker(**settings)
     api = start_api(CAPTIONER_API_REQUEST_TIMEOUT_S="60")
@@ -378,9 +382,9 @@ async def _open_loop(url: str, image: bytes, *, rate: float, duration_s: float) 
 
 
 def test_overload_is_shed_with_429_and_every_request_is_accounted_for(
-    start_worker: StartWorker, start_api: StartApi
+    start_worker: StartWorker, start_api: StartApi, endless_model_dir: Path
 ) -> None:
-    start_worker(**SLOW_INFERENCE, CAPTIONER_MAX_BATCH_SIZE="4")
+    start_worker(**SLOW_TOKENS, CAPTIONER_MODEL=str(endless_model_dir), CAPTIONER_MAX_BATCH_SIZE="4")
     api = start_api(CAPTIONER_API_MAX_IN_FLIGHT="8", CAPTIONER_API_REQUEST_TIMEOUT_S="10")
     image = make_image_bytes("PNG", seed=6)
     capacity = asyncio.run(_saturated_rate(api.url, image, clients=16, duration_s=3))

@@ -48,7 +48,7 @@ def test_a_worker_exports_one_jobs_timings_outcome_lag_and_partitions(
     start_api: StartApi, start_worker: StartWorker, topics: TopicSettings
 ) -> None:
     port = free_port()
-    start_worker(CAPTIONER_METRICS_PORT=str(port))
+    start_worker(CAPTIONER_WORKER_METRICS_PORT=str(port))
     api = start_api()
 
     assert post_image(api.url, make_image_bytes("PNG", seed=3)).status_code == 200

@@ -63,7 +63,7 @@ class LocalRun:
 
 
 @pytest.fixture(params=[RUN_LOCAL, MAKE_RUN], ids=["run-local.sh", "make-run"])
-def local_run(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Path) -> Iterator[LocalRun]:
+def local_run(request: pytest.FixtureRequest, tmp_path: Path, endless_model_dir: Path) -> Iterator[LocalRun]:
     broker_env = {
         "KAFKA_LOCAL_PORT": str(free_port()),
         "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
@@ -74,13 +74,12 @@ def local_run(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Pa
         **broker_env,
         "CAPTIONER_API_PORT": str(api_port),
         "METRICS_PORT_BASE": str(worker_metrics_port - 1),  # worker N serves on base + N
-        "CAPTIONER_MODEL": str(tiny_model_dir),
+        # Every caption 100 tokens long: long enough a job that the signal finds it running.
+        "CAPTIONER_MODEL": str(endless_model_dir),
         "CAPTIONER_WORKER_THREADS": "1",
         "CAPTIONER_CACHE_ENABLED": "false",
         "CAPTIONER_LOG_FORMAT": "text",
-        # Long enough a job that the signal finds it running.
         "CAPTIONER_MAX_NEW_TOKENS": "100",
-        "CAPTIONER_MIN_NEW_TOKENS": "100",
     }
     output = tmp_path / "run-local.out"
     with output.open("wb") as out:

@@ -11,9 +11,9 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
-from captioner.processes import ApiProcess
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes
+from tests.support.processes import ApiProcess
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

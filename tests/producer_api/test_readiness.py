@@ -53,11 +53,13 @@ Probe = Callable[..., Awaitable[tuple[int, dict[str, Any]]]]
 async def probe() -> AsyncIterator[Probe]:
     clients: list[TestClient[Any, Any]] = []
 
-    async def readyz(listener: FakeListener, group: FakeGroup | None) -> tuple[int, dict[str, Any]]:
+    async def readyz(
+        listener: FakeListener, group: FakeGroup | None, **readers: FakeListener
+    ) -> tuple[int, dict[str, Any]]:
         app = make_api_app(api=ApiSettings(instance_id="test"), images=ImageSettings())
         workers = WorkersCheck(group, group_id="the-workers", cache_s=0) if group else None
         broker = BrokerCheck(answer_true, cache_s=0)
-        app[READINESS] = Readiness(listener=listener, broker=broker, workers=workers)
+        app[READINESS] = Readiness(listener=listener, broker=broker, workers=workers, **readers)
         client = TestClient(TestServer(app))
         await client.start_server()
         clients.append(client)
@@ -88,6 +90,24 @@ async def test_not_ready_while_the_reply_listeners_thread_is_dead(probe: Probe) 
     assert body["status"] == "not_ready"
     assert body["checks"]["reply_listener"]["ok"] is False
     assert body["checks"]["reply_listener"]["reason"] == "the reply listener's thread has stopped"
+
+
+async def test_not_ready_while_the_caption_cache_readers_thread_is_dead(probe: Probe) -> None:
+    status, body = await probe(FakeListener(), FakeGroup(), cache_reader=FakeListener(running=False))
+
+    assert status == 503
+    assert body["checks"]["cache_reader"] == {
+        "ok": False,
+        "reason": "the caption-cache reader's thread has stopped",
+    }
+    assert body["checks"]["reply_listener"]["ok"] is True
+
+
+async def test_an_instance_reading_the_cache_is_ready_while_its_reader_runs(probe: Probe) -> None:
+    status, body = await probe(FakeListener(), FakeGroup(), cache_reader=FakeListener())
+
+    assert status == 200, body
+    assert body["checks"]["cache_reader"] == {"ok": True}
 
 
 async def test_not_ready_while_no_worker_holds_request_partitions(probe: Probe) -> None:

@@ -13,7 +13,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = REPO / "infra" / "kafka" / "broker.sh"
-TEST_BROKER_PORT = int(os.environ.get("CAPTIONER_TEST_BROKER_PORT", "19092"))
+# Outside the CAPTIONER_ prefix: the services the tests start inherit the environment, and refuse any
+# CAPTIONER_* variable that is not a setting.
+TEST_BROKER_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
 
 
 def docker_answers() -> bool:

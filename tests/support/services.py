@@ -6,7 +6,7 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 
-from captioner.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from tests.support.processes import CAPTIONER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
 
 __all__ = ["CAPTIONER", "ApiProcess", "ServiceProcess", "free_port", "service_env", "spawn", "spawn_api"]
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from captioner.processes import ServiceProcess, private_memory_mb, rss_peak, uss_peaks
+from tests.support.processes import ServiceProcess, private_memory_mb, rss_peak, uss_peaks
 from tests.support.waiting import wait_until
 
 HELD_MB = 200
