@@ -86,11 +86,19 @@ from dataclasses import dataclass, replace
 
 from rich.console import Console
 
+from bench.bf16 import DTYPE, Bf16Result
+from bench.breakdown import broker_pid
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
 from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
-from bench.inprocess import DecoderCheck, check_decoders, measure_ceiling, reference_runner
+from bench.inprocess import (
+    DecoderCheck,
+    check_decoders,
+    count_same_titles,
+    measure_ceiling,
+    reference_runner,
+)
 from bench.load import ClosedLoop, LoadClient, load_client
 from bench.measure import (
     CapacityResult,
@@ -109,9 +117,10 @@ from bench.measure import (
 from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
-from bench.service import Service, ServiceSpec, running_service, start_broker
+from bench.service import BROKER_SH, Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
 from captioner.processes import exit_on_sigterm, rss_peak, uss_peaks
+from core.cpu_features import bf16_refusal, host_cpu_flags
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host
@@ -154,16 +163,21 @@ class BaseServiceResults:
 
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
     base = ensure_model("base")
-    log("machine: sgemm rate on the worker's threads; the model's FLOPs per image")
+    log("machine: sgemm rate on the worker's threads; the model's FLOPs and kernels per image")
     ceiling = measure_ceiling(
         base,
         images.overhead,
         max_new_tokens=config.max_new_tokens,
         min_new_tokens=config.min_new_tokens,
         threads=config.worker_threads,
+        batch=config.batch_size,
     )
     machine = ceiling.machine
-    log(f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s")
+    log(
+        f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s "
+        f"({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel calls, "
+        f"batch {config.batch_size})"
+    )
     log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
     decoders = check_decoders(
         base,
@@ -222,7 +236,12 @@ def base_service_phase(
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
         saturation = measure_saturation(
-            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+            client,
+            service,
+            images.photos,
+            size=config.saturation_loop,
+            phases=config.phases,
+            broker_pid=broker_pid(BROKER_SH),
         )
         log(f"service: {saturation.img_s:.3f} img/s")
         steady = tuple(
@@ -274,6 +293,38 @@ def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, boo
         service.check_alive()
     log("memory: USS peaks " + ", ".join(f"{peak:.0f} MB" for peak in uss.peaks_mb))
     return uss.peaks_mb
+
+
+def bf16_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> Bf16Result | None:
+    """The base service again in bfloat16, where the CPU has it (None elsewhere: the worker refuses it)."""
+    refusal = bf16_refusal(host_cpu_flags())
+    if refusal is not None:
+        log(f"bf16: not run, {refusal}")
+        return None
+    base = ensure_model("base")
+    log("bf16: the model's kernels in bfloat16 (ceiling), then its titles against float32's")
+    ceiling = measure_ceiling(
+        base,
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+        batch=config.batch_size,
+        dtype=DTYPE,
+    )
+    same = count_same_titles(
+        base, images.photos, max_new_tokens=config.max_new_tokens, threads=config.worker_threads, dtype=DTYPE
+    )
+    log(f"bf16: ceiling {ceiling.img_s:.2f} img/s; {same} of {len(images.photos)} titles as in float32")
+    spec = replace(service_spec(config, "base"), label="bf16", extra_env=(("CAPTIONER_DTYPE", DTYPE),))
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        saturation = measure_saturation(
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+        )
+    log(f"bf16: {saturation.img_s:.3f} img/s")
+    return Bf16Result(ceiling=ceiling, saturation=saturation, same_titles=same, photos=len(images.photos))
 
 
 def steady_phase(
@@ -331,6 +382,7 @@ def run(config: BenchConfig) -> BenchResults:
             if config.workers >= MEMORY_WORKERS
             else memory_phase(config, images, client, bootstrap)
         )
+        bf16 = bf16_phase(config, images, client, bootstrap)
         gpu = gpu_phase(config, images.photos, client, bootstrap, log=log)
     return BenchResults(
         config=config,
@@ -350,6 +402,7 @@ def run(config: BenchConfig) -> BenchResults:
         ceiling=ceiling,
         wall_s=time.perf_counter() - started,
         gpu=gpu,
+        bf16=bf16,
     )
 
 

@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from bench.breakdown import Breakdown, BreakdownProbe
 from bench.config import ClosedLoopSize, Phases
 from bench.images import BenchImage
 from bench.inprocess import ReferenceRun
@@ -105,6 +106,7 @@ class SaturationResult:
     latency: LatencySummary
     words_per_title: float
     client_cpu_share: float
+    breakdown: Breakdown | None = None  # where the time went (measure_saturation)
 
 
 def measure_saturation(
@@ -114,9 +116,12 @@ def measure_saturation(
     *,
     size: ClosedLoopSize,
     phases: Phases,
+    broker_pid: int | None = None,
 ) -> SaturationResult:
     """Closed loop at `concurrency`; throughput counts whole answered batches after the first (see
-    stats.completion_rate), so neither warm-up nor a partial last batch skews it."""
+    stats.completion_rate), so neither warm-up nor a partial last batch skews it. The workers' stage
+    seconds and every process's CPU time are read around it (bench/breakdown.py); the broker's only
+    when its pid is given."""
     spec = ClosedLoop(
         target=target(service, images),
         concurrency=size.concurrency,
@@ -124,7 +129,15 @@ def measure_saturation(
         min_completions=size.min_completions,
         max_s=4 * phases.saturation_s,
     )
-    return _closed_loop(client, service, spec)[0]
+    pids = {"worker": [worker.pid for worker in service.workers], "api": [service.api.pid]}
+    probe = BreakdownProbe(
+        metrics_urls=service.worker_metrics_urls,
+        pids=pids | ({"broker": [broker_pid]} if broker_pid is not None else {}),
+    )
+    probe.start()
+    result, _ = _closed_loop(client, service, spec)
+    breakdown = probe.finish(answered=result.answered, client_cpu_s=result.client_cpu_share * result.wall_s)
+    return replace(result, breakdown=breakdown)
 
 
 def _closed_loop(
