@@ -11,6 +11,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 # shellcheck source=security.sh
 source "$here/security.sh"
 security="$(security_mode)"
@@ -25,10 +27,6 @@ pid_file="$state/broker.pid"
 log_file="$state/broker.log"
 config="$state/server.properties"
 
-java_cmd() {
-  if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; else command -v java; fi
-}
-
 fetch() {
   if [[ -f "$libs/.complete" ]]; then return; fi
   command -v mvn >/dev/null || { echo "broker.sh: Maven (mvn) is needed to fetch Kafka from Maven Central" >&2; exit 1; }
@@ -41,11 +39,7 @@ fetch() {
 }
 
 running() {
-  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+  pid_alive "$pid_file"
 }
 
 java_opts=(-Xms256m -Xmx1g -XX:+UseG1GC -Djava.awt.headless=true
@@ -75,7 +69,7 @@ fill_template() {
 start() {
   fetch
   if running; then echo "127.0.0.1:$port"; return; fi
-  if port_open; then
+  if port_open "$port"; then
     echo "broker.sh: port $port is taken by another process; set KAFKA_LOCAL_PORT" >&2; exit 1
   fi
   mkdir -p "$state"
@@ -94,7 +88,7 @@ start() {
   setsid nohup "$(java_cmd)" "${java_opts[@]}" kafka.Kafka "$config" >>"$log_file" 2>&1 < /dev/null &
   echo $! > "$pid_file"
   for _ in $(seq 1 120); do
-    if port_open; then
+    if port_open "$port"; then
       [[ "$security" == plaintext ]] || echo "broker.sh: $security; the super user's client settings: $state/admin.env" >&2
       echo "127.0.0.1:$port"; return
     fi

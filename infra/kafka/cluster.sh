@@ -19,6 +19,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 # shellcheck source=security.sh
 source "$here/security.sh"
 security="$(security_mode)"
@@ -49,21 +51,12 @@ voters() {
   (IFS=,; echo "${list[*]}")
 }
 
-java_cmd() {
-  if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; else command -v java; fi
-}
-
 # Three JVMs share the machine: a small heap each (the cluster holds little data).
 java_opts=(-Xms128m -Xmx384m -XX:+UseG1GC -Djava.awt.headless=true
   "-Dlog4j2.configurationFile=$here/log4j2.properties" -cp "$libs/*")
 
 running() {
-  local pid; pid="$(pid_of "$1")"
-  [[ -n "$pid" ]] && kill -0 "$pid" 2>/dev/null
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null
+  pid_alive "$(node_dir "$1")/broker.pid"
 }
 
 check_node() {

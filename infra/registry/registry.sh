@@ -9,6 +9,8 @@ set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 repo="$(cd "$here/../.." && pwd)"
+# shellcheck source=../lib.sh
+source "$here/../lib.sh"
 home="$repo/.local/registry"
 version="2.4.2.Final"
 jar="$home/apicurio-registry-$version.jar"
@@ -18,10 +20,6 @@ pid_file="$state/registry.pid"
 log_file="$state/registry.log"
 url="http://127.0.0.1:$port/apis/ccompat/v7"
 compatibility="${REGISTRY_LOCAL_COMPATIBILITY:-BACKWARD}"
-
-java_cmd() {
-  if [[ -n "${JAVA_HOME:-}" ]]; then echo "$JAVA_HOME/bin/java"; else command -v java; fi
-}
 
 fetch() {
   if [[ -f "$jar" ]]; then return; fi
@@ -36,11 +34,7 @@ fetch() {
 }
 
 running() {
-  [[ -f "$pid_file" ]] && kill -0 "$(cat "$pid_file")" 2>/dev/null
-}
-
-port_open() {
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null
+  pid_alive "$pid_file"
 }
 
 # Ready once the Confluent-compatible API answers 200 (an open port alone can come a moment earlier).
@@ -55,7 +49,7 @@ answers() {
 start() {
   fetch
   if running; then echo "$url"; return; fi
-  if port_open; then
+  if port_open "$port"; then
     echo "registry.sh: port $port is taken by another process; set REGISTRY_LOCAL_PORT" >&2; exit 1
   fi
   mkdir -p "$state"

@@ -140,7 +140,7 @@ def make_job(offset: int, pixels: Future[torch.Tensor], *, deadline_in_s: float 
         created_at=now,
     )
     job = Job(TOPICS.requests, 0, offset, b"k", REQUEST_CODEC.encode(request), {}, 1234, request=request)
-    job.reply_to = ReplyAddress("results", 0)
+    job.reply_to = ReplyAddress("results", 0, request.correlation_id)
     job.pixels = pixels
     return job
 
