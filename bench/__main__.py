@@ -101,11 +101,14 @@ from bench.inprocess import (
 )
 from bench.load import ClosedLoop, LoadClient, load_client
 from bench.measure import (
+    API_COST_RATE,
+    ApiCost,
     CapacityResult,
     IdleResult,
     RepeatResult,
     SaturationResult,
     SteadyResult,
+    measure_api_cost,
     measure_capacity,
     measure_idle,
     measure_repeat50,
@@ -348,14 +351,19 @@ def steady_phase(
 
 def capacity_phase(
     config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
-) -> CapacityResult:
+) -> tuple[CapacityResult, ApiCost]:
     log("capacity (tiny model): starting service")
     spec = service_spec(config, "tiny")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        log(f"capacity: the API's CPU time per request at {API_COST_RATE:g} req/s")
+        api_cost = measure_api_cost(
+            client, service, images.capacity, duration_s=2 * config.phases.capacity_step_s
+        )
+        log(f"capacity: API {api_cost.cpu_ms_per_request:.2f} CPU ms/request")
         log(f"capacity: step-up {config.phases.capacity_step_s:g} s steps")
         capacity = measure_capacity(client, service, images.capacity, phases=config.phases)
         log(f"capacity: {capacity.capacity_rps:.0f} req/s; stopping")
-    return capacity
+    return capacity, api_cost
 
 
 def run(config: BenchConfig) -> BenchResults:
@@ -376,7 +384,7 @@ def run(config: BenchConfig) -> BenchResults:
         log(warmup.describe())
         client = stack.enter_context(load_client())
         base = base_service_phase(config, images, client, bootstrap)
-        capacity = capacity_phase(config, images, client, bootstrap)
+        capacity, api_cost = capacity_phase(config, images, client, bootstrap)
         worker_uss_mb = (
             base.worker_uss_mb
             if config.workers >= MEMORY_WORKERS
@@ -397,6 +405,7 @@ def run(config: BenchConfig) -> BenchResults:
         steady=base.steady,
         repeat50=base.repeat50,
         capacity=capacity,
+        api_cost=api_cost,
         worker_rss_mb=base.worker_rss_mb,
         worker_uss_mb=worker_uss_mb,
         ceiling=ceiling,

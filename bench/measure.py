@@ -317,3 +317,41 @@ def steady_rate(saturation_img_s: float, fraction: float) -> float:
     if not math.isfinite(saturation_img_s) or saturation_img_s <= 0:
         return 0.1
     return saturation_img_s * fraction
+
+
+# ---- the API's cost per request ---------------------------------------------------------------------------
+
+API_COST_RATE = 100.0  # requests/s offered: well inside the tiny model's capacity on a small machine
+
+
+@dataclass(frozen=True)
+class ApiCost:
+    """The API process's CPU time over an open loop at a fixed offered rate (tiny model, every feature
+    as shipped: tracing, caption cache), per request answered."""
+
+    rate: float
+    requests: int
+    answered: int
+    api_cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.api_cpu_s / self.requests if self.requests else math.nan
+
+
+def measure_api_cost(
+    client: LoadClient, service: Service, image: BenchImage, *, duration_s: float, rate: float = API_COST_RATE
+) -> ApiCost:
+    """One small image, every request through the whole path (the cache-bypass header, as the other
+    loops send it): the API still reads every cache entry the workers write, as shipped."""
+    from bench.breakdown import cpu_seconds
+
+    spec = OpenLoop(target=target(service, [image]), rate=rate, duration_s=duration_s, poisson=False)
+    before = cpu_seconds(service.api.pid)
+    run = _run_checked(client, service, spec)
+    return ApiCost(
+        rate=rate,
+        requests=len(run.outcomes),
+        answered=sum(outcome.ok for outcome in run.outcomes),
+        api_cpu_s=cpu_seconds(service.api.pid) - before,
+    )

@@ -18,6 +18,7 @@ from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
 from bench.measure import (
+    ApiCost,
     CapacityResult,
     IdleResult,
     RepeatResult,
@@ -56,6 +57,7 @@ SUMMARY_KEYS = (
     "p99_ms_65_ideal",
     "overhead_p50_ms",
     "capacity_rps",
+    "api_cpu_ms_per_request",
     "worker_rss_mb",
     "uss_mb_per_worker",
     "decoder_identical",
@@ -91,6 +93,7 @@ class BenchResults:
     steady: tuple[SteadyResult, ...]  # one open-loop run per load level
     repeat50: RepeatResult
     capacity: CapacityResult
+    api_cost: ApiCost
     worker_rss_mb: float
     worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
     ceiling: Ceiling
@@ -146,6 +149,7 @@ class BenchResults:
             "p99_ms_65_ideal": self.ideal_p99_ms_65,
             "overhead_p50_ms": self.overhead_p50_ms,
             "capacity_rps": self.capacity.capacity_rps,
+            "api_cpu_ms_per_request": self.api_cost.cpu_ms_per_request,
             "worker_rss_mb": self.worker_rss_mb,
             "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
             "decoder_identical": self.decoders.identical,
@@ -256,6 +260,13 @@ def _headline(results: BenchResults) -> Table:
         f"{results.capacity.capacity_rps:.0f}",
         f"tiny model, {results.capacity_image.name}: highest step-up rate with 0 errors, "
         "answers keeping pace",
+    )
+    cost = results.api_cost
+    table.add_row(
+        "api_cpu_ms_per_request",
+        f"{cost.cpu_ms_per_request:.2f}",
+        f"tiny model, {cost.rate:g} req/s offered: the API process's CPU time over {cost.requests} requests "
+        f"({cost.answered} answered), tracing and cache as shipped",
     )
     table.add_row(
         "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"
