@@ -82,8 +82,8 @@ class Breakdown:
 
     def ms_per_img(self, stage: str) -> float:
         """Seconds in `stage` per answered image, in ms; `other`: the inference threads' window less
-        every stage they reported."""
-        if self.answered <= 0:
+        every stage they reported. NaN when no worker's stages were read."""
+        if self.answered <= 0 or self.workers <= 0:
             return math.nan
         if stage == OTHER:
             seconds = self.workers * self.wall_s - sum(self.stage_s.get(name, 0.0) for name in THREAD_STAGES)
@@ -111,12 +111,12 @@ class BreakdownProbe:
 
     metrics_urls: Sequence[str]
     pids: Mapping[str, Sequence[int]]  # role -> the processes whose CPU counts for it
-    _stages: list[dict[str, float]] = field(default_factory=list)
+    _stages: list[dict[str, float] | None] = field(default_factory=list)
     _cpu: dict[str, float] = field(default_factory=dict)
     _started: float = math.nan
 
     def start(self) -> None:
-        self._stages = [scrape_stages(url) for url in self.metrics_urls]
+        self._stages = [self._scrape(url) for url in self.metrics_urls]
         self._cpu = self._read_cpu()
         self._started = time.perf_counter()
 
@@ -124,15 +124,28 @@ class BreakdownProbe:
         """The window since start(); `client_cpu_s`: the load client's own CPU time (LoadRun)."""
         wall_s = time.perf_counter() - self._started
         stages: dict[str, float] = {}
+        read = 0
         for url, before in zip(self.metrics_urls, self._stages, strict=True):
-            for stage, seconds in scrape_stages(url).items():
+            after = self._scrape(url)
+            if before is None or after is None:
+                continue
+            read += 1
+            for stage, seconds in after.items():
                 stages[stage] = stages.get(stage, 0.0) + seconds - before.get(stage, 0.0)
         now = self._read_cpu()
         cpu = {role: now[role] - self._cpu[role] for role in now}
         cpu["client"] = client_cpu_s
-        return Breakdown(
-            wall_s=wall_s, answered=answered, workers=len(self.metrics_urls), stage_s=stages, cpu_s=cpu
-        )
+        if read < len(self.metrics_urls):  # a share of some workers' time would mislead: none at all
+            stages, read = {}, 0
+        return Breakdown(wall_s=wall_s, answered=answered, workers=read, stage_s=stages, cpu_s=cpu)
+
+    @staticmethod
+    def _scrape(url: str) -> dict[str, float] | None:
+        """None when the worker's /metrics cannot be read: the breakdown is left out, the run goes on."""
+        try:
+            return scrape_stages(url)
+        except (OSError, ValueError):
+            return None
 
     def _read_cpu(self) -> dict[str, float]:
         return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}

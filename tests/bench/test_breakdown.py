@@ -41,3 +41,15 @@ def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
 def test_a_process_that_is_gone_has_no_cpu_time() -> None:
     assert cpu_seconds(os.getpid()) > 0
     assert math.isnan(cpu_seconds(2**22 + 12345))
+
+
+def test_a_worker_whose_metrics_cannot_be_read_leaves_the_stages_out_not_the_run(tmp_path: Path) -> None:
+    readable = _metrics_file(tmp_path / "metrics", {"decoding_steps": 1.0})
+    probe = BreakdownProbe(metrics_urls=[readable, (tmp_path / "gone").as_uri()], pids={"api": [os.getpid()]})
+    probe.start()
+
+    breakdown = probe.finish(answered=10, client_cpu_s=0.1)
+
+    assert breakdown.workers == 0 and breakdown.stage_s == {}
+    assert math.isnan(breakdown.ms_per_img("decoding_steps")) and math.isnan(breakdown.wall_share("other"))
+    assert breakdown.cpu_s["api"] >= 0  # the CPU figures stay
