@@ -29,6 +29,9 @@ MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_
 SGEMM_SIZE = 4096
 SGEMM_REPEATS = 5
 KERNEL_REPEATS = 3  # each distinct kernel call of the batch is timed this many times, the best kept
+# Matrix kernels outside torch's FLOP counter that the model may run: the fast decoder's oneDNN-packed
+# linears (CAPTIONER_PACKED_CPU_WEIGHTS).
+PACKED_KERNELS = frozenset({"mkldnn._linear_pointwise"})
 
 
 @dataclass(frozen=True)
@@ -134,6 +137,8 @@ def _meta(value: Any) -> Any:
     import torch
 
     if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:  # a packed weight: opaque, replayed as itself
+            return ("opaque", value)
         return ("tensor", tuple(value.shape), tuple(value.stride()), value.dtype)
     if isinstance(value, list | tuple):
         return ("seq", tuple(_meta(item) for item in value))
@@ -147,7 +152,7 @@ def _rebuild(meta: Any) -> Any:
     kind, *rest = meta
     if kind == "seq":
         return [_rebuild(item) for item in rest[0]]
-    if kind == "value":
+    if kind in ("value", "opaque"):
         return rest[0]
     shape, stride, dtype = rest
     extent = 1 + sum((size - 1) * step for size, step in zip(shape, stride, strict=True) if size)
@@ -161,7 +166,7 @@ def _rebuild(meta: Any) -> Any:
 
 def record_kernels(run: Callable[[], object]) -> Counter[Signature]:
     """Every call `run` makes to an op torch's FLOP counter counts (matrix products, convolutions,
-    attention), by (op, argument layouts)."""
+    attention) or to a packed linear (PACKED_KERNELS), by (op, argument layouts)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
 
@@ -172,7 +177,7 @@ def record_kernels(run: Callable[[], object]) -> Counter[Signature]:
             self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
         ) -> Any:
             kwargs = kwargs or {}
-            if func.overloadpacket in flop_registry:
+            if func.overloadpacket in flop_registry or str(func.overloadpacket) in PACKED_KERNELS:
                 calls[(func, _meta(list(args)), _meta(sorted(kwargs.items())))] += 1
             else:  # a composite op (linear, matmul) is seen whole here: into the kernels it runs
                 with self:
