@@ -87,18 +87,29 @@ from dataclasses import dataclass, replace
 
 from rich.console import Console
 
+from bench.bf16 import DTYPE, Bf16Result
+from bench.breakdown import broker_pid
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
 from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
-from bench.inprocess import DecoderCheck, check_decoders, measure_ceiling, reference_runner
+from bench.inprocess import (
+    DecoderCheck,
+    check_decoders,
+    count_same_titles,
+    measure_ceiling,
+    reference_runner,
+)
 from bench.load import ClosedLoop, LoadClient, load_client
 from bench.measure import (
+    API_COST_RATE,
+    ApiCost,
     CapacityResult,
     IdleResult,
     RepeatResult,
     SaturationResult,
     SteadyResult,
+    measure_api_cost,
     measure_capacity,
     measure_idle,
     measure_repeat50,
@@ -110,8 +121,9 @@ from bench.measure import (
 from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
-from bench.service import Service, ServiceSpec, running_service, start_broker
+from bench.service import BROKER_SH, Service, ServiceSpec, running_service, start_broker
 from bench.warmup import warm_up_broker
+from core.cpu_features import bf16_refusal, host_cpu_flags
 from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
@@ -155,16 +167,21 @@ class BaseServiceResults:
 
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
     base = ensure_model("base")
-    log("machine: sgemm rate on the worker's threads; the model's FLOPs per image")
+    log("machine: sgemm rate on the worker's threads; the model's FLOPs and kernels per image")
     ceiling = measure_ceiling(
         base,
         images.overhead,
         max_new_tokens=config.max_new_tokens,
         min_new_tokens=config.min_new_tokens,
         threads=config.worker_threads,
+        batch=config.batch_size,
     )
     machine = ceiling.machine
-    log(f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s")
+    log(
+        f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s "
+        f"({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel calls, "
+        f"batch {config.batch_size})"
+    )
     log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
     decoders = check_decoders(
         base,
@@ -223,7 +240,12 @@ def base_service_phase(
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
         saturation = measure_saturation(
-            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+            client,
+            service,
+            images.photos,
+            size=config.saturation_loop,
+            phases=config.phases,
+            broker_pid=broker_pid(BROKER_SH),
         )
         log(f"service: {saturation.img_s:.3f} img/s")
         steady = tuple(
@@ -277,6 +299,38 @@ def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, boo
     return uss.peaks_mb
 
 
+def bf16_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> Bf16Result | None:
+    """The base service again in bfloat16, where the CPU has it (None elsewhere: the worker refuses it)."""
+    refusal = bf16_refusal(host_cpu_flags())
+    if refusal is not None:
+        log(f"bf16: not run, {refusal}")
+        return None
+    base = ensure_model("base")
+    log("bf16: the model's kernels in bfloat16 (ceiling), then its titles against float32's")
+    ceiling = measure_ceiling(
+        base,
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+        batch=config.batch_size,
+        dtype=DTYPE,
+    )
+    same = count_same_titles(
+        base, images.photos, max_new_tokens=config.max_new_tokens, threads=config.worker_threads, dtype=DTYPE
+    )
+    log(f"bf16: ceiling {ceiling.img_s:.2f} img/s; {same} of {len(images.photos)} titles as in float32")
+    spec = replace(service_spec(config, "base"), label="bf16", extra_env=(("CAPTIONER_DTYPE", DTYPE),))
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        saturation = measure_saturation(
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+        )
+    log(f"bf16: {saturation.img_s:.3f} img/s")
+    return Bf16Result(ceiling=ceiling, saturation=saturation, same_titles=same, photos=len(images.photos))
+
+
 def steady_phase(
     config: BenchConfig,
     images: ImageSets,
@@ -298,14 +352,19 @@ def steady_phase(
 
 def capacity_phase(
     config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
-) -> CapacityResult:
+) -> tuple[CapacityResult, ApiCost]:
     log("capacity (tiny model): starting service")
     spec = service_spec(config, "tiny")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        log(f"capacity: the API's CPU time per request at {API_COST_RATE:g} req/s")
+        api_cost = measure_api_cost(
+            client, service, images.capacity, duration_s=2 * config.phases.capacity_step_s
+        )
+        log(f"capacity: API {api_cost.cpu_ms_per_request:.2f} CPU ms/request")
         log(f"capacity: step-up {config.phases.capacity_step_s:g} s steps")
         capacity = measure_capacity(client, service, images.capacity, phases=config.phases)
         log(f"capacity: {capacity.capacity_rps:.0f} req/s; stopping")
-    return capacity
+    return capacity, api_cost
 
 
 def run(config: BenchConfig) -> BenchResults:
@@ -326,12 +385,13 @@ def run(config: BenchConfig) -> BenchResults:
         log(warmup.describe())
         client = stack.enter_context(load_client())
         base = base_service_phase(config, images, client, bootstrap)
-        capacity = capacity_phase(config, images, client, bootstrap)
+        capacity, api_cost = capacity_phase(config, images, client, bootstrap)
         worker_uss_mb = (
             base.worker_uss_mb
             if config.workers >= MEMORY_WORKERS
             else memory_phase(config, images, client, bootstrap)
         )
+        bf16 = bf16_phase(config, images, client, bootstrap)
         gpu = gpu_phase(config, images.photos, client, bootstrap, log=log)
     return BenchResults(
         config=config,
@@ -346,11 +406,13 @@ def run(config: BenchConfig) -> BenchResults:
         steady=base.steady,
         repeat50=base.repeat50,
         capacity=capacity,
+        api_cost=api_cost,
         worker_rss_mb=base.worker_rss_mb,
         worker_uss_mb=worker_uss_mb,
         ceiling=ceiling,
         wall_s=time.perf_counter() - started,
         gpu=gpu,
+        bf16=bf16,
     )
 
 

@@ -1,14 +1,23 @@
-"""What this machine could do at best: its measured sgemm rate over the model's FLOPs per image.
+"""What this machine could do at best: the model's own matrix kernels, replayed alone, per image.
 
-Build machines differ about 2x (AVX-512 or AVX2 only, their clocks, their neighbours), so a figure alone
-says little; its share of the machine's own ceiling compares across machines."""
+The ceiling is measured with the kernels the model runs, not a square sgemm: every matrix product and
+convolution of one caption batch (the ops torch's FLOP counter counts) is recorded with its shapes,
+strides and dtype, and each distinct call is timed again on its own (best of a few) and weighted by how
+often the batch makes it. A batch cannot run faster than its matrix kernels alone, so the service's share
+of that ceiling stays at or below 1; what separates the two is everything else (elementwise ops, layer
+norms, softmax, Python, the other processes). The sgemm rate (4096^3, fp32) is kept as the machine's
+headline figure. Build machines differ about 2x (AVX-512 or AVX2 only, AMX, their clocks, their
+neighbours), so a figure alone says little; its share of the machine's own ceiling compares across
+machines."""
 
 from __future__ import annotations
 
 import time
+from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import torch
@@ -19,6 +28,10 @@ if TYPE_CHECKING:
 MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 SGEMM_SIZE = 4096
 SGEMM_REPEATS = 5
+KERNEL_REPEATS = 3  # each distinct kernel call of the batch is timed this many times, the best kept
+# Matrix kernels outside torch's FLOP counter that the model may run: the fast decoder's oneDNN-packed
+# linears (CAPTIONER_PACKED_CPU_WEIGHTS).
+PACKED_KERNELS = frozenset({"mkldnn._linear_pointwise"})
 
 
 @dataclass(frozen=True)
@@ -33,12 +46,38 @@ class Machine:
 
 
 @dataclass(frozen=True)
-class Ceiling:
-    machine: Machine
-    model_gflop_per_img: float
+class KernelTime:
+    """One batch's matrix kernels, replayed alone: what the batch costs at best on this machine."""
+
+    dtype: str  # the model's, e.g. float32 or bfloat16
+    batch: int
+    calls: int  # kernel calls the batch made
+    distinct: int  # distinct (op, shapes, strides, dtype) among them
+    seconds: float  # sum over the calls of each one's best time
 
     @property
     def img_s(self) -> float:
+        return self.batch / self.seconds
+
+
+@dataclass(frozen=True)
+class Ceiling:
+    machine: Machine
+    model_gflop_per_img: float
+    kernels: KernelTime
+
+    @property
+    def img_s(self) -> float:
+        return self.kernels.img_s
+
+    @property
+    def matmul_gflops(self) -> float:
+        """The rate the model's own kernels reach on this machine, in its dtype."""
+        return self.model_gflop_per_img * self.img_s
+
+    @property
+    def sgemm_img_s(self) -> float:
+        """The older, looser ceiling: the square fp32 sgemm's rate over the model's FLOPs."""
         return self.machine.sgemm_gflops / self.model_gflop_per_img
 
     def share(self, img_s: float) -> float:
@@ -87,3 +126,104 @@ def model_gflop_per_image(
     with counter:
         model.caption([pixels], max_new_tokens=[max_new_tokens], min_new_tokens=min_new_tokens)
     return counter.get_total_flops() / 1e9
+
+
+Signature = tuple[Any, ...]
+
+
+def _meta(value: Any) -> Any:
+    """A hashable description of an op argument: a tensor by its shape, strides and dtype (where its
+    storage starts does not matter: the weights of every layer alike are one kernel)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        if value.layout != torch.strided:  # a packed weight: opaque, replayed as itself
+            return ("opaque", value)
+        return ("tensor", tuple(value.shape), tuple(value.stride()), value.dtype)
+    if isinstance(value, list | tuple):
+        return ("seq", tuple(_meta(item) for item in value))
+    return ("value", value)
+
+
+def _rebuild(meta: Any) -> Any:
+    """A fresh argument matching `meta`: random values in a tensor of the same layout."""
+    import torch
+
+    kind, *rest = meta
+    if kind == "seq":
+        return [_rebuild(item) for item in rest[0]]
+    if kind in ("value", "opaque"):
+        return rest[0]
+    shape, stride, dtype = rest
+    extent = 1 + sum((size - 1) * step for size, step in zip(shape, stride, strict=True) if size)
+    storage = torch.empty(extent, dtype=dtype)
+    if storage.is_floating_point():
+        storage.normal_()
+    else:
+        storage.zero_()
+    return storage.as_strided(shape, stride)
+
+
+def record_kernels(run: Callable[[], object]) -> Counter[Signature]:
+    """Every call `run` makes to an op torch's FLOP counter counts (matrix products, convolutions,
+    attention) or to a packed linear (PACKED_KERNELS), by (op, argument layouts)."""
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import flop_registry
+
+    calls: Counter[Signature] = Counter()
+
+    class Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
+        def __torch_dispatch__(
+            self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+        ) -> Any:
+            kwargs = kwargs or {}
+            if func.overloadpacket in flop_registry or str(func.overloadpacket) in PACKED_KERNELS:
+                calls[(func, _meta(list(args)), _meta(sorted(kwargs.items())))] += 1
+            else:  # a composite op (linear, matmul) is seen whole here: into the kernels it runs
+                with self:
+                    decomposed = func.decompose(*args, **kwargs)
+                if decomposed is not NotImplemented:
+                    return decomposed
+            return func(*args, **kwargs)
+
+    with Recorder():  # type: ignore[no-untyped-call]
+        run()
+    return calls
+
+
+def time_kernels(calls: Counter[Signature], *, repeats: int = KERNEL_REPEATS) -> float:
+    """Seconds the recorded calls take, each distinct one timed alone (best of `repeats`, after one
+    untimed call) times how often it was made."""
+    import torch
+
+    total = 0.0
+    with torch.inference_mode():
+        for (func, args_meta, kwargs_meta), count in calls.items():
+            args = _rebuild(args_meta)
+            kwargs = dict(_rebuild(kwargs_meta))
+            func(*args, **kwargs)
+            best = float("inf")
+            for _ in range(repeats):
+                started = time.perf_counter()
+                func(*args, **kwargs)
+                best = min(best, time.perf_counter() - started)
+            total += best * count
+    return total
+
+
+def kernel_time(
+    model: CaptionModel, pixels: list[torch.Tensor], *, max_new_tokens: int, min_new_tokens: int
+) -> KernelTime:
+    """The matrix kernels of one caption batch of `pixels` on `model`, replayed alone."""
+    calls = record_kernels(
+        lambda: model.caption(
+            pixels, max_new_tokens=[max_new_tokens] * len(pixels), min_new_tokens=min_new_tokens
+        )
+    )
+    return KernelTime(
+        dtype=str(model.dtype).removeprefix("torch."),
+        batch=len(pixels),
+        calls=sum(calls.values()),
+        distinct=len(calls),
+        seconds=time_kernels(calls),
+    )

@@ -17,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.ceiling import Ceiling, describe_machine, model_gflop_per_image
+from bench.ceiling import Ceiling, describe_machine, kernel_time, model_gflop_per_image
 from bench.config import worker_settings
 from bench.images import BenchImage
 
@@ -55,18 +55,42 @@ def caption_model(model_dir: Path, *, threads: int, **overrides: str) -> Iterato
 
 
 def measure_ceiling(
-    model_dir: Path, image: BenchImage, *, max_new_tokens: int, min_new_tokens: int, threads: int
+    model_dir: Path,
+    image: BenchImage,
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    threads: int,
+    batch: int,
+    dtype: str = "float32",
 ) -> Ceiling:
-    """The machine's sgemm rate on the worker's thread count, and one image's caption FLOPs."""
+    """The machine's sgemm rate on the worker's thread count, one image's caption FLOPs, and the matrix
+    kernels of one batch of `batch` images replayed alone in the model's own `dtype` and linear path
+    (bench/ceiling.py)."""
     machine = describe_machine(threads)
-    with caption_model(model_dir, threads=threads) as model:
+    with caption_model(model_dir, threads=threads, dtype=dtype) as model:
+        pixels = worker_pixels(model, image.data)
         gflop = model_gflop_per_image(
-            model,
-            worker_pixels(model, image.data),
-            max_new_tokens=max_new_tokens,
-            min_new_tokens=min_new_tokens,
+            model, pixels, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
         )
-    return Ceiling(machine=machine, model_gflop_per_img=gflop)
+        kernels = kernel_time(
+            model, [pixels] * batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        )
+    return Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels)
+
+
+def count_same_titles(
+    model_dir: Path, images: list[BenchImage], *, max_new_tokens: int, threads: int, dtype: str
+) -> int:
+    """How many of `images` get the same title in `dtype` as in float32, one image at a time."""
+    titles: dict[str, list[str]] = {}
+    for each in ("float32", dtype):
+        with caption_model(model_dir, threads=threads, dtype=each) as model:
+            titles[each] = [
+                model.caption([worker_pixels(model, image.data)], max_new_tokens=[max_new_tokens])[0]
+                for image in images
+            ]
+    return sum(a == b for a, b in zip(titles["float32"], titles[dtype], strict=True))
 
 
 def check_decoders(

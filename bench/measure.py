@@ -8,6 +8,7 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 
+from bench.breakdown import Breakdown, BreakdownProbe
 from bench.config import ClosedLoopSize, Phases
 from bench.images import BenchImage
 from bench.inprocess import ReferenceRun
@@ -105,6 +106,7 @@ class SaturationResult:
     latency: LatencySummary
     words_per_title: float
     client_cpu_share: float
+    breakdown: Breakdown | None = None  # where the time went (measure_saturation)
 
 
 def measure_saturation(
@@ -114,9 +116,12 @@ def measure_saturation(
     *,
     size: ClosedLoopSize,
     phases: Phases,
+    broker_pid: int | None = None,
 ) -> SaturationResult:
     """Closed loop at `concurrency`; throughput counts whole answered batches after the first (see
-    stats.completion_rate), so neither warm-up nor a partial last batch skews it."""
+    stats.completion_rate), so neither warm-up nor a partial last batch skews it. The workers' stage
+    seconds and every process's CPU time are read around it (bench/breakdown.py); the broker's only
+    when its pid is given."""
     spec = ClosedLoop(
         target=target(service, images),
         concurrency=size.concurrency,
@@ -124,7 +129,15 @@ def measure_saturation(
         min_completions=size.min_completions,
         max_s=4 * phases.saturation_s,
     )
-    return _closed_loop(client, service, spec)[0]
+    pids = {"worker": [worker.pid for worker in service.workers], "api": [service.api.pid]}
+    probe = BreakdownProbe(
+        metrics_urls=service.worker_metrics_urls,
+        pids=pids | ({"broker": [broker_pid]} if broker_pid is not None else {}),
+    )
+    probe.start()
+    result, _ = _closed_loop(client, service, spec)
+    breakdown = probe.finish(answered=result.answered, client_cpu_s=result.client_cpu_share * result.wall_s)
+    return replace(result, breakdown=breakdown)
 
 
 def _closed_loop(
@@ -304,3 +317,41 @@ def steady_rate(saturation_img_s: float, fraction: float) -> float:
     if not math.isfinite(saturation_img_s) or saturation_img_s <= 0:
         return 0.1
     return saturation_img_s * fraction
+
+
+# ---- the API's cost per request ---------------------------------------------------------------------------
+
+API_COST_RATE = 100.0  # requests/s offered: well inside the tiny model's capacity on a small machine
+
+
+@dataclass(frozen=True)
+class ApiCost:
+    """The API process's CPU time over an open loop at a fixed offered rate (tiny model, every feature
+    as shipped: tracing, caption cache), per request answered."""
+
+    rate: float
+    requests: int
+    answered: int
+    api_cpu_s: float
+
+    @property
+    def cpu_ms_per_request(self) -> float:
+        return 1000 * self.api_cpu_s / self.requests if self.requests else math.nan
+
+
+def measure_api_cost(
+    client: LoadClient, service: Service, image: BenchImage, *, duration_s: float, rate: float = API_COST_RATE
+) -> ApiCost:
+    """One small image, every request through the whole path (the cache-bypass header, as the other
+    loops send it): the API still reads every cache entry the workers write, as shipped."""
+    from bench.breakdown import cpu_seconds
+
+    spec = OpenLoop(target=target(service, [image]), rate=rate, duration_s=duration_s, poisson=False)
+    before = cpu_seconds(service.api.pid)
+    run = _run_checked(client, service, spec)
+    return ApiCost(
+        rate=rate,
+        requests=len(run.outcomes),
+        answered=sum(outcome.ok for outcome in run.outcomes),
+        api_cpu_s=cpu_seconds(service.api.pid) - before,
+    )

@@ -43,7 +43,8 @@ def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, boots
 
 
 def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
-    return f"capacity_rps {capacity_phase(config, images, client, bootstrap).capacity_rps:.0f}"
+    result, api_cost = capacity_phase(config, images, client, bootstrap)
+    return f"capacity_rps {result.capacity_rps:.0f} api_cpu_ms_per_request {api_cost.cpu_ms_per_request:.2f}"
 
 
 def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:

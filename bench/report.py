@@ -10,12 +10,15 @@ from dataclasses import dataclass
 from rich.console import Console
 from rich.table import Table
 
+from bench.bf16 import Bf16Result
+from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig
 from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
 from bench.measure import (
+    ApiCost,
     CapacityResult,
     IdleResult,
     RepeatResult,
@@ -31,6 +34,13 @@ from bench.warmup import WarmupResult
 
 CONTINUITY_FRACTION = 0.65  # p50_ms, p95_ms and p99_ms are this run's, as in earlier versions
 LEVEL_KEYS = {"p99_ms_30": 0.3, "p99_ms_65": 0.65, "p99_ms_90": 0.9}
+# Where the time goes at saturation (bench/breakdown.py): each inference-thread stage's share of the
+# workers' wall time, the decode pool's ms per image, each process's CPU ms per image.
+BREAKDOWN_KEYS = (
+    *(f"worker_share_{stage}" for stage in (*THREAD_STAGES, OTHER)),
+    *(f"{stage}_ms_per_img" for stage in POOL_STAGES),
+    *(f"cpu_ms_per_img_{role}" for role in CPU_ROLES),
+)
 
 SUMMARY_KEYS = (
     "naive_img_s",
@@ -47,6 +57,7 @@ SUMMARY_KEYS = (
     "p99_ms_65_ideal",
     "overhead_p50_ms",
     "capacity_rps",
+    "api_cpu_ms_per_request",
     "worker_rss_mb",
     "uss_mb_per_worker",
     "decoder_identical",
@@ -55,6 +66,12 @@ SUMMARY_KEYS = (
     "cpu_ceiling_img_s",
     "ceiling_share",
     "cpu_flags",
+    "sgemm_ceiling_img_s",
+    *BREAKDOWN_KEYS,
+    "service_img_s_bf16",
+    "cpu_ceiling_img_s_bf16",
+    "ceiling_share_bf16",
+    "bf16_same_titles",
     "gpu_service_img_s",
     "gpu_inprocess_img_s",
     "gpu_p99_ms",
@@ -76,11 +93,13 @@ class BenchResults:
     steady: tuple[SteadyResult, ...]  # one open-loop run per load level
     repeat50: RepeatResult
     capacity: CapacityResult
+    api_cost: ApiCost
     worker_rss_mb: float
     worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
     ceiling: Ceiling
     wall_s: float
     gpu: GpuResult | None = None  # None without CUDA
+    bf16: Bf16Result | None = None  # None where the CPU lacks native bfloat16
 
     @property
     def overhead_p50_ms(self) -> float:
@@ -116,7 +135,7 @@ class BenchResults:
 
     def summary(self) -> dict[str, float | bool | str | None]:
         continuity = self.latency_at(CONTINUITY_FRACTION)
-        gpu = self.gpu
+        gpu, bf16 = self.gpu, self.bf16
         values: dict[str, float | bool | str | None] = {
             "naive_img_s": self.naive.img_s,
             "service_img_s": self.saturation.img_s,
@@ -130,6 +149,7 @@ class BenchResults:
             "p99_ms_65_ideal": self.ideal_p99_ms_65,
             "overhead_p50_ms": self.overhead_p50_ms,
             "capacity_rps": self.capacity.capacity_rps,
+            "api_cpu_ms_per_request": self.api_cost.cpu_ms_per_request,
             "worker_rss_mb": self.worker_rss_mb,
             "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
             "decoder_identical": self.decoders.identical,
@@ -138,12 +158,29 @@ class BenchResults:
             "cpu_ceiling_img_s": self.ceiling.img_s,
             "ceiling_share": self.ceiling.share(self.saturation.img_s),
             "cpu_flags": " ".join(self.ceiling.machine.flags),
+            "sgemm_ceiling_img_s": self.ceiling.sgemm_img_s,
+            **breakdown_summary(self.saturation.breakdown),
+            "service_img_s_bf16": bf16.service_img_s if bf16 else None,
+            "cpu_ceiling_img_s_bf16": bf16.ceiling.img_s if bf16 else None,
+            "ceiling_share_bf16": bf16.ceiling_share if bf16 else None,
+            "bf16_same_titles": bf16.same_titles if bf16 else None,
             "gpu_service_img_s": gpu.service_img_s if gpu else None,
             "gpu_inprocess_img_s": gpu.inprocess_img_s if gpu else None,
             "gpu_p99_ms": gpu.p99_ms if gpu else None,
             "gpu_name": gpu.name if gpu else None,
         }
         return {key: _json_number(values[key]) for key in SUMMARY_KEYS}
+
+
+def breakdown_summary(breakdown: Breakdown | None) -> dict[str, float | None]:
+    """BREAKDOWN_KEYS of one saturation window; None each when it was not read."""
+    if breakdown is None:
+        return dict.fromkeys(BREAKDOWN_KEYS)
+    return {
+        **{f"worker_share_{stage}": breakdown.wall_share(stage) for stage in (*THREAD_STAGES, OTHER)},
+        **{f"{stage}_ms_per_img": breakdown.ms_per_img(stage) for stage in POOL_STAGES},
+        **{f"cpu_ms_per_img_{role}": breakdown.cpu_ms_per_img(role) for role in CPU_ROLES},
+    }
 
 
 def _p99_ms(latency: LatencySummary | None) -> float:
@@ -165,6 +202,8 @@ def print_report(results: BenchResults) -> None:
     console = stdout_console()
     console.print(_headline(results))
     console.print(_idle_table(results))
+    if results.saturation.breakdown is not None:
+        console.print(breakdown_table(results.saturation.breakdown))
     console.print(_steady_table(results))
     console.print(capacity_table(results.capacity))
     console.print(results.warmup.describe(), highlight=False)
@@ -221,6 +260,13 @@ def _headline(results: BenchResults) -> Table:
         f"{results.capacity.capacity_rps:.0f}",
         f"tiny model, {results.capacity_image.name}: highest step-up rate with 0 errors, "
         "answers keeping pace",
+    )
+    cost = results.api_cost
+    table.add_row(
+        "api_cpu_ms_per_request",
+        f"{cost.cpu_ms_per_request:.2f}",
+        f"tiny model, {cost.rate:g} req/s offered: the API process's CPU time over {cost.requests} requests "
+        f"({cost.answered} answered), tracing and cache as shipped",
     )
     table.add_row(
         "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"
@@ -311,12 +357,58 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         f"{ceiling.model_gflop_per_img:.1f}",
         "torch's FLOP counter over one caption (encoder and every decoding step), batch of 1",
     )
-    table.add_row("cpu_ceiling_img_s", f"{ceiling.img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
+    kernels = ceiling.kernels
+    table.add_row(
+        "cpu_ceiling_img_s",
+        f"{ceiling.img_s:.2f}",
+        f"the model's matrix kernels ({kernels.dtype}) of one batch of {kernels.batch}, each of "
+        f"{kernels.distinct} distinct replayed alone, best time x its {kernels.calls} calls",
+    )
     table.add_row(
         "ceiling_share",
         f"{ceiling.share(results.saturation.img_s):.0%}",
-        "service_img_s / cpu_ceiling_img_s: comparable across machines",
+        "service_img_s / cpu_ceiling_img_s: comparable across machines, at most 1",
     )
+    table.add_row("sgemm_ceiling_img_s", f"{ceiling.sgemm_img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
+    bf16 = results.bf16
+    if bf16 is not None:
+        table.add_row(
+            "service_img_s_bf16",
+            f"{bf16.service_img_s:.3f}",
+            f"CAPTIONER_DTYPE=bfloat16, same closed loop: {bf16.saturation.answered} answered",
+        )
+        table.add_row(
+            "ceiling_share_bf16",
+            f"{bf16.ceiling_share:.0%}",
+            f"against the kernels in bfloat16: {bf16.ceiling.img_s:.2f} img/s",
+        )
+        table.add_row(
+            "bf16_same_titles",
+            str(bf16.same_titles),
+            f"of {bf16.photos} photos titled as in float32, one at a time",
+        )
+
+
+def breakdown_table(breakdown: Breakdown) -> Table:
+    """Where the time went at saturation: the workers' inference threads, their decode pools, the CPU."""
+    table = Table(
+        title=f"where the time goes at saturation ({breakdown.workers} worker(s), {breakdown.wall_s:.0f} s, "
+        f"{breakdown.answered} answered)"
+    )
+    table.add_column("where")
+    table.add_column("ms/img", justify="right")
+    table.add_column("share", justify="right")
+    for stage in (*THREAD_STAGES, OTHER):
+        table.add_row(
+            f"worker: {stage}", f"{breakdown.ms_per_img(stage):.1f}", f"{breakdown.wall_share(stage):.0%}"
+        )
+    for stage in POOL_STAGES:
+        table.add_row(f"decode pool: {stage}", f"{breakdown.ms_per_img(stage):.1f}", "")
+    for role in CPU_ROLES:
+        table.add_row(
+            f"CPU: {role}", f"{breakdown.cpu_ms_per_img(role):.1f}", f"{breakdown.cores(role):.2f} cores"
+        )
+    return table
 
 
 def _idle_table(results: BenchResults) -> Table:

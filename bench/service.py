@@ -70,6 +70,11 @@ class Service:
     api: ApiProcess
     workers: tuple[ServiceProcess, ...]
     run_id: str
+    worker_metrics_ports: tuple[int, ...] = ()  # each worker's CAPTIONER_METRICS_PORT, in order
+
+    @property
+    def worker_metrics_urls(self) -> tuple[str, ...]:
+        return tuple(f"http://127.0.0.1:{port}/metrics" for port in self.worker_metrics_ports)
 
     @property
     def worker_ids(self) -> tuple[str, ...]:
@@ -167,13 +172,18 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
         env |= cache_key_env(env, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         stack.callback(delete_topics, bootstrap, run_id, spec.label)
         _create_topics(env, log_dir / f"{spec.label}-topics.log")
+        metrics_ports = tuple(free_port() for _ in range(spec.workers))  # the breakdown reads them
         workers = tuple(
             _start(
                 stack,
                 spawn(
                     f"{spec.label} worker {index}",
                     spec.worker_command(index),
-                    env={**env, "CAPTIONER_WORKER_ID": worker_id(run_id, spec.label, index)},
+                    env={
+                        **env,
+                        "CAPTIONER_WORKER_ID": worker_id(run_id, spec.label, index),
+                        "CAPTIONER_WORKER_METRICS_PORT": str(metrics_ports[index - 1]),
+                    },
                     log_path=log_dir / f"{spec.label}-worker-{index}.log",
                 ),
             )
@@ -183,7 +193,14 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
             stack,
             spawn_api(f"{spec.label} api", port=port, env=env, log_path=log_dir / f"{spec.label}-api.log"),
         )
-        service = Service(spec=spec, url=f"http://127.0.0.1:{port}", api=api, workers=workers, run_id=run_id)
+        service = Service(
+            spec=spec,
+            url=f"http://127.0.0.1:{port}",
+            api=api,
+            workers=workers,
+            run_id=run_id,
+            worker_metrics_ports=metrics_ports,
+        )
         _wait_ready(service)
         yield service
 

@@ -14,6 +14,7 @@ import hashlib
 import os
 import re
 from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from cryptography.exceptions import InvalidSignature, UnsupportedAlgorithm
@@ -76,6 +77,12 @@ class CacheVerifier:
     def problem(self, key: bytes, value: bytes, headers: Headers | None) -> str | None:
         """None when a known key signed exactly this key and value; else why not: unsigned,
         bad_signature_header (missing half, repeated, malformed), unknown_key or bad_signature."""
+        signature = self.signature(headers)
+        return signature if isinstance(signature, str) else signature.problem(key, value)
+
+    def signature(self, headers: Headers | None) -> Signature | str:
+        """The record's signature by a key this instance trusts, not yet checked (the costly part, which
+        Signature.problem does); or why there is none: unsigned, bad_signature_header, unknown_key."""
         signatures = _values(headers, CACHE_SIGNATURE)
         key_ids = _values(headers, CACHE_SIGNATURE_KEY_ID)
         if not signatures and not key_ids:
@@ -88,8 +95,20 @@ class CacheVerifier:
         public_key = self._keys.get(signer.decode())
         if public_key is None:
             return "unknown_key"
+        return Signature(public_key=public_key, signature=bytes.fromhex(signature.decode()))
+
+
+@dataclass(frozen=True)
+class Signature:
+    """A record's signature by a trusted key, until checked."""
+
+    public_key: Ed25519PublicKey
+    signature: bytes
+
+    def problem(self, key: bytes, value: bytes) -> str | None:
+        """None when it signs exactly this key and value; else bad_signature."""
         try:
-            public_key.verify(bytes.fromhex(signature.decode()), signed_bytes(key, value))
+            self.public_key.verify(self.signature, signed_bytes(key, value))
         except InvalidSignature:
             return "bad_signature"
         return None

@@ -22,6 +22,7 @@ from __future__ import annotations
 import importlib
 import logging
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Literal, Protocol, cast
@@ -30,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from inference_consumer import stages
 from inference_consumer.errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -43,7 +45,16 @@ StepLogitsHook = Callable[[Tensor, Tensor], None]
 
 
 class GreedyDecoder(Protocol):
-    def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor: ...
+    def generate(
+        self,
+        pixel_values: Tensor,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        on_stage: stages.StageSink | None = None,
+    ) -> Tensor:
+        """on_stage: told the seconds of each stage of the batch (inference_consumer/stages.py)."""
+        ...
 
 
 class HfGenerateDecoder:
@@ -52,7 +63,15 @@ class HfGenerateDecoder:
     def __init__(self, model: GitForCausalLM) -> None:
         self._model = model
 
-    def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
+    def generate(
+        self,
+        pixel_values: Tensor,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        on_stage: stages.StageSink | None = None,
+    ) -> Tensor:
+        started = time.perf_counter()
         with torch.inference_mode():
             token_ids = self._model.generate(
                 pixel_values=pixel_values,
@@ -61,6 +80,8 @@ class HfGenerateDecoder:
                 max_new_tokens=max_new_tokens,
                 min_new_tokens=min_new_tokens,
             )
+        if on_stage is not None:
+            on_stage(stages.GENERATE, time.perf_counter() - started)
         return cast(Tensor, token_ids)
 
 
@@ -282,8 +303,17 @@ class FastGitDecoder:
             return _linear
         return _OneDnnPackedLinears(linears)
 
-    def generate(self, pixel_values: Tensor, *, max_new_tokens: int, min_new_tokens: int = 0) -> Tensor:
-        return self.decode(pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+    def generate(
+        self,
+        pixel_values: Tensor,
+        *,
+        max_new_tokens: int,
+        min_new_tokens: int = 0,
+        on_stage: stages.StageSink | None = None,
+    ) -> Tensor:
+        return self.decode(
+            pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens, on_stage=on_stage
+        )
 
     @torch.inference_mode()
     def decode(
@@ -293,10 +323,13 @@ class FastGitDecoder:
         max_new_tokens: int,
         min_new_tokens: int = 0,
         on_step_logits: StepLogitsHook | None = None,
+        on_stage: stages.StageSink | None = None,
     ) -> Tensor:
-        """`generate`, optionally reporting each step's logits."""
+        """`generate`, optionally reporting each step's logits and each stage's seconds."""
         self._check_lengths(pixel_values, max_new_tokens, min_new_tokens)
+        started = time.perf_counter()
         image_tokens = self._encode_images(pixel_values)
+        encoded = time.perf_counter()
         batch, image_length, _ = image_tokens.shape
         cache = self._allocate_cache(batch, image_length + max_new_tokens, image_tokens)
         token_ids = torch.full(
@@ -307,6 +340,7 @@ class FastGitDecoder:
         eos_ids = torch.tensor(self._tokens.eos, device=image_tokens.device)
 
         hidden = self._prefill(image_tokens, cache)
+        prefilled = time.perf_counter()
         for step in range(1, max_new_tokens + 1):
             logits = self._logits(hidden, eos_masked=step <= min_new_tokens, eos_ids=eos_ids)
             if on_step_logits is not None:
@@ -323,6 +357,10 @@ class FastGitDecoder:
                     rows, next_ids = rows[kept], next_ids[kept]
                     cache.keep_rows(kept)
             hidden = self._decode_step(next_ids, position=step, slot=image_length + step, cache=cache)
+        if on_stage is not None:
+            on_stage(stages.IMAGE_ENCODER, encoded - started)
+            on_stage(stages.PREFILL, prefilled - encoded)
+            on_stage(stages.DECODING_STEPS, time.perf_counter() - prefilled)
         return token_ids[:, : step + 1].contiguous()
 
     def _check_lengths(self, pixel_values: Tensor, max_new_tokens: int, min_new_tokens: int) -> None:

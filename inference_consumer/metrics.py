@@ -37,6 +37,12 @@ JOB_INFERENCE_SECONDS = Histogram(
     "Each job's share of its batch's model time (batch time / batch size)",
     buckets=SECONDS_BUCKETS,
 )
+STAGE_SECONDS = Counter(
+    "captioner_worker_stage_seconds_total",
+    "Seconds spent in each stage of the work (inference_consumer/stages.py): the inference thread's and, "
+    "apart, the decode pool's",
+    ["stage"],
+)
 REPLY_SECONDS = Histogram(
     "captioner_worker_reply_seconds",
     "From producing a final reply to the broker's acknowledgement",

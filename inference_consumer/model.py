@@ -5,6 +5,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import time
+from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -13,12 +15,14 @@ import torch
 from PIL import Image
 
 from core.cache_keys import REVISION
+from core.cpu_features import bf16_refusal, host_cpu_flags
 from core.images import decode_image
 from core.model_id import public_model_id
 from core.settings import WorkerSettings
 from inference_consumer.decoding import GreedyDecoder, build_decoder
 from inference_consumer.errors import ModelUnavailableError
 from inference_consumer.shared_weights import NotShareableError, find_safetensors, share_weights
+from inference_consumer.stages import DETOKENIZE, IMAGE_DECODE, PREPROCESS, STAGING, StageSink
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,15 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[dtype]
 
 
+def check_dtype_supported(dtype: torch.dtype, device: torch.device, *, cpu_flags: Collection[str]) -> None:
+    """bfloat16 on a CPU without native bfloat16 (`cpu_flags`: the host's, core.cpu_features) is refused
+    at start, in one line: torch would emulate it, slower than float32."""
+    if device.type == "cpu" and dtype == torch.bfloat16:
+        refusal = bf16_refusal(cpu_flags)
+        if refusal is not None:
+            raise ModelUnavailableError(refusal)
+
+
 @dataclass
 class CaptionModel:
     """The processor, model and decoder of one worker process."""
@@ -72,23 +85,42 @@ class CaptionModel:
         ).pixel_values
         return pixel_values[0]
 
-    def pixels(self, data: bytes, *, max_pixels: int) -> torch.Tensor:
+    def pixels(self, data: bytes, *, max_pixels: int, on_stage: StageSink | None = None) -> torch.Tensor:
         """Image bytes -> (3, H, W) model input: what a worker's decode pool does for each job."""
-        return self.preprocess(decode_image(data, max_pixels=max_pixels, target_edge=self.image_edge))
+        started = time.perf_counter()
+        picture = decode_image(data, max_pixels=max_pixels, target_edge=self.image_edge)
+        decoded = time.perf_counter()
+        pixels = self.preprocess(picture)
+        if on_stage is not None:
+            on_stage(IMAGE_DECODE, decoded - started)
+            on_stage(PREPROCESS, time.perf_counter() - decoded)
+        return pixels
 
     def caption(
-        self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int], min_new_tokens: int = 0
+        self,
+        pixel_values: list[torch.Tensor],
+        *,
+        max_new_tokens: list[int],
+        min_new_tokens: int = 0,
+        on_stage: StageSink | None = None,
     ) -> list[str]:
         """Greedy titles; each image gets its own token limit. Greedy decoding is prefix-stable, so
-        cutting a longer decode at N tokens gives what a decode limited to N gives."""
+        cutting a longer decode at N tokens gives what a decode limited to N gives. on_stage: told the
+        seconds of each stage (inference_consumer/stages.py)."""
+        started = time.perf_counter()
         batch = torch.stack(pixel_values).to(device=self.device, dtype=self.dtype, non_blocking=True)
+        staged = time.perf_counter()
         with torch.inference_mode():
             longest = max(max_new_tokens)
             token_ids = self.decoder.generate(
-                batch, max_new_tokens=longest, min_new_tokens=min(min_new_tokens, longest)
+                batch, max_new_tokens=longest, min_new_tokens=min(min_new_tokens, longest), on_stage=on_stage
             ).cpu()
+        decoded = time.perf_counter()
         rows = [row[: 1 + limit] for row, limit in zip(token_ids, max_new_tokens, strict=True)]
         titles: list[str] = self.processor.batch_decode(rows, skip_special_tokens=True)
+        if on_stage is not None:
+            on_stage(STAGING, staged - started)
+            on_stage(DETOKENIZE, time.perf_counter() - decoded)
         return [title.strip() for title in titles]
 
 
@@ -123,13 +155,15 @@ def hub_answers(repo_id: str, revision: str | None = None) -> bool:
     return True
 
 
-def load_caption_model(settings: WorkerSettings) -> CaptionModel:
+def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] | None = None) -> CaptionModel:
     """from_pretrained of a hub id or local directory; one clear error when it can't be had. A hub id is
-    downloaded (or refreshed) while the hub answers, else taken from the local cache alone."""
+    downloaded (or refreshed) while the hub answers, else taken from the local cache alone. `cpu_flags`:
+    the CPU's /proc/cpuinfo flags (default: this host's)."""
     from transformers import AutoModelForCausalLM, AutoProcessor
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
+    check_dtype_supported(dtype, device, cpu_flags=host_cpu_flags() if cpu_flags is None else cpu_flags)
     local = Path(settings.model).is_dir()
     revision = None if local else settings.model_revision  # a directory holds one revision
     offline = not local and not hub_answers(settings.model, revision)

@@ -34,7 +34,7 @@ from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
-from inference_consumer import metrics
+from inference_consumer import metrics, stages
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
 from inference_consumer.cache_writer import CacheWriter, load_cache_signer
@@ -324,8 +324,10 @@ class InferenceWorker:
         collector: BatchCollector[Job],
     ) -> None:
         while not (self.stopping.is_set() or any(feeder.stopping.is_set() for feeder in feeders)):
-            batch = collector.next_batch()
-            outcomes.serve()
+            with stages.timed(stages.WAIT_FOR_JOBS):
+                batch = collector.next_batch()
+            with stages.timed(stages.PUBLISH):
+                outcomes.serve()
             if batch:
                 self._run_batch(model, batch, outcomes)
         self._waits.stop()
@@ -346,7 +348,8 @@ class InferenceWorker:
             assert job.pixels is not None and job.request is not None
             observe_queue_time(job.request.created_at, now)
             try:
-                pixels = self._pixels(job, pool.gives_up_at)
+                with stages.timed(stages.WAIT_FOR_PIXELS):
+                    pixels = self._pixels(job, pool.gives_up_at)
             except CaptionerError as exc:  # an invalid image, say: its own outcome, never a retry
                 outcomes.failed(job, exc)
                 continue
@@ -395,7 +398,9 @@ class InferenceWorker:
         started = time.perf_counter()
         try:
             with inference_spans([job for job, _ in runnable]):
-                titles = model.caption([pixels for _, pixels in runnable], max_new_tokens=limits)
+                titles = model.caption(
+                    [pixels for _, pixels in runnable], max_new_tokens=limits, on_stage=stages.record
+                )
         except Exception as exc:
             if len(runnable) > 1:
                 # Split the batch so one bad input cannot sink the others.
@@ -421,8 +426,9 @@ class InferenceWorker:
         metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
         for _ in runnable:
             metrics.JOB_INFERENCE_SECONDS.observe(elapsed_ms / 1000 / len(runnable))
-        for (job, _), title, limit in zip(runnable, titles, limits, strict=True):
-            outcomes.succeeded(job, title, inference_ms=elapsed_ms, max_new_tokens=limit)
+        with stages.timed(stages.PUBLISH):
+            for (job, _), title, limit in zip(runnable, titles, limits, strict=True):
+                outcomes.succeeded(job, title, inference_ms=elapsed_ms, max_new_tokens=limit)
 
     def _join(self, feeder: JobFeeder) -> None:
         feeder.join(self._waits.left_s())
@@ -469,7 +475,7 @@ class _PoolProgress:
 def _timed_pixels(model: CaptionModel, image: bytes, *, max_pixels: int) -> torch.Tensor:
     """An image's decoding and preprocessing on the decode pool, timed (failures included)."""
     with metrics.DECODE_SECONDS.time():
-        return model.pixels(image, max_pixels=max_pixels)
+        return model.pixels(image, max_pixels=max_pixels, on_stage=stages.record)
 
 
 def run_worker(

@@ -18,7 +18,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
@@ -35,7 +35,7 @@ from core.cache_keys import (
     lookup_key,
     lookup_key_of,
 )
-from core.cache_signing import CacheVerifier, Headers, load_verifier
+from core.cache_signing import CacheVerifier, Headers, Signature, load_verifier
 from core.kafka_config import API_CLIENT_PREFIX, consumer_config
 from core.model_id import public_model_id
 from core.settings import ApiSettings, CacheSettings, KafkaSettings, TopicSettings
@@ -60,18 +60,35 @@ LOAD_WAIT_S = 10.0
 DecodeEntry = Callable[[bytes], CaptionCacheEntry]  # either framing (schemas/framing.py)
 
 
+@dataclass(frozen=True)
+class Unverified:
+    """An entry's signature and the value it must sign, held until the entry is first looked up: most
+    entries never are, and the signature check is the costliest part of reading a record."""
+
+    signature: Signature
+    value: bytes
+
+
+@dataclass(frozen=True)
+class _Held:
+    key: bytes  # the topic key the entry was read under
+    entry: CaptionCacheEntry
+    size: int
+    unverified: Unverified | None
+
+
 class CaptionLru:
     """Entries by look-up key (core.cache_keys.lookup_key), least recently used first out, within a count
     and an estimated byte bound; each remembers the topic key it was read under, so that a tombstone
-    forgets only its own. Thread-safe: the reader thread writes, the event loop reads (each call is a few
-    dict operations)."""
+    forgets only its own. An entry put with its signature unchecked has it checked on its first `get`,
+    and is dropped (a miss, counted as the reader's bad_signature) if it fails. Thread-safe: the reader
+    thread writes, the event loop reads (each call is a few dict operations, and a first look-up one
+    signature check)."""
 
     def __init__(self, *, max_entries: int, max_bytes: int) -> None:
         self._max_entries = max_entries
         self._max_bytes = max_bytes
-        self._entries: collections.OrderedDict[bytes, tuple[bytes, CaptionCacheEntry, int]] = (
-            collections.OrderedDict()
-        )
+        self._entries: collections.OrderedDict[bytes, _Held] = collections.OrderedDict()
         self._bytes = 0
         self._lock = threading.Lock()
 
@@ -84,25 +101,38 @@ class CaptionLru:
 
     def get(self, lookup: bytes) -> CaptionCacheEntry | None:
         with self._lock:
-            found = self._entries.get(lookup)
-            if found is None:
+            held = self._entries.get(lookup)
+            if held is None:
                 return None
             self._entries.move_to_end(lookup)
-            return found[1]
+        if held.unverified is None:
+            return held.entry
+        problem = held.unverified.signature.problem(held.key, held.unverified.value)
+        with self._lock:
+            if self._entries.get(lookup) is held:  # not replaced or forgotten meanwhile
+                if problem is None:
+                    self._entries[lookup] = replace(held, unverified=None)
+                else:
+                    self._drop(lookup)
+        if problem is not None:
+            count_skipped(f"{problem}: an entry's signature, checked on its first look-up")
+            return None
+        return held.entry
 
-    def put(self, key: bytes, entry: CaptionCacheEntry) -> None:
-        """`key`: the topic key the entry was read under."""
+    def put(self, key: bytes, entry: CaptionCacheEntry, *, unverified: Unverified | None = None) -> None:
+        """`key`: the topic key the entry was read under; `unverified`: its signature, to check on the
+        first look-up (None: checked already)."""
         lookup = entry_lookup_key(entry)
-        size = len(lookup) + entry_size(key, entry)
+        size = len(lookup) + entry_size(key, entry) + (len(unverified.value) if unverified else 0)
         with self._lock:
             self._drop(lookup)
             if size > self._max_bytes:
                 return
-            self._entries[lookup] = (key, entry, size)
+            self._entries[lookup] = _Held(key=key, entry=entry, size=size, unverified=unverified)
             self._bytes += size
             while len(self._entries) > self._max_entries or self._bytes > self._max_bytes:
-                _lookup, (_key, _entry, evicted) = self._entries.popitem(last=False)
-                self._bytes -= evicted
+                _lookup, evicted = self._entries.popitem(last=False)
+                self._bytes -= evicted.size
 
     def remove(self, key: bytes) -> None:
         """Forgets the entry read under topic key `key`, if it is the one held."""
@@ -111,13 +141,35 @@ class CaptionLru:
             return
         with self._lock:
             found = self._entries.get(lookup)
-            if found is not None and found[0] == key:
+            if found is not None and found.key == key:
                 self._drop(lookup)
 
     def _drop(self, lookup: bytes) -> None:
         found = self._entries.pop(lookup, None)
         if found is not None:
-            self._bytes -= found[2]
+            self._bytes -= found.size
+
+
+_logged_skips: set[str] = set()
+
+
+def count_skipped(problem: str) -> None:
+    """A record (or a held entry) left out: counted by its reason (what precedes a colon in `problem`);
+    logged once per reason, since a flood of records (or an old topic) must not flood the log."""
+    reason = problem.split(":")[0]
+    if reason in IGNORED:  # a well-signed entry for other instances: nothing wrong with it
+        metrics.CACHE_IGNORED.labels(reason=reason).inc()
+        return
+    metrics.CACHE_READER_ERRORS.labels(reason=reason).inc()
+    if reason in _logged_skips:
+        log.debug("caption-cache record skipped: %s", problem)
+        return
+    _logged_skips.add(reason)
+    log.warning(
+        "caption-cache record skipped: %s (more for this reason: counted in "
+        "captioner_api_cache_reader_errors_total, logged at DEBUG)",
+        problem,
+    )
 
 
 @dataclass(frozen=True)
@@ -241,31 +293,17 @@ class CacheRecords:
         self._decode = decode
         self._verifier = verifier
         self._rule = rule
-        self._logged: set[str] = set()
 
     def apply(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> None:
         problem = self._keep(key, value, headers)
-        if problem is None:
-            return
-        reason = problem.split(":")[0]
-        if reason in IGNORED:  # a well-signed entry for other instances: nothing wrong with it
-            metrics.CACHE_IGNORED.labels(reason=reason).inc()
-            return
-        metrics.CACHE_READER_ERRORS.labels(reason=reason).inc()
-        if reason in self._logged:  # a flood of records (or an old topic) must not flood the log
-            log.debug("caption-cache record skipped: %s", problem)
-            return
-        self._logged.add(reason)
-        log.warning(
-            "caption-cache record skipped: %s (more for this reason: counted in "
-            "captioner_api_cache_reader_errors_total, logged at DEBUG)",
-            problem,
-        )
+        if problem is not None:
+            count_skipped(problem)
 
     def _keep(self, key: bytes | None, value: bytes | None, headers: Headers | None) -> str | None:
         """None once the record is applied; else why it was not (a reason, then a colon and details).
         The cheap checks come first: only a record under a well-formed key, within the size bound, whose
-        signature header names a key this instance holds costs a signature check."""
+        signature header names a key this instance holds is decoded; its signature itself is checked on
+        the entry's first look-up (CaptionLru.get), as most entries are never looked up."""
         if not key or len(key) > MAX_KEY_BYTES:
             return "bad_key"
         if key.startswith(OLD_KEY_PREFIX):
@@ -277,9 +315,9 @@ class CacheRecords:
             return None
         if len(value) > MAX_ENTRY_BYTES:
             return "too_large"
-        unverified = self._verifier.problem(key, value, headers)
-        if unverified is not None:
-            return unverified
+        signature = self._verifier.signature(headers)
+        if isinstance(signature, str):
+            return signature
         try:
             entry = self._decode(value)
         except (RecordDecodeError, SchemaRegistryUnavailableError) as exc:
@@ -292,7 +330,7 @@ class CacheRecords:
         refusal = self._rule.refusal(entry)
         if refusal is not None:
             return refusal
-        self.lru.put(key, entry)
+        self.lru.put(key, entry, unverified=Unverified(signature=signature, value=value))
         return None
 
 

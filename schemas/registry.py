@@ -19,6 +19,8 @@ SCHEMA_DIR = Path(__file__).resolve().parent
 class SchemaVersion:
     name: str
     version: int
+    # fastavro's parsed form, marked as parsed: schemaless_reader and schemaless_writer re-parse any
+    # schema that lacks the mark, on every record.
     parsed: dict[str, Any]
     fingerprint: bytes  # 8 bytes, little-endian, as written after C3 01
 
@@ -34,7 +36,7 @@ class SchemaVersion:
 
 def _load(path: Path, name: str, version: int) -> SchemaVersion:
     raw = json.loads(path.read_text())
-    parsed: dict[str, Any] = parse_schema(raw, _write_hint=False)  # type: ignore[assignment]
+    parsed: dict[str, Any] = parse_schema(raw)  # type: ignore[assignment]
     canonical = to_parsing_canonical_form(parsed)
     # fastavro renders the CRC-64-AVRO fingerprint as its little-endian bytes, the order the spec writes.
     crc = bytes.fromhex(fingerprint(canonical, "CRC-64-AVRO"))

@@ -6,12 +6,15 @@ import math
 
 import pytest
 
-from bench.ceiling import Ceiling, Machine, cpu_flags
+from bench.bf16 import Bf16Result
+from bench.breakdown import Breakdown
+from bench.ceiling import Ceiling, KernelTime, Machine, cpu_flags
 from bench.gpu_phase import GpuResult
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
 from bench.load import Outcome
 from bench.measure import (
+    ApiCost,
     CapacityResult,
     CapacityStep,
     IdleResult,
@@ -33,6 +36,10 @@ def _latency(errors: int = 0, slower: float = 1.0) -> LatencySummary:
     ]
     outcomes += [Outcome(due=0.0, sent=0.0, done=30.0, status=504)] * errors
     return LatencySummary.of(outcomes)
+
+
+def _kernels(seconds: float = 2.0) -> KernelTime:
+    return KernelTime(dtype="float32", batch=8, calls=500, distinct=120, seconds=seconds)
 
 
 def _step(rate: float, achieved: float, errors: int = 0) -> CapacityStep:
@@ -104,11 +111,13 @@ def _results() -> BenchResults:
             cached=100,
         ),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
+        api_cost=ApiCost(rate=100.0, requests=400, answered=399, api_cpu_s=1.2),
         worker_rss_mb=2000.0,
         worker_uss_mb=[700.0, 750.0],
         ceiling=Ceiling(
-            machine=Machine(cpu_model="test CPU", flags=("avx2", "fma"), threads=2, sgemm_gflops=100.0),
+            machine=Machine(cpu_model="test CPU", flags=("avx2", "fma"), threads=2, sgemm_gflops=200.0),
             model_gflop_per_img=25.0,
+            kernels=_kernels(),
         ),
         wall_s=100.0,
     )
@@ -122,9 +131,11 @@ def test_summary_has_exactly_the_keys() -> None:
     # end-to-end - worker inference: 200 and 250 ms, p50 225; less 50 ms of in-process decode + preprocess
     assert summary["overhead_p50_ms"] == pytest.approx(175.0)
     assert summary["capacity_rps"] == 100
+    assert summary["api_cpu_ms_per_request"] == pytest.approx(3.0)  # 1.2 CPU s over 400 requests
     assert summary["decoder_identical"] is True
     assert summary["uss_mb_per_worker"] == 750.0  # the larger worker's
-    assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # 100 GFLOP/s / 25 GFLOP an image
+    assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # a batch of 8 in 2 s of kernels
+    assert summary["sgemm_ceiling_img_s"] == pytest.approx(8.0)  # 200 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
     assert summary["cpu_flags"] == "avx2 fma"
     assert isinstance(summary["p99_ms_65_ideal"], float) and summary["p99_ms_65_ideal"] > 0
@@ -142,6 +153,55 @@ def test_a_gpu_run_adds_its_figures() -> None:
     assert summary["gpu_service_img_s"] == pytest.approx(812.3)
     assert summary["gpu_inprocess_img_s"] == pytest.approx(1203.9)
     assert summary["gpu_p99_ms"] == pytest.approx(180.3)
+
+
+def test_the_saturation_breakdown_says_where_the_time_went(capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results()
+    breakdown = Breakdown(
+        wall_s=20.0,
+        answered=200,
+        workers=1,
+        stage_s={"wait_for_jobs": 2.0, "image_encoder": 6.0, "decoding_steps": 10.0, "image_decode": 4.0},
+        cpu_s={"worker": 40.0, "api": 2.0, "broker": 1.0, "client": 0.5},
+    )
+    saturation = dataclasses.replace(results.saturation, breakdown=breakdown)
+
+    summary = dataclasses.replace(results, saturation=saturation).summary()
+    print_report(dataclasses.replace(results, saturation=saturation))
+
+    assert summary["worker_share_decoding_steps"] == pytest.approx(0.5)
+    assert summary["worker_share_image_encoder"] == pytest.approx(0.3)
+    assert summary["worker_share_other"] == pytest.approx(0.1)  # 20 s less the 18 s the stages report
+    assert summary["worker_share_publish"] == 0.0
+    assert summary["image_decode_ms_per_img"] == pytest.approx(20.0)
+    assert summary["cpu_ms_per_img_worker"] == pytest.approx(200.0)
+    assert summary["cpu_ms_per_img_api"] == pytest.approx(10.0)
+    assert summary["cpu_ms_per_img_client"] == pytest.approx(2.5)
+    assert "where the time goes at saturation" in capsys.readouterr().out
+
+
+def test_without_a_breakdown_or_bf16_their_keys_are_null() -> None:
+    summary = _results().summary()
+
+    assert summary["worker_share_decoding_steps"] is None and summary["cpu_ms_per_img_broker"] is None
+    assert summary["service_img_s_bf16"] is None and summary["bf16_same_titles"] is None
+
+
+def test_a_bf16_run_adds_its_figures() -> None:
+    results = _results()
+    bf16 = Bf16Result(
+        ceiling=dataclasses.replace(results.ceiling, kernels=_kernels(seconds=0.5)),
+        saturation=dataclasses.replace(results.saturation, img_s=6.0),
+        same_titles=9,
+        photos=12,
+    )
+
+    summary = dataclasses.replace(results, bf16=bf16).summary()
+
+    assert summary["service_img_s_bf16"] == pytest.approx(6.0)
+    assert summary["cpu_ceiling_img_s_bf16"] == pytest.approx(16.0)  # a batch of 8 in 0.5 s
+    assert summary["ceiling_share_bf16"] == pytest.approx(6.0 / 16.0)
+    assert summary["bf16_same_titles"] == 9
 
 
 def test_summary_reports_each_load_level_and_the_idle_latency() -> None:

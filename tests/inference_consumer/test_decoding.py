@@ -14,6 +14,7 @@ from torch import Tensor, nn
 from transformers import AutoModelForCausalLM, AutoProcessor
 
 from captioner.model_factory import make_model
+from core.cpu_features import bf16_refusal, host_cpu_flags
 from inference_consumer.decoding import (
     FastGitDecoder,
     HfGenerateDecoder,
@@ -22,6 +23,7 @@ from inference_consumer.decoding import (
     quantize_int8,
 )
 from inference_consumer.errors import ModelUnavailableError
+from inference_consumer.model import check_dtype_supported
 
 EOS = 102
 PAD = 0
@@ -86,6 +88,15 @@ packing = pytest.mark.parametrize(
     [False, pytest.param(True, marks=pytest.mark.skipif(not HAS_ONEDNN, reason="needs oneDNN"))],
     ids=["exact", "packed"],
 )
+
+
+@pytest.fixture(scope="session")
+def bf16_model(tiny_dir: Path) -> Any:
+    """The same weights as `model`, cast to bfloat16 (what CAPTIONER_DTYPE=bfloat16 loads)."""
+    return _reinitialise(AutoModelForCausalLM.from_pretrained(tiny_dir), eos_bias=EOS_BIAS).to(torch.bfloat16)
+
+
+HOST_HAS_BF16 = bf16_refusal(host_cpu_flags()) is None
 
 
 @pytest.fixture(autouse=True)
@@ -345,3 +356,28 @@ def test_rejects_bad_arguments(
         FastGitDecoder(model).generate(
             pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
         )
+
+
+@pytest.mark.parametrize("batch", [1, 3, 8])
+@pytest.mark.parametrize(("max_new_tokens", "min_new_tokens"), [(1, 0), (5, 0), (20, 0), (20, 20)])
+def test_bf16_matches_generate_in_bf16_where_the_cpu_has_it(
+    bf16_model: Any, batch: int, max_new_tokens: int, min_new_tokens: int
+) -> None:
+    """Where the CPU has native bfloat16 the fast decoder is token-identical to bf16 `generate` on the same
+    weights; where it has not, the worker refuses bfloat16 at start instead (never a skip)."""
+    device = torch.device("cpu")
+    if not HOST_HAS_BF16:
+        with pytest.raises(ModelUnavailableError, match="AVX512-BF16 or AMX-BF16"):
+            check_dtype_supported(torch.bfloat16, device, cpu_flags=host_cpu_flags())
+        return
+    check_dtype_supported(torch.bfloat16, device, cpu_flags=host_cpu_flags())
+    pixel_values = _pixels(batch, seed=batch).to(torch.bfloat16)
+    lengths = {"max_new_tokens": max_new_tokens, "min_new_tokens": min_new_tokens}
+
+    expected = HfGenerateDecoder(bf16_model).generate(pixel_values, **lengths)
+    actual = FastGitDecoder(bf16_model).generate(pixel_values, **lengths)
+
+    assert bf16_model.dtype == torch.bfloat16
+    _assert_same_ids(expected, actual)
+    if batch > 1 and max_new_tokens > 1:
+        assert len({tuple(row) for row in expected.tolist()}) > 1, "captions should depend on the image"

@@ -195,3 +195,29 @@ def test_a_model_the_fast_decoder_cannot_follow_is_unavailable_with_a_way_out(
 
     with pytest.raises(ModelUnavailableError, match=r"repetition_penalty.*CAPTIONER_DECODER=hf"):
         load_caption_model(WorkerSettings(model=str(model_dir), decoder="fast", device="cpu"))
+
+
+def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_start_in_one_line(tiny_model_dir: Path) -> None:
+    settings = WorkerSettings(model=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+
+    with pytest.raises(ModelUnavailableError) as refused:
+        load_caption_model(settings, cpu_flags={"avx2", "fma", "avx512f", "amx_tile"})
+
+    assert "\n" not in str(refused.value)
+    assert "AVX512-BF16 or AMX-BF16" in str(refused.value) and "float32" in str(refused.value)
+
+
+@pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
+def test_bf16_where_the_cpu_has_it_runs_the_model_in_bf16(tiny_model_dir: Path, flag: str) -> None:
+    """The fast decoder's titles in bf16 are generate's in bf16 (tests/inference_consumer/test_decoding.py
+    holds the token-level check on this host's own CPU)."""
+    pictures = [make_picture(seed=seed) for seed in range(3)]
+
+    def titles(decoder: str) -> list[str]:
+        settings = WorkerSettings(model=str(tiny_model_dir), device="cpu", dtype="bfloat16", decoder=decoder)
+        model = load_caption_model(settings, cpu_flags={flag})
+        assert model.dtype == torch.bfloat16
+        assert next(model.model.parameters()).dtype == torch.bfloat16
+        return model.caption([model.preprocess(p) for p in pictures], max_new_tokens=[20] * 3)
+
+    assert titles("fast") == titles("hf")

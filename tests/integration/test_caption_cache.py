@@ -202,13 +202,18 @@ def test_entries_the_workers_did_not_sign_are_never_served(
     }
     for reason, headers in forgeries.items():
         forge = functools.partial(publish, kafka_bootstrap, topics.captions, value, key=key, headers=headers)
-        publish_and_see_skipped(api.url, reason, forge)
+        if reason == "bad_signature":  # held unchecked until its first look-up (below), which checks it
+            forge()
+            wait_for(lambda: cache_entries(api.url) >= 2, "the forged entry to be held")
+        else:
+            publish_and_see_skipped(api.url, reason, forge)
 
-    published = requests_published(kafka_bootstrap, topics)
+    published, refused = requests_published(kafka_bootstrap, topics), skipped(api.url, "bad_signature")
     answer = caption(api.url, image)
     true_title = reference_captioner(tiny_model_dir).caption(image)
     assert answer["cached"] is False and answer["title"] == true_title != forged.title  # the worker's
     assert requests_published(kafka_bootstrap, topics) == published + 1
+    assert skipped(api.url, "bad_signature") == refused + 1
 
     # The control: the same record signed with the workers' own key is served, so the forgeries above
     # differed from a genuine record in their signature alone. (Guard that key.)

@@ -8,6 +8,7 @@ import requests
 from prometheus_client.parser import text_string_to_metric_families
 
 from core.settings import TopicSettings
+from inference_consumer.stages import STAGES
 from tests.conftest import StartApi, StartWorker
 from tests.integration.test_pipeline import post_image
 from tests.support.images import make_image_bytes
@@ -67,6 +68,7 @@ def test_a_worker_exports_one_jobs_timings_outcome_lag_and_partitions(
             and found.get(("captioner_worker_jobs_total", frozenset({("outcome", "succeeded")})), 0) >= 1
             and any(("topic", topics.requests) in labels for labels in lag)
             and "captioner_worker_dlq_depth" in names
+            and all(_stage_seconds(found).get(stage, 0) > 0 for stage in RAN_STAGES)
         )
         return found if complete else None
 
@@ -74,3 +76,24 @@ def test_a_worker_exports_one_jobs_timings_outcome_lag_and_partitions(
     assert found[("captioner_worker_batch_size_count", frozenset())] >= 1
     assert found[("captioner_worker_assigned_partitions", frozenset({("topic", topics.requests)}))] == 6
     assert found[("captioner_worker_dlq_depth", frozenset())] == 0
+    assert set(_stage_seconds(found)) == set(STAGES)
+
+
+# Where the worker's time went: each stage a fast-decoder batch and its image go through.
+RAN_STAGES = (
+    "image_decode",
+    "preprocess",
+    "staging",
+    "image_encoder",
+    "prefill",
+    "decoding_steps",
+    "publish",
+)
+
+
+def _stage_seconds(found: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> dict[str, float]:
+    return {
+        dict(labels)["stage"]: value
+        for (name, labels), value in found.items()
+        if name == "captioner_worker_stage_seconds_total"
+    }

@@ -22,7 +22,7 @@ from core.cache_keys import (
     entry_lookup_key,
     entry_size,
 )
-from core.cache_signing import CacheSigner, CacheVerifier, write_key_pair
+from core.cache_signing import CacheSigner, CacheVerifier, Signature, write_key_pair
 from core.settings import CacheSettings
 from producer_api.cache import (
     CachedCaptions,
@@ -34,7 +34,7 @@ from producer_api.cache import (
     caller_scope,
     start_offsets,
 )
-from schemas import CaptionCacheEntry
+from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
 from schemas.headers import CACHE_SCOPE, CACHE_SIGNATURE, CACHE_SIGNATURE_KEY_ID
 from tests.producer_api.conftest import PREDICT, StartApi
 from tests.support.cache_entries import MODEL, REVISION, make_entry, new_signer, signed
@@ -135,20 +135,18 @@ def test_forged_and_hostile_records_are_skipped_and_counted() -> None:
     cases: dict[str, list[tuple[bytes | None, bytes | None, list[tuple[str, bytes]] | None]]] = {
         "unsigned": [(key, value, None), (key, value, [("traceparent", b"00-1-2-01")])],
         "unknown_key": [signed(entry, new_signer())],
-        "bad_signature": [
-            # another key's signature, under our key's id
-            (key, value, [signed(entry, new_signer())[2][0], (CACHE_SIGNATURE_KEY_ID, key_id)]),
-            (other_key, value, headers),  # our signature of this value, moved to another key
-            (key, other_value, headers),  # ... and to another value
-            (key, other_value, other_headers),  # another record's own signature, on this key
-        ],
         "bad_signature_header": [
             (key, value, [(CACHE_SIGNATURE, b"not hex"), (CACHE_SIGNATURE_KEY_ID, key_id)]),
             (key, value, [(CACHE_SIGNATURE, signature)]),
             (key, value, [*headers, (CACHE_SIGNATURE, signature)]),
         ],
         "old_version": [(v1_key, value, None), (v1_key, value, SIGNER.headers(v1_key, value))],
-        "key_mismatch": [(entry_key(elsewhere), value, SIGNER.headers(entry_key(elsewhere), value))],
+        "key_mismatch": [
+            (entry_key(elsewhere), value, SIGNER.headers(entry_key(elsewhere), value)),
+            (other_key, value, headers),  # our signature of this value, moved to another key
+            (key, other_value, headers),  # ... and to another value
+            (key, other_value, other_headers),  # another record's own signature, on this key
+        ],
         "undecodable": [(key, b"\xc3\x01garbage", SIGNER.headers(key, b"\xc3\x01garbage"))],
         "too_large": [(key, b"\x00" * (MAX_ENTRY_BYTES + 1), None)],
         "bad_key": [(None, value, headers), (b"v2:short", value, headers), (b"k" * 5000, value, headers)],
@@ -160,6 +158,38 @@ def test_forged_and_hostile_records_are_skipped_and_counted() -> None:
             checks.apply(*record)
         assert reader_errors(reason) == before + len(forged), reason
     assert len(checks.lru) == 0
+    # A record whose signature header names a trusted key is held with its signature unchecked until
+    # its first look-up, which checks it: a forged one is then a miss, dropped and counted.
+    retitled = CACHE_ENTRY_CODEC.encode(replace(entry, title="another forged title"))
+    for record in [
+        (key, value, [signed(entry, new_signer())[2][0], (CACHE_SIGNATURE_KEY_ID, key_id)]),  # another key's
+        (key, retitled, headers),  # our signature of the entry, on another title under its key
+    ]:
+        before = reader_errors("bad_signature")
+        checks.apply(*record)
+        assert checks.lru.get(entry_lookup_key(entry)) is None
+        assert reader_errors("bad_signature") == before + 1
+        assert len(checks.lru) == 0
+
+
+def test_a_signature_is_checked_once_on_the_first_look_up_only(monkeypatch: pytest.MonkeyPatch) -> None:
+    checks = records()
+    entries = [make_entry(f"picture {index}".encode()) for index in range(3)]
+    checked: list[bytes] = []
+    real_problem = Signature.problem
+
+    def counted(self: Signature, key: bytes, value: bytes) -> str | None:
+        checked.append(key)
+        return real_problem(self, key, value)
+
+    monkeypatch.setattr(Signature, "problem", counted)
+    for entry in entries:
+        checks.apply(*signed(entry, SIGNER))
+    assert checked == [] and len(checks.lru) == 3
+
+    assert served(checks, entries[0]) and served(checks, entries[0])
+
+    assert checked == [entry_key(entries[0])]
 
 
 def test_either_of_two_verify_keys_is_trusted() -> None:

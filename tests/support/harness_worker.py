@@ -32,6 +32,7 @@ from core.settings import (
 from core.tracing import configure_tracing
 from inference_consumer.errors import InferenceError
 from inference_consumer.model import CaptionModel, load_caption_model
+from inference_consumer.stages import StageSink
 from inference_consumer.worker import run_worker
 
 
@@ -56,13 +57,20 @@ class HarnessModel(CaptionModel):
         return cls(**loaded, min_new_tokens=harness.min_new_tokens, failures_left=harness.failing_batches)
 
     def caption(
-        self, pixel_values: list[torch.Tensor], *, max_new_tokens: list[int], min_new_tokens: int = 0
+        self,
+        pixel_values: list[torch.Tensor],
+        *,
+        max_new_tokens: list[int],
+        min_new_tokens: int = 0,
+        on_stage: StageSink | None = None,
     ) -> list[str]:
         if self.failures_left > 0:
             self.failures_left -= 1
             raise InferenceError("harness: injected transient inference failure")
         forced = max(min_new_tokens, self.min_new_tokens)
-        return super().caption(pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=forced)
+        return super().caption(
+            pixel_values, max_new_tokens=max_new_tokens, min_new_tokens=forced, on_stage=on_stage
+        )
 
 
 def main() -> None:

@@ -1,0 +1,151 @@
+"""Where the time goes at saturation: each worker's stage sums (its captioner_worker_stage_seconds_total
+counter, inference_consumer/stages.py) and the CPU time of every process of the run (/proc/PID/stat),
+both taken just before and just after the closed loop, and divided by the images it answered."""
+
+from __future__ import annotations
+
+import math
+import os
+import re
+import subprocess
+import time
+import urllib.request
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
+
+STAGE_METRIC = "captioner_worker_stage_seconds"
+# The inference thread's stages, in the order a batch goes through them (inference_consumer/stages.py);
+# the loop's own bookkeeping is what they leave of the window.
+THREAD_STAGES = (
+    "wait_for_jobs",
+    "wait_for_pixels",
+    "staging",
+    "image_encoder",
+    "prefill",
+    "decoding_steps",
+    "generate",
+    "detokenize",
+    "publish",
+)
+OTHER = "other"
+POOL_STAGES = ("image_decode", "preprocess")  # the decode pool's threads, beside the inference thread
+CPU_ROLES = ("worker", "api", "broker", "client")
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of a process, all its threads; NaN once it is gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return math.nan
+    # The command name is in parentheses and may hold spaces: the fields after it are what counts.
+    fields = stat[stat.rindex(")") + 2 :].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def scrape_stages(url: str, *, timeout_s: float = 5.0) -> dict[str, float]:
+    """The worker's stage seconds by stage, from its /metrics."""
+    with urllib.request.urlopen(url, timeout=timeout_s) as response:
+        text = response.read().decode()
+    stages: dict[str, float] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != STAGE_METRIC:
+            continue
+        for sample in family.samples:
+            if sample.name.endswith("_total"):
+                stages[sample.labels["stage"]] = float(sample.value)
+    return stages
+
+
+def broker_pid(broker_sh: Path, env: Mapping[str, str] = os.environ) -> int | None:
+    """The local broker's pid (`broker.sh status`); None for a cluster named by KAFKA_BOOTSTRAP_SERVERS."""
+    if env.get("KAFKA_BOOTSTRAP_SERVERS"):
+        return None
+    status = subprocess.run([broker_sh, "status"], capture_output=True, text=True, check=False, env=dict(env))
+    found = re.search(r"pid (\d+)", status.stdout)
+    return int(found.group(1)) if found else None
+
+
+@dataclass(frozen=True)
+class Breakdown:
+    """One saturation window: wall seconds, images answered, the workers' stage seconds (summed over
+    workers) and each role's CPU seconds (NaN where a process could not be read)."""
+
+    wall_s: float
+    answered: int
+    workers: int
+    stage_s: Mapping[str, float]
+    cpu_s: Mapping[str, float]
+
+    def ms_per_img(self, stage: str) -> float:
+        """Seconds in `stage` per answered image, in ms; `other`: the inference threads' window less
+        every stage they reported. NaN when no worker's stages were read."""
+        if self.answered <= 0 or self.workers <= 0:
+            return math.nan
+        if stage == OTHER:
+            seconds = self.workers * self.wall_s - sum(self.stage_s.get(name, 0.0) for name in THREAD_STAGES)
+        else:
+            seconds = self.stage_s.get(stage, 0.0)
+        return 1000 * seconds / self.answered
+
+    def wall_share(self, stage: str) -> float:
+        """The share of the inference threads' time (workers x window) spent in `stage`."""
+        total = self.workers * self.wall_s
+        return self.ms_per_img(stage) * self.answered / 1000 / total if total > 0 else math.nan
+
+    def cpu_ms_per_img(self, role: str) -> float:
+        seconds = self.cpu_s.get(role, math.nan)
+        return 1000 * seconds / self.answered if self.answered > 0 else math.nan
+
+    def cores(self, role: str) -> float:
+        """The role's CPU over the window, in cores."""
+        return self.cpu_s.get(role, math.nan) / self.wall_s if self.wall_s > 0 else math.nan
+
+
+@dataclass
+class BreakdownProbe:
+    """Reads the counters at the start of a window (`start`) and again at its end (`finish`)."""
+
+    metrics_urls: Sequence[str]
+    pids: Mapping[str, Sequence[int]]  # role -> the processes whose CPU counts for it
+    _stages: list[dict[str, float] | None] = field(default_factory=list)
+    _cpu: dict[str, float] = field(default_factory=dict)
+    _started: float = math.nan
+
+    def start(self) -> None:
+        self._stages = [self._scrape(url) for url in self.metrics_urls]
+        self._cpu = self._read_cpu()
+        self._started = time.perf_counter()
+
+    def finish(self, *, answered: int, client_cpu_s: float) -> Breakdown:
+        """The window since start(); `client_cpu_s`: the load client's own CPU time (LoadRun)."""
+        wall_s = time.perf_counter() - self._started
+        stages: dict[str, float] = {}
+        read = 0
+        for url, before in zip(self.metrics_urls, self._stages, strict=True):
+            after = self._scrape(url)
+            if before is None or after is None:
+                continue
+            read += 1
+            for stage, seconds in after.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds - before.get(stage, 0.0)
+        now = self._read_cpu()
+        cpu = {role: now[role] - self._cpu[role] for role in now}
+        cpu["client"] = client_cpu_s
+        if read < len(self.metrics_urls):  # a share of some workers' time would mislead: none at all
+            stages, read = {}, 0
+        return Breakdown(wall_s=wall_s, answered=answered, workers=read, stage_s=stages, cpu_s=cpu)
+
+    @staticmethod
+    def _scrape(url: str) -> dict[str, float] | None:
+        """None when the worker's /metrics cannot be read: the breakdown is left out, the run goes on."""
+        try:
+            return scrape_stages(url)
+        except (OSError, ValueError):
+            return None
+
+    def _read_cpu(self) -> dict[str, float]:
+        return {role: sum(cpu_seconds(pid) for pid in pids) for role, pids in self.pids.items()}

@@ -1,0 +1,55 @@
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+from prometheus_client import CollectorRegistry, Counter, generate_latest
+
+from bench.breakdown import BreakdownProbe, cpu_seconds, scrape_stages
+
+
+def _metrics_file(path: Path, seconds: dict[str, float]) -> str:
+    registry = CollectorRegistry()
+    counter = Counter("captioner_worker_stage_seconds", "stages", ["stage"], registry=registry)
+    for stage, value in seconds.items():
+        counter.labels(stage=stage).inc(value)
+    path.write_bytes(generate_latest(registry))
+    return path.as_uri()
+
+
+def test_stage_seconds_are_read_from_the_workers_metrics(tmp_path: Path) -> None:
+    url = _metrics_file(tmp_path / "metrics", {"decoding_steps": 2.5, "publish": 0.25})
+    assert scrape_stages(url) == {"decoding_steps": 2.5, "publish": 0.25}
+
+
+def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
+    path = tmp_path / "metrics"
+    url = _metrics_file(path, {"decoding_steps": 1.0})
+    probe = BreakdownProbe(metrics_urls=[url], pids={"worker": [os.getpid()]})
+    probe.start()
+    _metrics_file(path, {"decoding_steps": 4.0, "image_encoder": 0.5})
+    sum(range(200_000))  # some CPU time in this process
+
+    breakdown = probe.finish(answered=10, client_cpu_s=0.2)
+
+    assert breakdown.stage_s == {"decoding_steps": 3.0, "image_encoder": 0.5}
+    assert breakdown.cpu_s["worker"] >= 0 and breakdown.cpu_s["client"] == 0.2
+    assert breakdown.ms_per_img("decoding_steps") == 300.0
+
+
+def test_a_process_that_is_gone_has_no_cpu_time() -> None:
+    assert cpu_seconds(os.getpid()) > 0
+    assert math.isnan(cpu_seconds(2**22 + 12345))
+
+
+def test_a_worker_whose_metrics_cannot_be_read_leaves_the_stages_out_not_the_run(tmp_path: Path) -> None:
+    readable = _metrics_file(tmp_path / "metrics", {"decoding_steps": 1.0})
+    probe = BreakdownProbe(metrics_urls=[readable, (tmp_path / "gone").as_uri()], pids={"api": [os.getpid()]})
+    probe.start()
+
+    breakdown = probe.finish(answered=10, client_cpu_s=0.1)
+
+    assert breakdown.workers == 0 and breakdown.stage_s == {}
+    assert math.isnan(breakdown.ms_per_img("decoding_steps")) and math.isnan(breakdown.wall_share("other"))
+    assert breakdown.cpu_s["api"] >= 0  # the CPU figures stay
