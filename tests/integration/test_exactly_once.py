@@ -1,0 +1,255 @@
+"""Exactly once for Kafka callers (CAPTIONER_DELIVERY_GUARANTEE=exactly_once, the default), against real
+brokers: a worker that dies, or is frozen past its session timeout, before its outcomes are committed leaves
+nothing a read_committed reader sees, so each job's reply and dead letter is seen once however often the job
+ran; and the retry records and dead letters of a transaction that aborted are never seen.
+
+The first two put a dead letter out of order: slow jobs S (forced long captions) then job D (refused at once:
+max_new_tokens 0) in one request partition. D's outcome is decided while the S jobs still run: at least once,
+it is written at once, while its offset cannot be committed before theirs, so the partition's next owner
+runs D again and writes it again."""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from confluent_kafka import KafkaException, Producer
+from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+
+from core.settings import KafkaSettings, TopicSettings
+from core.topics import ensure_topics
+from schemas import REPLY_CODEC, CaptionReply, CaptionRequest, ReplyStatus
+from schemas import headers as record_headers
+from tests.conftest import StartWorker
+from tests.support.cluster import TwoBrokers, two_brokers
+from tests.support.images import make_image_bytes
+from tests.support.kafka import (
+    Isolation,
+    Record,
+    caption_request,
+    committed_offsets,
+    publish_requests,
+    read_all,
+)
+from tests.support.services import ServiceProcess
+from tests.support.waiting import wait_until
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+PARTITION = 1
+SLOW_JOBS = 24
+# The tiny model's longest captions, in batches that each run for a while: the S jobs take seconds.
+SLOW = {
+    "CAPTIONER_MAX_NEW_TOKENS": "127",
+    "CAPTIONER_MIN_NEW_TOKENS": "127",
+    "CAPTIONER_LOG_LEVEL": "DEBUG",  # each batch's "captioned N jobs" line
+    # A transaction it leaves open (killed or frozen mid-commit) is aborted by its coordinator 15 s on.
+    "CAPTIONER_DELIVERY_TIMEOUT_S": "5",
+}
+SESSION_TIMEOUT_MS = "6000"  # the brokers' least
+DEAD_LETTERED = "goes to the dead-letter topic"
+CAPTIONED = re.compile(r"captioned (\d+) jobs")
+DONE_S = 120
+
+
+def slow_then_refused(bootstrap: str, topics: TopicSettings) -> tuple[list[CaptionRequest], CaptionRequest]:
+    """The S jobs then D, in one partition."""
+    slow = [
+        caption_request(make_image_bytes("PNG", seed=seed), reply_topic=topics.replies)
+        for seed in range(SLOW_JOBS)
+    ]
+    refused = caption_request(make_image_bytes("PNG", seed=99), reply_topic=topics.replies, max_new_tokens=0)
+    publish_requests(bootstrap, topics.requests, [*slow, refused], partition=PARTITION)
+    return slow, refused
+
+
+def captioned(worker: ServiceProcess) -> int:
+    return sum(int(count) for count in CAPTIONED.findall(worker.log()))
+
+
+def final_replies(bootstrap: str, topics: TopicSettings) -> dict[str, list[CaptionReply]]:
+    """Each correlation id's final replies, as a read_committed reader sees them."""
+    found: dict[str, list[CaptionReply]] = {}
+    for record in read_all(bootstrap, topics.replies, topics.reply_partitions):
+        reply = REPLY_CODEC.decode(record.value)
+        if reply.status is not ReplyStatus.RETRYING:
+            found.setdefault(reply.correlation_id, []).append(reply)
+    return found
+
+
+def records_of(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    request: CaptionRequest,
+    *,
+    isolation: Isolation = "read_committed",
+) -> list[Record]:
+    key = request.correlation_id.encode()
+    return [
+        record for record in read_all(bootstrap, topic, partitions, isolation=isolation) if record.key == key
+    ]
+
+
+def wait_for_the_jobs_committed(bootstrap: str, topics: TopicSettings, jobs: int) -> None:
+    group = os.environ["CAPTIONER_WORKER_GROUP_ID"]  # set by the topics fixture
+    wait_until(
+        lambda: (
+            committed_offsets(bootstrap, group, topics.requests, topics.request_partitions)[PARTITION] >= jobs
+        ),
+        timeout_s=DONE_S,
+        interval_s=0.5,
+        message="the partition's committed offset did not pass every job",
+    )
+
+
+def assert_seen_once(
+    bootstrap: str, topics: TopicSettings, slow: list[CaptionRequest], refused: CaptionRequest, *, by: str
+) -> None:
+    """What a read_committed reader sees: one final reply for each job and one dead letter for D, D's
+    from the worker that took the partition over."""
+    replies = final_replies(bootstrap, topics)
+    for request in slow:
+        [reply] = replies[request.correlation_id]
+        assert reply.status is ReplyStatus.SUCCEEDED
+    [refused_reply] = replies[refused.correlation_id]
+    assert refused_reply.status is ReplyStatus.FAILED and refused_reply.worker_id == by
+    [dead] = records_of(bootstrap, topics.dead_letter, topics.request_partitions, refused)
+    assert dead.headers[record_headers.DLQ_WORKER_ID] == by.encode()
+    assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"invalid_request"
+
+
+def test_a_worker_killed_before_its_commit_leaves_only_its_replacements_outcomes(
+    start_worker: StartWorker, topics: TopicSettings, kafka_bootstrap: str
+) -> None:
+    first = start_worker(**SLOW)
+    slow, refused = slow_then_refused(kafka_bootstrap, topics)
+    first.wait_for_log(DEAD_LETTERED, timeout_s=60)  # D is decided
+    first.kill()
+    assert captioned(first) < SLOW_JOBS, "every slow job finished before the kill: nothing was tested"
+
+    start_worker()
+    wait_for_the_jobs_committed(kafka_bootstrap, topics, SLOW_JOBS + 1)
+
+    assert_seen_once(kafka_bootstrap, topics, slow, refused, by="worker-2")
+
+
+def test_a_zombie_worker_commits_nothing_and_its_outcomes_stay_invisible(
+    start_worker: StartWorker, topics: TopicSettings, kafka_bootstrap: str
+) -> None:
+    zombie = start_worker(**SLOW, CAPTIONER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS)
+    slow, refused = slow_then_refused(kafka_bootstrap, topics)
+    zombie.wait_for_log(DEAD_LETTERED, timeout_s=60)
+    zombie.popen.send_signal(signal.SIGSTOP)  # frozen, D decided, S jobs unfinished
+    try:
+        finished_before = captioned(zombie)
+        assert finished_before < SLOW_JOBS, "every slow job finished before the freeze: nothing was tested"
+        start_worker(CAPTIONER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS)  # takes the partitions over
+        wait_for_the_jobs_committed(kafka_bootstrap, topics, SLOW_JOBS + 1)
+    finally:
+        zombie.popen.send_signal(signal.SIGCONT)
+
+    # Back, the zombie finishes the batch it held and offers its outcomes; then it finds its partitions
+    # gone and rejoins its groups.
+    wait_until(
+        lambda: captioned(zombie) > finished_before,
+        timeout_s=DONE_S,
+        message="the zombie did not finish its batch",
+    )
+    wait_until(
+        lambda: zombie.log().count("assigned") >= 3,
+        timeout_s=DONE_S,
+        message="the zombie did not rejoin its groups",
+    )
+    assert_seen_once(kafka_bootstrap, topics, slow, refused, by="worker-2")
+    assert zombie.alive()
+
+
+@pytest.fixture
+def stuck(
+    tmp_path: Path, topic_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
+) -> Iterator[tuple[TwoBrokers, TopicSettings, str, str]]:
+    """A cluster whose node 2 has stopped, the service's topics on node 1 with one retry tier (of 600 s: a
+    retry record waits, so each job runs once), and two reply topics that live on node 2 alone and so take
+    nothing: every produce to them fails at the delivery timeout."""
+    for name, value in topic_env.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("CAPTIONER_TOPIC_RETRY_DELAYS_S", "[600]")
+    topics = TopicSettings()
+    with two_brokers(tmp_path / "cluster") as cluster:
+        ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap), topics)
+        coordinators_on_node_1(cluster, topics, topic_env["CAPTIONER_WORKER_GROUP_ID"])
+        names = [f"{topics.replies}.stuck-1", f"{topics.replies}.stuck-2"]
+        leaderless_topics(cluster, names)
+        yield cluster, topics, names[0], names[1]
+
+
+def coordinators_on_node_1(cluster: TwoBrokers, topics: TopicSettings, group: str) -> None:
+    """The group offsets and transaction state topics, made (by their first use) before node 2 joins."""
+
+    def group_coordinator_answers() -> bool:
+        try:
+            committed_offsets(cluster.bootstrap, group, topics.requests, 1)
+        except KafkaException:
+            return False
+        return True
+
+    wait_until(group_coordinator_answers, timeout_s=60, message="the group offsets topic was not created")
+    producer = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": f"t-{uuid.uuid4().hex}"})
+    producer.init_transactions(60)
+
+
+def leaderless_topics(cluster: TwoBrokers, names: list[str]) -> None:
+    """Topics whose only replica is on node 2, which then stops."""
+    cluster.start_second()
+    admin = cluster.admin()
+    created = admin.create_topics(
+        [NewTopic(name, num_partitions=1, replica_assignment=[[2]]) for name in names]
+    )
+    for future in created.values():
+        future.result(timeout=30)
+    for name in names:
+        wait_until(
+            lambda n=name: cluster.leaders(n) == [2], timeout_s=30, message=f"node 2 does not lead {name}"
+        )
+    cluster.second.stop()
+    for name in names:
+        wait_until(lambda n=name: cluster.leaders(n) == [-1], timeout_s=60, message=f"{name} kept a leader")
+
+
+def test_retry_and_dead_letter_records_of_an_aborted_transaction_are_never_seen(
+    stuck: tuple[TwoBrokers, TopicSettings, str, str], start_worker: StartWorker
+) -> None:
+    """Each job's reply goes to a topic that takes nothing, so the transaction that holds its retry record
+    or dead letter aborts at the delivery timeout; the record is written again, in the next one. (Two such
+    topics: after a reply times out its topic's replies fail at once for a while, without a transaction.)"""
+    cluster, topics, stuck_retrying, stuck_failed = stuck
+    start_worker(
+        KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap,
+        CAPTIONER_DELIVERY_TIMEOUT_S="5",
+        CAPTIONER_CHAOS_FAILING_BATCHES="1",
+    )
+    transient = caption_request(make_image_bytes("PNG", seed=21), reply_topic=stuck_retrying)
+    refused = caption_request(make_image_bytes("PNG", seed=22), reply_topic=stuck_failed, max_new_tokens=0)
+    publish_requests(cluster.bootstrap, topics.requests, [transient, refused], partition=PARTITION)
+
+    wait_for_the_jobs_committed(cluster.bootstrap, topics, 2)
+    partitions, retry_tier = topics.request_partitions, topics.retry_topic(1)
+    # In the log: the aborted transactions' copies, besides the committed ones.
+    logged_retries = records_of(
+        cluster.bootstrap, retry_tier, partitions, transient, isolation="read_uncommitted"
+    )
+    logged_dead = records_of(
+        cluster.bootstrap, topics.dead_letter, partitions, refused, isolation="read_uncommitted"
+    )
+    assert len(logged_retries) >= 2 and len(logged_dead) >= 2
+    # Seen: once each.
+    [retry] = records_of(cluster.bootstrap, retry_tier, partitions, transient)
+    assert retry.headers[record_headers.ATTEMPT] == b"2"
+    [dead] = records_of(cluster.bootstrap, topics.dead_letter, partitions, refused)
+    assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"invalid_request"
