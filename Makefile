@@ -11,7 +11,7 @@ SECURE ?= 0
 REGISTRY ?= 0
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: install lock lock-roles lock-tools run registry registry-stop broker broker-stop lint typecheck imports test-tools test test-unit bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
+.PHONY: install lock lock-roles lock-tools run registry registry-stop broker broker-stop lint typecheck imports test-tools test test-unit docs bench bench-scaling bench-phase bench-gpu bench-gpu-check chaos chaos-tools clean
 
 install: $(INSTALLED)
 
@@ -55,9 +55,9 @@ broker:
 broker-stop:
 	infra/kafka/broker.sh stop
 
-# SECURE=1: TLS, SASL/SCRAM and ACLs, each process its own principal (README, Secured Kafka).
+# SECURE=1: TLS, SASL/SCRAM and ACLs, each process its own principal (docs/secured-kafka.md).
 # REGISTRY=1: a local schema registry (infra/registry) for the run, so requests, replies and caption-cache
-# entries are written in its framing (README, "Schema Registry"); stopped when the run ends.
+# entries are written in its framing (docs/schema-registry.md); stopped when the run ends.
 run: install
 	@WORKERS=$(WORKERS) SECURE=$(SECURE) REGISTRY=$(REGISTRY) infra/run-local.sh
 
@@ -98,6 +98,13 @@ test: lint typecheck imports test-tools
 
 test-unit: install
 	$(BIN)/python -m pytest -m "not integration" $(PYTEST_ARGS)
+
+# The documentation site (mkdocs.yml: docs/ and schemas/README.md), built strictly: a broken link or anchor
+# fails it. `make test` builds it too, into a temporary folder (tests/test_docs_site.py).
+DOCS_SITE ?= .local/site
+docs: install
+	NO_MKDOCS_2_WARNING=1 $(BIN)/python -m mkdocs build --strict -d $(DOCS_SITE)
+	@echo "docs: $(DOCS_SITE)/index.html"
 
 bench: install
 	$(BIN)/python -m bench

@@ -1,7 +1,7 @@
 """`make bench` (or `.venv/bin/python -m bench`): naive in-process captioning against the real service.
 
 How to run
-    make bench                    # full run (its duration on the build machine: README, Performance)
+    make bench                    # full run (its duration on the build machine: docs/performance.md)
     BENCH_QUICK=1 make bench      # shorter: fewer images, shorter load phases, same keys
     WORKERS=2 make bench          # as `make run`: workers split the cores (CAPTIONER_WORKER_THREADS)
 Settings read here: CAPTIONER_MAX_NEW_TOKENS (default 20) and CAPTIONER_MIN_NEW_TOKENS (default: the
@@ -51,7 +51,7 @@ What each number means (the JSON object on the last line of stdout)
                      request. What remains is HTTP, Kafka, the worker's polling and queueing, the API's
                      checks and any batching wait. The model's time is taken from the same request because
                      the same caption timed in two processes differs from run to run by more than the
-                     overhead itself (README, Performance); the table also shows that cross-check
+                     overhead itself (docs/performance.md); the table also shows that cross-check
                      (end-to-end minus the whole in-process run).
     capacity_rps     transport capacity: the highest offered rate (step-up, open loop, a few seconds a step,
                      one 320x240 image) that the tiny-model service sustains with 0 errors, its answers

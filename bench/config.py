@@ -114,7 +114,7 @@ class BenchConfig:
 
 def _default_batch_size(env: Mapping[str, str]) -> int:
     """What the worker's batching policy settles on for GIT-base on 2 CPU cores at the default
-    CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; README, Performance), never more than
+    CAPTIONER_BATCH_BUDGET_MS (BASE_CPU_BATCH; docs/performance.md), never more than
     CAPTIONER_MAX_BATCH_SIZE. Elsewhere set BENCH_BATCH_SIZE to the batch the worker logs (`captioned N
     jobs`, at debug level) or its captioner_worker_batch_size metric."""
     limit = env.get("CAPTIONER_MAX_BATCH_SIZE") or WorkerSettings.model_fields["max_batch_size"].default
@@ -137,7 +137,7 @@ def load_config(env: Mapping[str, str] = os.environ) -> BenchConfig:
         worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or max(1, (os.cpu_count() or 1) // workers)),
         # The tiny model gains nothing from intra-op threads, and their OpenMP barriers spinning against the
         # API, broker and client for the same cores would make the capacity run measure that, not transport
-        # (README, Performance).
+        # (docs/performance.md).
         capacity_worker_threads=int(env.get("CAPTIONER_WORKER_THREADS") or 1),
         batch_size=int(env.get("BENCH_BATCH_SIZE") or _default_batch_size(env)),
         run_id=run_id,

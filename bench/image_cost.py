@@ -1,7 +1,7 @@
 """What one image can cost in time: each accepted format's worst cases within the limits (24 MP, a
 16 MiB record), through what the API runs (core.images.inspect_image) and what a worker runs
 (core.images.decode_image at the model's edge; for JPEGs also torchvision's decode_jpeg, the tensor
-pipeline's decoder, here on the CPU). README, "Security and limits", quotes its table.
+pipeline's decoder, here on the CPU). docs/security.md ("Decoding time") quotes its table.
 
     python -m bench.image_cost [--only NAME ...] [--unchecked]
 

@@ -86,7 +86,7 @@ class BenchResults:
     def overhead_p50_ms(self) -> float:
         """What the service adds around the model: per request, end-to-end minus the worker's own model
         time, less the in-process decode + preprocess that the worker also does. Both model timings
-        (worker and in-process) vary between runs by more than the overhead itself (README, Performance),
+        (worker and in-process) vary between runs by more than the overhead itself (docs/performance.md),
         so differencing them would drown it in noise; the model time is taken from the same request
         instead."""
         return median(self.idle.outside_model_ms) - median(self.idle.reference_prep_ms)

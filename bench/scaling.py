@@ -2,7 +2,7 @@
 1, 2, 3... workers, each worker pinned to a CPU of its own.
 
 How to run
-    make bench-scaling                        # N = 1, 2, 3 (a full run's duration: README, Scaling out)
+    make bench-scaling                        # N = 1, 2, 3 (a full run's duration: docs/scaling.md)
     BENCH_QUICK=1 make bench-scaling          # shorter capacity steps, no bisection
     BENCH_SCALING_WORKERS=1,2,4 make bench-scaling
     BENCH_SCALING_PIN=0 make bench-scaling    # no taskset: the scheduler places the workers (for comparison)

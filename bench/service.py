@@ -164,7 +164,7 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
 
 def cache_key_env(env: Mapping[str, str], directory: Path) -> dict[str, str]:
     """A key pair of the run's own, so that workers sign caption-cache entries and the API serves them
-    (README, Caption cache), unless the environment names keys already."""
+    (docs/caption-cache.md), unless the environment names keys already."""
     if "CAPTIONER_CACHE_SIGNING_KEY_FILE" in env or "CAPTIONER_CACHE_VERIFY_KEYS_FILE" in env:
         return {}
     private_path, public_path = write_key_pair(directory)

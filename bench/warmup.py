@@ -3,7 +3,7 @@
 A broker's JVM runs its produce and fetch paths interpreted until the JIT has compiled them, which takes
 a few thousand requests. A deployed broker is long past that, but this benchmark often starts its own
 broker seconds before measuring, and an idle request then spends measurably longer in its two Kafka hops
-than on the same broker warm (README, Performance). So the run first drives round trips
+than on the same broker warm (docs/performance.md). So the run first drives round trips
 (produce with the service's producer settings, then fetch it back) through a scratch topic of its own.
 """
 
@@ -23,7 +23,7 @@ from core.kafka_config import client_config, consumer_config, producer_config
 from core.settings import KafkaSettings, TopicSettings
 
 _TIMEOUT_S = 30.0
-ROUND_TRIPS = 4000  # past where the median round trip stops falling on a fresh broker (README, Performance)
+ROUND_TRIPS = 4000  # past where the median round trip stops falling on a fresh broker (docs/performance.md)
 
 
 @dataclass(frozen=True)

@@ -1,6 +1,6 @@
 """Who may do what on the cluster, as Kafka ACLs: each role's least privilege, from the topic settings and
-the principals' names. `captioner topics acls` applies them (as a super user); the README's table "Who may
-write where" is this module's `markdown_table`, which a test keeps equal.
+the principals' names. `captioner topics acls` applies them (as a super user); the table "Who may write
+where" in docs/security.md is this module's `markdown_table`, which a test keeps equal.
 
 Roles:
 - the API publishes jobs and reads replies and the caption cache; it never writes a reply or a cache entry;
@@ -57,7 +57,7 @@ CREATE, DELETE = AclOperation.CREATE, AclOperation.DELETE
 
 @dataclass(frozen=True)
 class Grant:
-    """One ALLOW ACL, with the role it serves and why, for the listing and the README."""
+    """One ALLOW ACL, with the role it serves and why, for the listing and docs/security.md."""
 
     role: str
     principal: str
@@ -146,7 +146,7 @@ class _Role:
 
 
 def grants(principals: Principals, topics: TopicSettings, groups: WorkerGroups) -> list[Grant]:
-    """Every role's grants, in the order of the README's table."""
+    """Every role's grants, in the order of docs/security.md's table."""
     found: list[Grant] = []
     if principals.api:
         found += api_grants(principals.api, topics, groups)
@@ -227,7 +227,7 @@ def publisher_grants(publisher: Publisher, topics: TopicSettings) -> list[Grant]
 
 
 def markdown_table(found: Iterable[Grant]) -> str:
-    """The README's table: one row per principal and resource, its operations together."""
+    """docs/security.md's table: one row per principal and resource, its operations together."""
     rows: dict[tuple[str, str], tuple[list[str], list[str]]] = {}
     for grant in found:
         operations, reasons = rows.setdefault((grant.principal, grant.resource_text), ([], []))

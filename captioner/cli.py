@@ -283,7 +283,7 @@ def topics_acls(
     dry_run: Annotated[bool, typer.Option(help="print the ACLs, apply nothing")] = False,
 ) -> None:
     """Grant each role its least privilege as Kafka ACLs, for the topics of CAPTIONER_TOPIC_* and the groups
-    of CAPTIONER_WORKER_GROUP_ID (README, Security and limits). Run as a super user."""
+    of CAPTIONER_WORKER_GROUP_ID (docs/security.md). Run as a super user."""
     from captioner.acls import (
         Principals,
         Publisher,

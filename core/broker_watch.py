@@ -4,8 +4,8 @@ Without a `logger`, librdkafka writes each line to stderr; with no broker listen
 its bootstrap broker many times a second (it re-bootstraps whenever every broker is down), one line a try.
 Here a process's clients share one BrokerWatch: their lines go to the `captioner.librdkafka` logger, a line
 that keeps recurring is logged once per `repeat_after_s` with a count of those left out, and losing every
-broker is said once when it starts and once when it ends (README, "When a worker stops"). Shutdown steps ask
-`reachable()` so that they do not wait for a broker that is not there.
+broker is said once when it starts and once when it ends (docs/security.md, When a worker stops).
+Shutdown steps ask `reachable()` so that they do not wait for a broker that is not there.
 
 "Reachable" comes from librdkafka itself, per client: `_ALL_BROKERS_DOWN` (its error callback) says every
 connection of that client is down; its statistics (every STATISTICS_INTERVAL_MS) list each broker's connection
@@ -49,12 +49,23 @@ _LEVELS = {
     3: logging.ERROR,
     4: logging.WARNING,
 }
+# What librdkafka says at notice or info level while it waits out a state that ends by itself, retrying on its
+# own: a fresh broker still loading its group and transaction coordinators. DEBUG, so that a normal start
+# says nothing of it; at warning level and above the same words are logged as they come.
+_TRANSIENT = ("Coordinator load in progress",)
+_NOTICE = 5
 # Errors librdkafka also writes as log lines, or that only restate what the statistics say.
 _ALSO_LOGGED = frozenset({KafkaError._TRANSPORT, KafkaError._RESOLVE, KafkaError._ALL_BROKERS_DOWN})
 _MAX_KEYS = 256  # distinct recurring lines remembered (a line can hold a hostile reply topic's name)
 _DIGITS = re.compile(r"\d+")
 _THREAD_PREFIX = re.compile(r"^\[thrd:[^\]]*\]: ")
 _BROKER_UP = '"state":"UP"'  # a broker connection's state in librdkafka's statistics JSON
+
+
+def _python_level(level: int, text: str) -> int:
+    if level >= _NOTICE and any(phrase in text for phrase in _TRANSIENT):
+        return logging.DEBUG
+    return _LEVELS.get(level, logging.INFO)
 
 
 @dataclass(slots=True)
@@ -127,7 +138,7 @@ class BrokerWatch:
                     return
             left_out = self._left_out(_DIGITS.sub("#", f"{facility} {text}"))
         if left_out is not None:
-            self._emit(_LEVELS.get(level, logging.INFO), fmt % args if args else fmt, left_out)
+            self._emit(_python_level(level, text), fmt % args if args else fmt, left_out)
 
     def error(self, client: int, error: KafkaError) -> None:
         """librdkafka's `error_cb`: every broker down is this client's report; errors that are not also

@@ -1,4 +1,4 @@
-"""The caption cache's keys and the bounds of its records (README, "Caption cache").
+"""The caption cache's keys and the bounds of its records (docs/caption-cache.md).
 
 A title depends on the image, the token limit and the model profile that computed it: the model's id,
 its revision, its precision and the image pipeline. The topic key holds all of them, and the scope the

@@ -1,4 +1,4 @@
-"""Ed25519 signatures on caption-cache records (README, "Caption cache"), for both roles.
+"""Ed25519 signatures on caption-cache records (docs/caption-cache.md), for both roles.
 
 Workers sign each record they write with the private key named by CAPTIONER_CACHE_SIGNING_KEY_FILE; API
 instances keep a record only when one of the public keys in CAPTIONER_CACHE_VERIFY_KEYS_FILE accepts its

@@ -4,8 +4,8 @@ The pixel limit bounds the memory of a picture, not the time: a file can make a 
 same picture thousands of times (a JPEG's progressive scans: libjpeg-turbo's advisory LJT-01-003), or
 make Pillow's Python code walk millions of tiny chunks, blocks, strips or padding bytes before or while
 it decodes. Each accepted format's structure is walked here, as its decoders will walk it, and what
-would cost more than a bounded time is refused with ImageTooCostlyError (README, "Security and
-limits"). The walks themselves run at C speed where the bytes are long (bytes.find, re) and stop at
+would cost more than a bounded time is refused with ImageTooCostlyError (docs/security.md,
+Decoding time). The walks themselves run at C speed where the bytes are long (bytes.find, re) and stop at
 their cap where Python steps through units, so a walk costs little whatever the file. Where the
 walk meets a structure that no decoder here reads, it says so (InvalidImageError) rather than guess.
 """
@@ -22,7 +22,7 @@ from core.errors import ImageTooCostlyError, InvalidImageError, UnsupportedImage
 # libjpeg's own progression writes 10 scans for a colour picture (6 grey, 18 CMYK) and photo editors
 # fewer; libjpeg-turbo's decompression fuzzer stops at 100 (TJPARAM_SCANLIMIT) and NVIDIA DALI at 500.
 # Each scan costs a pass over every block of the picture; this many keeps a picture at the pixel limit
-# within the time README gives.
+# within the time docs/security.md gives.
 JPEG_MAX_SCANS = 64
 # Markers of one picture (segments, standalone markers, scans). Pillow parses each header segment in
 # Python; cameras write a few dozen, and a JPEG at the scan limit with a table before each scan fewer
@@ -110,8 +110,8 @@ _BMP_RLE8, _BMP_RLE4 = 1, 2
 
 def check_decoding_cost(data: bytes) -> None:
     """Raises ImageTooCostlyError where the structure of `data` would cost its decoders more than
-    README's bound (InvalidImageError where it holds what no decoder here reads); formats it does not
-    recognise are left to Pillow."""
+    docs/security.md's bound (InvalidImageError where it holds what no decoder here reads); formats it
+    does not recognise are left to Pillow."""
     walk = _walk_for(data)
     if walk is not None:
         walk(data)

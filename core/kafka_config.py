@@ -1,6 +1,6 @@
 """librdkafka configuration for every client the project makes, built from settings in one place.
 
-The failover settings (README, "Running on a replicated cluster") bound how long a client keeps talking to a
+The failover settings (docs/replicated-cluster.md) bound how long a client keeps talking to a
 broker that has died or hangs, and how soon it learns a partition's new leader.
 """
 
@@ -72,7 +72,8 @@ def producer_config(
 ) -> dict[str, Any]:
     """An idempotent producer: retries never duplicate or reorder a partition's records. No linger by
     default: a caller waits on every record, and under load librdkafka still batches whatever queues up
-    behind the requests in flight, so a linger would only delay idle round trips (README, client settings)."""
+    behind the requests in flight, so a linger would only delay idle round trips
+    (docs/replicated-cluster.md)."""
     return client_config(kafka, client_id=client_id) | {
         "enable.idempotence": True,
         "acks": "all",

@@ -161,8 +161,16 @@ def log_handler(log_format: Literal["text", "json", "auto"], stream: TextIO | No
     return handler
 
 
+# Loggers whose warnings are notices between libraries, nothing an operator can act on: torch warns, in its
+# own format on its own handler, each time torchao (which transformers imports to load any model) registers
+# an enum the deprecated way. Their errors still show.
+QUIETED_LOGGERS = ("torch.utils._pytree",)
+
+
 def configure_logging(level: str, log_format: Literal["text", "json", "auto"] = "text") -> None:
     logging.basicConfig(level=level.upper(), handlers=[log_handler(log_format)])
+    for name in QUIETED_LOGGERS:
+        logging.getLogger(name).setLevel(logging.ERROR)
 
 
 # The operator tools' Kafka clients log here (their `logger` config), so one switch quiets them all.

@@ -1,5 +1,5 @@
 """The record codecs a process uses, from its RegistrySettings: single-object encoding alone without a
-registry URL, both framings with one (schemas/framing.py; README, "Schema Registry")."""
+registry URL, both framings with one (schemas/framing.py; docs/schema-registry.md)."""
 
 from __future__ import annotations
 

@@ -367,7 +367,7 @@ def transactional_id_prefix(worker_group_id: str) -> str:
 
 
 class CacheSettings(BaseSettings):
-    """The caption cache (README, "Caption cache"): workers sign and write it, API instances verify and
+    """The caption cache (docs/caption-cache.md): workers sign and write it, API instances verify and
     read it. An API instance serves only entries of the profile its own settings give: the model
     (CAPTIONER_MODEL, CAPTIONER_MODEL_ID) and CAPTIONER_MAX_NEW_TOKENS exactly, and the revision, dtype,
     quantization and image pipeline its workers resolved wherever it leaves them at their default (auto,
@@ -422,7 +422,7 @@ class ClientSettings(BaseSettings):
 
 
 class RegistrySettings(BaseSettings):
-    """A Confluent-compatible Schema Registry (README, "Schema Registry"). With a URL, the API writes
+    """A Confluent-compatible Schema Registry (docs/schema-registry.md). With a URL, the API writes
     requests and workers write replies and caption-cache entries in the Confluent wire format; readers
     take both framings either way. Without one, nothing is framed for a registry."""
 
@@ -554,7 +554,7 @@ def refuse_unknown_variables(environ: Mapping[str, str] | None = None) -> None:
         "unknown setting"
         + ("s: " if len(lines) > 1 else ": ")
         + ", ".join(lines)
-        + "; every setting is listed in README.md, Settings"
+        + "; every setting is listed in docs/settings.md"
     )
 
 

@@ -5,7 +5,7 @@ glibc serves allocations above its mmap threshold (at most 32 MiB by its own heu
 of MB) fault in page by page again, a sizeable share of each vision-encoder pass. Raising the mmap and
 trim thresholds keeps freed blocks in the heap for the next batch. Memory freed after a peak is kept by the
 process for reuse instead of being handed back, and some of it fragments, so the worker's peak is somewhat
-higher. Both effects are measured in the README (Performance).
+higher. Both effects are measured in docs/performance.md.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 A batch's cost is a fixed part (encoder and decoder launch, per-step overhead) plus a part per image. A
 model whose fixed part dominates (a small one, or any on a GPU) gains from large batches; a slow one gains
 little past a point and only makes everyone in the batch wait longer and holds more activation memory
-(README, Architecture and Performance). So:
+(docs/architecture.md, docs/performance.md). So:
 
 - the *cap*: a batch grows only while the last batch's time per job says it still ends within `budget_s`,
   up to `max_size`;

@@ -1,4 +1,4 @@
-"""Writes each caption to the compacted caption-cache topic, signed (README, "Caption cache").
+"""Writes each caption to the compacted caption-cache topic, signed (docs/caption-cache.md).
 
 Best effort, and out of the job's way: an entry is handed over only once the job's SUCCEEDED reply counts
 as written (acknowledged; exactly once: staged in the worker's transaction), a thread of its own hashes the
@@ -57,7 +57,7 @@ def load_cache_signer(settings: CacheSettings | None) -> CacheSigner | None:
     if settings.signing_key_file is None:
         log.warning(
             "caption cache: this worker writes no entries, CAPTIONER_CACHE_SIGNING_KEY_FILE is not set "
-            "(`captioner cache keygen` makes a key pair; README, Caption cache)"
+            "(`captioner cache keygen` makes a key pair; docs/caption-cache.md)"
         )
         return None
     return load_signer(settings.signing_key_file)

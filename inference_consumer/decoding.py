@@ -14,7 +14,7 @@ division by sqrt(head_dim), the same additive mask in the prefill), so as long a
 logits are bit-identical to `generate`'s. Once rows are dropped, the matrix products run on fewer rows, and
 BLAS may round the last bit differently than on the full batch; a token can then only differ on an exact
 near-tie of the two best logits (last-bit apart). The opt-in `packed_cpu_weights` trades bit-identity of
-the decoding steps for the same kind of last-bit differences, for faster steps on CPU (README, Performance).
+the decoding steps for the same kind of last-bit differences, for faster steps on CPU (docs/performance.md).
 """
 
 from __future__ import annotations
@@ -124,7 +124,7 @@ class _OneDnnPackedLinears:
     """Linear layers with their float32 weights pre-packed for oneDNN (CPU only).
 
     `F.linear` on CPU calls MKL sgemm, which re-packs the whole weight on every call; with the few rows of a
-    decoding step that packing dominates, and these pre-packed weights skip it (README, Performance). oneDNN
+    decoding step that packing dominates, and these pre-packed weights skip it (docs/performance.md). oneDNN
     sums in another order, so results differ from `F.linear`'s in the last bits: token ids stay
     the same unless the two best logits are that close. The packed copies cost as much memory as the weights
     and do not follow later changes to them.
@@ -401,8 +401,8 @@ def quantize_int8(model: GitForCausalLM) -> GitForCausalLM:
     """Quantize every `nn.Linear` weight of `model` to int8 (per output channel) in place, with torchao.
 
     Off by default: it changes numerics, so captions drift from the float model's. torchao's weight-only
-    kernel dequantizes the weight on each call, so on CPU it saves memory at rest but runs slower (README,
-    Performance, for both). Needs `pip install torchao`.
+    kernel dequantizes the weight on each call, so on CPU it saves memory at rest but runs slower
+    (docs/performance.md, for both). Needs `pip install torchao`.
     """
     torchao_quantization = importlib.import_module("torchao.quantization")  # optional and untyped
     torchao_quantization.quantize_(model, torchao_quantization.Int8WeightOnlyConfig())

@@ -11,7 +11,7 @@ the tensors; normalised (cuda_staging.Normalizer). A JPEG the device decoder rej
 PIL instead, so each image ends as the PIL path would end it: pixels, or the same InvalidImageError
 family. Unlike the PIL path, a large JPEG is decoded at full size (nvjpeg has no DCT scaling) and
 box-averaged down; the agreement with the PIL path is measured in tests and in
-`python -m bench.gpu --agreement` (README, Performance).
+`python -m bench.gpu --agreement` (docs/performance.md).
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@ a flush, a commit, a consumer's close.
 
 Each step waits at most `timeout_s` (CAPTIONER_SHUTDOWN_TIMEOUT_S); once the worker is stopping, all of them
 together wait at most that long from the stop; and none waits while no broker is reachable, since nothing it
-waits for can then happen (README, "When a worker stops").
+waits for can then happen (docs/security.md, When a worker stops).
 """
 
 from __future__ import annotations

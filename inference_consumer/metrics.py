@@ -1,4 +1,4 @@
-"""Prometheus metrics of a worker, served on CAPTIONER_METRICS_PORT (README, Metrics and alerts)."""
+"""Prometheus metrics of a worker, served on CAPTIONER_METRICS_PORT (docs/metrics.md)."""
 
 from __future__ import annotations
 

@@ -63,7 +63,7 @@ log = logging.getLogger(__name__)
 # The inference thread gives up the GIL inside every torch op and needs it back right after; with the
 # decode pool and the feeder holding it for Python's whole default switch interval each time, a decoding
 # step of a few dozen small ops would wait that long per op. A tenth of the default keeps the inference
-# thread's waits short (README, Performance).
+# thread's waits short (docs/performance.md).
 GIL_SWITCH_INTERVAL_S = 0.0005
 
 
@@ -163,7 +163,7 @@ class InferenceWorker:
             producer = Producer(
                 producer_config(self._kafka, self._topics, client_id=client_id)
                 # A reply topic that stops taking records holds its job, and every later job of the
-                # partition uncommitted, for this long at most (README, Failure handling).
+                # partition uncommitted, for this long at most (docs/failure-handling.md).
                 | delivery_bound(settings.delivery_timeout_s)
                 # No statistics: the producer knows every reply topic named to it, so they cost more;
                 # the consumers' say whether a broker answers.

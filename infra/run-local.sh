@@ -53,7 +53,7 @@ if [[ -z "${KAFKA_BOOTSTRAP_SERVERS:-}" ]]; then
 fi
 if [[ "${SECURE:-0}" == 1 ]]; then secure_local_setup; fi
 # REGISTRY=1: a local schema registry (infra/registry), in a session of its own like the broker, so that
-# requests, replies and caption-cache entries are written in its framing (README, "Schema Registry").
+# requests, replies and caption-cache entries are written in its framing (docs/schema-registry.md).
 if [[ "${REGISTRY:-0}" == 1 && -z "${CAPTIONER_SCHEMA_REGISTRY_URL:-}" ]]; then
   export CAPTIONER_SCHEMA_REGISTRY_URL="$("$repo/infra/registry/registry.sh" start)"
   started_registry=1

@@ -1,4 +1,4 @@
-"""The API's side of the caption cache (README, "Caption cache").
+"""The API's side of the caption cache (docs/caption-cache.md).
 
 Workers write each title to a compacted topic, signed, keyed by scope, image hash, token limit and model
 profile (core/cache_keys.py). Every API instance reads the newest part of that topic at start (as much
@@ -401,7 +401,7 @@ def cache_verifier(cache: CacheSettings) -> CacheVerifier | None:
     if cache.verify_keys_file is None:
         log.warning(
             "caption cache: this instance serves no cached titles, CAPTIONER_CACHE_VERIFY_KEYS_FILE is not "
-            "set (`captioner cache keygen` makes a key pair; README, Caption cache)"
+            "set (`captioner cache keygen` makes a key pair; docs/caption-cache.md)"
         )
         return None
     return load_verifier(cache.verify_keys_file)

@@ -1,4 +1,4 @@
-"""Prometheus metrics of the API and the middleware that counts every request (README, Metrics and alerts)."""
+"""Prometheus metrics of the API and the middleware that counts every request (docs/metrics.md)."""
 
 from __future__ import annotations
 

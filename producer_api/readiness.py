@@ -1,6 +1,6 @@
 """`GET /readyz`: ready only when this instance can answer a caption request end to end: its reply listener's
 thread runs, the broker answers, and at least one worker of the group holds request partitions (a request
-published before then would wait for a worker to join; README, Operations)."""
+published before then would wait for a worker to join; docs/metrics.md, Readiness)."""
 
 from __future__ import annotations
 

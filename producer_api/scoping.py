@@ -1,4 +1,4 @@
-"""The caption-cache scope of a request's caller (README, "Caption cache"): with
+"""The caption-cache scope of a request's caller (docs/caption-cache.md): with
 CAPTIONER_CACHE_SCOPE=per_key, a one-way hash of the API key it offered; else the shared scope."""
 
 from __future__ import annotations

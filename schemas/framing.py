@@ -1,4 +1,4 @@
-"""The two framings a record may come in, and the Schema Registry's (README, "Schema Registry").
+"""The two framings a record may come in, and the Schema Registry's (docs/schema-registry.md).
 
 Single-object encoding (codec.py): C3 01, the writer schema's CRC-64-AVRO fingerprint, the Avro body.
 The Confluent wire format: a zero byte, the writer schema's 4-byte big-endian id in a schema registry, the

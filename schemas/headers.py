@@ -36,7 +36,7 @@ REPLAYED_FROM = "captioner.replayed-from"  # "<dlq topic>:<partition>:<offset>"
 TRACEPARENT = "traceparent"  # 00-<32 hex trace id>-<16 hex parent span id>-<2 hex flags>
 TRACESTATE = "tracestate"  # vendor entries; at most 512 bytes are read
 
-# Caption-cache records (README, "Caption cache"). A worker signs each entry it writes (Ed25519 over the
+# Caption-cache records (docs/caption-cache.md). A worker signs each entry it writes (Ed25519 over the
 # record's key and value, core/cache_signing.py): the signature as 128 hex digits, and which key made it
 # (16 hex digits of the SHA-256 of its raw public key). API instances serve only entries whose signature
 # one of their verify keys accepts.

@@ -1,6 +1,6 @@
 // Command captioner-go publishes one caption job with franz-go and prints its final reply as one JSON line,
 // written from schemas/README.md alone. The single-object framing is done here, against the Parsing
-// Canonical Forms that README prints: a library's own fingerprint is not trusted (see its warning).
+// Canonical Forms that it prints: a library's own fingerprint is not trusted (see its warning).
 // With -registry, the job goes in the Schema Registry's framing instead (franz-go's sr package), under
 // caption_request.avsc (a copy of schemas/v1/caption_request.avsc) registered as <request topic>-value.
 //

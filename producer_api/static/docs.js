@@ -2,6 +2,49 @@
 // Everything is written with textContent, so nothing in the document can become markup.
 "use strict";
 
+// The descriptions' Markdown, the subset this document uses: paragraphs, "- " lists, `code`, **bold**,
+// *emphasis* and [links](...). Each piece becomes a DOM node built here, its text a text node: the source
+// is never parsed as HTML, so a description cannot inject markup whatever it holds. A link keeps only an
+// http(s) URL, a path on this origin or a #fragment; anything else stays text.
+const INLINE = /`([^`]+)`|\*\*([^*]+)\*\*|\*([^*\s][^*]*)\*|\[([^\]]+)\]\(([^()\s]+)\)/g;
+
+function safeHref(url) {
+  return /^(https?:\/\/|\/(?![\/\\])|#)/i.test(url) ? url : null;
+}
+
+function inline(text) {
+  const nodes = [];
+  let at = 0;
+  for (const match of text.matchAll(INLINE)) {
+    if (match.index > at) nodes.push(text.slice(at, match.index));
+    const [whole, code, strong, emphasis, label, url] = match;
+    if (code !== undefined) nodes.push(el("code", {}, code));
+    else if (strong !== undefined) nodes.push(el("strong", {}, ...inline(strong)));
+    else if (emphasis !== undefined) nodes.push(el("em", {}, ...inline(emphasis)));
+    else if (safeHref(url)) nodes.push(el("a", { href: safeHref(url) }, ...inline(label)));
+    else nodes.push(whole);
+    at = match.index + whole.length;
+  }
+  if (at < text.length) nodes.push(text.slice(at));
+  return nodes;
+}
+
+function markdown(source) {
+  const block = el("div", { class: "md" });
+  for (const paragraph of String(source || "").split(/\n\s*\n/)) {
+    const lines = paragraph.split("\n").filter((line) => line.trim() !== "");
+    if (lines.length === 0) continue;
+    if (lines.every((line) => /^\s*[-*] /.test(line))) {
+      const list = el("ul", {});
+      for (const line of lines) list.append(el("li", {}, ...inline(line.replace(/^\s*[-*] /, ""))));
+      block.append(list);
+    } else {
+      block.append(el("p", {}, ...inline(lines.join(" "))));
+    }
+  }
+  return block;
+}
+
 function el(tag, attrs, ...children) {
   const node = document.createElement(tag);
   for (const [name, value] of Object.entries(attrs || {})) node.setAttribute(name, value);
@@ -43,13 +86,13 @@ function operation(doc, path, method, op) {
     el("span", { class: "method " + method }, method),
     el("span", { class: "path" }, path),
     el("p", {}, el("strong", {}, op.summary || "")));
-  if (op.description) section.append(el("p", { class: "intro" }, op.description));
+  if (op.description) section.append(markdown(op.description));
   if (op.parameters && op.parameters.length) {
     section.append(el("h4", {}, "Parameters"));
     const table = el("table", {});
     for (const p of op.parameters) {
       table.append(el("tr", {}, el("td", {}, el("code", {}, p.name)), el("td", {}, p.in),
-        el("td", {}, p.required ? "required" : "optional"), el("td", {}, p.description || "")));
+        el("td", {}, p.required ? "required" : "optional"), el("td", {}, markdown(p.description))));
     }
     section.append(table);
   }
@@ -60,9 +103,9 @@ function operation(doc, path, method, op) {
   const responses = el("table", {});
   for (const [status, raw] of Object.entries(op.responses || {})) {
     const response = resolve(doc, raw);
-    const cell = el("td", {}, el("p", {}, response.description || ""));
+    const cell = el("td", {}, markdown(response.description));
     for (const [header, spec] of Object.entries(response.headers || {})) {
-      cell.append(el("p", {}, "header ", el("code", {}, header), spec.description ? ": " + spec.description : ""));
+      cell.append(el("p", {}, "header ", el("code", {}, header), ...(spec.description ? [": ", ...inline(spec.description)] : [])));
     }
     cell.append(contentTable(response.content));
     responses.append(el("tr", {}, el("th", {}, status), cell));
@@ -75,7 +118,7 @@ function render(doc) {
   const root = document.getElementById("doc");
   root.textContent = "";
   document.getElementById("title").textContent = doc.info.title + " " + doc.info.version;
-  root.append(el("p", { class: "intro" }, doc.info.description || ""));
+  root.append(markdown(doc.info.description));
   for (const [path, item] of Object.entries(doc.paths)) {
     for (const [method, op] of Object.entries(item)) root.append(operation(doc, path, method, op));
   }

@@ -125,6 +125,22 @@ def test_debug_lines_an_operator_asked_for_are_logged_at_info(
     ]
 
 
+COORDINATOR_LOADING = (
+    "[thrd:main]: Failed to acquire idempotence PID from broker 127.0.0.1:9092/1: "
+    "Broker: Coordinator load in progress: retrying"
+)
+
+
+def test_a_fresh_brokers_coordinator_loading_is_logged_at_debug_unless_librdkafka_calls_it_a_warning(
+    clock: Clock, logged: pytest.LogCaptureFixture
+) -> None:
+    for level in (5, 6, 4):  # notice, info, warning; one watch each, so none is left out as recurring
+        watch = BrokerWatch(log=logging.getLogger("tests.broker_watch"), repeat_after_s=60.0, clock=clock)
+        watch.log(level, "%s [%s] %s", "GETPID", "rdkafka#producer-1", COORDINATOR_LOADING)
+
+    assert [record.levelno for record in logged.records] == [logging.DEBUG, logging.DEBUG, logging.WARNING]
+
+
 def test_a_clients_own_callbacks_are_called_too(watch: BrokerWatch) -> None:
     errors: list[KafkaError] = []
     reports: list[str] = []

@@ -1,6 +1,6 @@
 """What one image can cost in time: each format's structures that would make its decoders work far past
 what their pixels need are refused from the bytes (core.image_structure), before a decoder sees them;
-what real encoders write still decodes. Figures: `python -m bench.image_cost` (README)."""
+what real encoders write still decodes. Figures: `python -m bench.image_cost` (docs/security.md)."""
 
 from __future__ import annotations
 

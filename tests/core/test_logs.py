@@ -5,6 +5,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -242,3 +244,17 @@ def test_a_traceback_cannot_forge_a_record(quiet_logger: logging.Logger, log_for
 )
 def test_printable_escapes_and_cuts(text: str, limit: int, shown: str) -> None:
     assert escaped(text, limit) == shown
+
+
+def test_a_model_loads_without_libraries_warning_each_other_about_deprecations() -> None:
+    """torch warns (on its own handler) when torchao, which transformers imports, registers an enum the old
+    way: nothing an operator can act on, so a configured process does not show it."""
+    loaded = subprocess.run(
+        [sys.executable, "-c", "import core.logs; core.logs.configure_logging('INFO'); import torchao"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+    assert loaded.returncode == 0, loaded.stderr
+    assert "deprecated" not in loaded.stderr, loaded.stderr

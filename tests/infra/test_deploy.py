@@ -2,13 +2,14 @@
 (kubernetes-validate's bundled copies, strict), the KEDA ScaledObject has the documented shape, and every
 file agrees with the code: probe paths are API routes, setting names exist, limits cover the API's.
 
-None of this starts a container or a cluster: see the README's "Deploy" section for what was never run."""
+None of this starts a container or a cluster: see docs/deploy.md, "Never run"."""
 
 from __future__ import annotations
 
 import re
 import shutil
 import subprocess
+import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -48,14 +49,26 @@ SETTING_NAME = re.compile(r"\bCAPTIONER_[A-Z0-9_]+\b")
 # --- helpers -------------------------------------------------------------------------------------------
 
 
+# Files the settings read as they load, mounted from secrets in a deployment: what such a secret holds.
+SECRET_FILE_CONTENTS = {"CAPTIONER_API_KEYS_FILE": "0123456789abcdef" * 4 + "\n"}
+
+
 def settings_from(environment: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, BaseSettings]:
     """Every settings group as a process gets it from this environment (and nothing else of the test's
-    own); raises on a value any group refuses."""
+    own); raises on a value any group refuses. A secret file named there is read from a stand-in in a
+    temporary folder, since the deployment's mount point does not exist here."""
     for name in known_variables():
         monkeypatch.delenv(name, raising=False)
+    stand_ins = Path(tempfile.mkdtemp(prefix="deploy-secrets-"))
     for name, value in environment.items():
+        if name in SECRET_FILE_CONTENTS:
+            value = str(stand_ins / name)
+            Path(value).write_text(SECRET_FILE_CONTENTS[name])
         monkeypatch.setenv(name, str(value))
-    return {name: load_settings(group) for name, group in SETTINGS_GROUPS.items()}
+    try:
+        return {name: load_settings(group) for name, group in SETTINGS_GROUPS.items()}
+    finally:
+        shutil.rmtree(stand_ins)
 
 
 def load_documents(path: Path) -> list[dict[str, Any]]:
@@ -427,9 +440,7 @@ def test_compose_runs_a_broker_topics_two_apis_nginx_and_workers(compose: dict[s
 
 def test_compose_gives_an_api_time_to_drain(compose: dict[str, Any], monkeypatch: pytest.MonkeyPatch) -> None:
     for service in api_services(compose).values():
-        for name, value in (service.get("environment") or {}).items():
-            monkeypatch.setenv(name, str(value))
-        drain_s = load_settings(ApiSettings).drain_timeout_s
+        drain_s = settings_from(service.get("environment") or {}, monkeypatch)["api"].drain_timeout_s  # type: ignore[attr-defined]
         assert float(service["stop_grace_period"].removesuffix("s")) >= drain_s + MAX_STOP_AFTER_DRAIN_S
 
 

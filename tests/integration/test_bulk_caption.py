@@ -157,7 +157,7 @@ def odd_album(root: Path) -> dict[bytes, bytes]:
 
 
 def name_bytes(row: dict[str, str]) -> bytes:
-    """The README's rule for a consumer: path_b64 where it is set, else path as UTF-8."""
+    """docs/bulk.md's rule for a consumer: path_b64 where it is set, else path as UTF-8."""
     return base64.b64decode(row["path_b64"]) if row.get("path_b64") else row["path"].encode()
 
 

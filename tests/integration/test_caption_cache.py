@@ -16,7 +16,7 @@ import pytest
 import requests
 
 from core.cache_keys import entry_key
-from core.cache_signing import load_signer, write_key_pair
+from core.cache_signing import load_signer
 from core.settings import TopicSettings
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
 from schemas.headers import CACHE_SIGNATURE_KEY_ID
@@ -33,17 +33,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PREDICT = "/api/v1/predictions"
 # Fields a cached answer must carry over from the fresh one unchanged.
 ORIGINAL_FIELDS = ("title", "model", "worker_id", "attempt", "inference_ms")
-
-
-@pytest.fixture
-def cache_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
-    """The cache on, with a fresh key pair: the workers' environment and the API instances'."""
-    private_path, public_path = write_key_pair(tmp_path / "cache-keys")
-    on = {"CAPTIONER_CACHE_ENABLED": "true"}
-    return (
-        on | {"CAPTIONER_CACHE_SIGNING_KEY_FILE": str(private_path)},
-        on | {"CAPTIONER_CACHE_VERIFY_KEYS_FILE": str(public_path)},
-    )
 
 
 def caption(url: str, image: bytes, **headers: str) -> dict[str, Any]:

@@ -172,7 +172,7 @@ def test_a_worker_with_an_outcome_pending_and_no_broker_left_stops_at_once(
     worker.popen.send_signal(signal.SIGTERM)
 
     assert worker.wait_exit(timeout_s=STOP_DEADLINE_S) == 0, worker.log()[-3000:]
-    # For README's figures (pytest -s shows it).
+    # For the figures in docs/security.md (pytest -s shows it).
     print(json.dumps({"worker_stopped_s": round(time.monotonic() - signalled, 2)}))
 
 

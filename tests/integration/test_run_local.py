@@ -22,6 +22,7 @@ import requests
 from tests.integration.test_pipeline import PREDICT
 from tests.support.broker import BROKER_SCRIPT, REPO
 from tests.support.images import make_image_bytes
+from tests.support.processes import running, session_members
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
 
@@ -48,7 +49,7 @@ class LocalRun:
     def processes(self) -> set[int]:
         """The script's session (itself, the API, the workers) and the broker, which has a session of its
         own."""
-        session = {pid for pid in _all_pids() if _session_of(pid) == self.popen.pid}
+        session = session_members(self.popen.pid)
         broker_pid = Path(self.broker_env["KAFKA_LOCAL_STATE"], "broker.pid")
         return session | ({int(broker_pid.read_text())} if broker_pid.exists() else set())
 
@@ -59,28 +60,6 @@ class LocalRun:
             line for line in metrics.splitlines() if line.startswith("captioner_worker_queue_seconds_count")
         ]
         return float(line.split()[1])
-
-
-def _all_pids() -> list[int]:
-    return [int(entry) for entry in os.listdir("/proc") if entry.isdigit()]
-
-
-def _stat(pid: int) -> list[str] | None:
-    try:
-        text = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return text[text.rindex(")") + 2 :].split()  # after "pid (command) "
-
-
-def _session_of(pid: int) -> int | None:
-    fields = _stat(pid)
-    return int(fields[3]) if fields else None
-
-
-def _running(pid: int) -> bool:
-    fields = _stat(pid)
-    return fields is not None and fields[0] != "Z"
 
 
 @pytest.fixture(params=[RUN_LOCAL, MAKE_RUN], ids=["run-local.sh", "make-run"])
@@ -127,7 +106,7 @@ def local_run(request: pytest.FixtureRequest, tmp_path: Path, tiny_model_dir: Pa
         yield run
     finally:
         for pid in started | run.processes():
-            if _running(pid):
+            if running(pid):
                 os.kill(pid, signal.SIGKILL)
         popen.wait()
         subprocess.run([str(BROKER_SCRIPT), "stop"], env=os.environ | broker_env, check=False)
@@ -156,13 +135,13 @@ def test_make_run_stops_within_15_s_when_its_process_group_is_signalled(
     os.killpg(local_run.popen.pid, signum)
 
     wait_until(
-        lambda: not any(_running(pid) for pid in processes),
+        lambda: not any(running(pid) for pid in processes),
         timeout_s=STOP_DEADLINE_S,
         message=lambda: (
-            f"still running: {[pid for pid in processes if _running(pid)]}\n" + local_run.text()[-3000:]
+            f"still running: {[pid for pid in processes if running(pid)]}\n" + local_run.text()[-3000:]
         ),
     )
-    # For README's figures (pytest -s shows it).
+    # For the figures in docs/quickstart.md (pytest -s shows it).
     print(json.dumps({"signal": signum.name, "stopped_s": round(time.monotonic() - signalled, 2)}))
     caller.join(timeout=60)
     by_make = local_run.popen.args == MAKE_RUN

@@ -205,10 +205,11 @@ def test_the_api_and_the_caption_cache_write_the_registry_framing_and_read_it(
     kafka_bootstrap: str,
     schema_registry: LocalRegistry,
     tiny_model_dir: Path,
+    cache_env: tuple[dict[str, str], dict[str, str]],
 ) -> None:
-    cache_on = with_registry(schema_registry, CAPTIONER_CACHE_ENABLED="true")
-    start_worker(**cache_on)
-    api = start_api(**cache_on)
+    workers_cache, apis_cache = cache_env
+    start_worker(**with_registry(schema_registry, **workers_cache))
+    api = start_api(**with_registry(schema_registry, **apis_cache))
     image = make_image_bytes("PNG", seed=35)
 
     fresh = caption(api.url, image)

@@ -62,16 +62,24 @@ ALLOWED = "allowed"
 
 
 @pytest.fixture
-def env(secured_kafka: SecuredKafka, topic_env: dict[str, str], tiny_model_dir: Path) -> dict[str, str]:
-    """This module's services reach the secured broker; each adds its own user's credentials."""
+def env(
+    secured_kafka: SecuredKafka,
+    topic_env: dict[str, str],
+    tiny_model_dir: Path,
+    cache_env: tuple[dict[str, str], dict[str, str]],
+) -> dict[str, str]:
+    """This module's services reach the secured broker; each adds its own user's credentials. The cache is
+    on with a key pair: the API reads the cache topic, the worker writes it."""
+    workers_cache, apis_cache = cache_env
     return {
+        **workers_cache,
+        **apis_cache,
         **topic_env,
         **secured_kafka.connection_env(),
         "CAPTIONER_MODEL": str(tiny_model_dir),
         "CAPTIONER_WORKER_THREADS": "1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": "30",
         "CAPTIONER_LOG_LEVEL": "INFO",
-        "CAPTIONER_CACHE_ENABLED": "true",  # the API reads the cache topic, the worker writes it
     }
 
 

@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+import os
+import shutil
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -13,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient, TestServer
+from playwright.sync_api import Browser, sync_playwright
 from prometheus_client import REGISTRY
 
 from core.settings import ApiSettings, CacheSettings, ImageSettings, TopicSettings
@@ -206,3 +209,20 @@ async def serve_api() -> AsyncIterator[StartApi]:
     for client in clients:
         await client.close()
     encoding.shutdown()
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Browser]:
+    """Debian's chromium, driven by Playwright (no browser download)."""
+    executable = shutil.which("chromium")
+    if executable is None:
+        pytest.fail(
+            "chromium is not installed: run `make test-tools` as root, or `apt-get install chromium` "
+            "(Debian's package; Playwright drives it, it downloads no browser)"
+        )
+    # Chromium's sandbox refuses to start as root.
+    args = ["--no-sandbox"] if os.geteuid() == 0 else []
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(executable_path=executable, args=args)
+        yield launched
+        launched.close()

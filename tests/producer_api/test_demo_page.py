@@ -3,15 +3,13 @@ the recent list keeps it, a bad file gets a plain message, and the page asks not
 
 from __future__ import annotations
 
-import os
-import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 import requests
-from playwright.sync_api import Browser, ConsoleMessage, Page, expect, sync_playwright
+from playwright.sync_api import Browser, ConsoleMessage, Page, expect
 
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes, reference_captioner
@@ -20,23 +18,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PREDICT = "/api/v1/predictions"
 CAPTION_WAIT_MS = 60_000  # the first caption includes the worker's first batch
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Browser]:
-    """Debian's chromium, driven by Playwright (no browser download)."""
-    executable = shutil.which("chromium")
-    if executable is None:
-        pytest.fail(
-            "chromium is not installed: run `make test-tools` as root, or `apt-get install chromium` "
-            "(Debian's package; Playwright drives it, it downloads no browser)"
-        )
-    # Chromium's sandbox refuses to start as root.
-    args = ["--no-sandbox"] if os.geteuid() == 0 else []
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(executable_path=executable, args=args)
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

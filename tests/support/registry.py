@@ -26,7 +26,7 @@ from tests.support.broker import TEST_BROKER_PORT
 
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY_SCRIPT = REPO / "infra" / "registry" / "registry.sh"
-TEST_REGISTRY_PORT = TEST_BROKER_PORT + 10
+TEST_REGISTRY_PORT = TEST_BROKER_PORT + 20  # +10 is the secured broker
 
 
 @dataclass(frozen=True)

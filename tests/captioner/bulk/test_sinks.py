@@ -127,7 +127,7 @@ ESCAPES = "/images/\x1b]0;owned\x07\x1b[2J\x9bred.jpg"
 
 
 def name_bytes(row: dict[str, str]) -> bytes:
-    """What the README tells a consumer: path_b64 where it is set, else path as UTF-8."""
+    """What docs/bulk.md tells a consumer: path_b64 where it is set, else path as UTF-8."""
     return base64.b64decode(row["path_b64"]) if row.get("path_b64") else row["path"].encode()
 
 

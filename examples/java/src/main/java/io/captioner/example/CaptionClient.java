@@ -64,7 +64,7 @@ public final class CaptionClient {
     static final int EXIT_TIMED_OUT = 2;
     static final int EXIT_USAGE = 64;
 
-    /** The request topic's record limit: CAPTIONER_TOPIC_MAX_MESSAGE_BYTES's default in the main README. */
+    /** The request topic's record limit: CAPTIONER_TOPIC_MAX_MESSAGE_BYTES's default in docs/settings.md. */
     static final int MAX_RECORD_BYTES = 16 * 1024 * 1024;
 
     static final Schema REQUEST_SCHEMA = schema("schemas/v1/caption_request.avsc");
