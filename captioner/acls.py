@@ -236,7 +236,7 @@ def markdown_table(found: Iterable[Grant]) -> str:
             reasons.append(grant.why)
     lines = ["| principal | resource | allowed | for |", "|---|---|---|---|"]
     lines += [
-        f"| `{principal}` | {resource.split(' ')[0]} `{resource.split(' ', 1)[1]}` | "
+        f"| `{principal}` | {resource.rsplit(' ', 1)[0]} `{resource.rsplit(' ', 1)[1]}` | "
         f"{', '.join(operations)} | {'; '.join(reasons)} |"
         for (principal, resource), (operations, reasons) in rows.items()
     ]

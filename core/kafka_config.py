@@ -21,8 +21,9 @@ _METADATA_PROPAGATION_MS = 30_000  # librdkafka's default
 # A worker's transaction lasts one commit: its records' deliveries (each bounded by the delivery timeout)
 # and a few round trips to the coordinators. The coordinator aborts one still open this much later.
 _TRANSACTION_MARGIN_MS = 10_000
-# Every reader sees only records of committed transactions, never those a worker aborted (README, "Delivery
-# guarantees"). librdkafka's default too, stated: Kafka's Java clients default to read_uncommitted.
+# Every reader sees only records of committed transactions, never those a worker aborted
+# (docs/failure-handling.md, "Delivery guarantees"). librdkafka's default too, stated: Kafka's Java clients
+# default to read_uncommitted.
 READ_COMMITTED: dict[str, Any] = {"isolation.level": "read_committed"}
 
 

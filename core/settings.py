@@ -334,7 +334,7 @@ class WorkerSettings(BaseSettings):
         description="a worker that stops heartbeating loses its partitions after this",
     )
     delivery_guarantee: Literal["exactly_once", "at_least_once"] = Field(
-        default="exactly_once",
+        default="at_least_once",
         description="exactly_once: each batch's outcomes and the offsets they finish are one Kafka "
         "transaction; at_least_once: outcomes are produced at once and offsets committed after them",
     )

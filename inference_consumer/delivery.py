@@ -1,5 +1,5 @@
 """How a worker's outcome records reach Kafka and how its offsets are committed, in either delivery guarantee
-(CAPTIONER_DELIVERY_GUARANTEE; README, "Delivery guarantees").
+(CAPTIONER_DELIVERY_GUARANTEE; docs/failure-handling.md, "Delivery guarantees").
 
 The outcome publisher (outcomes.py) decides what each job's records are and what to do when one cannot be
 written; a sink decides when a record counts as written:

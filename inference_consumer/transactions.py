@@ -1,6 +1,7 @@
-"""Exactly once (CAPTIONER_DELIVERY_GUARANTEE=exactly_once; README, "Delivery guarantees"): a worker's outcome
-records (replies, RETRYING notices, retry records, dead letters, caption-cache entries) and the offsets they
-finish are committed together, in one Kafka transaction, or not at all.
+"""Exactly once (CAPTIONER_DELIVERY_GUARANTEE=exactly_once; docs/failure-handling.md, "Delivery
+guarantees"): a worker's outcome records (replies, RETRYING notices, retry records, dead letters,
+caption-cache entries) and the offsets they finish are committed together, in one Kafka transaction, or not
+at all.
 
 Ownership. Any thread stages records (`emit`); one thread at a time produces and commits them, holding
 `_committing`: the committer thread, which commits as soon as records are staged, or a feeder's rebalance

@@ -1,32 +1,29 @@
-"""Exactly once for Kafka callers (CAPTIONER_DELIVERY_GUARANTEE=exactly_once, the default), against real
-brokers: a worker that dies, or is frozen past its session timeout, before its outcomes are committed leaves
-nothing a read_committed reader sees, so each job's reply and dead letter is seen once however often the job
-ran; and the retry records and dead letters of a transaction that aborted are never seen.
+"""Exactly once for Kafka callers (CAPTIONER_DELIVERY_GUARANTEE=exactly_once), against a real broker: a
+worker that dies as it commits, or before its outcomes are committed, or is frozen past its session timeout,
+leaves nothing a read_committed reader sees, so each job's reply and dead letter is seen once however often
+the job ran; and the retry records and dead letters of a transaction that aborted are never seen.
 
-The first two put a dead letter out of order: slow jobs S (forced long captions) then job D (refused at once:
-max_new_tokens 0) in one request partition. D's outcome is decided while the S jobs still run: at least once,
-it is written at once, while its offset cannot be committed before theirs, so the partition's next owner
-runs D again and writes it again."""
+The kill and freeze tests put a dead letter out of order: slow jobs S (forced long captions) then job D
+(refused at once: max_new_tokens 0) in one request partition. D's outcome is decided while the S jobs still
+run: at least once, it is written at once, while its offset cannot be committed before theirs, so the
+partition's next owner runs D again and writes it again."""
 
 from __future__ import annotations
 
 import os
 import re
 import signal
-import uuid
-from collections.abc import Iterator
+import sys
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException, Producer
-from confluent_kafka.admin import NewTopic  # type: ignore[attr-defined]
+from confluent_kafka.admin import AdminClient, NewTopic  # type: ignore[attr-defined]
 
-from core.settings import KafkaSettings, TopicSettings
-from core.topics import ensure_topics
+from core.settings import TopicSettings
 from schemas import REPLY_CODEC, CaptionReply, CaptionRequest, ReplyStatus
 from schemas import headers as record_headers
 from tests.conftest import StartWorker
-from tests.support.cluster import TwoBrokers, two_brokers
+from tests.support.dying_worker import DIED
 from tests.support.images import make_image_bytes
 from tests.support.kafka import (
     Isolation,
@@ -36,7 +33,7 @@ from tests.support.kafka import (
     publish_requests,
     read_all,
 )
-from tests.support.services import ServiceProcess
+from tests.support.services import ServiceProcess, service_env, spawn
 from tests.support.waiting import wait_until
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -44,7 +41,9 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 PARTITION = 1
 SLOW_JOBS = 24
 # The tiny model's longest captions, in batches that each run for a while: the S jobs take seconds.
+EXACTLY_ONCE = {"CAPTIONER_DELIVERY_GUARANTEE": "exactly_once"}
 SLOW = {
+    **EXACTLY_ONCE,
     "CAPTIONER_MAX_NEW_TOKENS": "127",
     "CAPTIONER_MIN_NEW_TOKENS": "127",
     "CAPTIONER_LOG_LEVEL": "DEBUG",  # each batch's "captioned N jobs" line
@@ -133,10 +132,57 @@ def test_a_worker_killed_before_its_commit_leaves_only_its_replacements_outcomes
     first.kill()
     assert captioned(first) < SLOW_JOBS, "every slow job finished before the kill: nothing was tested"
 
-    start_worker()
+    start_worker(**EXACTLY_ONCE)
     wait_for_the_jobs_committed(kafka_bootstrap, topics, SLOW_JOBS + 1)
 
     assert_seen_once(kafka_bootstrap, topics, slow, refused, by="worker-2")
+
+
+def test_a_worker_dead_between_producing_and_committing_leaves_only_its_replacements_replies(
+    start_worker: StartWorker,
+    topics: TopicSettings,
+    kafka_bootstrap: str,
+    env: dict[str, str],
+    tmp_path: Path,
+) -> None:
+    """The first worker's first batch is captioned and its replies reach the reply topic; it dies as it
+    commits (tests/support/dying_worker.py). Its replacement runs the batch again: a read_committed reader
+    sees each job's reply once, the replacement's."""
+    requests = [
+        caption_request(make_image_bytes("PNG", seed=seed), reply_topic=topics.replies) for seed in range(4)
+    ]
+    dying = spawn(
+        "worker-1",
+        [sys.executable, "-m", "tests.support.dying_worker", "worker"],
+        env=service_env(
+            env, **EXACTLY_ONCE, CAPTIONER_WORKER_ID="worker-1", CAPTIONER_DELIVERY_TIMEOUT_S="5"
+        ),
+        log_path=tmp_path / "worker-1.log",
+    )
+    dying.wait_for_log("assigned", timeout_s=90)
+    publish_requests(kafka_bootstrap, topics.requests, requests, partition=PARTITION)
+    assert dying.wait_exit(timeout_s=DONE_S) == DIED, dying.log_tail()
+    written = [
+        REPLY_CODEC.decode(record.value)
+        for record in read_all(
+            kafka_bootstrap, topics.replies, topics.reply_partitions, isolation="read_uncommitted"
+        )
+    ]
+    assert {reply.worker_id for reply in written} == {"worker-1"}, "it died before writing a reply"
+
+    start_worker(**EXACTLY_ONCE, CAPTIONER_WORKER_ID="worker-2")  # another transactional id
+    wait_for_the_jobs_committed(kafka_bootstrap, topics, len(requests))
+    wanted = {request.correlation_id for request in requests}
+    wait_until(  # behind the dead worker's open transaction until its coordinator aborts it
+        lambda: wanted <= final_replies(kafka_bootstrap, topics).keys(),
+        timeout_s=DONE_S,
+        interval_s=0.5,
+        message="the replacement's replies were not seen",
+    )
+    replies = final_replies(kafka_bootstrap, topics)
+    for request in requests:
+        [reply] = replies[request.correlation_id]
+        assert reply.status is ReplyStatus.SUCCEEDED and reply.worker_id == "worker-2"
 
 
 def test_a_zombie_worker_commits_nothing_and_its_outcomes_stay_invisible(
@@ -149,7 +195,9 @@ def test_a_zombie_worker_commits_nothing_and_its_outcomes_stay_invisible(
     try:
         finished_before = captioned(zombie)
         assert finished_before < SLOW_JOBS, "every slow job finished before the freeze: nothing was tested"
-        start_worker(CAPTIONER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS)  # takes the partitions over
+        start_worker(
+            **EXACTLY_ONCE, CAPTIONER_SESSION_TIMEOUT_MS=SESSION_TIMEOUT_MS
+        )  # takes the partitions over
         wait_for_the_jobs_committed(kafka_bootstrap, topics, SLOW_JOBS + 1)
     finally:
         zombie.popen.send_signal(signal.SIGCONT)
@@ -171,85 +219,48 @@ def test_a_zombie_worker_commits_nothing_and_its_outcomes_stay_invisible(
 
 
 @pytest.fixture
-def stuck(
-    tmp_path: Path, topic_env: dict[str, str], monkeypatch: pytest.MonkeyPatch
-) -> Iterator[tuple[TwoBrokers, TopicSettings, str, str]]:
-    """A cluster whose node 2 has stopped, the service's topics on node 1 with one retry tier (of 600 s: a
-    retry record waits, so each job runs once), and two reply topics that live on node 2 alone and so take
-    nothing: every produce to them fails at the delivery timeout."""
-    for name, value in topic_env.items():
-        monkeypatch.setenv(name, value)
-    monkeypatch.setenv("CAPTIONER_TOPIC_RETRY_DELAYS_S", "[600]")
-    topics = TopicSettings()
-    with two_brokers(tmp_path / "cluster") as cluster:
-        ensure_topics(KafkaSettings(bootstrap_servers=cluster.bootstrap), topics)
-        coordinators_on_node_1(cluster, topics, topic_env["CAPTIONER_WORKER_GROUP_ID"])
-        names = [f"{topics.replies}.stuck-1", f"{topics.replies}.stuck-2"]
-        leaderless_topics(cluster, names)
-        yield cluster, topics, names[0], names[1]
-
-
-def coordinators_on_node_1(cluster: TwoBrokers, topics: TopicSettings, group: str) -> None:
-    """The group offsets and transaction state topics, made (by their first use) before node 2 joins."""
-
-    def group_coordinator_answers() -> bool:
-        try:
-            committed_offsets(cluster.bootstrap, group, topics.requests, 1)
-        except KafkaException:
-            return False
-        return True
-
-    wait_until(group_coordinator_answers, timeout_s=60, message="the group offsets topic was not created")
-    producer = Producer({"bootstrap.servers": cluster.bootstrap, "transactional.id": f"t-{uuid.uuid4().hex}"})
-    producer.init_transactions(60)
-
-
-def leaderless_topics(cluster: TwoBrokers, names: list[str]) -> None:
-    """Topics whose only replica is on node 2, which then stops."""
-    cluster.start_second()
-    admin = cluster.admin()
+def refusing_reply_topic(kafka_bootstrap: str, topics: TopicSettings) -> str:
+    """A reply topic that refuses every reply, its record batches being 120 bytes at most: room for the
+    transaction markers the coordinator writes to it (when one is refused, the transaction never ends)."""
+    name = f"{topics.replies}.refusing"
+    admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     created = admin.create_topics(
-        [NewTopic(name, num_partitions=1, replica_assignment=[[2]]) for name in names]
+        [NewTopic(name, num_partitions=1, replication_factor=1, config={"max.message.bytes": "120"})]
     )
     for future in created.values():
         future.result(timeout=30)
-    for name in names:
-        wait_until(
-            lambda n=name: cluster.leaders(n) == [2], timeout_s=30, message=f"node 2 does not lead {name}"
-        )
-    cluster.second.stop()
-    for name in names:
-        wait_until(lambda n=name: cluster.leaders(n) == [-1], timeout_s=60, message=f"{name} kept a leader")
+    return name
 
 
 def test_retry_and_dead_letter_records_of_an_aborted_transaction_are_never_seen(
-    stuck: tuple[TwoBrokers, TopicSettings, str, str], start_worker: StartWorker
+    start_worker: StartWorker, topics: TopicSettings, kafka_bootstrap: str, refusing_reply_topic: str
 ) -> None:
-    """Each job's reply goes to a topic that takes nothing, so the transaction that holds its retry record
-    or dead letter aborts at the delivery timeout; the record is written again, in the next one. (Two such
-    topics: after a reply times out its topic's replies fail at once for a while, without a transaction.)"""
-    cluster, topics, stuck_retrying, stuck_failed = stuck
+    """Each job's reply goes to a topic that refuses it, so the transaction that holds its retry record
+    (with a RETRYING notice) or dead letter (with a FAILED reply) aborts; the record is written again, in
+    the next one, without the reply."""
     start_worker(
-        KAFKA_BOOTSTRAP_SERVERS=cluster.bootstrap,
-        CAPTIONER_DELIVERY_TIMEOUT_S="5",
+        **EXACTLY_ONCE,
+        CAPTIONER_TOPIC_RETRY_DELAYS_S="[600]",  # a retry record waits: each job runs once
         CAPTIONER_CHAOS_FAILING_BATCHES="1",
     )
-    transient = caption_request(make_image_bytes("PNG", seed=21), reply_topic=stuck_retrying)
-    refused = caption_request(make_image_bytes("PNG", seed=22), reply_topic=stuck_failed, max_new_tokens=0)
-    publish_requests(cluster.bootstrap, topics.requests, [transient, refused], partition=PARTITION)
+    transient = caption_request(make_image_bytes("PNG", seed=21), reply_topic=refusing_reply_topic)
+    refused = caption_request(
+        make_image_bytes("PNG", seed=22), reply_topic=refusing_reply_topic, max_new_tokens=0
+    )
+    publish_requests(kafka_bootstrap, topics.requests, [transient, refused], partition=PARTITION)
 
-    wait_for_the_jobs_committed(cluster.bootstrap, topics, 2)
+    wait_for_the_jobs_committed(kafka_bootstrap, topics, 2)
     partitions, retry_tier = topics.request_partitions, topics.retry_topic(1)
     # In the log: the aborted transactions' copies, besides the committed ones.
     logged_retries = records_of(
-        cluster.bootstrap, retry_tier, partitions, transient, isolation="read_uncommitted"
+        kafka_bootstrap, retry_tier, partitions, transient, isolation="read_uncommitted"
     )
     logged_dead = records_of(
-        cluster.bootstrap, topics.dead_letter, partitions, refused, isolation="read_uncommitted"
+        kafka_bootstrap, topics.dead_letter, partitions, refused, isolation="read_uncommitted"
     )
     assert len(logged_retries) >= 2 and len(logged_dead) >= 2
     # Seen: once each.
-    [retry] = records_of(cluster.bootstrap, retry_tier, partitions, transient)
+    [retry] = records_of(kafka_bootstrap, retry_tier, partitions, transient)
     assert retry.headers[record_headers.ATTEMPT] == b"2"
-    [dead] = records_of(cluster.bootstrap, topics.dead_letter, partitions, refused)
+    [dead] = records_of(kafka_bootstrap, topics.dead_letter, partitions, refused)
     assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"invalid_request"
