@@ -21,7 +21,7 @@ from types import FrameType
 from typing import Any
 
 import torch
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import start_http_server
 
 from core.broker_watch import BrokerWatch
@@ -478,7 +478,11 @@ class InferenceWorker:
         cache_writer.close(self._waits.left_s())
 
     def _flush(self, producer: Producer) -> None:
-        remaining = self._waits.flush(producer)
+        try:
+            remaining = self._waits.flush(producer)
+        except KafkaException as exc:  # a producer in a fatal state (exactly once: fenced, or not allowed)
+            log.warning("outcome records not delivered at shutdown (%s); their jobs will run again", exc)
+            return
         if remaining:
             log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
 
