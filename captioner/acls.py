@@ -43,12 +43,13 @@ from captioner.dlq.reader import READER_GROUP, describe_kafka_error
 from captioner.errors import KafkaRefusedError, UsageError
 from core.kafka_config import API_CLIENT_PREFIX, client_config
 from core.logs import LIBRDKAFKA_LOG
-from core.settings import KafkaSettings, TopicSettings
+from core.settings import KafkaSettings, TopicSettings, transactional_id_prefix
 from core.topics import topic_specs
 
 # SCRAM's iteration count: Kafka takes 4096 at least; each login costs the broker this many hashes.
 SCRAM_ITERATIONS = 8192
 TOPIC, GROUP = ResourceType.TOPIC, ResourceType.GROUP
+TRANSACTIONAL_ID = ResourceType.TRANSACTIONAL_ID
 LITERAL, PREFIXED = ResourcePatternType.LITERAL, ResourcePatternType.PREFIXED
 READ, WRITE, DESCRIBE = AclOperation.READ, AclOperation.WRITE, AclOperation.DESCRIBE
 CREATE, DELETE = AclOperation.CREATE, AclOperation.DELETE
@@ -79,7 +80,7 @@ class Grant:
 
     @property
     def resource_text(self) -> str:
-        kind = "topic" if self.resource == TOPIC else "group"
+        kind = {TOPIC: "topic", GROUP: "group", TRANSACTIONAL_ID: "transactional id"}[self.resource]
         return f"{kind} {self.name}{'*' if self.pattern == PREFIXED else ''}"
 
 
@@ -140,6 +141,9 @@ class _Role:
             self.role, self.principal, GROUP, name, PREFIXED if prefixed else LITERAL, operation, why
         )
 
+    def transactional_ids(self, prefix: str, operation: AclOperation, why: str) -> Grant:
+        return Grant(self.role, self.principal, TRANSACTIONAL_ID, prefix, PREFIXED, operation, why)
+
 
 def grants(principals: Principals, topics: TopicSettings, groups: WorkerGroups) -> list[Grant]:
     """Every role's grants, in the order of docs/security.md's table."""
@@ -184,6 +188,9 @@ def worker_grants(
         worker.topic(topics.captions, WRITE, "fills the caption cache"),
         worker.group(groups.requests, READ, "the request topic's group"),
         worker.group(groups.retries, READ, "the retry tiers' group"),
+        worker.transactional_ids(
+            transactional_id_prefix(groups.requests), WRITE, "commits its outcomes and offsets (exactly once)"
+        ),
     ]
 
 
@@ -229,7 +236,7 @@ def markdown_table(found: Iterable[Grant]) -> str:
             reasons.append(grant.why)
     lines = ["| principal | resource | allowed | for |", "|---|---|---|---|"]
     lines += [
-        f"| `{principal}` | {resource.split(' ')[0]} `{resource.split(' ', 1)[1]}` | "
+        f"| `{principal}` | {resource.rsplit(' ', 1)[0]} `{resource.rsplit(' ', 1)[1]}` | "
         f"{', '.join(operations)} | {'; '.join(reasons)} |"
         for (principal, resource), (operations, reasons) in rows.items()
     ]

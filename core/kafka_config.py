@@ -18,6 +18,13 @@ _SOCKET_TIMEOUT_MS = 10_000
 # gives up.
 _HEARTBEATS_PER_SESSION = 3
 _METADATA_PROPAGATION_MS = 30_000  # librdkafka's default
+# A worker's transaction lasts one commit: its records' deliveries (each bounded by the delivery timeout)
+# and a few round trips to the coordinators. The coordinator aborts one still open this much later.
+_TRANSACTION_MARGIN_MS = 10_000
+# Every reader sees only records of committed transactions, never those a worker aborted
+# (docs/failure-handling.md, "Delivery guarantees"). librdkafka's default too, stated: Kafka's Java clients
+# default to read_uncommitted.
+READ_COMMITTED: dict[str, Any] = {"isolation.level": "read_committed"}
 
 
 def client_config(kafka: KafkaSettings, *, client_id: str) -> dict[str, Any]:
@@ -98,19 +105,35 @@ def delivery_bound(timeout_s: float) -> dict[str, Any]:
     }
 
 
+def transactional(transactional_id: str, *, delivery_timeout_s: float) -> dict[str, Any]:
+    """A transactional producer (exactly once). librdkafka wants every record's delivery bound
+    (`message.timeout.ms`, delivery_bound) within the transaction timeout; the coordinator aborts a
+    transaction still open after it, such as one whose worker died mid-commit, whose records until then
+    hold back read_committed readers of the partitions it wrote."""
+    return {
+        "transactional.id": transactional_id,
+        "transaction.timeout.ms": max(1, round(delivery_timeout_s * 1000)) + _TRANSACTION_MARGIN_MS,
+    }
+
+
 def consumer_config(
     kafka: KafkaSettings, topics: TopicSettings, *, client_id: str, group_id: str, **overrides: Any
 ) -> dict[str, Any]:
-    """A group consumer that commits only offsets the application has stored after processing."""
-    config = client_config(kafka, client_id=client_id) | {
-        "group.id": group_id,
-        "enable.auto.commit": True,
-        "enable.auto.offset.store": False,
-        "auto.offset.reset": "earliest",
-        "partition.assignment.strategy": "cooperative-sticky",
-        "fetch.max.bytes": max(52428800, topics.max_message_bytes),
-        "max.partition.fetch.bytes": topics.max_message_bytes,
-    }
+    """A group consumer that commits only offsets the application has stored after processing, and reads
+    only committed records."""
+    config = (
+        client_config(kafka, client_id=client_id)
+        | READ_COMMITTED
+        | {
+            "group.id": group_id,
+            "enable.auto.commit": True,
+            "enable.auto.offset.store": False,
+            "auto.offset.reset": "earliest",
+            "partition.assignment.strategy": "cooperative-sticky",
+            "fetch.max.bytes": max(52428800, topics.max_message_bytes),
+            "max.partition.fetch.bytes": topics.max_message_bytes,
+        }
+    )
     config |= overrides
     if "session.timeout.ms" in overrides and "heartbeat.interval.ms" not in overrides:
         config["heartbeat.interval.ms"] = max(

@@ -81,6 +81,17 @@ class OffsetTracker:
                 del self._positions[key]
         return [TopicPartition(topic, partition, offset) for (topic, partition), offset in taken.items()]
 
+    def positions(self) -> dict[PartitionKey, int]:
+        """Every tracked partition's commit position now: its lowest unfinished offset (exactly once: the
+        worker's transactions commit these, take_positions is the at-least-once path's)."""
+        with self._lock:
+            return {key: progress.next_to_commit for key, progress in self._partitions.items()}
+
+    def generation(self, topic: str, partition: int) -> int:
+        """The partition's assignment generation now: a job tracked under another is stale."""
+        with self._lock:
+            return self._generations.get((topic, partition), 0)
+
     def outstanding(self, keys: Iterable[PartitionKey] | None = None) -> int:
         with self._lock:
             selected = (

@@ -348,6 +348,11 @@ class WorkerSettings(BaseSettings):
         ge=1000,
         description="a worker that stops heartbeating loses its partitions after this",
     )
+    delivery_guarantee: Literal["exactly_once", "at_least_once"] = Field(
+        default="at_least_once",
+        description="exactly_once: each batch's outcomes and the offsets they finish are one Kafka "
+        "transaction; at_least_once: outcomes are produced at once and offsets committed after them",
+    )
     metrics_port: int = Field(
         default=0,
         ge=0,
@@ -360,6 +365,21 @@ class WorkerSettings(BaseSettings):
     def retry_group_id(self) -> str:
         """The retry tiers' own consumer group, so they never crowd the request topic's assignment."""
         return f"{self.worker_group_id}.retries"
+
+    @property
+    def exactly_once(self) -> bool:
+        return self.delivery_guarantee == "exactly_once"
+
+    @property
+    def transactional_id(self) -> str:
+        """This worker instance's transactional id (exactly once): one per worker id, under its group's
+        prefix, which the ACLs grant (captioner/acls.py)."""
+        return f"{transactional_id_prefix(self.worker_group_id)}{self.worker_id}"
+
+
+def transactional_id_prefix(worker_group_id: str) -> str:
+    """Every worker of a group names its transactions with this prefix: `<group>.txn.`"""
+    return f"{worker_group_id}.txn."
 
 
 class CacheSettings(BaseSettings):

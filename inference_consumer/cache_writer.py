@@ -1,14 +1,16 @@
 """Writes each caption to the compacted caption-cache topic, signed (docs/caption-cache.md).
 
-Best effort, and out of the job's way: an entry is handed over only once the job's SUCCEEDED reply is
-acknowledged, a thread of its own hashes the image, signs and produces the entry, and whatever goes wrong
-(a full queue, a refusal, a broker down) costs only that entry, counted in a metric, never the job.
+Best effort, and out of the job's way: an entry is handed over only once the job's SUCCEEDED reply counts
+as written (acknowledged; exactly once: staged in the worker's transaction), a thread of its own hashes the
+image, signs and hands the entry to the worker's sink (delivery.py), and whatever goes wrong (a full
+queue, a refusal, a broker down) costs only that entry, counted in a metric, never the job.
 A worker without a signing key writes nothing: API instances would skip its entries.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import queue
 import threading
@@ -16,12 +18,13 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError
 
 from core.cache_keys import MAX_ENTRY_BYTES, ModelProfile, entry_key, image_sha256
 from core.cache_signing import CacheSigner, load_signer
 from core.settings import CacheSettings
 from inference_consumer import metrics
+from inference_consumer.delivery import OutcomeRecord, OutcomeSink
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
 
 log = logging.getLogger(__name__)
@@ -64,14 +67,14 @@ class CacheWriter:
     def __init__(
         self,
         *,
-        producer: Producer,
+        sink: OutcomeSink,
         topic: str,
         signer: CacheSigner,
         profile: ModelProfile,
         encode: Callable[[CaptionCacheEntry], bytes] = CACHE_ENTRY_CODEC.encode,
     ) -> None:
         """encode: the entry's framing (single-object, or the registry's when one is configured)."""
-        self._producer = producer
+        self._sink = sink
         self._encode = encode
         self._topic = topic
         self._signer = signer
@@ -99,7 +102,8 @@ class CacheWriter:
             metrics.CACHE_WRITES.labels(result="dropped").inc()
 
     def close(self, timeout_s: float) -> None:
-        """Writes what is queued (within timeout_s), then stops; the producer's flush delivers it."""
+        """Writes what is queued (within timeout_s), then stops; the producer's flush (exactly once: the
+        last commit) delivers it."""
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout_s)
         self._thread.join(timeout_s)
@@ -141,23 +145,26 @@ class CacheWriter:
             return
         key = entry_key(entry)
         headers: list[tuple[str, str | bytes | None]] = [*self._signer.headers(key, value)]
-        try:
-            self._producer.produce(
-                self._topic,
+        self._sink.emit(
+            OutcomeRecord(
+                topic=self._topic,
                 key=key,
                 value=value,
                 headers=headers,
-                on_delivery=self._on_delivery,
+                acknowledged=_written,
+                failed=functools.partial(_not_written, self._topic),
+                wait_when_full=False,
             )
-        except BufferError:
-            metrics.CACHE_WRITES.labels(result="dropped").inc()
-        except (KafkaException, TypeError, ValueError) as exc:
-            log.warning("caption-cache produce to %s refused: %s", self._topic, exc)
-            metrics.CACHE_WRITES.labels(result="failed").inc()
+        )
 
-    def _on_delivery(self, error: KafkaError | None, _message: Message) -> None:
-        if error is None:
-            metrics.CACHE_WRITES.labels(result="written").inc()
-        else:
-            log.warning("caption-cache entry not written to %s: %s", self._topic, error)
-            metrics.CACHE_WRITES.labels(result="failed").inc()
+
+def _written() -> None:
+    metrics.CACHE_WRITES.labels(result="written").inc()
+
+
+def _not_written(topic: str, error: KafkaError) -> None:
+    if error.code() == KafkaError._QUEUE_FULL:
+        metrics.CACHE_WRITES.labels(result="dropped").inc()
+        return
+    log.warning("caption-cache entry not written to %s: %s", topic, error.str())
+    metrics.CACHE_WRITES.labels(result="failed").inc()

@@ -15,10 +15,11 @@ from concurrent.futures import Executor
 from datetime import UTC, datetime
 
 import torch
-from confluent_kafka import Consumer, KafkaError, KafkaException, Message, Producer, TopicPartition
+from confluent_kafka import Consumer, KafkaError, Message, TopicPartition
 
 from core.consuming import poll_batch
 from core.offsets import OffsetTracker
+from inference_consumer.delivery import OffsetCommits
 from inference_consumer.holds import RetryHolds
 from inference_consumer.jobs import Job, position
 from inference_consumer.kafka_waits import KafkaWaits
@@ -41,7 +42,6 @@ Preprocess = Callable[[bytes], torch.Tensor]
 Chore = Callable[[Consumer], None]
 
 _BACKLOG_CHECK_S = 0.005  # a full backlog frees a whole batch at a time, far less often than this
-_REVOKE_FLUSH_S = 5.0  # the outcomes produced by the revoked partitions' last jobs are in flight for ms
 # Errors after which this consumer cannot go on: an orchestrator must restart it, and someone must look.
 _FATAL_CONSUMER_ERRORS = frozenset(
     {
@@ -70,7 +70,7 @@ class JobFeeder:
         self,
         *,
         consumer: Consumer,
-        producer: Producer,
+        commits: OffsetCommits,
         topics: list[str],
         retry_topics: set[str],
         tracker: OffsetTracker,
@@ -89,7 +89,7 @@ class JobFeeder:
         requests: FramedCodec[CaptionRequest] = SINGLE_OBJECT_CODECS.requests,
     ) -> None:
         self._consumer = consumer
-        self._producer = producer
+        self._commits = commits
         self._topics = topics
         self._tracker = tracker
         self._outcomes = outcomes
@@ -111,7 +111,7 @@ class JobFeeder:
 
     def start(self) -> None:
         self._consumer.subscribe(
-            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_revoke
+            self._topics, on_assign=self._on_assign, on_revoke=self._on_revoke, on_lost=self._on_lost
         )
         self._thread.start()
 
@@ -128,7 +128,7 @@ class JobFeeder:
                 self._outcomes.serve()
                 for message in messages:
                     self._take(message)
-                self._store_finished()
+                self._commits.store(self._consumer, self._topics)
                 self._holds.release_due()
                 if self._chore is not None:
                     self._chore(self._consumer)
@@ -181,7 +181,7 @@ class JobFeeder:
             if self._ready.qsize() < self._backlog():
                 self._ready.put(job)
                 return
-            self._producer.poll(0)
+            self._outcomes.serve()
             self.stopping.wait(_BACKLOG_CHECK_S)
         # Stopping with the backlog full: the job is left unfinished, so its offset is not committed.
 
@@ -194,15 +194,6 @@ class JobFeeder:
             return
         log.warning("consumer error: %s", error)
 
-    def _store_finished(self) -> None:
-        """Hand finished positions to librdkafka, whose auto-commit sends them to the group."""
-        positions = self._tracker.take_positions(self._topics)
-        if positions:
-            try:
-                self._consumer.store_offsets(offsets=positions)
-            except KafkaException as exc:  # revoked meanwhile: its next owner re-runs those jobs
-                log.info("could not store offsets %s: %s", positions, exc)
-
     def _on_assign(self, _consumer: Consumer, partitions: list[TopicPartition]) -> None:
         log.info("assigned %s", ", ".join(f"{p.topic}[{p.partition}]" for p in partitions))
         self._holds.assigned(partitions)
@@ -213,16 +204,20 @@ class JobFeeder:
         keys = [(p.topic, p.partition) for p in partitions]
         if not self._wait_finished(keys):
             log.warning("revoking %d partitions with jobs still running; they will run again", len(keys))
-        self._waits.flush(self._producer, cap_s=_REVOKE_FLUSH_S)
-        self._store_finished()
-        if self._waits.reachable():
-            try:
-                consumer.commit(asynchronous=False)
-            except Exception as exc:
-                log.info("commit on revoke: %s", exc)
-        else:
-            log.warning("finished offsets of the revoked partitions not committed: no broker to commit to")
-        self._tracker.forget(keys)
+        self._commits.revoked(consumer, keys)
+        self._let_go(keys, partitions)
+
+    def _on_lost(self, consumer: Consumer, partitions: list[TopicPartition]) -> None:
+        """Another member holds these partitions already (this one missed its session timeout): nothing of
+        them can be committed any more."""
+        keys = [(p.topic, p.partition) for p in partitions]
+        log.warning(
+            "lost %d partitions to the group's next generation; their unfinished jobs run again", len(keys)
+        )
+        self._commits.lost(consumer, keys)
+        self._let_go(keys, partitions)
+
+    def _let_go(self, keys: list[tuple[str, int]], partitions: list[TopicPartition]) -> None:
         self._holds.forget(keys)
         self._assigned.revoked(partitions)
 

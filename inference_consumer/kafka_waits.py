@@ -55,6 +55,10 @@ class KafkaWaits:
         with self._lock:
             return end if self._stop_deadline is None else min(end, self._stop_deadline)
 
+    def stopping(self) -> bool:
+        with self._lock:
+            return self._stop_deadline is not None
+
     def left_s(self) -> float:
         """Seconds a step starting now may take, broker or not (0 once the stop's time is spent)."""
         return max(0.0, self.give_up_at() - self._clock())

@@ -45,7 +45,8 @@ STAGE_SECONDS = Counter(
 )
 REPLY_SECONDS = Histogram(
     "captioner_worker_reply_seconds",
-    "From producing a final reply to the broker's acknowledgement",
+    "From producing a final reply to the broker's acknowledgement (exactly once: to the commit of its "
+    "transaction)",
     buckets=SECONDS_BUCKETS,
 )
 CONSUMER_LAG = Gauge(
@@ -65,4 +66,15 @@ CACHE_WRITES = Counter(
     "Caption-cache entries: written (acknowledged), failed (refused), dropped (queue full, not sent), "
     "skipped (the job's cache-scope header is malformed)",
     ["result"],
+)
+TRANSACTIONS = Counter(
+    "captioner_worker_transactions_total",
+    "Exactly once: the worker's transactions, committed or aborted (their outcomes staged again, or, for "
+    "a record that cannot be written, its fallback)",
+    ["result"],
+)
+TRANSACTION_SECONDS = Histogram(
+    "captioner_worker_transaction_seconds",
+    "Exactly once: from a transaction's first record to its commit",
+    buckets=SECONDS_BUCKETS,
 )

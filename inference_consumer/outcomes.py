@@ -1,4 +1,6 @@
-"""Produces each job's outcome (reply, retry record, dead letter) and finishes its offset once durable.
+"""Decides each job's outcome records (reply, retry record, dead letter) and hands them to the worker's sink
+(delivery.py: at least once, transactions.py: exactly once), which finishes the job's offset once they
+count as written.
 
 No method here raises for what one record carries: a reply the broker refuses, or does not take within
 the producer's delivery timeout (CAPTIONER_DELIVERY_TIMEOUT_S), sends the job to the dead-letter topic, so
@@ -9,20 +11,20 @@ through `on_fatal`, since it can no longer keep a job anywhere.
 
 from __future__ import annotations
 
-import collections
 import logging
 import time
 import traceback
 from collections.abc import Callable
+from contextlib import AbstractContextManager
 from datetime import UTC, datetime
-from typing import Any
 
-from confluent_kafka import KafkaError, KafkaException, Message, Producer
+from confluent_kafka import KafkaError
 
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
 from inference_consumer import metrics
 from inference_consumer.cache_writer import CacheWriter, Captioned
+from inference_consumer.delivery import OutcomeRecord, OutcomeSink
 from inference_consumer.errors import ReplyUndeliverableError
 from inference_consumer.jobs import Job
 from inference_consumer.tracing import (
@@ -41,7 +43,6 @@ log = logging.getLogger(__name__)
 
 _STACK_LIMIT = 4000
 _MESSAGE_LIMIT = 1000
-_QUEUE_FULL_WAIT_S = 0.05
 _INTERNAL_MESSAGE = "the worker failed on this job"
 # Our headers that a retry record or a dead letter keeps: the replay marker, and the caption-cache scope
 # its title is to be filed under when a later attempt succeeds.
@@ -51,12 +52,13 @@ Fatal = Callable[[str], None]
 
 
 class OutcomePublisher:
-    """Every path through here ends with the job's offset finished, after the broker acknowledged."""
+    """Every path through here ends with the job's offset finished, once its records count as written.
+    Each public method hands one job's records to the sink together (`sink.outcome()`)."""
 
     def __init__(
         self,
         *,
-        producer: Producer,
+        sink: OutcomeSink,
         tracker: OffsetTracker,
         topics: TopicSettings,
         model_name: str,
@@ -66,7 +68,7 @@ class OutcomePublisher:
         cache: CacheWriter | None = None,
         replies: FramedCodec[CaptionReply] = SINGLE_OBJECT_CODECS.replies,
     ) -> None:
-        self._producer = producer
+        self._sink = sink
         self._replies = replies
         self._cache = cache
         self._tracker = tracker
@@ -75,19 +77,14 @@ class OutcomePublisher:
         self._worker_id = worker_id
         self._group_id = group_id
         self._on_fatal = on_fatal or _log_fatal
-        # Follow-ups decided in a delivery callback (a send again, a dead letter): a callback must not
-        # produce into a full queue, which would mean polling the producer inside its own poll.
-        self._deferred: collections.deque[Callable[[], object]] = collections.deque()
 
     def serve(self) -> None:
         """Serves delivery reports, then the follow-ups they asked for. Called by the loops' threads."""
-        self._producer.poll(0)
-        while True:
-            try:
-                follow_up = self._deferred.popleft()
-            except IndexError:  # empty, or another loop took the last one
-                return
-            follow_up()
+        self._sink.serve()
+
+    def batch(self) -> AbstractContextManager[object]:
+        """Held around a batch's outcomes: they go into one transaction (exactly once)."""
+        return self._sink.outcome()
 
     def succeeded(
         self, job: Job, title: str, *, inference_ms: float, max_new_tokens: int | None = None
@@ -100,7 +97,10 @@ class OutcomePublisher:
             if max_new_tokens is not None:
                 self._to_cache(job, title, inference_ms=inference_ms, max_new_tokens=max_new_tokens)
 
-        self._reply(job, status=ReplyStatus.SUCCEEDED, title=title, inference_ms=inference_ms, then=durable)
+        with self._sink.outcome():
+            self._reply(
+                job, status=ReplyStatus.SUCCEEDED, title=title, inference_ms=inference_ms, then=durable
+            )
         metrics.JOBS.labels(outcome="succeeded").inc()
 
     def _to_cache(self, job: Job, title: str, *, inference_ms: float, max_new_tokens: int) -> None:
@@ -135,18 +135,20 @@ class OutcomePublisher:
             job.offset,
         )
         metrics.JOBS.labels(outcome="expired").inc()
-        self._finish(job)
+        with self._sink.outcome():
+            self._finish(job)
 
     @about_job
     def failed(self, job: Job, error: BaseException) -> None:
         job_failed(job, error)
         retriable = isinstance(error, CaptionerError) and error.retriable
         tier = job.attempt  # attempt 1 failed -> retry tier 1
-        if retriable and tier <= len(self._topics.retry_delays_s):
-            self._retry(job, error, tier)
-        else:
-            metrics.JOBS.labels(outcome="dead_lettered" if retriable else "failed").inc()
-            self._dead_letter(job, error)
+        with self._sink.outcome():
+            if retriable and tier <= len(self._topics.retry_delays_s):
+                self._retry(job, error, tier)
+            else:
+                metrics.JOBS.labels(outcome="dead_lettered" if retriable else "failed").inc()
+                self._dead_letter(job, error)
 
     @about_job
     def _retry(self, job: Job, error: BaseException, tier: int) -> None:
@@ -221,16 +223,13 @@ class OutcomePublisher:
         }
 
     def _send(self, job: Job, topic: str, headers: dict[str, bytes], *, refused: Callable[[], None]) -> bool:
-        """The record's own bytes to `topic`; its offset finishes once acknowledged. A failure the
-        producer may overcome (not acknowledged within the delivery timeout: a broker down, a partition
-        without a leader) sends it again, so a retry or dead-letter record is never dropped; one it cannot
-        (refused by the topic) calls `refused`."""
+        """The record's own bytes to `topic`; its offset finishes once the record counts as written. A
+        failure the producer may overcome (not acknowledged within the delivery timeout: a broker down, a
+        partition without a leader) sends it again, so a retry or dead-letter record is never dropped; one
+        it cannot (refused by the topic) calls `refused`. False when refused at once."""
 
-        def on_delivery(error: KafkaError | None, _message: Message) -> None:
-            if error is None:
-                self._finish(job)
-                return
-            with job_log_context(job):  # delivery reports run on the polling thread, outside any job's
+        def on_failed(error: KafkaError) -> None:
+            with job_log_context(job):  # delivery reports run on another thread, outside any job's
                 if error.retriable() or error.code() == KafkaError._MSG_TIMED_OUT:
                     log.warning(
                         "could not write %s[%d]@%d to %s yet: %s",
@@ -238,19 +237,26 @@ class OutcomePublisher:
                         job.partition,
                         job.offset,
                         topic,
-                        error,
+                        error.str(),
                     )
-                    self._deferred.append(lambda: self._send(job, topic, headers, refused=refused))
+                    self._send(job, topic, headers, refused=refused)
                 else:
-                    log.error("%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error)
-                    self._deferred.append(refused)
+                    log.error(
+                        "%s refused %s[%d]@%d: %s", topic, job.topic, job.partition, job.offset, error.str()
+                    )
+                    refused()
 
-        if self._produce(
-            topic, key=job.key, value=job.value, headers=list(headers.items()), on_delivery=on_delivery
-        ):
-            return True
-        refused()
-        return False
+        return self._sink.emit(
+            OutcomeRecord(
+                topic=topic,
+                key=job.key,
+                value=job.value,
+                headers=list(headers.items()),
+                job=job,
+                durable=lambda: self._finish(job),
+                failed=on_failed,
+            )
+        )
 
     def _reply(
         self,
@@ -297,14 +303,14 @@ class OutcomePublisher:
 
         produced = time.perf_counter()
 
-        def on_delivery(delivery_error: KafkaError | None, _message: Message) -> None:
-            end_publish_span(span, None if delivery_error is None else delivery_error.str())
-            if delivery_error is not None:
-                reason, timed_out = delivery_error.str(), delivery_error.code() == KafkaError._MSG_TIMED_OUT
-                self._deferred.append(lambda: undeliverable(reason, timed_out=timed_out))
-            elif then:
+        def acknowledged() -> None:
+            end_publish_span(span, None)
+            if then:
                 metrics.REPLY_SECONDS.observe(time.perf_counter() - produced)
-                then()
+
+        def on_failed(error: KafkaError) -> None:
+            end_publish_span(span, error.str())
+            undeliverable(error.str(), timed_out=error.code() == KafkaError._MSG_TIMED_OUT)
 
         try:  # in the request's framing; a registry that refuses or is down leaves the reply undeliverable
             value = self._replies.encode(reply, topic=address.topic, framing=job.framing)
@@ -312,29 +318,20 @@ class OutcomePublisher:
             end_publish_span(span, exc.code)
             undeliverable(f"{exc.code}: {exc.message}")
             return
-        sent = self._produce(
-            address.topic,
-            key=address.correlation_id.encode() or None,
-            value=value,
-            partition=-1 if address.partition is None else address.partition,
-            headers=[*address.headers, *headers],
-            on_delivery=on_delivery,
+        self._sink.emit(
+            OutcomeRecord(
+                topic=address.topic,
+                key=address.correlation_id.encode() or None,
+                value=value,
+                partition=-1 if address.partition is None else address.partition,
+                headers=[*address.headers, *headers],
+                job=job,
+                durable=then,
+                acknowledged=acknowledged,
+                failed=on_failed,
+                reply=True,
+            )
         )
-        if not sent:
-            end_publish_span(span, "produce refused the record")
-            undeliverable("produce refused the record")
-
-    def _produce(self, topic: str, **record: Any) -> bool:
-        """produce() that waits out a full local queue and reports a refusal instead of raising."""
-        while True:
-            try:
-                self._producer.produce(topic, **record)
-                return True
-            except BufferError:
-                self._producer.poll(_QUEUE_FULL_WAIT_S)
-            except (KafkaException, TypeError, ValueError) as exc:
-                log.error("produce to %s refused: %s", topic, exc)
-                return False
 
     def _finish(self, job: Job) -> None:
         end_job_trace(job)

@@ -21,14 +21,14 @@ from types import FrameType
 from typing import Any
 
 import torch
-from confluent_kafka import Consumer, Producer
+from confluent_kafka import Consumer, KafkaException, Producer
 from prometheus_client import start_http_server
 
 from core.broker_watch import BrokerWatch
 from core.cache_keys import ModelProfile, precision_name
 from core.cache_signing import CacheSigner
 from core.errors import CaptionerError, ImageTooCostlyError
-from core.kafka_config import consumer_config, delivery_bound, producer_config
+from core.kafka_config import consumer_config, delivery_bound, producer_config, transactional
 from core.logs import LIBRDKAFKA_LOG
 from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
@@ -38,6 +38,7 @@ from inference_consumer import metrics, stages
 from inference_consumer.allocator import keep_freed_memory
 from inference_consumer.batching import BatchCollector, BatchPolicy
 from inference_consumer.cache_writer import CacheWriter, load_cache_signer
+from inference_consumer.delivery import AutoCommits, DirectSink, OffsetCommits, OutcomeSink
 from inference_consumer.errors import DecodersBusyError, InferenceError, WorkerFatalError
 from inference_consumer.feeder import Chore, JobFeeder
 from inference_consumer.image_pipeline import device_preprocessor
@@ -52,6 +53,7 @@ from inference_consumer.model import (
 from inference_consumer.observing import ConsumerLag, DeadLetterDepth, observe_queue_time
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.tracing import inference_spans, job_log_context
+from inference_consumer.transactions import TransactionalSink
 from inference_consumer.validation import ReplyTopicPartitions, RequestRules
 from schemas.framing import SINGLE_OBJECT_CODECS, FramedCodec, RecordCodecs
 
@@ -98,6 +100,7 @@ class InferenceWorker:
         self._signer: CacheSigner | None = None
         self.stopping = threading.Event()
         self._fatal_reason: str | None = None
+        self._transactions: TransactionalSink | None = None  # exactly once
         # One per process: librdkafka's lines and errors from every client, and whether a broker answers.
         self._brokers = BrokerWatch()
         self._waits = KafkaWaits(timeout_s=settings.shutdown_timeout_s, reachable=self._brokers.reachable)
@@ -143,6 +146,8 @@ class InferenceWorker:
         """This worker cannot go on: it drains what it can and exits non-zero so it is restarted."""
         log.critical("stopping: %s", reason)
         self._fatal_reason = self._fatal_reason or reason
+        if self._transactions is not None:  # what is not committed yet never is: it runs again elsewhere
+            self._transactions.halt()
         self.stop()
 
     @contextlib.contextmanager
@@ -152,7 +157,8 @@ class InferenceWorker:
         """One producer for every outcome, and two consumers, each in a group of its own: the request
         topic's (cooperative-sticky, so a rebalance moves only what it must) and the retry tiers'
         (round-robin, which spreads each tier evenly). In one group, the assignors balance partition
-        counts across all topics together, and a worker could hold retry tiers but no request partition."""
+        counts across all topics together, and a worker could hold retry tiers but no request partition.
+        Exactly once, the producer is transactional and its transactions commit both groups' offsets."""
         settings, client_id = self.settings, f"captioner-worker-{self.settings.worker_id}"
         with contextlib.ExitStack() as stack:
             producer = Producer(
@@ -169,8 +175,28 @@ class InferenceWorker:
                     "allow.auto.create.topics": False,
                     "message.max.bytes": self._topics.max_message_bytes + OUTCOME_HEADROOM_BYTES,
                 }
+                | (
+                    transactional(settings.transactional_id, delivery_timeout_s=settings.delivery_timeout_s)
+                    if settings.exactly_once
+                    else {}
+                )
             )
             stack.callback(self._flush, producer)
+            tracker = OffsetTracker()
+            sink: OutcomeSink
+            if settings.exactly_once:
+                sink = self._transactions = TransactionalSink(
+                    producer=producer,
+                    tracker=tracker,
+                    waits=self._waits,
+                    delivery_timeout_s=settings.delivery_timeout_s,
+                    on_fatal=self._fatal,
+                    transactional_id=settings.transactional_id,
+                )
+                self._transactions.start()
+                stack.callback(self._transactions.close)  # after the consumers' last commits
+            else:
+                sink = DirectSink(producer)
             on_device = device_preprocessor(
                 model,
                 setting=settings.image_pipeline,
@@ -189,13 +215,12 @@ class InferenceWorker:
                     thread_name_prefix="image-decode",
                 )
             )
-            tracker = OffsetTracker()
-            cache_writer = self._cache_writer(producer, model, tensor_pipeline=on_device is not None)
+            cache_writer = self._cache_writer(sink, model, tensor_pipeline=on_device is not None)
             if cache_writer is not None:
                 cache_writer.start()
                 stack.callback(self._close_cache_writer, cache_writer)  # before the flush
             outcomes = OutcomePublisher(
-                producer=producer,
+                sink=sink,
                 tracker=tracker,
                 topics=self._topics,
                 model_name=model.name,
@@ -206,9 +231,14 @@ class InferenceWorker:
                 replies=self._codecs.replies,
             )
             ready: queue.Queue[Job] = queue.Queue()  # the feeders keep it within _batching.backlog()
+            commits: OffsetCommits = (
+                self._transactions
+                if self._transactions is not None
+                else AutoCommits(tracker=tracker, producer=producer, waits=self._waits)
+            )
             feed = functools.partial(
                 JobFeeder,
-                producer=producer,
+                commits=commits,
                 retry_topics=set(self._topics.retry_topics),
                 tracker=tracker,
                 outcomes=outcomes,
@@ -231,6 +261,8 @@ class InferenceWorker:
             feeders = []
             for subscription in self.subscriptions():
                 consumer = Consumer(subscription.config)
+                if self._transactions is not None:
+                    self._transactions.add_group(consumer, subscription.topics)
                 feeder = feed(consumer=consumer, topics=subscription.topics, chore=subscription.chore)
                 stack.callback(self._close, consumer, feeder, subscription.name)
                 feeders.append(feeder)
@@ -240,7 +272,7 @@ class InferenceWorker:
             yield feeders, outcomes, BatchCollector(ready, self._batching)
 
     def _cache_writer(
-        self, producer: Producer, model: CaptionModel, *, tensor_pipeline: bool
+        self, sink: OutcomeSink, model: CaptionModel, *, tensor_pipeline: bool
     ) -> CacheWriter | None:
         """Entries filed under the profile this worker resolved: what changes its titles."""
         if self._signer is None:
@@ -261,7 +293,7 @@ class InferenceWorker:
             profile.image_pipeline,
         )
         return CacheWriter(
-            producer=producer,
+            sink=sink,
             topic=self._topics.captions,
             signer=self._signer,
             profile=profile,
@@ -304,6 +336,8 @@ class InferenceWorker:
         # per-partition consumer lag, from librdkafka's statistics
         lag = ConsumerLag().on_stats if self.settings.metrics_port else None
         overrides: dict[str, Any] = {
+            # Exactly once, offsets go only with the transactions that finish them.
+            "enable.auto.commit": not self.settings.exactly_once,
             "max.poll.interval.ms": 600_000,
             "session.timeout.ms": self.settings.session_timeout_ms,
             "partition.assignment.strategy": assignor,
@@ -426,7 +460,7 @@ class InferenceWorker:
         metrics.INFERENCE_SECONDS.observe(elapsed_ms / 1000)
         for _ in runnable:
             metrics.JOB_INFERENCE_SECONDS.observe(elapsed_ms / 1000 / len(runnable))
-        with stages.timed(stages.PUBLISH):
+        with stages.timed(stages.PUBLISH), outcomes.batch():
             for (job, _), title, limit in zip(runnable, titles, limits, strict=True):
                 outcomes.succeeded(job, title, inference_ms=elapsed_ms, max_new_tokens=limit)
 
@@ -445,7 +479,11 @@ class InferenceWorker:
         cache_writer.close(self._waits.left_s())
 
     def _flush(self, producer: Producer) -> None:
-        remaining = self._waits.flush(producer)
+        try:
+            remaining = self._waits.flush(producer)
+        except KafkaException as exc:  # a producer in a fatal state (exactly once: fenced, or not allowed)
+            log.warning("outcome records not delivered at shutdown (%s); their jobs will run again", exc)
+            return
         if remaining:
             log.warning("%d outcome records not delivered at shutdown; their jobs will run again", remaining)
 

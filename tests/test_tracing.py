@@ -27,6 +27,7 @@ from core.logs import log_handler
 from core.offsets import OffsetTracker
 from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from core.tracing import MAX_SPAN_TEXT_CHARS, extract_context, span_text
+from inference_consumer.delivery import AutoCommits, DirectSink
 from inference_consumer.errors import InvalidImageError
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
@@ -128,7 +129,7 @@ def worker_path() -> Iterator[WorkerPath]:
     producer, tracker, ready = RecordingProducer(), OffsetTracker(), queue.Queue[Job]()
     topics = TopicSettings()
     outcomes = OutcomePublisher(
-        producer=producer,  # type: ignore[arg-type]
+        sink=DirectSink(producer),  # type: ignore[arg-type]
         tracker=tracker,
         topics=topics,
         model_name="stand-in",
@@ -138,7 +139,11 @@ def worker_path() -> Iterator[WorkerPath]:
     with ThreadPoolExecutor(1) as pool:
         feeder = JobFeeder(
             consumer=None,  # type: ignore[arg-type]
-            producer=producer,  # type: ignore[arg-type]
+            commits=AutoCommits(
+                tracker=tracker,
+                producer=producer,  # type: ignore[arg-type]
+                waits=KafkaWaits(timeout_s=1.0, reachable=lambda: True),
+            ),
             topics=[REQUESTS],
             retry_topics=set(),
             tracker=tracker,

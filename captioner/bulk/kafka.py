@@ -34,7 +34,7 @@ from confluent_kafka import (
 from captioner.bulk.files import ImageFile
 from captioner.bulk.results import TIMEOUT, Result
 from core.consuming import poll_batch
-from core.kafka_config import client_config, producer_config
+from core.kafka_config import READ_COMMITTED, client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG
 from core.settings import KafkaSettings, TopicSettings
 from core.topics import TopicSpec, create_topics, delete_topics
@@ -240,12 +240,16 @@ class KafkaBackend:
 
     def _reply_consumer_config(self, client_id: str) -> dict[str, Any]:
         # librdkafka wants a group id even for assign(); nothing is ever committed under it.
-        return client_config(self._kafka, client_id=client_id) | {
-            "group.id": client_id,
-            "enable.auto.commit": False,
-            "auto.offset.reset": "earliest",
-            "logger": LIBRDKAFKA_LOG,
-        }
+        return (
+            client_config(self._kafka, client_id=client_id)
+            | READ_COMMITTED
+            | {
+                "group.id": client_id,
+                "enable.auto.commit": False,
+                "auto.offset.reset": "earliest",
+                "logger": LIBRDKAFKA_LOG,
+            }
+        )
 
     def _serve_deliveries(self) -> None:
         assert self._producer is not None

@@ -20,6 +20,7 @@ from core.cache_signing import CacheSigner, CacheVerifier, write_key_pair
 from core.offsets import OffsetTracker
 from core.settings import CacheSettings, TopicSettings
 from inference_consumer.cache_writer import CacheWriter, Captioned, load_cache_signer
+from inference_consumer.delivery import DirectSink
 from inference_consumer.outcomes import OutcomePublisher
 from schemas import CACHE_ENTRY_CODEC
 from schemas import headers as record_headers
@@ -69,14 +70,14 @@ def wait_for(condition: Callable[[], bool], *, deadline_s: float = 10.0) -> None
 
 
 def new_writer(producer: Producer) -> CacheWriter:
-    return CacheWriter(producer=producer, topic=CAPTIONS, signer=SIGNER, profile=PROFILE)  # type: ignore[arg-type]
+    return CacheWriter(sink=DirectSink(producer), topic=CAPTIONS, signer=SIGNER, profile=PROFILE)  # type: ignore[arg-type]
 
 
 def new_outcomes(
     producer: Producer, writer: CacheWriter, tracker: OffsetTracker | None = None
 ) -> OutcomePublisher:
     return OutcomePublisher(
-        producer=producer,  # type: ignore[arg-type]
+        sink=DirectSink(producer),  # type: ignore[arg-type]
         tracker=tracker or OffsetTracker(),
         topics=TopicSettings(captions=CAPTIONS),
         model_name=PROFILE.model,

@@ -20,6 +20,7 @@ import torch
 from core.offsets import OffsetTracker
 from core.settings import ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
 from inference_consumer.cache_writer import Captioned
+from inference_consumer.delivery import DirectSink
 from inference_consumer.jobs import Job, ReplyAddress
 from inference_consumer.outcomes import OutcomePublisher
 from inference_consumer.worker import InferenceWorker
@@ -101,7 +102,7 @@ class Batch:
 def batch() -> Batch:
     producer, cache, tracker = RecordingProducer(), RecordingCache(), OffsetTracker()
     outcomes = OutcomePublisher(
-        producer=producer,  # type: ignore[arg-type]
+        sink=DirectSink(producer),  # type: ignore[arg-type]
         tracker=tracker,
         topics=TOPICS,
         model_name="stand-in",

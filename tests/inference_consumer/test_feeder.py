@@ -16,6 +16,7 @@ from confluent_kafka import Message
 from hypothesis import given, settings
 
 from core.offsets import OffsetTracker
+from inference_consumer.delivery import AutoCommits
 from inference_consumer.feeder import JobFeeder
 from inference_consumer.jobs import Job
 from inference_consumer.kafka_waits import KafkaWaits
@@ -32,6 +33,16 @@ class IdleProducer:
     def poll(self, _timeout: float = 0) -> int:
         self.polls += 1
         return 0
+
+
+class IdleOutcomes:
+    """Outcomes for paths that produce none: serve() is what the feeder calls while it waits."""
+
+    def __init__(self) -> None:
+        self.serves = 0
+
+    def serve(self) -> None:
+        self.serves += 1
 
 
 class Backlog:
@@ -80,19 +91,20 @@ def build_feeder(
     consumer: Any = None,  # most paths under test touch no consumer
     retry_topics: frozenset[str] = frozenset(),
 ) -> JobFeeder:
+    tracker, waits = OffsetTracker(), KafkaWaits(timeout_s=1.0, reachable=lambda: True)
     return JobFeeder(
         consumer=consumer,
-        producer=IdleProducer(),  # type: ignore[arg-type]
+        commits=AutoCommits(tracker=tracker, producer=IdleProducer(), waits=waits),  # type: ignore[arg-type]
         topics=["captioner.requests"],
         retry_topics=set(retry_topics),
-        tracker=OffsetTracker(),
-        outcomes=outcomes,
+        tracker=tracker,
+        outcomes=outcomes or IdleOutcomes(),
         ready=ready,
         backlog=backlog,
         decode_pool=pool,
         preprocess=lambda _data: torch.zeros(3, 2, 2),
         fetch_size=8,
-        waits=KafkaWaits(timeout_s=1.0, reachable=lambda: True),
+        waits=waits,
         rules=RequestRules(own_topics=frozenset(["captioner.requests"])),
         reply_partitions=lambda _topic: 4,
         max_hold_s=1.0,
@@ -165,6 +177,9 @@ class RecordingOutcomes:
 
     def skipped_expired(self, job: Job) -> None:
         self.expired.append(job)
+
+    def serve(self) -> None:
+        pass
 
 
 class PausingConsumer:

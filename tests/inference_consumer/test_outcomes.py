@@ -13,6 +13,7 @@ from confluent_kafka import KafkaError, KafkaException
 from core.logs import JobContextFilter
 from core.offsets import OffsetTracker
 from core.settings import TopicSettings
+from inference_consumer.delivery import DirectSink
 from inference_consumer.errors import InferenceError, InvalidImageError
 from inference_consumer.jobs import Job, ReplyAddress
 from inference_consumer.outcomes import OutcomePublisher
@@ -73,7 +74,7 @@ def make_job(*, attempt: int = 1, extra_headers: dict[str, bytes] | None = None,
 def make_publisher(topics: TopicSettings) -> tuple[OutcomePublisher, RecordingProducer, OffsetTracker]:
     producer, tracker = RecordingProducer(), OffsetTracker()
     publisher = OutcomePublisher(
-        producer=producer,  # type: ignore[arg-type]
+        sink=DirectSink(producer),  # type: ignore[arg-type]
         tracker=tracker,
         topics=topics,
         model_name="m",
@@ -172,7 +173,7 @@ class RefusingProducer(RecordingProducer):
 def publisher_with(producer: RecordingProducer, topics: TopicSettings) -> tuple[OutcomePublisher, list[str]]:
     fatal: list[str] = []
     publisher = OutcomePublisher(
-        producer=producer,  # type: ignore[arg-type]
+        sink=DirectSink(producer),  # type: ignore[arg-type]
         tracker=OffsetTracker(),
         topics=topics,
         model_name="m",
@@ -288,6 +289,7 @@ def test_a_failed_delivery_is_logged_with_its_jobs_correlation_id(
 
     with caplog.at_level(logging.WARNING, logger="inference_consumer.outcomes"):
         producer.deliver_error(KafkaError._MSG_TIMED_OUT)  # on the polling thread: no job context around
+        publisher.serve()  # the follow-up, on a loop's thread: no job context around either
 
     [line] = [record for record in caplog.records if "could not write" in record.getMessage()]
     assert getattr(line, "correlation_id", None) == "c-1"

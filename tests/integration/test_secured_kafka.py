@@ -403,12 +403,18 @@ def test_only_a_super_user_grants_acls_or_sets_passwords(deployment: Deployment)
     AdminClient(deployment.kafka.client_config(WORKER)).list_topics(timeout=30)  # its password still works
 
 
+@pytest.mark.parametrize("guarantee", ["at_least_once", "exactly_once"])
 def test_api_and_worker_start_without_create_and_the_operator_replays_a_dead_letter(
-    deployment: Deployment, start_worker: StartWorker, start_api: StartApi, tiny_model_dir: Path
+    deployment: Deployment,
+    start_worker: StartWorker,
+    start_api: StartApi,
+    tiny_model_dir: Path,
+    guarantee: str,
 ) -> None:
-    """Neither the API nor the worker may create a topic: the operator creates them first."""
+    """Neither the API nor the worker may create a topic: the operator creates them first. Exactly once,
+    the worker's transactions (its transactional id, the offsets it sends) are within its ACLs too."""
     deployment.create_topics_as_operator()
-    worker = start_worker(**deployment.kafka.credentials(WORKER))
+    worker = start_worker(**deployment.kafka.credentials(WORKER), CAPTIONER_DELIVERY_GUARANTEE=guarantee)
     api = start_api(**deployment.kafka.credentials(API))
     image = make_image_bytes("PNG", seed=17)
 

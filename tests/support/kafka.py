@@ -8,8 +8,9 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
+from typing import Literal
 
-from confluent_kafka import Consumer, Producer, TopicPartition
+from confluent_kafka import OFFSET_BEGINNING, Consumer, Message, Producer, TopicPartition
 
 from core.kafka_config import producer_config
 from core.settings import KafkaSettings, TopicSettings
@@ -56,6 +57,22 @@ def caption_request(
     )
 
 
+def publish_requests(
+    bootstrap: str, topic: str, requests: list[CaptionRequest], *, partition: int = -1
+) -> None:
+    """In one go, so that they arrive together."""
+    kafka = KafkaSettings(bootstrap_servers=bootstrap)
+    producer = Producer(producer_config(kafka, TopicSettings(), client_id="test-publisher"))
+    for request in requests:
+        producer.produce(
+            topic,
+            value=REQUEST_CODEC.encode(request),
+            key=request.correlation_id.encode(),
+            partition=partition,
+        )
+    assert producer.flush(15) == 0, "records were not delivered"
+
+
 def publish_request(bootstrap: str, topic: str, request: CaptionRequest, *, partition: int = -1) -> None:
     publish(
         bootstrap,
@@ -66,18 +83,21 @@ def publish_request(bootstrap: str, topic: str, request: CaptionRequest, *, part
     )
 
 
+Isolation = Literal["read_committed", "read_uncommitted"]
+
+
 def read_until(
-    bootstrap: str, topic: str, done: Callable[[list[Record]], bool], *, timeout_s: float = 60
+    bootstrap: str,
+    topic: str,
+    done: Callable[[list[Record]], bool],
+    *,
+    timeout_s: float = 60,
+    isolation: Isolation = "read_committed",
 ) -> list[Record]:
-    """Reads topic from the beginning until done(records) holds; fails on timeout."""
-    consumer = Consumer(
-        {
-            "bootstrap.servers": bootstrap,
-            "group.id": f"test-reader-{uuid.uuid4().hex}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
+    """Reads topic from the beginning until done(records) holds; fails on timeout. read_committed (what
+    the service's readers and an outside consumer as documented see) leaves out the records of aborted
+    transactions; read_uncommitted shows them too."""
+    consumer = _plain_consumer(bootstrap, isolation=isolation)
     consumer.subscribe([topic])
     records: list[Record] = []
     give_up = time.monotonic() + timeout_s
@@ -87,20 +107,22 @@ def read_until(
             message = consumer.poll(0.2)
             if message is None or message.error():
                 continue
-            headers = {name: value for name, value in (message.headers() or []) if value is not None}
-            records.append(
-                Record(
-                    message.topic(),
-                    message.partition(),
-                    message.offset(),
-                    message.key(),
-                    message.value() or b"",
-                    headers,
-                )
-            )
+            records.append(_record(message))
     finally:
         consumer.close()
     return records
+
+
+def _record(message: Message) -> Record:
+    headers = {name: value for name, value in (message.headers() or []) if value is not None}
+    return Record(
+        message.topic() or "",
+        message.partition() or 0,
+        message.offset() or 0,
+        message.key(),
+        message.value() or b"",
+        headers,
+    )
 
 
 def committed_offset(bootstrap: str, group_id: str, topic: str, partition: int) -> int:
@@ -112,19 +134,26 @@ def committed_offset(bootstrap: str, group_id: str, topic: str, partition: int) 
         consumer.close()
 
 
-def _plain_consumer(bootstrap: str, group_id: str | None = None) -> Consumer:
+def _plain_consumer(
+    bootstrap: str, group_id: str | None = None, *, isolation: Isolation = "read_committed"
+) -> Consumer:
     return Consumer(
         {
             "bootstrap.servers": bootstrap,
             "group.id": group_id or f"test-reader-{uuid.uuid4().hex}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
+            "isolation.level": isolation,
         }
     )
 
 
-def end_offsets(bootstrap: str, topic: str, partitions: int) -> dict[int, int]:
-    consumer = _plain_consumer(bootstrap)
+def end_offsets(
+    bootstrap: str, topic: str, partitions: int, *, isolation: Isolation = "read_committed"
+) -> dict[int, int]:
+    """Each partition's end: read_committed, the last stable offset (the first of a transaction still
+    open, else the high watermark)."""
+    consumer = _plain_consumer(bootstrap, isolation=isolation)
     try:
         return {
             partition: consumer.get_watermark_offsets(TopicPartition(topic, partition), timeout=10)[1]
@@ -143,9 +172,32 @@ def committed_offsets(bootstrap: str, group_id: str, topic: str, partitions: int
         consumer.close()
 
 
-def read_all(bootstrap: str, topic: str, partitions: int, *, timeout_s: float = 60) -> list[Record]:
-    """Every record of topic up to its end offsets as of the call."""
-    ends = end_offsets(bootstrap, topic, partitions)
-    total = sum(ends.values())
-    records = read_until(bootstrap, topic, lambda seen: len(seen) >= total, timeout_s=timeout_s)
+def read_all(
+    bootstrap: str,
+    topic: str,
+    partitions: int,
+    *,
+    timeout_s: float = 60,
+    isolation: Isolation = "read_committed",
+) -> list[Record]:
+    """Every record of topic up to its end offsets as of the call (read_committed: those of committed
+    transactions; offsets that hold transaction markers or aborted records are passed over, not read)."""
+    ends = end_offsets(bootstrap, topic, partitions, isolation=isolation)
+    consumer = _plain_consumer(bootstrap, isolation=isolation)
+    wanted = {partition: end for partition, end in ends.items() if end > 0}
+    consumer.assign([TopicPartition(topic, partition, OFFSET_BEGINNING) for partition in wanted])
+    records: list[Record] = []
+    give_up = time.monotonic() + timeout_s
+    try:
+        while wanted:
+            assert time.monotonic() < give_up, f"timed out reading {topic}: {len(records)} records"
+            message = consumer.poll(0.2)
+            if message is not None and not message.error():
+                records.append(_record(message))
+            positions = consumer.position([TopicPartition(topic, partition) for partition in wanted])
+            for position in positions:
+                if position.offset >= wanted[position.partition]:
+                    del wanted[position.partition]
+    finally:
+        consumer.close()
     return records
