@@ -123,8 +123,13 @@ EOF
 format_storage() {
   local node dir failed=0
   if [[ ! -f "$state/cluster.id" ]]; then
-    # A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what `StorageTool random-uuid` prints).
-    head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n' > "$state/cluster.id"
+    # A Kafka cluster id: 16 random bytes, URL-safe base64 without padding (what `StorageTool random-uuid` prints),
+    # drawn again when it starts with "-", which StorageTool would read as an option (random-uuid does the same).
+    local id=""
+    until [[ -n "$id" && "$id" != -* ]]; do
+      id="$(head -c 16 /dev/urandom | base64 | tr '+/' '-_' | tr -d '=\n')"
+    done
+    printf %s "$id" > "$state/cluster.id"
   fi
   local format_args=()
   [[ "$security" == plaintext ]] || format_args=(--add-scram "$(admin_scram "$state")")
