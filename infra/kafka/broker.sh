@@ -100,16 +100,7 @@ start() {
 }
 
 stop() {
-  if ! running; then rm -f "$pid_file"; return; fi
-  local pid timeout_s="${KAFKA_LOCAL_STOP_TIMEOUT_S:-30}"; pid="$(cat "$pid_file")"
-  kill -TERM "$pid"
-  for _ in $(seq 1 $((timeout_s * 10))); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; return; }
-    sleep 0.1
-  done
-  echo "broker.sh: broker did not stop in $timeout_s s; killing it" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pid_file"
+  stop_pid "$pid_file" "${KAFKA_LOCAL_STOP_TIMEOUT_S:-30}" "broker.sh: broker"
 }
 
 case "${1:-}" in

@@ -69,16 +69,7 @@ start() {
 }
 
 stop() {
-  if ! running; then rm -f "$pid_file"; return; fi
-  local pid; pid="$(cat "$pid_file")"
-  kill -TERM "$pid"
-  for _ in $(seq 1 40); do
-    kill -0 "$pid" 2>/dev/null || { rm -f "$pid_file"; return; }
-    sleep 0.5
-  done
-  echo "registry.sh: registry did not stop in 20 s; killing it" >&2
-  kill -KILL "$pid" 2>/dev/null || true
-  rm -f "$pid_file"
+  stop_pid "$pid_file" 20 "registry.sh: registry"
 }
 
 case "${1:-}" in
