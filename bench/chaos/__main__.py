@@ -16,6 +16,9 @@ What it does
         zombie-worker      SIGSTOP of a worker for its session timeout + 4 s, then SIGCONT
         partition          the node leading the most request partitions cut off (iptables on loopback),
                            then healed; skipped, with the reason, where the machine does not allow it
+    The workers run with CHAOS_DELIVERY_GUARANTEE (exactly_once); CHAOS_KAFKA_CALLER_SHARE (0.2) of the
+    requests are published straight to the request topic, as an outside Kafka caller would, with a reply
+    topic of their own (<run id>.kafka-callers.replies).
     Other settings: CHAOS_REQUEST_TIMEOUT_S (20: the API's deadline), CHAOS_SESSION_TIMEOUT_MS (6000: the
     workers'), CHAOS_MAX_RECOVERY_S (60), KAFKA_CLUSTER_BASE_PORT (29092), CHAOS_RUN_DIR, CHAOS_MODEL_DIR.
     Between faults: throughput back for CHAOS_STABLE_S (5 s), every replica in sync, leaders back on their
@@ -31,11 +34,15 @@ Output (stdout; progress goes to stderr)
     + 5 s), wrong_title (a 200 without an id or with another image's title), duplicate_ids, max_recovery_s,
     p99_ms_during_faults, p99_ms_steady, faults (how many ran), faults_skipped, uncommitted_jobs (job
     offsets neither committed by the worker group nor in the dead-letter topic), dead_lettered, rate.
+    Each line also has kafka_callers (jobs published straight to Kafka), kafka_callers_answered (a SUCCEEDED
+    reply with the right title; lost and wrong_title count the others) and duplicate_replies (jobs, HTTP or
+    Kafka, with more than one final reply on the reply topics, read with read_committed after the run).
 """
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 import sys
 import time
@@ -47,6 +54,14 @@ from typing import Any
 from bench.chaos.cluster import NODES, ClusterView, KafkaCluster
 from bench.chaos.config import ChaosConfig, load_config
 from bench.chaos.faults import Chaos, FaultRecord, run_fault
+from bench.chaos.kafka_callers import (
+    KafkaCallers,
+    KafkaJob,
+    duplicate_replies,
+    final_reply_counts,
+    kafka_outcomes,
+    read_replies,
+)
 from bench.chaos.outcomes import Tally, answered_rate, due_between
 from bench.chaos.services import RETRY_DELAYS_S, deploy, learn_titles, measure_capacity, service_env
 from bench.chaos.traffic import Answer, Traffic, Workload
@@ -54,7 +69,9 @@ from bench.images import make_image
 from bench.models import ensure_model
 from bench.service import run_topics
 from bench.stats import percentile
-from core.settings import WorkerSettings, load_settings
+from core.kafka_config import client_config
+from core.settings import KafkaSettings, WorkerSettings, load_settings
+from schemas import CaptionReply
 from tests.support.processes import exit_on_sigterm
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
@@ -90,7 +107,17 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         deployment = deploy(stack, env, config.run_dir / "logs")
         view = ClusterView(cluster.bootstrap)
         workload = _workload(config, deployment.predict_urls)
-        traffic = Traffic(workload)
+        client = client_config(load_settings(KafkaSettings), client_id="chaos-kafka-caller") | {
+            "bootstrap.servers": cluster.bootstrap
+        }
+        kafka_callers = KafkaCallers(
+            config=client,
+            run_id=config.run_id,
+            requests_topic=_topic_names(config)[0],
+            images=workload.images,
+        )
+        kafka_callers.start()
+        traffic = Traffic(workload, kafka_callers)
         chaos = Chaos(config, cluster, view, deployment, traffic, 0.0, _topic_names(config))
         view.wait_healthy(chaos.topics, timeout_s=120)
         log(f"open-loop load at {workload.rate:.1f} requests/s over both instances")
@@ -100,8 +127,10 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         records = _faults(chaos)
         log("stopping the load; waiting for requests in flight and for the workers to drain")
         traffic.stop()
+        kafka_callers.stop()
         accounting = _drain(chaos)
-        return _report(chaos, steady, records, accounting)
+        replies = read_replies(client, [chaos.replies_topic, kafka_callers.reply_topic])
+        return _report(chaos, steady, records, accounting, _Replies(kafka_callers.jobs, replies))
 
 
 def _workload(config: ChaosConfig, urls: Sequence[str]) -> Workload:
@@ -122,6 +151,7 @@ def _workload(config: ChaosConfig, urls: Sequence[str]) -> Workload:
         titles=tuple(titles[index] for index in distinct),
         rate=rate,
         client_timeout_s=config.client_timeout_s,
+        kafka_caller_share=config.kafka_caller_share,
     )
 
 
@@ -171,19 +201,55 @@ def _drain(chaos: Chaos) -> dict[str, int]:
         time.sleep(1)
 
 
+@dataclass(frozen=True)
+class _Replies:
+    """The Kafka callers' jobs, and every committed reply the reply topics held after the run."""
+
+    jobs: list[KafkaJob]
+    replies: list[CaptionReply]
+
+    def counts(
+        self, answers: Sequence[Answer], start: float, end: float, titles: Sequence[str]
+    ) -> dict[str, int]:
+        """The Kafka callers' jobs due in [start, end), and the jobs among those and `answers` (HTTP) that got
+        more than one final reply."""
+        jobs = [job for job in self.jobs if start <= job.due < end]
+        kafka = kafka_outcomes(jobs, self.replies, titles)
+        ids = [answer.id for answer in answers] + [job.id for job in jobs]
+        return {
+            "kafka_callers": kafka.sent,
+            "kafka_callers_answered": kafka.answered,
+            "kafka_callers_lost": kafka.lost,
+            "kafka_callers_wrong_title": kafka.wrong_title,
+            "duplicate_replies": duplicate_replies(ids, final_reply_counts(self.replies)),
+        }
+
+
+def _tally(
+    answers: Sequence[Answer], replies: _Replies, start: float, end: float, titles: Sequence[str]
+) -> dict[str, Any]:
+    """HTTP and Kafka callers together: lost and wrong_title count both."""
+    line: dict[str, Any] = Tally.of(answers).as_dict()
+    counts = replies.counts(answers, start, end, titles)
+    line["lost"] += counts["kafka_callers_lost"]
+    line["wrong_title"] += counts["kafka_callers_wrong_title"]
+    return line | counts
+
+
 def _report(
-    chaos: Chaos, steady: Steady, records: list[FaultRecord], accounting: dict[str, int]
+    chaos: Chaos, steady: Steady, records: list[FaultRecord], accounting: dict[str, int], replies: _Replies
 ) -> dict[str, Any]:
     answers = chaos.traffic.snapshot()
     _save_timeline(chaos, answers, records)
     # Requests due in the last seconds before the first fault are still in flight when it strikes.
     steady_answers = due_between(answers, steady.started + _RAMP_S, steady.ended - _IN_FLIGHT_S)
+    titles = chaos.traffic.workload.titles
     emit(
         {
             "phase": "steady",
             "rate": round(chaos.traffic.workload.rate, 1),
             "answered_per_s": round(steady.rate, 1),
-            **Tally.of(steady_answers).as_dict(),
+            **_tally(steady_answers, replies, steady.started + _RAMP_S, steady.ended - _IN_FLIGHT_S, titles),
         }
     )
     during: list[Answer] = []
@@ -197,21 +263,22 @@ def _report(
             {
                 "fault": record.name,
                 **record.info,
-                **Tally.of(window).as_dict(),
+                **_tally(window, replies, record.started, record.ended, titles),
                 "duration_s": round(record.ended - record.started, 1),
             }
         )
-    total = Tally.of(answers)
+    total = _tally(answers, replies, -math.inf, math.inf, titles)
     recoveries = [r for record in records if record.skipped is None for r in record.recoveries]
     summary = {
-        "sent": total.sent,
-        "answered_200": total.answered_200,
-        "errors_503": total.errors_503,
-        "errors_504": total.errors_504,
-        "errors_other": total.errors_other,
-        "lost": total.lost,
-        "wrong_title": total.wrong_title,
-        "duplicate_ids": total.duplicate_ids,
+        "sent": total["sent"],
+        "answered_200": total["answered_200"],
+        "errors_503": total["errors_503"],
+        "errors_504": total["errors_504"],
+        "errors_other": total["errors_other"],
+        "lost": total["lost"],
+        "wrong_title": total["wrong_title"],
+        "duplicate_ids": total["duplicate_ids"],
+        **{key: total[key] for key in ("duplicate_replies", "kafka_callers", "kafka_callers_answered")},
         "max_recovery_s": _max_recovery(recoveries),
         "p99_ms_during_faults": round(percentile([a.latency_ms for a in during], 99), 1),
         "p99_ms_steady": round(percentile([a.latency_ms for a in steady_answers], 99), 1),
@@ -273,7 +340,12 @@ def main() -> int:
     config = load_config()
     summary = run(config)
     return (
-        0 if summary["lost"] == 0 and summary["wrong_title"] == 0 and summary["uncommitted_jobs"] == 0 else 1
+        0
+        if summary["lost"] == 0
+        and summary["wrong_title"] == 0
+        and summary["duplicate_replies"] == 0
+        and summary["uncommitted_jobs"] == 0
+        else 1
     )
 
 

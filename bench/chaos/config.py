@@ -6,7 +6,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
@@ -42,6 +42,8 @@ class ChaosConfig:
     new_tokens: int  # every caption is forced to this length: a batch costs fixed work
     max_recovery_s: float  # a fault whose throughput is not back by then is reported as such
     stable_s: float  # throughput must stay back this long before the next fault
+    delivery_guarantee: Literal["exactly_once", "at_least_once"]  # the workers' CAPTIONER_DELIVERY_GUARANTEE
+    kafka_caller_share: float  # of the load, published straight to the request topic
 
     @property
     def client_timeout_s(self) -> float:
@@ -74,6 +76,8 @@ class ChaosSettings(BaseSettings):
     new_tokens: int = Field(default=100, ge=1, le=512)
     max_recovery_s: float = Field(default=60.0, gt=0)
     stable_s: float = Field(default=5.0, gt=0)
+    delivery_guarantee: Literal["exactly_once", "at_least_once"] = "exactly_once"
+    kafka_caller_share: float = Field(default=0.2, ge=0, lt=1)
 
     @field_validator("faults", mode="before")
     @classmethod
@@ -107,4 +111,6 @@ def load_config() -> ChaosConfig:
         new_tokens=chaos.new_tokens,
         max_recovery_s=chaos.max_recovery_s,
         stable_s=chaos.stable_s,
+        delivery_guarantee=chaos.delivery_guarantee,
+        kafka_caller_share=chaos.kafka_caller_share,
     )

@@ -46,6 +46,7 @@ def service_env(config: ChaosConfig, *, bootstrap: str, model_dir: Path) -> dict
         "CAPTIONER_MAX_NEW_TOKENS": str(config.new_tokens),
         "HARNESS_MIN_NEW_TOKENS": str(config.new_tokens),
         "CAPTIONER_SESSION_TIMEOUT_MS": str(config.session_timeout_ms),
+        "CAPTIONER_DELIVERY_GUARANTEE": config.delivery_guarantee,
         "CAPTIONER_TOPIC_RETRY_DELAYS_S": json.dumps(RETRY_DELAYS_S),
         "CAPTIONER_API_HOST": "127.0.0.1",
         "CAPTIONER_API_REQUEST_TIMEOUT_S": f"{config.request_timeout_s:g}",

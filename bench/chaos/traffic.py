@@ -18,6 +18,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.chaos.kafka_callers import KafkaCallers, takes
 from core.event_loop import new_event_loop
 
 _HEADERS = {"Content-Type": "image/jpeg"}
@@ -46,6 +47,7 @@ class Workload:
     titles: tuple[str, ...]  # the model's title of each image, from a quiet warm-up
     rate: float  # requests per second over all instances
     client_timeout_s: float
+    kafka_caller_share: float = 0.0  # of the requests, published straight to the request topic
 
     def pick(self, index: int) -> tuple[int, int]:
         """Request index -> (API instance, image): instances alternate, and each sees every image."""
@@ -55,8 +57,9 @@ class Workload:
 class Traffic:
     """Sends the workload from start() until stop(); `answers` grows as answers come in."""
 
-    def __init__(self, workload: Workload) -> None:
+    def __init__(self, workload: Workload, kafka_callers: KafkaCallers | None = None) -> None:
         self.workload = workload
+        self.kafka_callers = kafka_callers
         self.answers: list[Answer] = []
         self.started = 0.0
         self._stop = threading.Event()
@@ -94,6 +97,10 @@ class Traffic:
             while not self._stop.is_set():
                 due = self.started + index / workload.rate
                 await asyncio.sleep(max(0.0, due - time.monotonic()))
+                if self.kafka_callers is not None and takes(index, workload.kafka_caller_share):
+                    self.kafka_callers.send(index, workload.pick(index)[1], due)
+                    index += 1
+                    continue
                 task = asyncio.create_task(self._send(session, index, due))
                 tasks.add(task)
                 task.add_done_callback(tasks.discard)

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
+import itertools
+from pathlib import Path
+
 import pytest
 
 from bench.chaos.config import FAULTS, load_config
+from bench.chaos.kafka_callers import (
+    KafkaJob,
+    KafkaOutcomes,
+    duplicate_replies,
+    final_reply_counts,
+    kafka_outcomes,
+    takes,
+)
 from bench.chaos.outcomes import Tally, degraded_s, last_dip_end
+from bench.chaos.services import service_env
 from bench.chaos.traffic import NO_ANSWER, Answer, Workload
 from core.settings import InvalidSettingError
+from schemas import CaptionReply, ReplyStatus
 from tests.bench.conftest import Environment
 
 
@@ -88,3 +101,57 @@ def test_config_names_every_fault_by_default_and_refuses_unknown_ones(environmen
     environment(CHAOS_FAULTS="meteor")
     with pytest.raises(InvalidSettingError, match=r"CHAOS_FAULTS: .*unknown"):
         load_config()
+
+
+def reply(correlation_id: str, status: ReplyStatus, title: str | None = None) -> CaptionReply:
+    return CaptionReply(correlation_id=correlation_id, status=status, model="m", worker_id="w", title=title)
+
+
+def test_only_final_replies_count_and_a_job_with_two_is_a_duplicate() -> None:
+    replies = [
+        reply("a", ReplyStatus.RETRYING),
+        reply("a", ReplyStatus.SUCCEEDED, "x"),
+        reply("b", ReplyStatus.SUCCEEDED, "y"),
+        reply("b", ReplyStatus.SUCCEEDED, "y"),
+        reply("c", ReplyStatus.FAILED),
+        reply("c", ReplyStatus.SUCCEEDED, "z"),
+    ]
+
+    finals = final_reply_counts(replies)
+
+    assert finals == {"a": 1, "b": 2, "c": 2}
+    assert duplicate_replies(["a", "b", "b", None, "d"], finals) == 1
+    assert duplicate_replies(["a", "b", "c"], finals) == 2
+
+
+def test_each_kafka_caller_needs_a_succeeded_reply_with_its_own_title() -> None:
+    jobs = [
+        KafkaJob(id=name, image=image, due=0.0) for name, image in (("a", 0), ("b", 1), ("c", 0), ("d", 1))
+    ]
+    replies = [
+        reply("a", ReplyStatus.SUCCEEDED, "x"),
+        reply("b", ReplyStatus.SUCCEEDED, "x"),  # image 1's title is y
+        reply("c", ReplyStatus.FAILED),
+        reply("d", ReplyStatus.RETRYING),
+    ]
+
+    outcomes = kafka_outcomes(jobs, replies, titles=("x", "y"))
+
+    assert outcomes == KafkaOutcomes(sent=4, answered=1, lost=2, wrong_title=1)
+
+
+def test_the_kafka_callers_take_their_share_of_the_requests_spread_out() -> None:
+    picked = [index for index in range(100) if takes(index, 0.2)]
+
+    assert len(picked) == 20
+    assert all(later - earlier == 5 for earlier, later in itertools.pairwise(picked))
+    assert not any(takes(index, 0.0) for index in range(100))
+
+
+def test_chaos_workers_run_exactly_once_by_default(environment: Environment, tmp_path: Path) -> None:
+    config = load_config()
+    assert config.delivery_guarantee == "exactly_once"
+    env = service_env(config, bootstrap="localhost:1", model_dir=tmp_path)
+    assert env["CAPTIONER_DELIVERY_GUARANTEE"] == "exactly_once"
+    environment(CHAOS_DELIVERY_GUARANTEE="at_least_once")
+    assert load_config().delivery_guarantee == "at_least_once"

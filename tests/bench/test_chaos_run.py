@@ -1,5 +1,6 @@
 """The chaos harness, short: a three-node cluster under load loses a leader and a worker, and every caller
-still gets its own title or a 503/504 in time; every job is committed."""
+still gets its own title or a 503/504 in time, every caller publishing straight to Kafka its own title, and
+no job more than one final reply; every job is committed."""
 
 from __future__ import annotations
 
@@ -26,6 +27,8 @@ SUMMARY_KEYS = {
     "p99_ms_during_faults",
     "p99_ms_steady",
     "faults",
+    "duplicate_replies",
+    "kafka_callers",
 }
 
 
@@ -60,3 +63,7 @@ def test_a_leader_and_a_worker_killed_under_load_lose_no_request(
     assert summary["duplicate_ids"] == 0, lines
     assert summary["errors_other"] == 0, lines
     assert summary["uncommitted_jobs"] == 0, lines
+    assert summary["duplicate_replies"] == 0, lines
+    assert summary["kafka_callers"] > 0, lines
+    assert summary["kafka_callers_answered"] == summary["kafka_callers"], lines
+    assert all("duplicate_replies" in line and "kafka_callers" in line for line in lines), lines
