@@ -1,7 +1,7 @@
 """A two-broker KRaft cluster of the tests' own, for failures one broker cannot show: node 1 is the
 controller and a broker (started by infra/kafka/broker.sh, as `make run` does), node 2 a broker alone
-that joins it and can be stopped, leaving the partitions that live only on it without a leader, while
-everything on node 1 goes on."""
+that joins it and can be stopped (and started again), leaving the partitions that live only on it without a
+leader meanwhile, while everything on node 1 goes on."""
 
 from __future__ import annotations
 
@@ -21,6 +21,11 @@ from tests.support.waiting import wait_until
 
 LIBS = REPO / ".local" / "kafka" / "libs"
 LOG4J = REPO / "infra" / "kafka" / "log4j2.properties"
+NODE_1_CONFIG = REPO / "infra" / "kafka" / "server.properties"
+# Settings every broker of a cluster must agree on: a transaction coordinator that counted the group offsets
+# topic's partitions otherwise than the group's coordinator adds another partition to a transaction than the
+# one its offsets are written to, and the group coordinator refuses them (INVALID_TXN_STATE).
+SHARED_SETTINGS = ("offsets.topic.num.partitions", "group.initial.rebalance.delay.ms")
 JAVA_OPTS = ["-Xms128m", "-Xmx384m", "-XX:+UseG1GC", "-Djava.awt.headless=true"]
 
 
@@ -31,6 +36,12 @@ def _java() -> str:
 
 def _java_args(*args: str) -> list[str]:
     return [_java(), *JAVA_OPTS, f"-Dlog4j2.configurationFile={LOG4J}", "-cp", f"{LIBS}/*", *args]
+
+
+def _shared_settings() -> list[str]:
+    """Node 1's values of SHARED_SETTINGS."""
+    lines = NODE_1_CONFIG.read_text().splitlines()
+    return [line for line in lines if line.split("=", 1)[0] in SHARED_SETTINGS]
 
 
 @dataclass
@@ -61,6 +72,7 @@ class SecondBroker:
                     "transaction.state.log.replication.factor=1",
                     "transaction.state.log.min.isr=1",
                     "auto.create.topics.enable=false",
+                    *_shared_settings(),
                 ]
             )
             + "\n"
@@ -71,8 +83,10 @@ class SecondBroker:
         config = self.config()
         log = self.directory / "broker.log"
         with log.open("ab") as out:
+            format_storage = ["format", "-t", self.cluster_id, "-c", str(config)]
             subprocess.run(
-                _java_args("kafka.tools.StorageTool", "format", "-t", self.cluster_id, "-c", str(config)),
+                # A restart finds its storage formatted already.
+                _java_args("kafka.tools.StorageTool", *format_storage, "--ignore-formatted"),
                 stdout=out,
                 stderr=subprocess.STDOUT,
                 check=True,
