@@ -112,8 +112,13 @@ def transactional(transactional_id: str, *, delivery_timeout_s: float) -> dict[s
     hold back read_committed readers of the partitions it wrote."""
     return {
         "transactional.id": transactional_id,
-        "transaction.timeout.ms": max(1, round(delivery_timeout_s * 1000)) + _TRANSACTION_MARGIN_MS,
+        "transaction.timeout.ms": round(transaction_timeout_s(delivery_timeout_s) * 1000),
     }
+
+
+def transaction_timeout_s(delivery_timeout_s: float) -> float:
+    """How long a transaction may stay open (`transaction.timeout.ms`) before its coordinator aborts it."""
+    return max(1, round(delivery_timeout_s * 1000)) / 1000 + _TRANSACTION_MARGIN_MS / 1000
 
 
 def consumer_config(

@@ -24,6 +24,19 @@ transaction, done again with the next. Its partitions
 are lost (the feeder forgets them) and their staged records are dropped, never produced into a later
 transaction: a record is staged and produced only while its job's partition assignment is current.
 
+A transaction that cannot finish. Every step before its commit waits at most until the transaction
+could still commit (its coordinator aborts one open longer than the transaction timeout), or until a
+revoke's or a stop's time is spent: a step that keeps failing retriably (a coordinator moving) ends it, and
+it is aborted. Sending the offsets runs on a thread of its own, since librdkafka's call can wait for ever past
+its own timeout (confluentinc/librdkafka#5456, #5511: a group coordinator whose broker has left the cluster
+is waited for until some other broker connects or disconnects). While that call waits, the transaction can
+be neither committed nor aborted: a new producer takes the transactional id over (registering it fences the
+old producer and aborts its transaction; the brokers refuse whatever the old one sends later), and the old
+one is left to its call, never used again. Each one left keeps its threads and connections: a worker whose
+producer gets stuck after three replacements halts as for a fatal error. A commit, once asked for, is the
+coordinator's to decide: it is resumed until it answers (librdkafka refuses an abort meanwhile), and only a
+stop ends that wait.
+
 An aborted transaction. Its records are staged again for the next one, except those the broker refused or
 did not take within the delivery timeout: each of those takes its outcome's fallback (a final reply is
 dead-lettered, a refused retry record too, a record timed out is sent again), so no record that a topic
@@ -62,7 +75,8 @@ T = TypeVar("T")
 _SLICE_S = 0.5  # each call that waits on a broker waits this long at a time, so a stop can end the wait
 _OFFSETS_SLICE_S = 5.0
 _IDLE_S = 1.0
-_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0  # after an aborted transaction
+_RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0  # after an aborted transaction; the least between two tries of a call
+_MAX_REPLACED = 3  # producers left to a call that never returned, each with its threads and connections
 _QUEUE_FULL_WAIT_S = 0.05
 # Errors about the transaction or the producer, never about the record they are reported for: such a record
 # goes into the next transaction as it is.
@@ -87,8 +101,13 @@ _TRANSACTION_STATE_ERRORS = frozenset({KafkaError._STATE, KafkaError._FATAL, Kaf
 
 
 class _GaveUp(Exception):
-    """A call waiting on a broker was given up on: the worker is stopping and its time is spent, or no
-    broker is left to answer."""
+    """A call waiting on a broker was given up on: the worker is stopping and its time is spent, no broker
+    is left to answer, or the transaction could no longer commit."""
+
+
+class _Stuck(Exception):
+    """A librdkafka call was given up on while it still runs: its transaction can be neither committed nor
+    aborted through this producer."""
 
 
 class TransactionalSink:
@@ -99,13 +118,18 @@ class TransactionalSink:
         self,
         *,
         producer: Producer,
+        new_producer: Callable[[], Producer],
         tracker: OffsetTracker,
         waits: KafkaWaits,
         delivery_timeout_s: float,
+        transaction_timeout_s: float,
         on_fatal: Callable[[str], None],
         transactional_id: str = "",
     ) -> None:
         self._producer = producer
+        self._new_producer = new_producer  # one configured as `producer` was, for the transactional id
+        self._replaced: list[Producer] = []  # kept: a call of theirs may still run
+        self._transaction_timeout_s = transaction_timeout_s
         self._tracker = tracker
         self._waits = waits
         self._delivery_timeout_s = delivery_timeout_s
@@ -251,6 +275,8 @@ class TransactionalSink:
         if not records and not offsets:
             return True
         began = time.monotonic()
+        # Past the transaction timeout its coordinator aborts it: no step before the commit waits longer.
+        until = began + self._transaction_timeout_s
         produced: list[OutcomeRecord] = []
         try:
             self._producer.begin_transaction()
@@ -260,8 +286,11 @@ class TransactionalSink:
                     records = self._take_eligible(positions)
             if self._halted:
                 raise _GaveUp("halted")
-            self._send_offsets(offsets, give_up)
-            self._retrying(functools.partial(self._producer.commit_transaction, _SLICE_S), give_up)
+            self._send_offsets(offsets, until if give_up is None else min(give_up, until))
+            self._retrying(functools.partial(self._producer.commit_transaction, _SLICE_S), None)
+        except _Stuck as exc:
+            self._replace(exc, produced)
+            return False
         except (KafkaException, _GaveUp) as exc:
             self._recover(exc, produced)
             return False
@@ -339,7 +368,7 @@ class TransactionalSink:
             except (TypeError, ValueError) as exc:
                 return refusal(exc)
 
-    def _send_offsets(self, offsets: dict[PartitionKey, int], give_up: float | None) -> None:
+    def _send_offsets(self, offsets: dict[PartitionKey, int], give_up: float) -> None:
         for consumer, topics in self._groups.items():
             mine = [
                 TopicPartition(topic, partition, offset)
@@ -348,20 +377,49 @@ class TransactionalSink:
             ]
             if mine:
                 self._retrying(
-                    functools.partial(self._send_group_offsets, consumer, mine),
+                    functools.partial(self._send_group_offsets, consumer, mine, give_up),
                     give_up,
                 )
 
-    def _send_group_offsets(self, consumer: Consumer, offsets: list[TopicPartition]) -> None:
+    def _send_group_offsets(self, consumer: Consumer, offsets: list[TopicPartition], give_up: float) -> None:
         group = self._metadata.get(consumer)
         if group is None:  # never polled: it has no finished offsets to commit yet
             raise _GaveUp("no group metadata yet")
-        self._producer.send_offsets_to_transaction(offsets, group, _OFFSETS_SLICE_S)
+        self._bounded(
+            functools.partial(self._producer.send_offsets_to_transaction, offsets, group, _OFFSETS_SLICE_S),
+            give_up,
+        )
+
+    def _bounded(self, call: Callable[[], None], give_up: float) -> None:
+        """call() on a thread of its own, waited for until give_up, or while the worker stops, as long as the
+        stop allows (see the module's docstring, "A transaction that cannot finish")."""
+        outcome: list[Exception | None] = []
+
+        def run() -> None:
+            try:
+                call()
+            except Exception as exc:
+                outcome.append(exc)
+            else:
+                outcome.append(None)
+
+        thread = threading.Thread(target=run, name="transactions-call", daemon=True)
+        started = time.monotonic()
+        thread.start()
+        thread.join(_SLICE_S)
+        while thread.is_alive():
+            if time.monotonic() >= give_up or self._stop_spent():
+                raise _Stuck(f"a transaction's call has not returned in {time.monotonic() - started:.0f} s")
+            thread.join(_SLICE_S)
+        [error] = outcome
+        if error is not None:
+            raise error
 
     def _retrying(self, call: Callable[[], T], give_up: float | None) -> T:
         """call() again while it fails retriably (timed out): for as long as it takes while the worker
         runs, until give_up, and once it is stopping for as long as the stop allows and a broker answers."""
         while True:
+            tried = time.monotonic()
             try:
                 return call()
             except KafkaException as exc:
@@ -370,8 +428,13 @@ class TransactionalSink:
                     raise
                 if give_up is not None and time.monotonic() >= give_up:
                     raise _GaveUp(error.str()) from None
-                if self._waits.stopping() and not self._waits.waiting(self._waits.give_up_at()):
+                if self._stop_spent():
                     raise _GaveUp(error.str()) from None
+                # Refused at once (another call in progress, say): not tried again in a busy loop.
+                time.sleep(max(0.0, tried + _RETRY_MIN_S - time.monotonic()))
+
+    def _stop_spent(self) -> bool:
+        return self._waits.stopping() and not self._waits.waiting(self._waits.give_up_at())
 
     def _recover(self, exc: KafkaException | _GaveUp, produced: list[OutcomeRecord]) -> None:
         """After a failed transaction: abort it, stage its records again, and run the fallback of each one
@@ -388,6 +451,33 @@ class TransactionalSink:
         except (KafkaException, _GaveUp) as abort_exc:
             self._halt_fatal(f"transactions: could not abort a failed transaction: {abort_exc}")
             return
+        self._stage_again(produced)
+
+    def _replace(self, exc: _Stuck, produced: list[OutcomeRecord]) -> None:
+        """After a call that holds its transaction was given up on: a new producer takes the transactional
+        id over, which aborts that transaction, and its records are staged again."""
+        metrics.TRANSACTIONS.labels(result="aborted").inc()
+        if self._waits.stopping():
+            self._halt_fatal(f"transactions: {exc}")
+            return
+        if len(self._replaced) >= _MAX_REPLACED:
+            self._halt_fatal(f"transactions: {exc}, after {len(self._replaced)} producers replaced so")
+            return
+        log.error("%s; a new producer takes the transactional id over and aborts the transaction", exc)
+        self._replaced.append(self._producer)
+        producer = self._new_producer()
+        try:
+            self._retrying(functools.partial(producer.init_transactions, _OFFSETS_SLICE_S), None)
+        except (KafkaException, _GaveUp) as init_exc:
+            self._halt_fatal(
+                f"transactions: a new producer could not take the transactional id over: {init_exc}"
+            )
+            return
+        self._producer = producer
+        self._stage_again(produced)
+
+    def _stage_again(self, produced: list[OutcomeRecord]) -> None:
+        """The records of an aborted transaction: staged for the next one, or their fallback run."""
         if self._halted:
             return
         with self._staging:

@@ -28,7 +28,13 @@ from core.broker_watch import BrokerWatch
 from core.cache_keys import ModelProfile, precision_name
 from core.cache_signing import CacheSigner
 from core.errors import CaptionerError, ImageTooCostlyError
-from core.kafka_config import consumer_config, delivery_bound, producer_config, transactional
+from core.kafka_config import (
+    consumer_config,
+    delivery_bound,
+    producer_config,
+    transaction_timeout_s,
+    transactional,
+)
 from core.logs import LIBRDKAFKA_LOG
 from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
@@ -161,35 +167,18 @@ class InferenceWorker:
         Exactly once, the producer is transactional and its transactions commit both groups' offsets."""
         settings, client_id = self.settings, f"captioner-worker-{self.settings.worker_id}"
         with contextlib.ExitStack() as stack:
-            producer = Producer(
-                producer_config(self._kafka, self._topics, client_id=client_id)
-                # A reply topic that stops taking records holds its job, and every later job of the
-                # partition uncommitted, for this long at most (docs/failure-handling.md).
-                | delivery_bound(settings.delivery_timeout_s)
-                # No statistics: the producer knows every reply topic named to it, so they cost more;
-                # the consumers' say whether a broker answers.
-                | self._brokers.client_config(statistics=False)
-                # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
-                # our headers.
-                | {
-                    "allow.auto.create.topics": False,
-                    "message.max.bytes": self._topics.max_message_bytes + OUTCOME_HEADROOM_BYTES,
-                }
-                | (
-                    transactional(settings.transactional_id, delivery_timeout_s=settings.delivery_timeout_s)
-                    if settings.exactly_once
-                    else {}
-                )
-            )
+            producer = self._outcome_producer(client_id)
             stack.callback(self._flush, producer)
             tracker = OffsetTracker()
             sink: OutcomeSink
             if settings.exactly_once:
                 sink = self._transactions = TransactionalSink(
                     producer=producer,
+                    new_producer=functools.partial(self._outcome_producer, client_id),
                     tracker=tracker,
                     waits=self._waits,
                     delivery_timeout_s=settings.delivery_timeout_s,
+                    transaction_timeout_s=transaction_timeout_s(settings.delivery_timeout_s),
                     on_fatal=self._fatal,
                     transactional_id=settings.transactional_id,
                 )
@@ -270,6 +259,31 @@ class InferenceWorker:
                 stack.callback(self._join, feeder)
                 stack.callback(feeder.stopping.set)
             yield feeders, outcomes, BatchCollector(ready, self._batching)
+
+    def _outcome_producer(self, client_id: str) -> Producer:
+        """The producer of every outcome (exactly once, transactional: a new one can take a stuck one's
+        transactional id over)."""
+        settings = self.settings
+        return Producer(
+            producer_config(self._kafka, self._topics, client_id=client_id)
+            # A reply topic that stops taking records holds its job, and every later job of the
+            # partition uncommitted, for this long at most (docs/failure-handling.md).
+            | delivery_bound(settings.delivery_timeout_s)
+            # No statistics: the producer knows every reply topic named to it, so they cost more;
+            # the consumers' say whether a broker answers.
+            | self._brokers.client_config(statistics=False)
+            # Looking up a hostile reply_topic must never create it; a dead letter is the job plus
+            # our headers.
+            | {
+                "allow.auto.create.topics": False,
+                "message.max.bytes": self._topics.max_message_bytes + OUTCOME_HEADROOM_BYTES,
+            }
+            | (
+                transactional(settings.transactional_id, delivery_timeout_s=settings.delivery_timeout_s)
+                if settings.exactly_once
+                else {}
+            )
+        )
 
     def _cache_writer(
         self, sink: OutcomeSink, model: CaptionModel, *, tensor_pipeline: bool
