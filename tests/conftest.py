@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -14,7 +16,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from captioner.model_factory import make_model
 from core.settings import KafkaSettings, TopicSettings, UnknownSettingError, refuse_unknown_variables
 from core.topics import ensure_topics
-from tests.support.broker import kafka_cluster
+from tests.support.broker import SHARED_BOOTSTRAP_VARIABLE, kafka_cluster
 from tests.support.models import endless_model
 from tests.support.registry import LocalRegistry, local_registry
 from tests.support.repo import repo_files
@@ -39,6 +41,47 @@ def pytest_configure(config: pytest.Config) -> None:
         refuse_unknown_variables()
     except UnknownSettingError as exc:
         raise pytest.UsageError(f"{exc.message} (the tests' broker port is TEST_KAFKA_PORT)") from None
+
+
+_SHARED_SERVICES = pytest.StashKey[contextlib.ExitStack]()
+# Tests that use one of these session services run in one pytest-xdist worker (`--dist loadgroup`), so
+# that only one worker starts it: a schema registry or a secured broker is a JVM of its own, and the
+# example clients' builds share Maven's and Go's download caches.
+_GROUPED_FIXTURES = ("schema_registry", "secured_kafka")
+_GROUPED_PATHS = ("tests/examples/",)
+
+
+def _xdist_controller(config: pytest.Config) -> bool:
+    return bool(getattr(config.option, "numprocesses", None)) and not hasattr(config, "workerinput")
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Under pytest-xdist (`make test`), the controller starts the session's broker before its workers
+    start, and they inherit its address: one broker, not one per worker."""
+    if not _xdist_controller(session.config) or SHARED_BOOTSTRAP_VARIABLE in os.environ:
+        return
+    services = contextlib.ExitStack()
+    session.config.stash[_SHARED_SERVICES] = services
+    os.environ[SHARED_BOOTSTRAP_VARIABLE] = services.enter_context(kafka_cluster())
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    if services := config.stash.get(_SHARED_SERVICES, None):
+        services.close()
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """The slow tests first, so that pytest-xdist's workers start on them and end together; then each test
+    that uses a session service of its own kind is grouped with the others that do."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+    for item in items:
+        group = next((name for name in _GROUPED_FIXTURES if name in getattr(item, "fixturenames", ())), None)
+        if group is None and item.nodeid.startswith(_GROUPED_PATHS):
+            group = "examples"
+        if group is not None:
+            item.add_marker(pytest.mark.xdist_group(group))
 
 
 # Failing examples are printed with a reproduce blob; no example database inside the repository.

@@ -34,11 +34,17 @@ class Terminal(io.StringIO):
         return True
 
 
+def unregistered_logger(name: str) -> logging.Logger:
+    """A logger outside logging's registry, so pytest's log capture never attaches to it: it would carry
+    the hostile text (a lone surrogate) to the pytest-xdist controller, which cannot encode it."""
+    return logging.Logger(name)
+
+
 @pytest.fixture
 def log_stream() -> Iterator[tuple[logging.Logger, io.StringIO]]:
     stream = io.StringIO()
     handler = log_handler("json", stream)
-    logger = logging.getLogger("tests.core.test_logs")
+    logger = unregistered_logger("tests.core.test_logs")
     logger.addHandler(handler)
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
@@ -151,7 +157,7 @@ def text_lines(logger: logging.Logger, log: Callable[[logging.Logger], None]) ->
 
 @pytest.fixture
 def quiet_logger() -> Iterator[logging.Logger]:
-    logger = logging.getLogger("tests.core.test_logs.quiet")
+    logger = unregistered_logger("tests.core.test_logs.quiet")
     logger.setLevel(logging.DEBUG)
     logger.propagate = False
     yield logger

@@ -217,6 +217,17 @@ def hostile_request(**fields: Any) -> bytes:
         (hostile_request(max_new_tokens=0), "invalid_request", True),
         (hostile_request(content_type="application/postscript"), "invalid_request", True),
     ],
+    # The same ids in every pytest-xdist worker (a request carries a fresh correlation id and time)
+    ids=[
+        "null",
+        "unknown-fingerprint",
+        "not-single-object",
+        "reply-partition-999",
+        "reply-partition-negative",
+        "reply-topic-is-the-request-topic",
+        "max-new-tokens-0",
+        "postscript",
+    ],
 )
 def test_each_hostile_record_ends_in_its_own_outcome(
     feeder: JobFeeder, ready: queue.Queue[Job], value: bytes | None, code: str, answerable: bool

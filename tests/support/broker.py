@@ -15,7 +15,12 @@ REPO = Path(__file__).resolve().parents[2]
 BROKER_SCRIPT = REPO / "infra" / "kafka" / "broker.sh"
 # Outside the CAPTIONER_ prefix: the services the tests start inherit the environment, and refuse any
 # CAPTIONER_* variable that is not a setting.
-TEST_BROKER_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
+BASE_PORT = int(os.environ.get("TEST_KAFKA_PORT", "19092"))
+# `make test` runs the suite in several pytest-xdist workers (PYTEST_XDIST_WORKER gw0, gw1, ...): each
+# starts its own brokers and registry, 100 ports above the one before (the secured broker is +10, the
+# registry +20, make chaos's cluster +1000).
+WORKER_INDEX = int(os.environ.get("PYTEST_XDIST_WORKER", "gw0").removeprefix("gw") or 0)
+TEST_BROKER_PORT = BASE_PORT + 100 * WORKER_INDEX
 
 
 def docker_answers() -> bool:
@@ -28,10 +33,15 @@ def docker_answers() -> bool:
         return False
 
 
+# The broker that pytest-xdist's controller started for its workers (tests/conftest.py); not
+# KAFKA_BOOTSTRAP_SERVERS, which would point the `make run` the tests drive at it.
+SHARED_BOOTSTRAP_VARIABLE = "TEST_KAFKA_SHARED_BOOTSTRAP"
+
+
 @contextmanager
 def kafka_cluster() -> Iterator[str]:
     """Yields a bootstrap address for the whole test session."""
-    if given := os.environ.get("KAFKA_BOOTSTRAP_SERVERS"):
+    if given := os.environ.get("KAFKA_BOOTSTRAP_SERVERS") or os.environ.get(SHARED_BOOTSTRAP_VARIABLE):
         yield given
     elif docker_answers():
         yield from _testcontainers_kafka()
