@@ -22,10 +22,9 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from bench.__main__ import ImageSets, capacity_phase, guarantee_base_phase, memory_phase, service_spec
+from bench.__main__ import ImageSets, capacity_phase, memory_phase, service_spec
 from bench.ceiling import describe_machine
 from bench.config import BenchConfig, load_config
-from bench.exactly_once import AT_LEAST_ONCE, EXACTLY_ONCE, GuaranteeComparison, GuaranteeRun
 from bench.load import LoadClient, load_client
 from bench.measure import measure_saturation
 from bench.service import running_service, start_broker
@@ -57,6 +56,11 @@ def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap
 
 
 def exactly_once(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    # Imported here: an older tree run with this driver (PYTHONPATH) has none of it, and its other
+    # phases must still run.
+    from bench.__main__ import guarantee_base_phase
+    from bench.exactly_once import AT_LEAST_ONCE, EXACTLY_ONCE, GuaranteeComparison, GuaranteeRun
+
     guarantees = (AT_LEAST_ONCE, EXACTLY_ONCE)
     bases = [guarantee_base_phase(config, images, client, bootstrap, guarantee) for guarantee in guarantees]
     capacities = [
