@@ -67,6 +67,15 @@ What each number means (the JSON object on the last line of stdout)
                      count. The base run's workers when WORKERS >= 2, else a short phase of its own.
     decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
                      4 images, free-length and forced-length (in-process).
+    service_img_s_eos, idle_ms_eos, overhead_p50_ms_eos, capacity_rps_eos, api_cpu_ms_per_request_eos
+                     the same figures with CAPTIONER_DELIVERY_GUARANTEE=exactly_once (one Kafka transaction
+                     per commit): the base service again right after the base run (idle run, then
+                     saturation), the tiny one right after the capacity run; null where the environment
+                     already sets exactly_once (then every service of the run is, and there is nothing to
+                     compare). The run's own services otherwise run at least once, the default.
+    eos_saturation_ratio, eos_capacity_ratio
+                     service_img_s_eos / service_img_s and capacity_rps_eos / capacity_rps (1: exactly once
+                     costs nothing); a table shows every figure under both guarantees side by side.
     gpu_service_img_s, gpu_inprocess_img_s, gpu_p99_ms, gpu_name
                      only where CUDA is available (null elsewhere): the service on the GPU (base model,
                      fp16, tensor image pipeline) over the same photo mix, and the same work in-process
@@ -91,6 +100,7 @@ from bench.bf16 import DTYPE, Bf16Result
 from bench.breakdown import broker_pid
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
+from bench.exactly_once import EXACTLY_ONCE, guarantee_run, with_guarantee
 from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
 from bench.inprocess import (
@@ -122,6 +132,7 @@ from bench.models import ensure_model
 from bench.naive import NaiveResult, run_naive
 from bench.report import BenchResults, print_report
 from bench.service import BROKER_SH, Service, ServiceSpec, running_service, start_broker
+from bench.stats import median
 from bench.warmup import warm_up_broker
 from core.cpu_features import bf16_refusal, host_cpu_flags
 from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
@@ -270,6 +281,40 @@ def base_service_phase(
     )
 
 
+def guarantee_base_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str, guarantee: str
+) -> tuple[IdleResult, SaturationResult]:
+    """The base service under `guarantee`: its idle latency (as the base run's) and its saturation."""
+    spec = with_guarantee(service_spec(config, "base"), guarantee)
+    log(f"service (base model, {guarantee}): idle, then saturation")
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        idle = idle_phase(config, images, client, service)
+        saturation = measure_saturation(
+            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+        )
+    log(f"service ({guarantee}): idle {median(idle.e2e_ms):.0f} ms, {saturation.img_s:.3f} img/s")
+    return idle, saturation
+
+
+def exactly_once_base_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> tuple[IdleResult, SaturationResult] | None:
+    """Right after the base run, the same service with exactly once; None where the run's own already is."""
+    if config.exactly_once:
+        log("exactly once: not compared, CAPTIONER_DELIVERY_GUARANTEE=exactly_once: every service runs it")
+        return None
+    return guarantee_base_phase(config, images, client, bootstrap, EXACTLY_ONCE)
+
+
+def exactly_once_capacity_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+) -> tuple[CapacityResult, ApiCost] | None:
+    """Right after the capacity run, the same with exactly once; None where the run's own already is."""
+    if config.exactly_once:
+        return None
+    return capacity_phase(config, images, client, bootstrap, guarantee=EXACTLY_ONCE)
+
+
 def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> list[float]:
     """Two base-model workers splitting the cores, as on a host that runs several: each one's peak USS
     while they serve a closed loop at saturation (1.5 of the base run's batches in flight, until twice
@@ -351,10 +396,16 @@ def steady_phase(
 
 
 def capacity_phase(
-    config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
+    config: BenchConfig,
+    images: ImageSets,
+    client: LoadClient,
+    bootstrap: str,
+    *,
+    guarantee: str | None = None,  # None: the environment's CAPTIONER_DELIVERY_GUARANTEE
 ) -> tuple[CapacityResult, ApiCost]:
-    log("capacity (tiny model): starting service")
     spec = service_spec(config, "tiny")
+    spec = spec if guarantee is None else with_guarantee(spec, guarantee)
+    log(f"capacity (tiny model{f', {guarantee}' if guarantee else ''}): starting service")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
         log(f"capacity: the API's CPU time per request at {API_COST_RATE:g} req/s")
         api_cost = measure_api_cost(
@@ -385,7 +436,9 @@ def run(config: BenchConfig) -> BenchResults:
         log(warmup.describe())
         client = stack.enter_context(load_client())
         base = base_service_phase(config, images, client, bootstrap)
+        eos_base = exactly_once_base_phase(config, images, client, bootstrap)
         capacity, api_cost = capacity_phase(config, images, client, bootstrap)
+        eos_capacity = exactly_once_capacity_phase(config, images, client, bootstrap)
         worker_uss_mb = (
             base.worker_uss_mb
             if config.workers >= MEMORY_WORKERS
@@ -413,6 +466,7 @@ def run(config: BenchConfig) -> BenchResults:
         wall_s=time.perf_counter() - started,
         gpu=gpu,
         bf16=bf16,
+        exactly_once=guarantee_run(EXACTLY_ONCE, eos_base, eos_capacity),
     )
 
 

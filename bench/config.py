@@ -94,6 +94,8 @@ class BenchConfig:
     batch_size: int  # the base model's batch at saturation, which sizes the closed loop
     run_id: str
     run_dir: Path
+    # CAPTIONER_DELIVERY_GUARANTEE=exactly_once: the run's own services already are, nothing to compare with
+    exactly_once: bool = False
 
     @property
     def saturation_concurrency(self) -> int:
@@ -159,6 +161,7 @@ def load_config() -> BenchConfig:
         batch_size=bench.batch_size or min(worker.max_batch_size, BASE_CPU_BATCH),
         run_id=run_id,
         run_dir=REPO / ".local" / "bench" / run_id,
+        exactly_once=worker.exactly_once,
     )
 
 

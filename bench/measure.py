@@ -14,7 +14,7 @@ from bench.images import BenchImage
 from bench.inprocess import ReferenceRun
 from bench.load import ClosedLoop, LoadClient, LoadRun, OpenLoop, Outcome, Sequential, Target
 from bench.service import Service
-from bench.stats import LatencySummary, completion_rate
+from bench.stats import LatencySummary, completion_rate, median
 
 CLIENT_TIMEOUT_S = 180.0  # longer than the API's request timeout (bench.service), so a 504 is the API's
 # Every phase but the repeated-images one sends the same few images again and again: each must reach a
@@ -59,6 +59,15 @@ class IdleResult:
     def outside_model_ms(self) -> list[float]:
         """Per request: end-to-end minus the worker's own model time for it."""
         return [e2e - model for e2e, model in zip(self.e2e_ms, self.inference_ms, strict=True)]
+
+    @property
+    def overhead_p50_ms(self) -> float:
+        """What the service adds around the model: per request, end-to-end minus the worker's own model
+        time, less the in-process decode + preprocess that the worker also does. Both model timings
+        (worker and in-process) vary between runs by more than the overhead itself (docs/performance.md),
+        so differencing them would drown it in noise; the model time is taken from the same request
+        instead."""
+        return median(self.outside_model_ms) - median(self.reference_prep_ms)
 
 
 def measure_idle(

@@ -1,6 +1,7 @@
 """One phase of `make bench` alone, repeated: to compare two trees side by side in one session.
 
-    python -m bench.phase saturation|capacity|memory [--repeat N]      (make bench-phase PHASE=... REPEAT=...)
+    python -m bench.phase saturation|capacity|memory|exactly-once [--repeat N]
+                                                                    (make bench-phase PHASE=... REPEAT=...)
 
 Figures move between runs and machines, so a change is judged against its parent measured right before
 or after it, on the same quiet machine. For an older commit that has no bench/phase.py, check it out in
@@ -9,7 +10,9 @@ a git worktree and run this file from the current tree with PYTHONPATH naming th
     PYTHONPATH=/path/to/worktree .venv/bin/python bench/phase.py capacity --repeat 2
 
 The `bench` package (and the service it starts) then comes from the worktree; only this driver is new.
-It prints the machine (CPU flags, sgemm rate) first, then one line per repeat.
+It prints the machine (CPU flags, sgemm rate) first, then one line per repeat. `exactly-once` runs the
+base service (idle, saturation) and the tiny one (capacity) under each delivery guarantee, at least once
+first, each pair back to back, and prints each figure as at_least_once / exactly_once.
 """
 
 from __future__ import annotations
@@ -52,7 +55,31 @@ def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap
     return "uss_mb_per_worker " + " ".join(f"{peak:.0f}" for peak in peaks)
 
 
-PHASES: dict[str, Phase] = {"saturation": saturation, "capacity": capacity, "memory": memory}
+def exactly_once(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    # Imported here: an older tree run with this driver (PYTHONPATH) has none of it, and its other
+    # phases must still run.
+    from bench.__main__ import guarantee_base_phase
+    from bench.exactly_once import AT_LEAST_ONCE, EXACTLY_ONCE, GuaranteeComparison, GuaranteeRun
+
+    guarantees = (AT_LEAST_ONCE, EXACTLY_ONCE)
+    bases = [guarantee_base_phase(config, images, client, bootstrap, guarantee) for guarantee in guarantees]
+    capacities = [
+        capacity_phase(config, images, client, bootstrap, guarantee=guarantee) for guarantee in guarantees
+    ]
+    at_least_once, exactly_once = (
+        GuaranteeRun(guarantee=guarantee, idle=idle, saturation=saturation, capacity=result, api_cost=cost)
+        for guarantee, (idle, saturation), (result, cost) in zip(guarantees, bases, capacities, strict=True)
+    )
+    comparison = GuaranteeComparison(at_least_once=at_least_once, exactly_once=exactly_once)
+    return f"at_least_once / exactly_once: {comparison.describe()}"
+
+
+PHASES: dict[str, Phase] = {
+    "saturation": saturation,
+    "capacity": capacity,
+    "memory": memory,
+    "exactly-once": exactly_once,
+}
 
 
 def parse_args(argv: Sequence[str]) -> argparse.Namespace:

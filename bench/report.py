@@ -14,6 +14,7 @@ from bench.bf16 import Bf16Result
 from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
 from bench.ceiling import Ceiling
 from bench.config import BenchConfig
+from bench.exactly_once import AT_LEAST_ONCE, GuaranteeComparison, GuaranteeRun
 from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
 from bench.inprocess import DecoderCheck
@@ -40,6 +41,17 @@ BREAKDOWN_KEYS = (
     *(f"worker_share_{stage}" for stage in (*THREAD_STAGES, OTHER)),
     *(f"{stage}_ms_per_img" for stage in POOL_STAGES),
     *(f"cpu_ms_per_img_{role}" for role in CPU_ROLES),
+)
+
+# The same figures with exactly once (bench/exactly_once.py), and its throughputs over at least once's.
+EXACTLY_ONCE_KEYS = (
+    "service_img_s_eos",
+    "idle_ms_eos",
+    "overhead_p50_ms_eos",
+    "capacity_rps_eos",
+    "api_cpu_ms_per_request_eos",
+    "eos_saturation_ratio",
+    "eos_capacity_ratio",
 )
 
 SUMMARY_KEYS = (
@@ -72,6 +84,7 @@ SUMMARY_KEYS = (
     "cpu_ceiling_img_s_bf16",
     "ceiling_share_bf16",
     "bf16_same_titles",
+    *EXACTLY_ONCE_KEYS,
     "gpu_service_img_s",
     "gpu_inprocess_img_s",
     "gpu_p99_ms",
@@ -100,15 +113,27 @@ class BenchResults:
     wall_s: float
     gpu: GpuResult | None = None  # None without CUDA
     bf16: Bf16Result | None = None  # None where the CPU lacks native bfloat16
+    # The base and tiny services again with exactly once; None where the run's own already were
+    exactly_once: GuaranteeRun | None = None
+
+    @property
+    def guarantees(self) -> GuaranteeComparison | None:
+        """This run's at-least-once figures beside its exactly-once ones, where it measured those."""
+        if self.exactly_once is None:
+            return None
+        at_least_once = GuaranteeRun(
+            guarantee=AT_LEAST_ONCE,
+            idle=self.idle,
+            saturation=self.saturation,
+            capacity=self.capacity,
+            api_cost=self.api_cost,
+        )
+        return GuaranteeComparison(at_least_once=at_least_once, exactly_once=self.exactly_once)
 
     @property
     def overhead_p50_ms(self) -> float:
-        """What the service adds around the model: per request, end-to-end minus the worker's own model
-        time, less the in-process decode + preprocess that the worker also does. Both model timings
-        (worker and in-process) vary between runs by more than the overhead itself (docs/performance.md),
-        so differencing them would drown it in noise; the model time is taken from the same request
-        instead."""
-        return median(self.idle.outside_model_ms) - median(self.idle.reference_prep_ms)
+        """What the service adds around the model (IdleResult.overhead_p50_ms)."""
+        return self.idle.overhead_p50_ms
 
     @property
     def idle_ms(self) -> float:
@@ -164,12 +189,29 @@ class BenchResults:
             "cpu_ceiling_img_s_bf16": bf16.ceiling.img_s if bf16 else None,
             "ceiling_share_bf16": bf16.ceiling_share if bf16 else None,
             "bf16_same_titles": bf16.same_titles if bf16 else None,
+            **exactly_once_summary(self.guarantees),
             "gpu_service_img_s": gpu.service_img_s if gpu else None,
             "gpu_inprocess_img_s": gpu.inprocess_img_s if gpu else None,
             "gpu_p99_ms": gpu.p99_ms if gpu else None,
             "gpu_name": gpu.name if gpu else None,
         }
         return {key: _json_number(values[key]) for key in SUMMARY_KEYS}
+
+
+def exactly_once_summary(guarantees: GuaranteeComparison | None) -> dict[str, float | None]:
+    """EXACTLY_ONCE_KEYS; None each when the run did not measure exactly once."""
+    if guarantees is None:
+        return dict.fromkeys(EXACTLY_ONCE_KEYS)
+    eos = guarantees.exactly_once
+    return {
+        "service_img_s_eos": eos.service_img_s,
+        "idle_ms_eos": eos.idle_ms,
+        "overhead_p50_ms_eos": eos.overhead_p50_ms,
+        "capacity_rps_eos": eos.capacity_rps,
+        "api_cpu_ms_per_request_eos": eos.api_cpu_ms_per_request,
+        "eos_saturation_ratio": guarantees.saturation_ratio,
+        "eos_capacity_ratio": guarantees.capacity_ratio,
+    }
 
 
 def breakdown_summary(breakdown: Breakdown | None) -> dict[str, float | None]:
@@ -206,6 +248,8 @@ def print_report(results: BenchResults) -> None:
         console.print(breakdown_table(results.saturation.breakdown))
     console.print(_steady_table(results))
     console.print(capacity_table(results.capacity))
+    if results.guarantees is not None:
+        console.print(guarantees_table(results.guarantees))
     console.print(results.warmup.describe(), highlight=False)
     console.print(
         f"logs: {results.config.run_dir}   wall time: {results.wall_s:.0f} s   quick: {results.config.quick}",
@@ -464,4 +508,15 @@ def capacity_table(
             f"{step.max_lag_ms:.0f}",
             "yes" if step.passed else "no",
         )
+    return table
+
+
+def guarantees_table(guarantees: GuaranteeComparison) -> Table:
+    """Each figure under both delivery guarantees, side by side (the JSON keys: *_eos, eos_*_ratio)."""
+    table = Table(title="delivery guarantees side by side (CAPTIONER_DELIVERY_GUARANTEE, same run)")
+    table.add_column("figure")
+    for column in ("at_least_once", "exactly_once", "exactly once vs at least once"):
+        table.add_column(column, justify="right")
+    for row in guarantees.rows():
+        table.add_row(*row)
     return table

@@ -7,11 +7,19 @@ import pytest
 from bench.phase import PHASES, parse_args
 
 
-@pytest.mark.parametrize("phase", ["saturation", "capacity", "memory"])
-def test_each_named_phase_can_run_alone(phase: str) -> None:
+@pytest.mark.parametrize(
+    ("phase", "function"),
+    [
+        ("saturation", "saturation"),
+        ("capacity", "capacity"),
+        ("memory", "memory"),
+        ("exactly-once", "exactly_once"),
+    ],
+)
+def test_each_named_phase_can_run_alone(phase: str, function: str) -> None:
     args = parse_args([phase, "--repeat", "3"])
 
-    assert PHASES[args.phase].__name__ == phase and args.repeat == 3
+    assert PHASES[args.phase].__name__ == function and args.repeat == 3
 
 
 @pytest.mark.parametrize(

@@ -6,9 +6,11 @@ import math
 
 import pytest
 
+import bench.__main__ as bench_main
 from bench.bf16 import Bf16Result
 from bench.breakdown import Breakdown
 from bench.ceiling import Ceiling, KernelTime, Machine, cpu_flags
+from bench.exactly_once import EXACTLY_ONCE, GuaranteeRun
 from bench.gpu_phase import GpuResult
 from bench.images import make_image
 from bench.inprocess import DecoderCheck
@@ -23,10 +25,11 @@ from bench.measure import (
     SteadyResult,
 )
 from bench.naive import NaiveResult
-from bench.report import SUMMARY_KEYS, BenchResults, print_report
+from bench.report import EXACTLY_ONCE_KEYS, SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
 from bench.warmup import WarmupResult
 from tests.bench.conftest import quick_config
+from tests.support.repo import REPO
 
 
 def _latency(errors: int = 0, slower: float = 1.0) -> LatencySummary:
@@ -202,6 +205,80 @@ def test_a_bf16_run_adds_its_figures() -> None:
     assert summary["cpu_ceiling_img_s_bf16"] == pytest.approx(16.0)  # a batch of 8 in 0.5 s
     assert summary["ceiling_share_bf16"] == pytest.approx(6.0 / 16.0)
     assert summary["bf16_same_titles"] == 9
+
+
+def _exactly_once(results: BenchResults) -> GuaranteeRun:
+    """The same figures as `results`' own, with exactly once: 1.5 img/s, 120 req/s, 30 ms slower idle."""
+    idle = results.idle
+    return GuaranteeRun(
+        guarantee=EXACTLY_ONCE,
+        idle=dataclasses.replace(
+            idle,
+            e2e_ms=[ms + 30.0 for ms in idle.e2e_ms],
+            api_ms=[ms + 30.0 for ms in idle.api_ms],
+        ),
+        saturation=dataclasses.replace(results.saturation, img_s=1.5),
+        capacity=CapacityResult([_step(100, 100), _step(120, 120), _step(200, 150)]),
+        api_cost=ApiCost(rate=100.0, requests=400, answered=400, api_cpu_s=1.0),
+    )
+
+
+def test_without_exactly_once_its_keys_are_null_and_no_table_compares(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    print_report(_results())
+
+    out = capsys.readouterr().out
+    summary = json.loads(out.strip().splitlines()[-1])
+    assert summary["service_img_s_eos"] is None and summary["idle_ms_eos"] is None
+    assert summary["capacity_rps_eos"] is None and summary["eos_saturation_ratio"] is None
+    assert "delivery guarantees side by side" not in out
+
+
+def test_an_exactly_once_run_adds_its_figures_and_its_ratios_to_at_least_once() -> None:
+    results = _results()
+
+    summary = dataclasses.replace(results, exactly_once=_exactly_once(results)).summary()
+
+    assert summary["service_img_s_eos"] == pytest.approx(1.5)
+    assert summary["idle_ms_eos"] == pytest.approx(1180.0)  # median of 1130 and 1230 ms
+    assert summary["overhead_p50_ms_eos"] == pytest.approx(205.0)  # 30 ms more than at least once's 175
+    assert summary["capacity_rps_eos"] == 120
+    assert summary["api_cpu_ms_per_request_eos"] == pytest.approx(2.5)  # 1.0 CPU s over 400 requests
+    assert summary["eos_saturation_ratio"] == pytest.approx(0.75)  # 1.5 img/s of at least once's 2.0
+    assert summary["eos_capacity_ratio"] == pytest.approx(1.2)  # 120 req/s of 100
+    # at least once's own keys are the base run's, as without exactly once
+    assert (summary["service_img_s"], summary["idle_ms"]) == (2.0, pytest.approx(1150.0))
+
+
+def test_an_exactly_once_ratio_over_no_capacity_is_null() -> None:
+    results = _results()
+    no_capacity = dataclasses.replace(results, capacity=CapacityResult([_step(100, 50)]))
+
+    summary = dataclasses.replace(no_capacity, exactly_once=_exactly_once(results)).summary()
+
+    assert summary["capacity_rps"] == 0 and summary["capacity_rps_eos"] == 120
+    assert summary["eos_capacity_ratio"] is None
+
+
+def test_the_report_shows_both_guarantees_side_by_side(capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results()
+
+    print_report(dataclasses.replace(results, exactly_once=_exactly_once(results)))
+
+    out = capsys.readouterr().out
+    assert "delivery guarantees side by side" in out
+    line = next(line for line in out.splitlines() if "service_img_s" in line and "0.75 x" in line)
+    assert "2.000" in line and "1.500" in line
+    assert json.loads(out.strip().splitlines()[-1])["eos_saturation_ratio"] == pytest.approx(0.75)
+
+
+def test_the_exactly_once_keys_are_documented_with_the_others() -> None:
+    performance = (REPO / "docs" / "performance.md").read_text()
+    usage = bench_main.__doc__ or ""
+
+    for key in EXACTLY_ONCE_KEYS:
+        assert f"`{key}`" in performance and key in usage, key
 
 
 def test_summary_reports_each_load_level_and_the_idle_latency() -> None:
