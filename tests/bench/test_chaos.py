@@ -148,10 +148,10 @@ def test_the_kafka_callers_take_their_share_of_the_requests_spread_out() -> None
     assert not any(takes(index, 0.0) for index in range(100))
 
 
-def test_chaos_workers_run_exactly_once_by_default(environment: Environment, tmp_path: Path) -> None:
+def test_chaos_workers_run_as_the_service_does_by_default(environment: Environment, tmp_path: Path) -> None:
     config = load_config()
-    assert config.delivery_guarantee == "exactly_once"
+    assert config.delivery_guarantee == "at_least_once"
     env = service_env(config, bootstrap="localhost:1", model_dir=tmp_path)
-    assert env["CAPTIONER_DELIVERY_GUARANTEE"] == "exactly_once"
-    environment(CHAOS_DELIVERY_GUARANTEE="at_least_once")
-    assert load_config().delivery_guarantee == "at_least_once"
+    assert env["CAPTIONER_DELIVERY_GUARANTEE"] == "at_least_once"
+    environment(CHAOS_DELIVERY_GUARANTEE="exactly_once")
+    assert load_config().delivery_guarantee == "exactly_once"

@@ -41,6 +41,7 @@ def test_a_leader_and_a_worker_killed_under_load_lose_no_request(
         CHAOS_RATE="15",
         CHAOS_STEADY_S="6",
         CHAOS_IMAGES="4",
+        CHAOS_DELIVERY_GUARANTEE="exactly_once",  # a leader kill and a worker kill, duplicate_replies 0
         CHAOS_STABLE_S="3",
         CHAOS_MODEL_DIR=str(tiny_model_dir),
         CHAOS_RUN_DIR=str(tmp_path),
