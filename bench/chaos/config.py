@@ -76,7 +76,7 @@ class ChaosSettings(BaseSettings):
     new_tokens: int = Field(default=100, ge=1, le=512)
     max_recovery_s: float = Field(default=60.0, gt=0)
     stable_s: float = Field(default=5.0, gt=0)
-    # The service's own default; exactly once is not yet proven through every fault (docs/replicated-cluster.md)
+    # The service's default: exactly once is not yet proven through every fault (docs/replicated-cluster.md)
     delivery_guarantee: Literal["exactly_once", "at_least_once"] = "at_least_once"
     kafka_caller_share: float = Field(default=0.2, ge=0, lt=1)
 
