@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from bench.chaos.__main__ import passed
 from bench.chaos.config import FAULTS, load_config
 from bench.chaos.kafka_callers import (
     KafkaJob,
@@ -155,3 +156,24 @@ def test_chaos_workers_run_as_the_service_does_by_default(environment: Environme
     assert env["CAPTIONER_DELIVERY_GUARANTEE"] == "at_least_once"
     environment(CHAOS_DELIVERY_GUARANTEE="exactly_once")
     assert load_config().delivery_guarantee == "exactly_once"
+
+
+CLEAN_SUMMARY = {"lost": 0, "wrong_title": 0, "duplicate_replies": 0, "uncommitted_jobs": 0}
+
+
+@pytest.mark.parametrize(
+    ("counts", "guarantee", "expected"),
+    [
+        ({}, "exactly_once", True),
+        ({"duplicate_replies": 1}, "exactly_once", False),
+        ({"duplicate_replies": 1}, "at_least_once", True),
+        ({"lost": 1}, "at_least_once", False),
+        ({"wrong_title": 1}, "at_least_once", False),
+        ({"uncommitted_jobs": 1}, "at_least_once", False),
+    ],
+    ids=["clean", "duplicate-exactly-once", "duplicate-at-least-once", "lost", "wrong-title", "uncommitted"],
+)
+def test_a_run_passes_with_duplicate_replies_only_at_least_once(
+    counts: dict[str, int], guarantee: str, expected: bool
+) -> None:
+    assert passed(CLEAN_SUMMARY | counts, delivery_guarantee=guarantee) is expected
