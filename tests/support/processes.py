@@ -21,7 +21,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import Any, Protocol
 
 CAPTIONER = str(Path(sys.executable).parent / "captioner")
 REPO = Path(__file__).resolve().parents[2]
@@ -45,10 +45,30 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class ChildProcess(Protocol):
+    """What ServiceProcess needs of a child: subprocess.Popen, or tests/support/preloaded.py's fork."""
+
+    @property
+    def pid(self) -> int: ...
+
+    @property
+    def returncode(self) -> int | None: ...
+
+    def poll(self) -> int | None: ...
+
+    def wait(self, timeout: float | None = None) -> int: ...
+
+    def send_signal(self, signum: int) -> None: ...
+
+    def terminate(self) -> None: ...
+
+    def kill(self) -> None: ...
+
+
 @dataclass
 class ServiceProcess:
     name: str
-    popen: subprocess.Popen[bytes]
+    popen: ChildProcess
     log_path: Path
 
     @property
