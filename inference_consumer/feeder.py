@@ -106,6 +106,8 @@ class JobFeeder:
         self._requests = requests
         self._holds = RetryHolds(consumer, retry_topics=retry_topics, max_hold_s=max_hold_s)
         self._assigned = AssignedPartitions(topics)
+        # Partitions a rebalance callback let go of during the poll in progress (see `_take`).
+        self._let_go_in_poll: set[tuple[str, int]] = set()
         self.stopping = threading.Event()
         self._thread = threading.Thread(target=self._run, name="job-feeder", daemon=True)
 
@@ -124,19 +126,23 @@ class JobFeeder:
     def _run(self) -> None:
         try:
             while not self.stopping.is_set():
-                messages = poll_batch(self._consumer, max_messages=self._fetch_size, timeout_s=0.1)
-                self._outcomes.serve()
-                for message in messages:
-                    self._take(message)
-                self._commits.store(self._consumer, self._topics)
-                self._holds.release_due()
-                if self._chore is not None:
-                    self._chore(self._consumer)
+                self._poll_once()
         except Exception as exc:  # a bug, not a record: _take contains each record's failures
             log.exception("job feeder failed")
             self._on_fatal(f"job feeder failed: {type(exc).__name__}: {exc}")
         finally:
             self.stopping.set()
+
+    def _poll_once(self) -> None:
+        self._let_go_in_poll.clear()
+        messages = poll_batch(self._consumer, max_messages=self._fetch_size, timeout_s=0.1)
+        self._outcomes.serve()
+        for message in messages:
+            self._take(message)
+        self._commits.store(self._consumer, self._topics)
+        self._holds.release_due()
+        if self._chore is not None:
+            self._chore(self._consumer)
 
     def _take(self, message: Message) -> None:
         error = message.error()
@@ -144,6 +150,11 @@ class JobFeeder:
             self._consumer_error(error)
             return
         topic, partition, offset = position(message)
+        if (topic, partition) in self._let_go_in_poll:
+            # Fetched before a rebalance callback of the same poll let its partition go: tracked now, it
+            # would count under the partition's next assignment, and a zombie back in the group with a
+            # fresh generation would commit it beside the partition's new owner. That owner runs it.
+            return
         if self._holds.holds(topic, partition):
             return  # fetched behind a held retry record; it is fetched again after the hold
         job = Job.from_message(message)
@@ -218,6 +229,7 @@ class JobFeeder:
         self._let_go(keys, partitions)
 
     def _let_go(self, keys: list[tuple[str, int]], partitions: list[TopicPartition]) -> None:
+        self._let_go_in_poll.update(keys)
         self._holds.forget(keys)
         self._assigned.revoked(partitions)
 

@@ -12,7 +12,7 @@ from typing import Any
 
 import pytest
 import torch
-from confluent_kafka import Message
+from confluent_kafka import Message, TopicPartition
 from hypothesis import given, settings
 
 from core.offsets import OffsetTracker
@@ -32,6 +32,12 @@ class IdleProducer:
 
     def poll(self, _timeout: float = 0) -> int:
         self.polls += 1
+        return 0
+
+    def __len__(self) -> int:
+        return 0
+
+    def flush(self, _timeout: float) -> int:
         return 0
 
 
@@ -281,6 +287,47 @@ def test_a_retry_record_not_yet_due_holds_its_partition(ready: queue.Queue[Job])
 
     assert len(consumer.paused) == 1
     assert ready.empty() and outcomes.failures == []
+
+
+class RebalancedConsumer:
+    """Its poll returns records fetched before a rebalance callback that the same poll serves, then the
+    rest after it, as librdkafka's one queue of records and callbacks, served in order, can."""
+
+    def __init__(self, records: list[Message]) -> None:
+        self.records = records
+        self.callback: Any = None  # the feeder's _on_lost or _on_revoke
+        self.stored: list[TopicPartition] = []
+
+    def poll(self, _timeout: float) -> Message:
+        return self.records[0]
+
+    def consume(self, *, num_messages: int, timeout: float) -> list[Message]:
+        self.callback(self, [TopicPartition("captioner.requests", 0)])
+        return self.records[1:]
+
+    def store_offsets(self, *, offsets: list[TopicPartition]) -> None:
+        self.stored += offsets
+
+    def commit(self, *, asynchronous: bool) -> None:
+        pass
+
+
+@pytest.mark.parametrize("rebalance", ["lost", "revoked"])
+def test_records_fetched_before_their_partition_went_in_the_same_poll_are_left_to_its_next_owner(
+    ready: queue.Queue[Job], rebalance: str
+) -> None:
+    consumer = RebalancedConsumer([request_message(offset) for offset in range(3)])
+    with ThreadPoolExecutor(1) as pool:
+        feeder = build_feeder(
+            backlog=Backlog(8), ready=ready, pool=pool, on_fatal=list[str]().append, consumer=consumer
+        )
+        consumer.callback = feeder._on_lost if rebalance == "lost" else feeder._on_revoke
+
+        feeder._poll_once()
+
+    assert ready.empty()
+    assert feeder._tracker.outstanding() == 0 and feeder._tracker.positions() == {}
+    assert consumer.stored == []
 
 
 @settings(max_examples=300, deadline=None, database=None, derandomize=True)
