@@ -1,4 +1,4 @@
-"""Workers forked from the preloaded forkserver (tests/support/preloaded.py) behave as the exec'd console
+"""Services forked from the preloaded forkserver (tests/support/preloaded.py) behave as the exec'd console
 script does, and a variable read at import time keeps a command exec'd."""
 
 from __future__ import annotations
@@ -43,12 +43,13 @@ def test_a_forked_worker_exits_with_the_status_and_message_of_the_exec_d_one(
         ([CAPTIONER, "worker"], {"CAPTIONER_WORKER_ID": "w-9", "KAFKA_BOOTSTRAP_SERVERS": "h:1"}, True),
         ([CAPTIONER, "worker"], {"HF_HUB_OFFLINE": "1"}, False),
         ([CAPTIONER, "worker"], {"PYTHONPATH": "/elsewhere"}, False),
-        ([CAPTIONER, "api"], {}, False),
+        ([CAPTIONER, "api"], {"CAPTIONER_API_PORT": "8001"}, True),
+        ([CAPTIONER, "topics", "create"], {}, False),
         ([sys.executable, "-m", "tests.support.dying_worker", "worker"], {}, True),
         ([sys.executable, "-m", "pytest"], {}, False),
     ],
 )
-def test_only_worker_commands_whose_changes_are_read_at_run_time_are_forked(
+def test_only_service_commands_whose_changes_are_read_at_run_time_are_forked(
     command: list[str], changed: dict[str, str], expected: bool
 ) -> None:
     assert preloaded.forkable(command, os.environ | changed) is expected

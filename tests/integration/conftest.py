@@ -1,10 +1,12 @@
 """Fixtures the integration tests share."""
 
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from core.cache_signing import write_key_pair
+from tests.support.cluster import TwoBrokers, two_brokers
 
 
 @pytest.fixture
@@ -16,3 +18,10 @@ def cache_env(tmp_path: Path) -> tuple[dict[str, str], dict[str, str]]:
         on | {"CAPTIONER_CACHE_SIGNING_KEY_FILE": str(private_path)},
         on | {"CAPTIONER_CACHE_VERIFY_KEYS_FILE": str(public_path)},
     )
+
+
+@pytest.fixture
+def cluster(tmp_path: Path) -> Iterator[TwoBrokers]:
+    """Two brokers of their own (tests/support/cluster.py): node 2 started by the test."""
+    with two_brokers(tmp_path / "cluster") as brokers:
+        yield brokers

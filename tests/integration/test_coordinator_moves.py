@@ -10,8 +10,6 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from confluent_kafka import KafkaException, Producer
@@ -21,7 +19,7 @@ from core.settings import KafkaSettings, TopicSettings
 from core.topics import ensure_topics
 from schemas import REPLY_CODEC, ReplyStatus
 from tests.conftest import StartWorker
-from tests.support.cluster import TwoBrokers, two_brokers
+from tests.support.cluster import TwoBrokers
 from tests.support.images import make_image_bytes
 from tests.support.kafka import caption_request, committed_offsets, publish_request, read_all
 from tests.support.waiting import wait_until
@@ -32,12 +30,6 @@ PARTITION = 0
 DELIVERY_TIMEOUT_S = 5  # the transaction timeout is 10 s more
 DONE_S = 120
 CAPTIONED = re.compile(r"captioned \d+ jobs")
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[TwoBrokers]:
-    with two_brokers(tmp_path / "cluster") as brokers:
-        yield brokers
 
 
 @pytest.fixture

@@ -12,8 +12,6 @@ from __future__ import annotations
 import json
 import signal
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 import requests
@@ -25,7 +23,7 @@ from core.topics import ensure_topics
 from schemas import REPLY_CODEC, REQUEST_CODEC, ReplyStatus
 from schemas import headers as record_headers
 from tests.conftest import StartWorker
-from tests.support.cluster import TwoBrokers, two_brokers
+from tests.support.cluster import TwoBrokers
 from tests.support.images import make_image_bytes
 from tests.support.kafka import caption_request, committed_offsets, publish, publish_request, read_until
 from tests.support.services import free_port
@@ -42,12 +40,6 @@ PARTITION = 2
 # CAPTIONER_WORKER_SHUTDOWN_TIMEOUT_S (30 s), which a worker waiting for its pending outcome's revoke would
 # spend, and more.
 STOP_DEADLINE_S = 15
-
-
-@pytest.fixture
-def cluster(tmp_path: Path) -> Iterator[TwoBrokers]:
-    with two_brokers(tmp_path / "cluster") as brokers:
-        yield brokers
 
 
 @pytest.fixture

@@ -1,10 +1,12 @@
-"""Worker processes forked from a process that has already imported torch and transformers.
+"""Service processes forked from a process that has already imported torch, transformers and aiohttp.
 
 A fresh `captioner worker` spends most of its start importing them, and the integration tests start
-about a hundred workers. Here a multiprocessing forkserver imports them once per pytest process, and
-each worker is a fork of it that runs the same entry point as the console script (`captioner.cli.main`,
-or a `python -m` module's `__main__`) with the test's environment, working directory, session and log
-file. What runs is the worker's own code from its entry point on; only the imports are shared.
+about a hundred workers and as many APIs. Here a multiprocessing forkserver imports them once per pytest
+process, and each service is a fork of it that runs the same entry point as the console script
+(`captioner.cli.main`, or a `python -m` module's `__main__`) with the test's environment, working
+directory, session and log file. What runs is the service's own code from its entry point on; only the
+imports are shared (an API fork has torch in memory, which the API never imports: the import contracts
+and tests/test_packaging.py hold that).
 
 The benchmarks and `make chaos` keep exec'ing fresh interpreters: they measure start-up and memory, which a
 fork shares with its parent. A variable that a library reads when it is imported (HF_*, OMP_*,
@@ -26,11 +28,12 @@ from collections.abc import Mapping, Sequence
 from multiprocessing.process import BaseProcess
 from pathlib import Path
 
-from tests.support.processes import CAPTIONER, REPO
+from tests.support.processes import CAPTIONER, REPO, ChildProcess, exec_child
 
 # Imported once, in the forkserver, before any fork.
 _PRELOAD = [
     "captioner.cli",
+    "producer_api.app",
     "inference_consumer.worker",
     "inference_consumer.model",
     "transformers.models.auto.modeling_auto",
@@ -87,13 +90,20 @@ class ForkedChild:
         self.send_signal(signal.SIGKILL)
 
 
+def start(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ChildProcess:
+    """Forked where `forkable`, else exec'd (processes.ChildStarter)."""
+    if forkable(args, env):
+        return fork(args, env=env, log_path=log_path)
+    return exec_child(args, env=env, log_path=log_path)
+
+
 def forkable(args: Sequence[str], env: Mapping[str, str]) -> bool:
-    """`captioner worker ...` or `python -m tests.support.<module> ...`, in an environment that differs
-    from the forkserver's only in variables read at run time."""
+    """`captioner worker|api ...` or `python -m tests.support.<module> ...`, in an environment that
+    differs from the forkserver's only in variables read at run time."""
     command = list(args)
-    is_worker = command[:2] == [CAPTIONER, "worker"]
+    is_service = command[:1] == [CAPTIONER] and command[1:2] in (["worker"], ["api"])
     is_support_module = command[:2] == [sys.executable, "-m"] and command[2].startswith("tests.support.")
-    if not (is_worker or is_support_module):
+    if not (is_service or is_support_module):
         return False
     started_with = _forkserver_env()
     changed = {name for name in env.keys() | started_with.keys() if env.get(name) != started_with.get(name)}
@@ -101,7 +111,7 @@ def forkable(args: Sequence[str], env: Mapping[str, str]) -> bool:
 
 
 def fork(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ForkedChild:
-    """As processes._popen starts `args`: its own session, stdout and stderr to log_path, the repository's
+    """As processes.exec_child starts `args`: its own session, stdout and stderr to log_path, the repository's
     root as its working directory."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     log_path.touch()  # there from the start, as the log Popen's caller opens

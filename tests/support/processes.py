@@ -184,9 +184,9 @@ class ApiProcess(ServiceProcess):
             time.sleep(0.2)
 
 
-def _popen(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
-    """In its own session, so a terminal's Ctrl-C reaches only the harness, which then stops the children
-    in order; stdout and stderr go to log_path; run from the repository's root."""
+def exec_child(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> subprocess.Popen[bytes]:
+    """A fresh interpreter, in its own session, so a terminal's Ctrl-C reaches only the harness, which then
+    stops the children in order; stdout and stderr go to log_path; run from the repository's root."""
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("ab") as log:
         return subprocess.Popen(
@@ -199,15 +199,32 @@ def _popen(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> su
         )
 
 
-def spawn(name: str, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ServiceProcess:
-    return ServiceProcess(name=name, popen=_popen(args, env=env, log_path=log_path), log_path=log_path)
+class ChildStarter(Protocol):
+    def __call__(self, args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ChildProcess: ...
+
+
+def spawn(
+    name: str,
+    args: Sequence[str],
+    *,
+    env: Mapping[str, str],
+    log_path: Path,
+    start: ChildStarter = exec_child,
+) -> ServiceProcess:
+    return ServiceProcess(name=name, popen=start(args, env=env, log_path=log_path), log_path=log_path)
 
 
 def spawn_api(
-    name: str, *, port: int, env: Mapping[str, str], log_path: Path, args: Sequence[str] = (CAPTIONER, "api")
+    name: str,
+    *,
+    port: int,
+    env: Mapping[str, str],
+    log_path: Path,
+    args: Sequence[str] = (CAPTIONER, "api"),
+    start: ChildStarter = exec_child,
 ) -> ApiProcess:
     env = {**env, "CAPTIONER_API_PORT": str(port)}
-    return ApiProcess(name=name, popen=_popen(args, env=env, log_path=log_path), log_path=log_path, port=port)
+    return ApiProcess(name=name, popen=start(args, env=env, log_path=log_path), log_path=log_path, port=port)
 
 
 @dataclass
