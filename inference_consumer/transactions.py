@@ -30,11 +30,10 @@ revoke's or a stop's time is spent: a step that keeps failing retriably (a coord
 it is aborted. Sending the offsets runs on a thread of its own, since librdkafka's call can wait for ever past
 its own timeout (confluentinc/librdkafka#5456, #5511: a group coordinator whose broker has left the cluster
 is waited for until some other broker connects or disconnects). While that call waits, the transaction can
-be neither committed nor aborted: once it has run three times its own timeout, a new producer takes the
-transactional id over (registering it fences the old producer and aborts its transaction; the brokers
-refuse whatever the old one sends later), and the old one is left to its call, never used again. Each one
-left keeps its threads and connections until its call returns: a worker whose producer gets stuck while
-three replaced ones still are halts as for a fatal error. A commit, once asked for, is the
+be neither committed nor aborted: a new producer takes the transactional id over (registering it fences the
+old producer and aborts its transaction; the brokers refuse whatever the old one sends later), and the old
+one is left to its call, never used again. Each one left keeps its threads and connections: a worker whose
+producer gets stuck after three replacements halts as for a fatal error. A commit, once asked for, is the
 coordinator's to decide: it is resumed until it answers (librdkafka refuses an abort meanwhile), and only a
 stop ends that wait.
 
@@ -77,9 +76,7 @@ _SLICE_S = 0.5  # each call that waits on a broker waits this long at a time, so
 _OFFSETS_SLICE_S = 5.0
 _IDLE_S = 1.0
 _RETRY_MIN_S, _RETRY_MAX_S = 0.05, 2.0  # after an aborted transaction; the least between two tries of a call
-_MAX_REPLACED = 3  # producers left to a call that has not returned, each with its threads and connections
-# A call given _OFFSETS_SLICE_S as its own timeout that has not returned in this long has stopped heeding it.
-_STUCK_S = 3 * _OFFSETS_SLICE_S
+_MAX_REPLACED = 3  # producers left to a call that never returned, each with its threads and connections
 _QUEUE_FULL_WAIT_S = 0.05
 # Errors about the transaction or the producer, never about the record they are reported for: such a record
 # goes into the next transaction as it is.
@@ -109,12 +106,8 @@ class _GaveUp(Exception):
 
 
 class _Stuck(Exception):
-    """A librdkafka call was given up on while it still runs (on `call`): its transaction can be neither
-    committed nor aborted through this producer."""
-
-    def __init__(self, message: str, *, call: threading.Thread) -> None:
-        super().__init__(message)
-        self.call = call
+    """A librdkafka call was given up on while it still runs: its transaction can be neither committed nor
+    aborted through this producer."""
 
 
 class TransactionalSink:
@@ -135,7 +128,7 @@ class TransactionalSink:
     ) -> None:
         self._producer = producer
         self._new_producer = new_producer  # one configured as `producer` was, for the transactional id
-        self._replaced: list[tuple[Producer, threading.Thread]] = []  # kept while their stuck call runs
+        self._replaced: list[Producer] = []  # kept: a call of theirs may still run
         self._transaction_timeout_s = transaction_timeout_s
         self._tracker = tracker
         self._waits = waits
@@ -398,9 +391,8 @@ class TransactionalSink:
         )
 
     def _bounded(self, call: Callable[[], None], give_up: float) -> None:
-        """call() on a thread of its own, waited for until give_up, for _STUCK_S at most, or while the worker
-        stops, as long as the stop allows (see the module's docstring, "A transaction that cannot
-        finish")."""
+        """call() on a thread of its own, waited for until give_up, or while the worker stops, as long as the
+        stop allows (see the module's docstring, "A transaction that cannot finish")."""
         outcome: list[Exception | None] = []
 
         def run() -> None:
@@ -415,11 +407,9 @@ class TransactionalSink:
         started = time.monotonic()
         thread.start()
         thread.join(_SLICE_S)
-        give_up = min(give_up, started + _STUCK_S)
         while thread.is_alive():
             if time.monotonic() >= give_up or self._stop_spent():
-                waited_s = time.monotonic() - started
-                raise _Stuck(f"a transaction's call has not returned in {waited_s:.0f} s", call=thread)
+                raise _Stuck(f"a transaction's call has not returned in {time.monotonic() - started:.0f} s")
             thread.join(_SLICE_S)
         [error] = outcome
         if error is not None:
@@ -470,14 +460,11 @@ class TransactionalSink:
         if self._waits.stopping():
             self._halt_fatal(f"transactions: {exc}")
             return
-        # A replaced producer whose call has returned since holds nothing: it goes.
-        self._replaced = [(producer, call) for producer, call in self._replaced if call.is_alive()]
         if len(self._replaced) >= _MAX_REPLACED:
-            stuck = len(self._replaced)
-            self._halt_fatal(f"transactions: {exc}, with {stuck} replaced producers still stuck")
+            self._halt_fatal(f"transactions: {exc}, after {len(self._replaced)} producers replaced so")
             return
         log.error("%s; a new producer takes the transactional id over and aborts the transaction", exc)
-        self._replaced.append((self._producer, exc.call))
+        self._replaced.append(self._producer)
         producer = self._new_producer()
         try:
             self._retrying(functools.partial(producer.init_transactions, _OFFSETS_SLICE_S), None)
