@@ -195,22 +195,35 @@ def test_killing_a_worker_mid_batch_loses_no_request(
 class OwnBroker:
     """A broker only this test stops and starts."""
 
-    def __init__(self, port: int, state: Path) -> None:
-        self.env = os.environ | {"KAFKA_LOCAL_PORT": str(port), "KAFKA_LOCAL_STATE": str(state)}
+    def __init__(self, state: Path) -> None:
+        from tests.support.services import free_port
+
+        port = free_port()
+        # Its own free controller port, not broker.sh's default of port + 1: free_port's ports are odd
+        # (Linux gives bind(0) odd ports), and the even one above it is where connect() looks first, so an
+        # outgoing connection of another test could hold it.
+        self.env = os.environ | {
+            "KAFKA_LOCAL_PORT": str(port),
+            "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_LOCAL_STATE": str(state),
+        }
         self.bootstrap = f"127.0.0.1:{port}"
 
     def start(self) -> None:
-        subprocess.run([str(BROKER_SCRIPT), "start"], env=self.env, check=True, capture_output=True)
+        self._run("start")
 
     def stop(self) -> None:
-        subprocess.run([str(BROKER_SCRIPT), "stop"], env=self.env, check=True, capture_output=True)
+        self._run("stop")
+
+    def _run(self, command: str) -> None:
+        done = subprocess.run([str(BROKER_SCRIPT), command], env=self.env, capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"broker.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
 
 
 @pytest.fixture
 def own_broker(tmp_path: Path) -> Iterator[OwnBroker]:
-    from tests.support.services import free_port
-
-    broker = OwnBroker(free_port(), tmp_path / "broker")
+    broker = OwnBroker(tmp_path / "broker")
     broker.start()
     yield broker
     broker.stop()
