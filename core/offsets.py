@@ -19,18 +19,21 @@ class _PartitionProgress:
     """Offsets between two tracked ones that never arrive (transaction markers, compacted
     records) are not records, so the commit position is the lowest unfinished offset."""
 
-    __slots__ = ("highest_finished", "next_to_commit", "outstanding")
+    __slots__ = ("abandoned", "highest_finished", "next_to_commit", "outstanding")
 
     def __init__(self, first_offset: int) -> None:
         self.next_to_commit = first_offset
         self.highest_finished = first_offset - 1
         self.outstanding: set[int] = set()
+        self.abandoned: int | None = None  # the lowest offset that will never finish here
 
     def finish(self, offset: int) -> int | None:
         """Marks offset finished; returns the new commit position if it advanced."""
         self.outstanding.discard(offset)
         self.highest_finished = max(self.highest_finished, offset)
         position = min(self.outstanding) if self.outstanding else self.highest_finished + 1
+        if self.abandoned is not None:
+            position = min(position, self.abandoned)
         if position <= self.next_to_commit:
             return None
         self.next_to_commit = position
@@ -68,6 +71,19 @@ class OffsetTracker:
             advanced = progress.finish(offset)
             if advanced is not None:
                 self._positions[(topic, partition)] = advanced
+            self._changed.notify_all()
+
+    def abandon(self, topic: str, partition: int, offset: int, generation: int | None = None) -> None:
+        """This process will never finish offset (its outcome could be kept nowhere): no wait waits for
+        it, and its partition's commit position never passes it, so the partition's next owner runs it."""
+        with self._lock:
+            if generation is not None and generation != self._generations.get((topic, partition), 0):
+                return
+            progress = self._partitions.get((topic, partition))
+            if progress is None:
+                return
+            progress.outstanding.discard(offset)
+            progress.abandoned = offset if progress.abandoned is None else min(progress.abandoned, offset)
             self._changed.notify_all()
 
     def take_positions(self, topics: Collection[str] | None = None) -> list[TopicPartition]:

@@ -201,6 +201,7 @@ class OutcomePublisher:
         self._reply(job, status=ReplyStatus.FAILED, error=_reply_error(error, retriable=retriable))
 
     def _cannot_keep(self, job: Job) -> None:
+        self._tracker.abandon(job.topic, job.partition, job.offset, job.generation)
         self._on_fatal(
             f"the dead-letter topic {self._topics.dead_letter} refused {job.topic}[{job.partition}]"
             f"@{job.offset}; its offset stays uncommitted"

@@ -84,6 +84,17 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def torch_threads_shared_with_the_other_workers() -> None:
+    """pytest-xdist's workers split the cores: a worker whose torch ran on every core would have its
+    OpenMP threads spin waiting for ones the other workers had taken off the cores."""
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers > 1:
+        import torch
+
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // workers))
+
+
 # Failing examples are printed with a reproduce blob; no example database inside the repository.
 hypothesis_settings.register_profile("captioner", database=None)
 hypothesis_settings.load_profile("captioner")

@@ -72,7 +72,7 @@ from bench.stats import percentile
 from core.kafka_config import client_config
 from core.settings import KafkaSettings, WorkerSettings, load_settings
 from schemas import CaptionReply
-from tests.support.processes import exit_on_sigterm
+from tests.support.processes import ChildStarter, exec_child, exit_on_sigterm
 
 _RAMP_S = 3.0  # the first seconds of load, left out of the steady throughput
 _IN_FLIGHT_S = 2.0
@@ -94,7 +94,8 @@ class Steady:
     ended: float
 
 
-def run(config: ChaosConfig) -> dict[str, Any]:
+def run(config: ChaosConfig, *, start: ChildStarter = exec_child) -> dict[str, Any]:
+    """start: how the workers and API instances start (fresh interpreters by default, as deployed)."""
     with ExitStack() as stack:
         cluster = KafkaCluster(base_port=config.base_port, state=config.run_dir / "kafka")
         stack.callback(_remove_data, config)
@@ -104,7 +105,7 @@ def run(config: ChaosConfig) -> dict[str, Any]:
         model_dir = config.model_dir or ensure_model("tiny")
         env = service_env(config, bootstrap=cluster.bootstrap, model_dir=model_dir)
         log("starting two workers and two API instances")
-        deployment = deploy(stack, env, config.run_dir / "logs")
+        deployment = deploy(stack, env, config.run_dir / "logs", start=start)
         view = ClusterView(cluster.bootstrap)
         workload = _workload(config, deployment.predict_urls)
         client = client_config(load_settings(KafkaSettings), client_id="chaos-kafka-caller") | {

@@ -18,7 +18,16 @@ from pathlib import Path
 from bench.chaos.config import ChaosConfig
 from bench.load import ClosedLoop, Target, load_client
 from bench.service import topic_env
-from tests.support.processes import HARNESS_WORKER, ApiProcess, ServiceProcess, free_port, spawn, spawn_api
+from tests.support.processes import (
+    HARNESS_WORKER,
+    ApiProcess,
+    ChildStarter,
+    ServiceProcess,
+    exec_child,
+    free_port,
+    spawn,
+    spawn_api,
+)
 
 API_COUNT = 2
 WORKER_COUNT = 2
@@ -63,6 +72,7 @@ class Deployment:
     apis: list[ApiProcess] = field(default_factory=list)
     api_urls: list[str] = field(default_factory=list)
     workers: list[ServiceProcess] = field(default_factory=list)
+    start: ChildStarter = exec_child  # how a service process starts (the suite forks preloaded ones)
     _started_workers: int = 0
 
     @property
@@ -83,6 +93,7 @@ class Deployment:
             HARNESS_WORKER,
             env={**self.env, "CAPTIONER_WORKER_ID": worker_id, "CAPTIONER_LOG_LEVEL": "DEBUG"},
             log_path=self.log_dir / f"{worker_id}.log",
+            start=self.start,
         )
         self.stack.callback(worker.stop)
         self.workers.append(worker)
@@ -99,6 +110,7 @@ class Deployment:
                 "CAPTIONER_API_INSTANCE_ID": f"chaos-api-{partition}",
             },
             log_path=self.log_dir / f"api-{partition}.log",
+            start=self.start,
         )
         self.stack.callback(api.stop)
         self.apis.append(api)
@@ -110,8 +122,10 @@ class Deployment:
             api.wait_ready(timeout_s=max(give_up - time.monotonic(), 1.0))
 
 
-def deploy(stack: ExitStack, env: dict[str, str], log_dir: Path) -> Deployment:
-    deployment = Deployment(env=env, log_dir=log_dir, stack=stack)
+def deploy(
+    stack: ExitStack, env: dict[str, str], log_dir: Path, *, start: ChildStarter = exec_child
+) -> Deployment:
+    deployment = Deployment(env=env, log_dir=log_dir, stack=stack, start=start)
     for _ in range(WORKER_COUNT):
         deployment.start_worker()
     for partition in range(API_COUNT):

@@ -66,3 +66,29 @@ def test_a_late_finish_from_an_earlier_assignment_moves_nothing() -> None:
     tracker.finish("t", 0, 105, old)  # the earlier run finishes late
 
     assert [(tp.partition, tp.offset) for tp in tracker.take_positions()] == [(0, 101)]
+
+
+def test_an_abandoned_offset_is_not_waited_for_and_never_committed_past() -> None:
+    tracker = OffsetTracker()
+    for offset in (3, 4, 5):
+        tracker.track("t", 0, offset)
+
+    tracker.abandon("t", 0, 4)
+    tracker.finish("t", 0, 3)
+    tracker.finish("t", 0, 5)
+
+    assert tracker.wait_finished([("t", 0)], timeout_s=0)
+    assert positions(tracker) == [("t", 0, 4)]
+    assert tracker.positions() == {("t", 0): 4}
+
+
+def test_an_abandon_from_an_earlier_assignment_holds_nothing_back() -> None:
+    tracker = OffsetTracker()
+    generation = tracker.track("t", 0, 1)
+    tracker.forget([("t", 0)])
+    tracker.track("t", 0, 1)
+
+    tracker.abandon("t", 0, 1, generation)
+    assert not tracker.wait_finished([("t", 0)], timeout_s=0)  # its new assignment's job still runs
+    tracker.finish("t", 0, 1)
+    assert positions(tracker) == [("t", 0, 2)]

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from core.kafka_config import client_config
@@ -121,8 +122,22 @@ def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Broker]:
 
 
 def topics_seen(settings: KafkaSettings) -> set[str]:
-    admin = AdminClient(client_config(settings, client_id="compose-broker-test") | {"log_level": 0})
-    return set(admin.list_topics(timeout=REFUSED_WITHIN_S).topics)
+    """The topics the broker lists to these settings' client; KafkaException once the client reports an
+    error (a refused login or handshake), which it does long before list_topics would give up."""
+    errors: list[KafkaError] = []
+    admin = AdminClient(
+        client_config(settings, client_id="compose-broker-test") | {"log_level": 0, "error_cb": errors.append}
+    )
+    give_up = time.monotonic() + REFUSED_WITHIN_S
+    while True:
+        try:
+            return set(admin.list_topics(timeout=0.5).topics)
+        except KafkaException:
+            admin.poll(0)  # serves error_cb
+            if errors:
+                raise KafkaException(errors[0]) from None
+            if time.monotonic() > give_up:
+                raise
 
 
 def test_each_role_gets_in_with_its_own_principal_and_the_admin_creates_the_topics(broker: Broker) -> None:

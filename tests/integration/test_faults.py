@@ -218,7 +218,9 @@ class OwnBroker:
     def _run(self, command: str) -> None:
         done = subprocess.run([str(BROKER_SCRIPT), command], env=self.env, capture_output=True, text=True)
         if done.returncode != 0:
-            raise RuntimeError(f"broker.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}")
+            raise RuntimeError(
+                f"broker.sh {command} failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+            )
 
 
 @pytest.fixture

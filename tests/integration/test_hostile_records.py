@@ -211,7 +211,8 @@ def test_hostile_records_never_stop_the_worker_and_each_is_accounted_for(
 def test_a_dead_letter_topic_that_refuses_records_stops_the_worker_non_zero(
     start_worker: StartWorker, env: dict[str, str], kafka_bootstrap: str
 ) -> None:
-    """A worker that can keep a failed job nowhere must not go on: it exits non-zero, uncommitted."""
+    """A worker that can keep a failed job nowhere must not go on: it exits non-zero, uncommitted, and
+    without waiting at its partitions' revocation for the job that can never finish."""
     admin = AdminClient({"bootstrap.servers": kafka_bootstrap})
     dead_letter, requests_topic = env["CAPTIONER_TOPIC_DEAD_LETTER"], env["CAPTIONER_TOPIC_REQUESTS"]
     small = NewTopic(
@@ -224,6 +225,7 @@ def test_a_dead_letter_topic_that_refuses_records_stops_the_worker_non_zero(
 
     assert worker.wait_exit(timeout_s=60) == 3, worker.log()[-3000:]
     assert "refused" in worker.log()
+    assert "jobs still running" not in worker.log()
     assert committed_offsets(kafka_bootstrap, env["CAPTIONER_WORKER_GROUP_ID"], requests_topic, 6)[0] <= 0
 
 
