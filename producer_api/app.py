@@ -264,7 +264,9 @@ def _readiness(
             client_config(kafka, client_id=f"{API_CLIENT_PREFIX}{api.instance_id}-readiness")
             | brokers.client_config(statistics=False)
         )
-        group = WorkerGroup(admin, group_id=api.worker_group_id, topic=topics.requests)
+        group = WorkerGroup(
+            admin, group_id=api.worker_group_id, topic=topics.requests, reachable=brokers.reachable
+        )
         workers = WorkersCheck(group.holders, group_id=api.worker_group_id)
     return Readiness(
         listener=listener,

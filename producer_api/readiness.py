@@ -9,11 +9,12 @@ import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from aiohttp import web
-from confluent_kafka import KafkaException
+from confluent_kafka import KafkaError, KafkaException
 from confluent_kafka.admin import AdminClient
 
 from producer_api import metrics
@@ -24,7 +25,12 @@ log = logging.getLogger(__name__)
 # (/readyz needs no key and takes no admission slot, so a flood of it costs one question per period).
 WORKERS_CACHE_S = 3.0
 BROKER_CACHE_S = 2.0
-DESCRIBE_TIMEOUT_S = 2.0
+DESCRIBE_TIMEOUT_S = 2.0  # how long a /readyz waits for the group's description
+# librdkafka aborts the process when a group-coordinator admin request times out while it waits for a
+# coordinator and one then comes back (librdkafka#4605, unfixed in 2.16). So the description librdkafka
+# is asked for may wait as long as it allows (an hour), a /readyz waits DESCRIBE_TIMEOUT_S of it, and the
+# next one waits on the same request.
+DESCRIBE_REQUEST_TIMEOUT_S = 3600.0
 
 
 @dataclass(frozen=True)
@@ -44,19 +50,35 @@ class CountHolders(Protocol):
 
 
 class WorkerGroup:
-    """Describes the workers' consumer group with an AdminClient (on a thread, never on the event loop)."""
+    """Describes the workers' consumer group with an AdminClient (on a thread, never on the event loop;
+    one caller at a time). A description is asked for only while a broker is reachable, and at most one is
+    in flight: one still unanswered when its caller gave up is the next caller's."""
 
-    def __init__(self, admin: AdminClient, *, group_id: str, topic: str) -> None:
+    def __init__(
+        self, admin: AdminClient, *, group_id: str, topic: str, reachable: Callable[[], bool]
+    ) -> None:
         self._admin = admin
         self.group_id = group_id
         self._topic = topic
+        self._reachable = reachable
+        self._asked: Future[Any] | None = None  # of a ConsumerGroupDescription
 
     def holders(self) -> int:
         self._admin.poll(0)  # hands over the client's log lines, which wait for a poll
-        [future] = self._admin.describe_consumer_groups(
-            [self.group_id], request_timeout=DESCRIBE_TIMEOUT_S
-        ).values()
-        group = future.result(timeout=DESCRIBE_TIMEOUT_S + 1)
+        if self._asked is None:
+            if not self._reachable():
+                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no Kafka broker reachable"))
+            [self._asked] = self._admin.describe_consumer_groups(
+                [self.group_id], request_timeout=DESCRIBE_REQUEST_TIMEOUT_S
+            ).values()
+        try:
+            group = self._asked.result(timeout=DESCRIBE_TIMEOUT_S)
+        except TimeoutError:
+            raise  # still in flight: the next caller waits on it
+        except Exception:
+            self._asked = None
+            raise
+        self._asked = None
         return sum(
             1
             for member in group.members

@@ -418,3 +418,28 @@ def test_overload_is_shed_with_429_and_every_request_is_accounted_for(
     )
     assert set(statuses) <= {200, 429, 504}, statuses
     assert statuses[429] > 0 and statuses[200] > 0, statuses
+
+
+def test_an_api_asked_for_readiness_through_a_broker_outage_outlives_it(
+    own_broker: OwnBroker, start_api: StartApi, env: dict[str, str]
+) -> None:
+    """librdkafka aborts the process when a group-coordinator admin request (describing the workers'
+    group, here) timed out while no coordinator was reachable, and one comes back (librdkafka#4605). A
+    prober keeps asking /readyz through an outage and after it: the API must outlive both."""
+    env["KAFKA_BOOTSTRAP_SERVERS"] = own_broker.bootstrap
+    api = start_api(wait_for_worker=False)
+
+    def probe_for(seconds: float) -> list[int]:
+        statuses, give_up = [], time.monotonic() + seconds
+        while time.monotonic() < give_up:
+            statuses.append(requests.get(api.url + "/readyz", timeout=30).status_code)
+        return statuses
+
+    own_broker.stop()
+    assert set(probe_for(10)) == {503}  # each describe in the outage times out
+    own_broker.start()
+    api.wait_for_log("Kafka is reachable again", timeout_s=60)
+    probe_for(10)
+
+    assert api.alive(), api.log()[-3000:]
+    assert "Assertion" not in api.log(), api.log()[-3000:]

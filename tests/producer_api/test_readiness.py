@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
+from concurrent.futures import Future
 from dataclasses import dataclass
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -15,7 +17,14 @@ from confluent_kafka import KafkaError, KafkaException
 
 from core.settings import ApiSettings, ImageSettings
 from producer_api.app import make_api_app
-from producer_api.readiness import READINESS, BrokerCheck, Readiness, WorkersCheck
+from producer_api.readiness import (
+    DESCRIBE_REQUEST_TIMEOUT_S,
+    READINESS,
+    BrokerCheck,
+    Readiness,
+    WorkerGroup,
+    WorkersCheck,
+)
 
 
 @dataclass
@@ -209,3 +218,63 @@ async def test_at_most_one_broker_check_is_in_flight_even_uncached() -> None:
 
     assert all(answer.ok for answer in answers)
     assert broker.most_at_once == 1
+
+
+class FakeAdmin:
+    """An AdminClient's describe_consumer_groups, answered when the test says."""
+
+    def __init__(self) -> None:
+        self.asked: list[tuple[list[str], float]] = []
+        self.futures: list[Future[Any]] = []
+
+    def poll(self, timeout: float) -> int:
+        return 0
+
+    def describe_consumer_groups(
+        self, group_ids: list[str], request_timeout: float
+    ) -> dict[str, Future[Any]]:
+        self.asked.append((group_ids, request_timeout))
+        self.futures.append(Future())
+        return {group_ids[0]: self.futures[-1]}
+
+
+def worker_group(admin: FakeAdmin, *, reachable: bool = True) -> WorkerGroup:
+    return WorkerGroup(
+        admin,  # type: ignore[arg-type]
+        group_id="the-workers",
+        topic="requests",
+        reachable=lambda: reachable,
+    )
+
+
+def described(*topics: str) -> SimpleNamespace:
+    member = SimpleNamespace(
+        assignment=SimpleNamespace(topic_partitions=[SimpleNamespace(topic=topic) for topic in topics])
+    )
+    return SimpleNamespace(members=[member])
+
+
+def test_the_group_is_not_described_while_no_broker_is_reachable() -> None:
+    """librdkafka#4605: a group-coordinator request that times out while no coordinator is reachable
+    aborts the process when one comes back."""
+    admin = FakeAdmin()
+
+    with pytest.raises(KafkaException):
+        worker_group(admin, reachable=False).holders()
+    assert admin.asked == []
+
+
+def test_a_description_still_unanswered_is_waited_on_by_the_next_caller_not_asked_again() -> None:
+    admin = FakeAdmin()
+    group = worker_group(admin)
+
+    with pytest.raises(TimeoutError):
+        group.holders()
+    admin.futures[0].set_result(described("requests", "other"))
+    assert group.holders() == 1
+
+    assert [timeout for _, timeout in admin.asked] == [DESCRIBE_REQUEST_TIMEOUT_S]
+    with pytest.raises(TimeoutError):
+        group.holders()  # the last was answered: this caller asks again
+    assert len(admin.asked) == 2
+    assert DESCRIBE_REQUEST_TIMEOUT_S >= 600  # librdkafka must not time it out during any short outage
