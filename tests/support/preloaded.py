@@ -41,17 +41,35 @@ _PRELOAD = [
     "transformers.models.git.modeling_git",
     "transformers.models.git.processing_git",
 ]
-# Variables the service reads when it runs, not when it is imported: a fork may set them.
-_READ_AT_RUN_TIME = ("CAPTIONER_", "HARNESS_", "KAFKA_BOOTSTRAP_SERVERS", "PYTEST_CURRENT_TEST")
+# Variables the service reads when it runs, not when it is imported, and the chaos harness's own, which it
+# never reads: a fork may set them.
+_READ_AT_RUN_TIME = (
+    "CAPTIONER_",
+    "HARNESS_",
+    "KAFKA_BOOTSTRAP_SERVERS",
+    "PYTEST_CURRENT_TEST",
+    "CHAOS_",
+    "KAFKA_CLUSTER_BASE_PORT",
+)
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(_PRELOAD)
+# The session's environment, before any test sets a variable: the forkserver starts with it whichever
+# test first needs it, so that a variable that test set cannot make every later fork an exec.
+_SESSION_ENV = dict(os.environ)
 
 
 @functools.cache
 def _forkserver_env() -> dict[str, str]:
-    """Starts the forkserver, and returns the environment it started with (this process's, now)."""
-    multiprocessing.forkserver.ensure_running()
-    return dict(os.environ)
+    """Starts the forkserver with the session's environment, and returns that."""
+    current = dict(os.environ)
+    os.environ.clear()
+    os.environ.update(_SESSION_ENV)
+    try:
+        multiprocessing.forkserver.ensure_running()
+    finally:
+        os.environ.clear()
+        os.environ.update(current)
+    return _SESSION_ENV
 
 
 class ForkedChild:
