@@ -44,6 +44,7 @@ def test_a_forked_worker_exits_with_the_status_and_message_of_the_exec_d_one(
         ([CAPTIONER, "worker"], {"HF_HUB_OFFLINE": "1"}, False),
         ([CAPTIONER, "worker"], {"PYTHONPATH": "/elsewhere"}, False),
         ([CAPTIONER, "api"], {"CAPTIONER_API_PORT": "8001"}, True),
+        ([CAPTIONER, "worker"], {"TORCHINDUCTOR_CACHE_DIR": "/tmp/set-by-a-compile"}, True),
         ([CAPTIONER, "topics", "create"], {}, False),
         ([sys.executable, "-m", "tests.support.dying_worker", "worker"], {}, True),
         ([sys.executable, "-m", "pytest"], {}, False),

@@ -41,8 +41,9 @@ _PRELOAD = [
     "transformers.models.git.modeling_git",
     "transformers.models.git.processing_git",
 ]
-# Variables the service reads when it runs, not when it is imported, and the chaos harness's own, which it
-# never reads: a fork may set them.
+# Variables the service reads when it runs, not when it is imported, and ones it never reads (the chaos
+# harness's own; torch's compile cache, which torch sets in the test's process when a test compiles): a
+# fork may differ in them.
 _READ_AT_RUN_TIME = (
     "CAPTIONER_",
     "HARNESS_",
@@ -50,6 +51,7 @@ _READ_AT_RUN_TIME = (
     "PYTEST_CURRENT_TEST",
     "CHAOS_",
     "KAFKA_CLUSTER_BASE_PORT",
+    "TORCHINDUCTOR_CACHE_DIR",
 )
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(_PRELOAD)
