@@ -84,6 +84,11 @@ class OffsetTracker:
                 return
             progress.outstanding.discard(offset)
             progress.abandoned = offset if progress.abandoned is None else min(progress.abandoned, offset)
+            # Finished already (exactly once, a job finishes when its outcome is staged in the open
+            # transaction, before the broker refuses it): the position that passed it goes back to it.
+            progress.next_to_commit = min(progress.next_to_commit, offset)
+            if self._positions.get((topic, partition), offset) > offset:
+                self._positions[(topic, partition)] = offset
             self._changed.notify_all()
 
     def take_positions(self, topics: Collection[str] | None = None) -> list[TopicPartition]:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from concurrent.futures import Future
@@ -50,40 +51,65 @@ class CountHolders(Protocol):
 
 
 class WorkerGroup:
-    """Describes the workers' consumer group with an AdminClient (on a thread, never on the event loop;
-    one caller at a time). A description is asked for only while a broker is reachable, and at most one is
-    in flight: one still unanswered when its caller gave up is the next caller's."""
+    """Describes the workers' consumer group with an AdminClient (on a thread, never on the event loop).
+    A description is asked for only while a broker is reachable, and at most one is in flight: one still
+    unanswered when its caller gave up is the next caller's, and one answered longer than WORKERS_CACHE_S
+    before that caller came is asked again."""
 
     def __init__(
-        self, admin: AdminClient, *, group_id: str, topic: str, reachable: Callable[[], bool]
+        self,
+        admin: AdminClient,
+        *,
+        group_id: str,
+        topic: str,
+        reachable: Callable[[], bool],
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._admin = admin
         self.group_id = group_id
         self._topic = topic
         self._reachable = reachable
+        self._clock = clock
         self._asked: Future[Any] | None = None  # of a ConsumerGroupDescription
+        self._answered_at: float | None = None
+        self._lock = threading.RLock()  # a cancelled probe's thread may still run beside the next one's
 
     def holders(self) -> int:
         self._admin.poll(0)  # hands over the client's log lines, which wait for a poll
-        if self._asked is None:
-            if not self._reachable():
-                raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no Kafka broker reachable"))
-            [self._asked] = self._admin.describe_consumer_groups(
-                [self.group_id], request_timeout=DESCRIBE_REQUEST_TIMEOUT_S
-            ).values()
+        with self._lock:
+            asked = self._asked if self._asked is not None and self._fresh() else self._ask()
         try:
-            group = self._asked.result(timeout=DESCRIBE_TIMEOUT_S)
+            group = asked.result(timeout=DESCRIBE_TIMEOUT_S)
         except TimeoutError:
             raise  # still in flight: the next caller waits on it
-        except Exception:
-            self._asked = None
-            raise
-        self._asked = None
+        finally:
+            with self._lock:
+                if asked.done() and self._asked is asked:
+                    self._asked = None
         return sum(
             1
             for member in group.members
             if member.assignment and any(tp.topic == self._topic for tp in member.assignment.topic_partitions)
         )
+
+    def _fresh(self) -> bool:
+        """Whether the description in hand is unanswered yet, or was answered within WORKERS_CACHE_S."""
+        return self._answered_at is None or self._clock() - self._answered_at <= WORKERS_CACHE_S
+
+    def _ask(self) -> Future[Any]:
+        if not self._reachable():
+            raise KafkaException(KafkaError(KafkaError._TRANSPORT, "no Kafka broker reachable"))
+        [asked] = self._admin.describe_consumer_groups(
+            [self.group_id], request_timeout=DESCRIBE_REQUEST_TIMEOUT_S
+        ).values()
+        self._asked, self._answered_at = asked, None
+        asked.add_done_callback(self._answered)
+        return asked
+
+    def _answered(self, asked: Future[Any]) -> None:
+        with self._lock:
+            if asked is self._asked:
+                self._answered_at = self._clock()
 
 
 class CachedCheck:

@@ -16,6 +16,7 @@ from hypothesis.configuration import set_hypothesis_home_dir
 from captioner.model_factory import make_model
 from core.settings import KafkaSettings, TopicSettings, UnknownSettingError, refuse_unknown_variables
 from core.topics import ensure_topics
+from tests.support import preloaded
 from tests.support.broker import SHARED_BOOTSTRAP_VARIABLE, kafka_cluster
 from tests.support.models import endless_model
 from tests.support.registry import LocalRegistry, local_registry
@@ -82,6 +83,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             group = "examples"
         if group is not None:
             item.add_marker(pytest.mark.xdist_group(group))
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forkserver_with_the_sessions_environment() -> None:
+    preloaded.start_forkserver()
 
 
 @pytest.fixture(scope="session", autouse=True)

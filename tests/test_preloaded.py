@@ -59,11 +59,10 @@ def test_only_service_commands_whose_changes_are_read_at_run_time_are_forked(
 def test_a_variable_set_by_the_test_that_first_needs_the_forkserver_does_not_stop_later_forks(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    """The forkserver starts with the session's environment whichever test first needs it: the chaos
-    test's own variables, say, must not make every later service of the session an exec."""
+    """The forkserver starts with the session's environment, before the first test: the chaos test's own
+    variables, say, must not make every later service of the session an exec."""
     session = dict(os.environ)
     monkeypatch.setenv("SET_BY_A_TEST", "1")
-    preloaded._forkserver_env.cache_clear()  # as if this test were the first to need it
 
     assert preloaded.forkable([CAPTIONER, "worker"], session)
     assert not preloaded.forkable([CAPTIONER, "worker"], os.environ)

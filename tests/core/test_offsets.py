@@ -92,3 +92,21 @@ def test_an_abandon_from_an_earlier_assignment_holds_nothing_back() -> None:
     assert not tracker.wait_finished([("t", 0)], timeout_s=0)  # its new assignment's job still runs
     tracker.finish("t", 0, 1)
     assert positions(tracker) == [("t", 0, 2)]
+
+
+def test_an_offset_abandoned_after_it_finished_takes_the_commit_position_back_to_it() -> None:
+    """Exactly once, a job finishes when its outcome is staged in the open transaction; the broker may
+    refuse that outcome afterwards."""
+    tracker = OffsetTracker()
+    for offset in (3, 4):
+        tracker.track("t", 0, offset)
+    tracker.finish("t", 0, 3)
+    tracker.finish("t", 0, 4)
+
+    tracker.abandon("t", 0, 3)
+
+    assert tracker.positions() == {("t", 0): 3}
+    assert positions(tracker) == [("t", 0, 3)]
+    tracker.track("t", 0, 5)
+    tracker.finish("t", 0, 5)
+    assert tracker.positions() == {("t", 0): 3}

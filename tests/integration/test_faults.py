@@ -198,13 +198,15 @@ class OwnBroker:
     def __init__(self, state: Path) -> None:
         from tests.support.services import free_port
 
-        port = free_port()
+        port, controller_port = free_port(), free_port()
+        while controller_port == port:
+            controller_port = free_port()
         # Its own free controller port, not broker.sh's default of port + 1: free_port's ports are odd
         # (Linux gives bind(0) odd ports), and the even one above it is where connect() looks first, so an
         # outgoing connection of another test could hold it.
         self.env = os.environ | {
             "KAFKA_LOCAL_PORT": str(port),
-            "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
+            "KAFKA_LOCAL_CONTROLLER_PORT": str(controller_port),
             "KAFKA_LOCAL_STATE": str(state),
         }
         self.bootstrap = f"127.0.0.1:{port}"

@@ -238,12 +238,16 @@ class FakeAdmin:
         return {group_ids[0]: self.futures[-1]}
 
 
-def worker_group(admin: FakeAdmin, *, reachable: bool = True) -> WorkerGroup:
+def worker_group(
+    admin: FakeAdmin, *, reachable: bool = True, clock: list[float] | None = None
+) -> WorkerGroup:
+    now = clock if clock is not None else [0.0]
     return WorkerGroup(
         admin,  # type: ignore[arg-type]
         group_id="the-workers",
         topic="requests",
         reachable=lambda: reachable,
+        clock=lambda: now[0],
     )
 
 
@@ -278,3 +282,16 @@ def test_a_description_still_unanswered_is_waited_on_by_the_next_caller_not_aske
         group.holders()  # the last was answered: this caller asks again
     assert len(admin.asked) == 2
     assert DESCRIBE_REQUEST_TIMEOUT_S >= 600  # librdkafka must not time it out during any short outage
+
+
+def test_a_description_answered_long_after_its_caller_gave_up_is_asked_again() -> None:
+    admin, clock = FakeAdmin(), [0.0]
+    group = worker_group(admin, clock=clock)
+    with pytest.raises(TimeoutError):
+        group.holders()
+    admin.futures[0].set_result(described("requests"))
+
+    clock[0] += 60
+    with pytest.raises(TimeoutError):
+        group.holders()  # the answer in hand is a minute old: asked again, and not answered yet
+    assert len(admin.asked) == 2

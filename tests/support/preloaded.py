@@ -55,23 +55,19 @@ _READ_AT_RUN_TIME = (
 )
 _CONTEXT = multiprocessing.get_context("forkserver")
 _CONTEXT.set_forkserver_preload(_PRELOAD)
-# The session's environment, before any test sets a variable: the forkserver starts with it whichever
-# test first needs it, so that a variable that test set cannot make every later fork an exec.
-_SESSION_ENV = dict(os.environ)
 
 
 @functools.cache
 def _forkserver_env() -> dict[str, str]:
-    """Starts the forkserver with the session's environment, and returns that."""
-    current = dict(os.environ)
-    os.environ.clear()
-    os.environ.update(_SESSION_ENV)
-    try:
-        multiprocessing.forkserver.ensure_running()
-    finally:
-        os.environ.clear()
-        os.environ.update(current)
-    return _SESSION_ENV
+    """Starts the forkserver, and returns the environment it started with (this process's, now)."""
+    multiprocessing.forkserver.ensure_running()
+    return dict(os.environ)
+
+
+def start_forkserver() -> None:
+    """tests/conftest.py starts it as the session starts, before any test sets a variable or starts a
+    client thread: with the session's environment, whichever test first needs it."""
+    _forkserver_env()
 
 
 class ForkedChild:
