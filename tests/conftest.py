@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -86,7 +87,16 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
 
 
 @pytest.fixture(scope="session", autouse=True)
-def forkserver_with_the_sessions_environment() -> None:
+def interrupts_as_at_a_terminal() -> None:
+    """Tests send SIGINT (Ctrl-C) to what they start and check how it stops. A shell without job control
+    starts a background command with SIGINT ignored, and an ignored signal stays ignored through exec
+    (bash cannot even trap it): as run from a terminal, the suite's children get it at its default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def forkserver_with_the_sessions_environment(interrupts_as_at_a_terminal: None) -> None:
     preloaded.start_forkserver()
 
 
