@@ -80,10 +80,8 @@ class WorkerGroup:
             asked = self._asked if self._asked is not None and self._fresh() else self._ask()
         try:
             group = asked.result(timeout=DESCRIBE_TIMEOUT_S)
-        except TimeoutError:
-            raise  # still in flight: the next caller waits on it
         finally:
-            with self._lock:
+            with self._lock:  # one still in flight (TimeoutError) stays: the next caller waits on it
                 if asked.done() and self._asked is asked:
                     self._asked = None
         return sum(

@@ -44,7 +44,7 @@ _PRELOAD = [
 # Variables the service reads when it runs, not when it is imported, and ones it never reads (the chaos
 # harness's own; torch's compile cache, which torch sets in the test's process when a test compiles): a
 # fork may differ in them.
-_READ_AT_RUN_TIME = (
+_NOT_READ_AT_IMPORT = (
     "CAPTIONER_",
     "HARNESS_",
     "KAFKA_BOOTSTRAP_SERVERS",
@@ -123,7 +123,7 @@ def forkable(args: Sequence[str], env: Mapping[str, str]) -> bool:
         return False
     started_with = _forkserver_env()
     changed = {name for name in env.keys() | started_with.keys() if env.get(name) != started_with.get(name)}
-    return all(name.startswith(_READ_AT_RUN_TIME) for name in changed)
+    return all(name.startswith(_NOT_READ_AT_IMPORT) for name in changed)
 
 
 def fork(args: Sequence[str], *, env: Mapping[str, str], log_path: Path) -> ForkedChild:
