@@ -64,12 +64,15 @@ class WorkerGroup:
         topic: str,
         reachable: Callable[[], bool],
         clock: Callable[[], float] = time.monotonic,
+        describe_timeout_s: float = DESCRIBE_TIMEOUT_S,
     ) -> None:
+        """describe_timeout_s: how long `holders` waits for a description."""
         self._admin = admin
         self.group_id = group_id
         self._topic = topic
         self._reachable = reachable
         self._clock = clock
+        self._describe_timeout_s = describe_timeout_s
         self._asked: Future[Any] | None = None  # of a ConsumerGroupDescription
         self._answered_at: float | None = None
         self._lock = threading.RLock()  # a cancelled probe's thread may still run beside the next one's
@@ -79,7 +82,7 @@ class WorkerGroup:
         with self._lock:
             asked = self._asked if self._asked is not None and self._fresh() else self._ask()
         try:
-            group = asked.result(timeout=DESCRIBE_TIMEOUT_S)
+            group = asked.result(timeout=self._describe_timeout_s)
         finally:
             with self._lock:  # one still in flight (TimeoutError) stays: the next caller waits on it
                 if asked.done() and self._asked is asked:

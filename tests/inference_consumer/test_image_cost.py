@@ -1,48 +1,38 @@
 """What one image can cost a worker is bounded by its pixel count, whatever its shape: measured in a
-fresh process (peak RSS), from the bytes to the model's input tensor."""
+process of its own (peak RSS), from the bytes to the model's input tensor."""
 
 from __future__ import annotations
 
 import json
-import subprocess
+import os
 import sys
 from pathlib import Path
 
 import pytest
 from PIL import Image
 
+from tests.support import preloaded
 from tests.support.images import encode
 
 pytestmark = pytest.mark.slow
 
-MEASURE = """
-import json, resource, sys
-from core.settings import WorkerSettings
-from inference_consumer.model import load_caption_model
-
-model = load_caption_model(WorkerSettings(model=sys.argv[1], device="cpu"))
-model.pixels(open(sys.argv[2], "rb").read(), max_pixels=10**6)  # warm up the processor
-data = open(sys.argv[3], "rb").read()
-before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-pixels = model.pixels(data, max_pixels=24_000_000)
-after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"peak_mb": (after - before) / 1024, "shape": list(pixels.shape)}))
-"""
+PROBE_TIMEOUT_S = 240
 
 
 def peak_mb(model_dir: Path, tmp_path: Path, picture: Image.Image) -> float:
+    """Measured in a process of its own (tests/support/image_cost_probe.py), forked with torch imported."""
     small, image = tmp_path / "small.png", tmp_path / "image.png"
     small.write_bytes(encode(Image.new("RGB", (64, 48)), "PNG"))
     image.write_bytes(encode(picture, "PNG"))
     del picture
-    done = subprocess.run(
-        [sys.executable, "-c", MEASURE, str(model_dir), str(small), str(image)],
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=True,
+    log = tmp_path / "probe.log"
+    probe = preloaded.start(
+        [sys.executable, "-m", "tests.support.image_cost_probe", str(model_dir), str(small), str(image)],
+        env=dict(os.environ),
+        log_path=log,
     )
-    measured = json.loads(done.stdout.strip().splitlines()[-1])
+    assert probe.wait(timeout=PROBE_TIMEOUT_S) == 0, log.read_text()
+    measured = json.loads(log.read_text().strip().splitlines()[-1])
     print(f"{image.stat().st_size} bytes -> peak +{measured['peak_mb']:.0f} MB")
     return float(measured["peak_mb"])
 

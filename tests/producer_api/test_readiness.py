@@ -248,6 +248,7 @@ def worker_group(
         topic="requests",
         reachable=lambda: reachable,
         clock=lambda: now[0],
+        describe_timeout_s=0.01,  # each description here is answered at once or never
     )
 
 
