@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -39,10 +40,31 @@ def exit_on_sigterm() -> None:
     signal.signal(signal.SIGTERM, on_sigterm)
 
 
+# Where free_port looks: below Linux's ephemeral range (net.ipv4.ip_local_port_range, 32768-60999 by
+# default), from which the kernel gives every outgoing connection its local port, so that none can take
+# the port between free_port's check and the service's bind; and above the fixed ports the suite's brokers
+# use (TEST_KAFKA_PORT, 19092, up to ~20500: tests/support/broker.py).
+FREE_PORTS = range(21000, 29000)
+_FREE_PORT_TRIES = 200
+_handed_out: set[int] = set()
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A port nothing is bound to on any interface, now, and not handed out before by this process (a
+    test may ask for several before it binds any). Drawn at random from FREE_PORTS, so that processes
+    asking at once seldom draw the same one."""
+    for _ in range(_FREE_PORT_TRIES):
+        port = random.choice(FREE_PORTS)
+        if port in _handed_out:
+            continue
+        with socket.socket() as sock:
+            try:
+                sock.bind(("0.0.0.0", port))
+            except OSError:
+                continue
+        _handed_out.add(port)
+        return port
+    raise RuntimeError(f"no free port in {FREE_PORTS} after {_FREE_PORT_TRIES} tries")
 
 
 class ChildProcess(Protocol):
