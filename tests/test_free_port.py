@@ -1,4 +1,5 @@
-"""tests/support/processes.py's free_port: ports no outgoing connection can take before a service binds them."""
+"""tests/support/processes.py's free_port: ports that no outgoing connection can take before a service
+binds them."""
 
 from __future__ import annotations
 
