@@ -62,7 +62,7 @@ def test_loaded_weights_are_a_read_only_shared_map_of_the_file(tiny_model_dir: P
 def test_other_dtypes_keep_a_private_copy(tiny_model_dir: Path, caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="inference_consumer.model"):
         model = load_caption_model(
-            WorkerSettings(model=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+            WorkerSettings(model=str(tiny_model_dir), device="cpu", dtype="float16")
         ).model
     mappings = mappings_of((tiny_model_dir / SAFETENSORS_FILE).resolve())
 
