@@ -286,6 +286,10 @@ class WorkerSettings(BaseSettings):
     packed_cpu_weights: bool = Field(
         default=False, description="fast decoder: oneDNN-packed fp32 weights on CPU (not bit-identical)"
     )
+    vision_attention: Literal["eager", "sdpa"] = Field(
+        default="eager",
+        description="the image encoder's attention: sdpa runs it fused (faster, not bit-identical to HF's)",
+    )
     worker_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores")
     worker_group_id: str = "captioner-workers"
     reply_topic_pattern: re.Pattern[str] | None = Field(

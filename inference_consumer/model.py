@@ -183,6 +183,7 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
             "Hugging Face hub (and HF_TOKEN if needed) to download microsoft/git-base-textcaps."
         ) from exc
     model = model.to(device).eval()  # type: ignore[arg-type]
+    use_vision_attention(model, settings.vision_attention)
     loaded = resolved_revision(settings, None if local else hub_commit(settings.model, revision))
     if device.type == "cpu" and dtype == torch.float32 and settings.quantize == "none":
         share_weights_if_possible(model, settings.model, revision=None if local else loaded)
@@ -214,6 +215,20 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
         dtype=dtype,
         revision=loaded,
     )
+
+
+def use_vision_attention(model: Any, kind: str) -> None:
+    """The image encoder's attention (CAPTIONER_VISION_ATTENTION). GIT's vision attention looks its
+    implementation up on every call, but transformers refuses `attn_implementation="sdpa"` for the whole
+    model, since GIT's text layers have no SDPA path: so the encoder's own config is switched after
+    loading. Both decoders (and `generate`) then run the same encoder."""
+    if kind == "eager":
+        return
+    encoder = getattr(getattr(model, "git", None), "image_encoder", None)
+    if encoder is None:
+        raise ModelUnavailableError(f"CAPTIONER_VISION_ATTENTION={kind} needs a GIT model's image encoder")
+    encoder.config._attn_implementation = kind
+    log.info("image encoder attention: %s (rounding differs from the default eager path)", kind)
 
 
 def hub_commit(repo_id: str, revision: str | None) -> str | None:

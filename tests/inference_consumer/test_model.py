@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
@@ -34,6 +35,30 @@ def test_local_directory_loads_and_captions_like_generate(tiny_model_dir: Path) 
     titles = model.caption([model.preprocess(p) for p in pictures], max_new_tokens=[20, 20, 20])
 
     assert titles == reference_captioner(tiny_model_dir).captions([encode(p, "PNG") for p in pictures])
+
+
+def test_sdpa_vision_attention_runs_the_fused_kernel_and_captions_as_generate_does_with_it(
+    tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fused_calls: list[int] = []
+    fused = torch.nn.functional.scaled_dot_product_attention
+
+    def counted(*args: Any, **kwargs: Any) -> torch.Tensor:
+        fused_calls.append(1)
+        return fused(*args, **kwargs)
+
+    monkeypatch.setattr(torch.nn.functional, "scaled_dot_product_attention", counted)
+    pixels = [make_picture(seed=seed) for seed in range(3)]
+
+    def titles(**settings: Any) -> list[str]:
+        model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu", **settings))
+        return model.caption([model.preprocess(p) for p in pixels], max_new_tokens=[20, 20, 20])
+
+    titles(decoder="fast")
+    assert fused_calls == []  # the default: HF's own eager attention
+    fast = titles(decoder="fast", vision_attention="sdpa")
+    assert fused_calls
+    assert fast == titles(decoder="hf", vision_attention="sdpa")
 
 
 def test_per_image_token_limits_cut_each_title(tiny_model_dir: Path) -> None:
