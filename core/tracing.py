@@ -2,7 +2,8 @@
 
 Spans always exist in-process (so every job has a trace id, for logs and for the records it causes);
 `CAPTIONER_TRACING` chooses where they are exported: nowhere (the default), OTLP (configured by the
-SDK's own OTEL_EXPORTER_OTLP_* variables), the console, or a file of JSON lines.
+SDK's own OTEL_EXPORTER_OTLP_* variables), the console, or a file of JSON lines. Spans exported nowhere
+are not recorded either (`UnrecordedTracer`): they carry the same trace context, and cost a fraction.
 
 Trace context is as hostile as any other header: a value that is not ASCII, too long, repeated or
 malformed is ignored, and the work it came with starts a new trace. Text from outside (a path, a topic
@@ -13,9 +14,10 @@ cut any attribute at MAX_ATTRIBUTE_CHARS besides.
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import traceback
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 from opentelemetry.context import Context
@@ -27,8 +29,23 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.trace import Span, StatusCode, Tracer, format_trace_id
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.trace import (
+    Link,
+    NonRecordingSpan,
+    Span,
+    SpanContext,
+    SpanKind,
+    StatusCode,
+    TraceFlags,
+    Tracer,
+    TraceState,
+    format_trace_id,
+    get_current_span,
+    use_span,
+)
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+from opentelemetry.util.types import Attributes
 
 from core.logs import MAX_MESSAGE_CHARS, traceback_text
 from core.settings import TracingSettings
@@ -57,8 +74,61 @@ def new_tracer_provider(resource: Resource | None = None) -> TracerProvider:
     return TracerProvider(resource=resource, span_limits=limits)
 
 
-# Until an entry point configures tracing: spans with ids, exported nowhere.
-_provider = new_tracer_provider()
+# The flags the SDK sets: sampled, and that the trace id is random (W3C Trace Context level 2).
+_KEPT_FLAGS = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
+_NEW_TRACE_FLAGS = TraceFlags(_KEPT_FLAGS)
+
+
+class UnrecordedTracer(Tracer):
+    """The tracer when spans are exported nowhere. Its spans carry the trace context the SDK's would (new
+    span ids; a parent's trace id, trace state and sampled flag, or a new sampled trace at a root, as the
+    SDK's default sampler decides), so logs and the records a job causes look the same downstream; they
+    record nothing (no attributes, events or status) and call no span processor."""
+
+    def __init__(self) -> None:
+        self._ids = RandomIdGenerator()
+
+    def start_span(
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+    ) -> Span:
+        parent = get_current_span(context).get_span_context()
+        if parent.is_valid:
+            trace, state = parent.trace_id, parent.trace_state
+            flags = TraceFlags(parent.trace_flags & _KEPT_FLAGS)
+        else:
+            trace, flags, state = self._ids.generate_trace_id(), _NEW_TRACE_FLAGS, TraceState()
+        span_id = self._ids.generate_span_id()
+        return NonRecordingSpan(SpanContext(trace, span_id, False, flags, state))
+
+    @contextlib.contextmanager
+    def start_as_current_span(  # type: ignore[override]  # a context manager as the SDK's, of another class
+        self,
+        name: str,
+        context: Context | None = None,
+        kind: SpanKind = SpanKind.INTERNAL,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        start_time: int | None = None,
+        record_exception: bool = True,
+        set_status_on_exception: bool = True,
+        end_on_exit: bool = True,
+    ) -> Iterator[Span]:
+        with use_span(self.start_span(name, context), end_on_exit=end_on_exit) as span:
+            yield span
+
+
+_UNRECORDED = UnrecordedTracer()
+
+# Until an entry point configures tracing: spans with ids, recorded nowhere. None: UnrecordedTracer.
+_provider: TracerProvider | None = None
 
 HeaderValue = str | bytes | None
 
@@ -67,27 +137,33 @@ _tracers: dict[str, Tracer] = {}  # of _provider, by name: get_tracer builds a n
 
 
 def tracer(name: str) -> Tracer:
+    if _provider is None:
+        return _UNRECORDED
     found = _tracers.get(name)
     if found is None:
         found = _tracers[name] = _provider.get_tracer(name)
     return found
 
 
-def use_tracer_provider(provider: TracerProvider) -> TracerProvider:
-    """Makes `provider` the one every span comes from; returns the previous one (tests swap them)."""
+def use_tracer_provider(provider: TracerProvider | None) -> TracerProvider | None:
+    """Makes `provider` the one every span comes from (None: spans recorded nowhere, UnrecordedTracer);
+    returns the previous one (tests swap them)."""
     global _provider
     previous, _provider = _provider, provider
     _tracers.clear()
     return previous
 
 
-def configure_tracing(settings: TracingSettings, *, service_name: str) -> TracerProvider:
-    """Called once by an entry point. OTEL_SERVICE_NAME, when set, names the service instead."""
-    provider = new_tracer_provider(_resource(service_name))
+def configure_tracing(settings: TracingSettings, *, service_name: str) -> TracerProvider | None:
+    """Called once by an entry point. OTEL_SERVICE_NAME, when set, names the service instead. Returns the
+    provider spans now come from; None when they are exported nowhere (and so not recorded)."""
     exporter = span_exporter(settings.tracing)
-    if exporter is not None:
-        # Batched on a thread of its own, so no span end waits on the exporter; flushed at exit.
-        provider.add_span_processor(BatchSpanProcessor(exporter))
+    if exporter is None:
+        use_tracer_provider(None)
+        return None
+    provider = new_tracer_provider(_resource(service_name))
+    # Batched on a thread of its own, so no span end waits on the exporter; flushed at exit.
+    provider.add_span_processor(BatchSpanProcessor(exporter))
     use_tracer_provider(provider)
     return provider
 

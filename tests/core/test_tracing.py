@@ -15,6 +15,7 @@ from core.tracing import (
     MAX_ATTRIBUTE_CHARS,
     MAX_SPAN_TEXT_CHARS,
     JsonLinesSpanExporter,
+    configure_tracing,
     context_headers,
     extract_context,
     record_failure,
@@ -22,6 +23,7 @@ from core.tracing import (
     span_text,
     trace_id,
     tracer,
+    use_tracer_provider,
 )
 from tests.support.tracing import recorded_spans
 
@@ -101,6 +103,52 @@ def test_an_oversized_or_binary_tracestate_is_dropped_but_the_parent_kept() -> N
 
         assert remote_ids(context) == (TRACE_ID, SPAN_ID)
         assert "tracestate" not in dict(context_headers(context))
+
+
+PARENTS = [
+    pytest.param([], id="root"),
+    pytest.param([("traceparent", TRACEPARENT.encode())], id="sampled-parent"),
+    pytest.param([("traceparent", TRACEPARENT[:-2].encode() + b"00")], id="unsampled-parent"),
+    pytest.param([("traceparent", TRACEPARENT[:-2].encode() + b"03")], id="random-trace-id-flag"),
+    pytest.param([("traceparent", TRACEPARENT[:-2].encode() + b"fd")], id="unknown-flags"),
+    pytest.param([("traceparent", TRACEPARENT.encode()), ("tracestate", b"vendor=abc")], id="tracestate"),
+]
+
+
+def traceparent_fields(headers: list[tuple[str, bytes]]) -> dict[str, object]:
+    """What a span's record headers say, less its own span id: version, trace id, flags, trace state."""
+    named = dict(headers)
+    version, trace, _span, flags = named["traceparent"].decode().split("-")
+    return {"version": version, "trace": trace, "flags": flags, "tracestate": named.get("tracestate")}
+
+
+@pytest.mark.parametrize("parent", PARENTS)
+def test_spans_exported_nowhere_record_nothing_and_carry_the_context_the_sdks_would(
+    parent: list[tuple[object, object]],
+) -> None:
+    context = extract_context(parent)
+    with recorded_spans():
+        recorded = tracer("test").start_span("publish", context=context)
+        expected = traceparent_fields(context_headers(set_span_in_context(recorded)))
+    previous = use_tracer_provider(None)
+    try:
+        assert configure_tracing(TracingSettings(tracing="off"), service_name="test") is None
+        with tracer("test").start_as_current_span("publish", context=context) as span:
+            assert get_current_span() is span
+            headers = context_headers(set_span_in_context(span))
+    finally:
+        use_tracer_provider(previous)
+
+    got = traceparent_fields(headers)
+    assert not span.is_recording()
+    assert recorded.is_recording() is bool(int(str(expected["flags"]), 16) & 1)  # the SDK: if sampled
+    if parent:
+        assert got == expected
+        assert got["trace"] == TRACE_ID and format_span_id(span.get_span_context().span_id) != SPAN_ID
+    else:  # a new trace each, sampled as the SDK's default sampler decides
+        assert got["trace"] != expected["trace"]
+        assert {**got, "trace": None} == {**expected, "trace": None}
+    assert trace_id(span) == got["trace"]
 
 
 def test_tracing_destinations() -> None:
