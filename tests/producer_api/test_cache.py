@@ -32,6 +32,7 @@ from producer_api.cache import (
     cache_bypassed,
     cache_verifier,
     caller_scope,
+    reader_config,
     start_offsets,
 )
 from schemas import CACHE_ENTRY_CODEC, CaptionCacheEntry
@@ -294,6 +295,15 @@ def test_a_start_reads_no_more_than_the_lru_holds() -> None:
     watermarks = {0: (0, 1_000_000), 1: (500, 600), 2: (0, 0), 3: (10, 20_000)}
     assert start_offsets(watermarks, max_entries=40_000) == {0: 990_000, 1: 500, 2: 0, 3: 10_000}
     assert start_offsets({0: (0, 7)}, max_entries=3) == {0: 4}
+
+
+def test_the_reader_asks_the_broker_for_batches_of_titles_and_waits_at_most_a_second() -> None:
+    config = reader_config({"bootstrap.servers": "127.0.0.1:9092"})
+    record = len(CACHE_ENTRY_CODEC.encode(make_entry())) + 200  # the key and the signature headers besides
+
+    assert config["fetch.min.bytes"] >= 100 * record  # one wake-up per hundred titles or more under load
+    assert 0 < config["fetch.wait.max.ms"] <= 1000  # how stale a new title can be, at most
+    assert config["bootstrap.servers"] == "127.0.0.1:9092" and config["enable.auto.commit"] is False
 
 
 def test_the_opt_out_headers() -> None:
