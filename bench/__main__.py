@@ -88,6 +88,7 @@ and error counts by HTTP status.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -96,6 +97,7 @@ from dataclasses import dataclass, replace
 
 from rich.console import Console
 
+from bench.api_floor import measure_api_floor
 from bench.bf16 import DTYPE, Bf16Result
 from bench.breakdown import broker_pid
 from bench.ceiling import Ceiling
@@ -405,12 +407,20 @@ def capacity_phase(
 ) -> tuple[CapacityResult, ApiCost]:
     spec = service_spec(config, "tiny")
     spec = spec if guarantee is None else with_guarantee(spec, guarantee)
+    floor = math.nan
+    if guarantee is None:
+        log(f"capacity: a bare aiohttp server's CPU time per request at {API_COST_RATE:g} req/s")
+        floor = measure_api_floor(
+            client, images.capacity, duration_s=2 * config.phases.capacity_step_s, rate=API_COST_RATE
+        )
+        log(f"capacity: bare aiohttp server {floor:.2f} CPU ms/request")
     log(f"capacity (tiny model{f', {guarantee}' if guarantee else ''}): starting service")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
         log(f"capacity: the API's CPU time per request at {API_COST_RATE:g} req/s")
         api_cost = measure_api_cost(
             client, service, images.capacity, duration_s=2 * config.phases.capacity_step_s
         )
+        api_cost = replace(api_cost, floor_cpu_ms_per_request=floor)
         log(f"capacity: API {api_cost.cpu_ms_per_request:.2f} CPU ms/request")
         log(f"capacity: step-up {config.phases.capacity_step_s:g} s steps")
         capacity = measure_capacity(client, service, images.capacity, phases=config.phases)

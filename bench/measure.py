@@ -342,6 +342,8 @@ class ApiCost:
     requests: int
     answered: int
     api_cpu_s: float
+    # A bare aiohttp server's CPU ms per request under the same loop (bench/api_floor.py); NaN: not measured
+    floor_cpu_ms_per_request: float = math.nan
 
     @property
     def cpu_ms_per_request(self) -> float:

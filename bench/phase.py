@@ -18,6 +18,7 @@ first, each pair back to back, and prints each figure as at_least_once / exactly
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
@@ -47,7 +48,11 @@ def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, boots
 
 def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
     result, api_cost = capacity_phase(config, images, client, bootstrap)
-    return f"capacity_rps {result.capacity_rps:.0f} api_cpu_ms_per_request {api_cost.cpu_ms_per_request:.2f}"
+    floor = getattr(api_cost, "floor_cpu_ms_per_request", math.nan)  # an older tree measures none
+    return (
+        f"capacity_rps {result.capacity_rps:.0f} api_cpu_ms_per_request {api_cost.cpu_ms_per_request:.2f}"
+        f" api_floor_cpu_ms_per_request {floor:.2f}"
+    )
 
 
 def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:

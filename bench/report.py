@@ -70,6 +70,7 @@ SUMMARY_KEYS = (
     "overhead_p50_ms",
     "capacity_rps",
     "api_cpu_ms_per_request",
+    "api_floor_cpu_ms_per_request",
     "worker_rss_mb",
     "uss_mb_per_worker",
     "decoder_identical",
@@ -175,6 +176,7 @@ class BenchResults:
             "overhead_p50_ms": self.overhead_p50_ms,
             "capacity_rps": self.capacity.capacity_rps,
             "api_cpu_ms_per_request": self.api_cost.cpu_ms_per_request,
+            "api_floor_cpu_ms_per_request": self.api_cost.floor_cpu_ms_per_request,
             "worker_rss_mb": self.worker_rss_mb,
             "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
             "decoder_identical": self.decoders.identical,
@@ -311,6 +313,11 @@ def _headline(results: BenchResults) -> Table:
         f"{cost.cpu_ms_per_request:.2f}",
         f"tiny model, {cost.rate:g} req/s offered: the API process's CPU time over {cost.requests} requests "
         f"({cost.answered} answered), tracing and cache as shipped",
+    )
+    table.add_row(
+        "api_floor_cpu_ms_per_request",
+        f"{cost.floor_cpu_ms_per_request:.2f}",
+        "the same loop against a bare aiohttp server (reads the body, answers JSON): the floor under it",
     )
     table.add_row(
         "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"
