@@ -32,6 +32,7 @@ REPO = Path(__file__).resolve().parents[1]
 PATH = "/api/v1/predictions"
 START_TIMEOUT_S = 30.0
 CLIENT_TIMEOUT_S = 30.0
+STOP_TIMEOUT_S = 5.0
 # What the load client reads from a 200 (bench.load.answered), in the shape the API answers.
 ANSWER = {"id": "0" * 32, "title": "a bare server", "cached": False, "inference_ms": 0.0, "latency_ms": 0.0}
 
@@ -68,7 +69,11 @@ def bare_server() -> Iterator[BareServer]:
         yield BareServer(url=f"http://127.0.0.1:{port}{PATH}", pid=process.pid)
     finally:
         process.terminate()
-        process.wait(timeout=START_TIMEOUT_S)
+        try:
+            process.wait(timeout=STOP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait()
 
 
 def _answers(port: int) -> bool:
@@ -81,10 +86,10 @@ def _answers(port: int) -> bool:
 
 
 def measure_api_floor(client: LoadClient, image: BenchImage, *, duration_s: float, rate: float) -> float:
-    """CPU milliseconds per request of the bare server under an open loop at `rate`, one image's body."""
+    """CPU milliseconds per request of the bare server under an open loop at `rate`, one image's body;
+    counted from its first request, as the API's is (bench.measure.measure_api_cost)."""
     with bare_server() as server:
         target = Target(url=server.url, payloads=(image.data,), timeout_s=CLIENT_TIMEOUT_S)
-        client.run(OpenLoop(target=target, rate=rate, duration_s=min(duration_s, 2.0), poisson=False))
         before = cpu_seconds(server.pid)
         run = client.run(OpenLoop(target=target, rate=rate, duration_s=duration_s, poisson=False))
         used = cpu_seconds(server.pid) - before

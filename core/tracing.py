@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.export import (
     SpanExporter,
     SpanExportResult,
 )
-from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import Decision
 from opentelemetry.trace import (
     Link,
     NonRecordingSpan,
@@ -39,7 +39,6 @@ from opentelemetry.trace import (
     StatusCode,
     TraceFlags,
     Tracer,
-    TraceState,
     format_trace_id,
     get_current_span,
     use_span,
@@ -74,19 +73,15 @@ def new_tracer_provider(resource: Resource | None = None) -> TracerProvider:
     return TracerProvider(resource=resource, span_limits=limits)
 
 
-# The flags the SDK sets: sampled, and that the trace id is random (W3C Trace Context level 2).
-_KEPT_FLAGS = TraceFlags.SAMPLED | TraceFlags.RANDOM_TRACE_ID
-_NEW_TRACE_FLAGS = TraceFlags(_KEPT_FLAGS)
-
-
 class UnrecordedTracer(Tracer):
-    """The tracer when spans are exported nowhere. Its spans carry the trace context the SDK's would (new
-    span ids; a parent's trace id, trace state and sampled flag, or a new sampled trace at a root, as the
-    SDK's default sampler decides), so logs and the records a job causes look the same downstream; they
-    record nothing (no attributes, events or status) and call no span processor."""
+    """The tracer when spans are exported nowhere. Its spans carry the trace context the SDK's would, asked
+    of the same sampler and id generator (a provider's: `OTEL_TRACES_SAMPLER` applies), so logs and the
+    records a job causes look the same downstream; they record nothing (no attributes, events or status)
+    and call no span processor."""
 
-    def __init__(self) -> None:
-        self._ids = RandomIdGenerator()
+    def __init__(self, provider: TracerProvider) -> None:
+        self._sampler = provider.sampler
+        self._ids = provider.id_generator
 
     def start_span(
         self,
@@ -99,14 +94,17 @@ class UnrecordedTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
     ) -> Span:
+        # As the SDK's Tracer.start_span decides a span's context, less the recording.
         parent = get_current_span(context).get_span_context()
-        if parent.is_valid:
-            trace, state = parent.trace_id, parent.trace_state
-            flags = TraceFlags(parent.trace_flags & _KEPT_FLAGS)
-        else:
-            trace, flags, state = self._ids.generate_trace_id(), _NEW_TRACE_FLAGS, TraceState()
-        span_id = self._ids.generate_span_id()
-        return NonRecordingSpan(SpanContext(trace, span_id, False, flags, state))
+        trace = parent.trace_id if parent.is_valid else self._ids.generate_trace_id()
+        sampling = self._sampler.should_sample(context, trace, name, kind, attributes, links)
+        sampled = sampling.decision is Decision.RECORD_AND_SAMPLE  # as Decision.is_sampled, which is untyped
+        flags = TraceFlags.SAMPLED if sampled else TraceFlags.DEFAULT
+        random_id = parent.trace_flags.random_trace_id if parent.is_valid else self._ids.is_trace_id_random()
+        if random_id:
+            flags |= TraceFlags.RANDOM_TRACE_ID
+        own = SpanContext(trace, self._ids.generate_span_id(), False, TraceFlags(flags), sampling.trace_state)
+        return NonRecordingSpan(own)
 
     @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # a context manager as the SDK's, of another class
@@ -121,35 +119,37 @@ class UnrecordedTracer(Tracer):
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
     ) -> Iterator[Span]:
-        with use_span(self.start_span(name, context), end_on_exit=end_on_exit) as span:
+        with use_span(
+            self.start_span(name, context, kind, attributes, links), end_on_exit=end_on_exit
+        ) as span:
             yield span
 
 
-_UNRECORDED = UnrecordedTracer()
+SpanSource = TracerProvider | UnrecordedTracer
 
-# Until an entry point configures tracing: spans with ids, recorded nowhere. None: UnrecordedTracer.
-_provider: TracerProvider | None = None
+# Until an entry point configures tracing: spans with ids, recorded nowhere.
+_source: SpanSource = UnrecordedTracer(new_tracer_provider())
 
 HeaderValue = str | bytes | None
 
 
-_tracers: dict[str, Tracer] = {}  # of _provider, by name: get_tracer builds a new one on every call
+_tracers: dict[str, Tracer] = {}  # of _source, by name: get_tracer builds a new one on every call
 
 
 def tracer(name: str) -> Tracer:
-    if _provider is None:
-        return _UNRECORDED
+    if isinstance(_source, UnrecordedTracer):
+        return _source
     found = _tracers.get(name)
     if found is None:
-        found = _tracers[name] = _provider.get_tracer(name)
+        found = _tracers[name] = _source.get_tracer(name)
     return found
 
 
-def use_tracer_provider(provider: TracerProvider | None) -> TracerProvider | None:
-    """Makes `provider` the one every span comes from (None: spans recorded nowhere, UnrecordedTracer);
-    returns the previous one (tests swap them)."""
-    global _provider
-    previous, _provider = _provider, provider
+def use_tracer_provider(source: SpanSource) -> SpanSource:
+    """Makes `source` the one every span comes from (a provider, or an UnrecordedTracer for spans recorded
+    nowhere); returns the previous one (tests swap them)."""
+    global _source
+    previous, _source = _source, source
     _tracers.clear()
     return previous
 
@@ -158,10 +158,10 @@ def configure_tracing(settings: TracingSettings, *, service_name: str) -> Tracer
     """Called once by an entry point. OTEL_SERVICE_NAME, when set, names the service instead. Returns the
     provider spans now come from; None when they are exported nowhere (and so not recorded)."""
     exporter = span_exporter(settings.tracing)
-    if exporter is None:
-        use_tracer_provider(None)
-        return None
     provider = new_tracer_provider(_resource(service_name))
+    if exporter is None:
+        use_tracer_provider(UnrecordedTracer(provider))
+        return None
     # Batched on a thread of its own, so no span end waits on the exporter; flushed at exit.
     provider.add_span_processor(BatchSpanProcessor(exporter))
     use_tracer_provider(provider)

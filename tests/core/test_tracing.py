@@ -7,7 +7,17 @@ from pathlib import Path
 
 import pytest
 from opentelemetry.context import Context
-from opentelemetry.trace import format_span_id, format_trace_id, get_current_span, set_span_in_context
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF, ParentBased, Sampler
+from opentelemetry.trace import (
+    NonRecordingSpan,
+    format_span_id,
+    format_trace_id,
+    get_current_span,
+    set_span_in_context,
+)
 
 from core.logs import MAX_MESSAGE_CHARS
 from core.settings import TracingSettings
@@ -15,6 +25,7 @@ from core.tracing import (
     MAX_ATTRIBUTE_CHARS,
     MAX_SPAN_TEXT_CHARS,
     JsonLinesSpanExporter,
+    UnrecordedTracer,
     configure_tracing,
     context_headers,
     extract_context,
@@ -122,17 +133,26 @@ def traceparent_fields(headers: list[tuple[str, bytes]]) -> dict[str, object]:
     return {"version": version, "trace": trace, "flags": flags, "tracestate": named.get("tracestate")}
 
 
+SAMPLERS = [
+    pytest.param(None, id="default-sampler"),  # parentbased_always_on, unless OTEL_TRACES_SAMPLER says
+    pytest.param(ParentBased(ALWAYS_OFF), id="parentbased-always-off"),
+    pytest.param(ALWAYS_OFF, id="always-off"),
+]
+
+
+@pytest.mark.parametrize("sampler", SAMPLERS)
 @pytest.mark.parametrize("parent", PARENTS)
 def test_spans_exported_nowhere_record_nothing_and_carry_the_context_the_sdks_would(
-    parent: list[tuple[object, object]],
+    parent: list[tuple[object, object]], sampler: Sampler | None
 ) -> None:
     context = extract_context(parent)
-    with recorded_spans():
+    provider = TracerProvider(sampler=sampler)
+    provider.add_span_processor(SimpleSpanProcessor(InMemorySpanExporter()))
+    previous = use_tracer_provider(provider)
+    try:
         recorded = tracer("test").start_span("publish", context=context)
         expected = traceparent_fields(context_headers(set_span_in_context(recorded)))
-    previous = use_tracer_provider(None)
-    try:
-        assert configure_tracing(TracingSettings(tracing="off"), service_name="test") is None
+        use_tracer_provider(UnrecordedTracer(provider))
         with tracer("test").start_as_current_span("publish", context=context) as span:
             assert get_current_span() is span
             headers = context_headers(set_span_in_context(span))
@@ -145,10 +165,21 @@ def test_spans_exported_nowhere_record_nothing_and_carry_the_context_the_sdks_wo
     if parent:
         assert got == expected
         assert got["trace"] == TRACE_ID and format_span_id(span.get_span_context().span_id) != SPAN_ID
-    else:  # a new trace each, sampled as the SDK's default sampler decides
+    else:  # a new trace each
         assert got["trace"] != expected["trace"]
         assert {**got, "trace": None} == {**expected, "trace": None}
     assert trace_id(span) == got["trace"]
+
+
+def test_tracing_exported_nowhere_is_configured_unrecorded() -> None:
+    previous = use_tracer_provider(TracerProvider())
+    try:
+        assert configure_tracing(TracingSettings(tracing="off"), service_name="test") is None
+        span = tracer("test").start_span("publish")
+    finally:
+        use_tracer_provider(previous)
+
+    assert isinstance(span, NonRecordingSpan) and span.get_span_context().is_valid
 
 
 def test_tracing_destinations() -> None:
