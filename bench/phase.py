@@ -1,6 +1,6 @@
 """One phase of `make bench` alone, repeated: to compare two trees side by side in one session.
 
-    python -m bench.phase saturation|capacity|memory|exactly-once [--repeat N]
+    python -m bench.phase saturation|capacity|api-cost|memory|exactly-once [--repeat N]
                                                                     (make bench-phase PHASE=... REPEAT=...)
 
 Figures move between runs and machines, so a change is judged against its parent measured right before
@@ -55,6 +55,24 @@ def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstr
     )
 
 
+def api_cost(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
+    """The capacity phase's first figures alone: the bare server's floor, then the tiny API's CPU per
+    request, without the step-up."""
+    from bench.measure import API_COST_RATE, measure_api_cost
+
+    duration_s = 2 * config.phases.capacity_step_s
+    try:  # an older tree run with this driver (PYTHONPATH) has no bench/api_floor.py
+        from bench.api_floor import measure_api_floor
+    except ImportError:
+        floor = math.nan
+    else:
+        floor = measure_api_floor(client, images.capacity, duration_s=duration_s, rate=API_COST_RATE)
+    spec = service_spec(config, "tiny")
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        cost = measure_api_cost(client, service, images.capacity, duration_s=duration_s)
+    return f"api_cpu_ms_per_request {cost.cpu_ms_per_request:.2f} api_floor_cpu_ms_per_request {floor:.2f}"
+
+
 def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
     peaks = memory_phase(config, images, client, bootstrap)
     return "uss_mb_per_worker " + " ".join(f"{peak:.0f}" for peak in peaks)
@@ -82,6 +100,7 @@ def exactly_once(config: BenchConfig, images: ImageSets, client: LoadClient, boo
 PHASES: dict[str, Phase] = {
     "saturation": saturation,
     "capacity": capacity,
+    "api-cost": api_cost,
     "memory": memory,
     "exactly-once": exactly_once,
 }

@@ -12,6 +12,7 @@ from bench.phase import PHASES, parse_args
     [
         ("saturation", "saturation"),
         ("capacity", "capacity"),
+        ("api-cost", "api_cost"),
         ("memory", "memory"),
         ("exactly-once", "exactly_once"),
     ],
