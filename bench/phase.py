@@ -24,11 +24,12 @@ from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
 from bench.__main__ import ImageSets, capacity_phase, memory_phase, service_spec
+from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown, broker_pid
 from bench.ceiling import describe_machine
 from bench.config import BenchConfig, load_config
 from bench.load import LoadClient, load_client
 from bench.measure import measure_saturation
-from bench.service import running_service, start_broker
+from bench.service import BROKER_SH, running_service, start_broker
 from bench.warmup import warm_up_broker
 from tests.support.processes import exit_on_sigterm
 
@@ -41,9 +42,27 @@ def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, boots
     spec = service_spec(config, "base")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
         result = measure_saturation(
-            client, service, images.photos, size=config.saturation_loop, phases=config.phases
+            client,
+            service,
+            images.photos,
+            size=config.saturation_loop,
+            phases=config.phases,
+            broker_pid=broker_pid(BROKER_SH),
         )
-    return f"service_img_s {result.img_s:.3f} ({result.answered} answered in {result.wall_s:.0f} s)"
+    line = f"service_img_s {result.img_s:.3f} ({result.answered} answered in {result.wall_s:.0f} s)"
+    return line if result.breakdown is None else f"{line} {where_the_time_went(result.breakdown)}"
+
+
+def where_the_time_went(breakdown: Breakdown) -> str:
+    """The inference thread's shares and each process's CPU per image (the saturation table's keys)."""
+    shares = " ".join(
+        f"{stage} {breakdown.wall_share(stage):.3f}"
+        for stage in (*THREAD_STAGES, OTHER)
+        if breakdown.wall_share(stage) > 0
+    )
+    pool = " ".join(f"{stage} {breakdown.ms_per_img(stage):.1f}" for stage in POOL_STAGES)
+    cpu = " ".join(f"{role} {breakdown.cpu_ms_per_img(role):.1f}" for role in CPU_ROLES)
+    return f"worker_share: {shares}; pool_ms_per_img: {pool}; cpu_ms_per_img: {cpu}"
 
 
 def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:

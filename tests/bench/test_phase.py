@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from bench.phase import PHASES, parse_args
+from bench.breakdown import Breakdown
+from bench.phase import PHASES, parse_args, where_the_time_went
 
 
 @pytest.mark.parametrize(
@@ -31,3 +32,20 @@ def test_other_phases_and_repeats_are_usage_errors(argv: list[str]) -> None:
         parse_args(argv)
 
     assert exit_.value.code == 2
+
+
+def test_the_saturation_line_says_where_the_workers_time_and_the_cpu_went() -> None:
+    breakdown = Breakdown(
+        wall_s=10.0,
+        answered=20,
+        workers=1,
+        stage_s={"image_encoder": 5.0, "prefill": 3.0, "decoding_steps": 1.5, "image_decode": 0.6},
+        cpu_s={"worker": 19.0, "api": 0.1, "broker": 0.5, "client": 0.02},
+    )
+
+    line = where_the_time_went(breakdown)
+
+    assert "image_encoder 0.500 prefill 0.300 decoding_steps 0.150 other 0.050" in line
+    assert "generate" not in line  # the fast decoder reports no hf generate stage
+    assert "image_decode 30.0" in line
+    assert "worker 950.0 api 5.0 broker 25.0 client 1.0" in line
