@@ -106,9 +106,11 @@ from bench.exactly_once import EXACTLY_ONCE, guarantee_run, with_guarantee
 from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
 from bench.inprocess import (
+    BatchRun,
     DecoderCheck,
     check_decoders,
     count_same_titles,
+    measure_batch,
     measure_ceiling,
     reference_runner,
 )
@@ -213,6 +215,20 @@ def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderChe
     )
     log(f"naive: {naive.img_s:.3f} img/s")
     return decoders, naive, ceiling
+
+
+def batch_phase(config: BenchConfig, images: ImageSets) -> BatchRun:
+    log(f"in-process: one batch of {config.batch_size} photos through the worker's model code, alone")
+    batch = measure_batch(
+        ensure_model("base"),
+        images.photos,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+        batch=config.batch_size,
+    )
+    log(f"in-process: {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch)")
+    return batch
 
 
 def service_spec(config: BenchConfig, label: str) -> ServiceSpec:
@@ -435,6 +451,7 @@ def run(config: BenchConfig) -> BenchResults:
     ensure_model("tiny")
     images = ImageSets.make(config.phases.images)
     decoders, naive, ceiling = in_process_phase(config, images)
+    batch = batch_phase(config, images)  # after the naive loop: with the worker's malloc thresholds
     with ExitStack() as stack:
         bootstrap = start_broker(stack)
         log("broker warm-up: produce+fetch round trips on a scratch topic")
@@ -473,6 +490,7 @@ def run(config: BenchConfig) -> BenchResults:
         worker_rss_mb=base.worker_rss_mb,
         worker_uss_mb=worker_uss_mb,
         ceiling=ceiling,
+        batch=batch,
         wall_s=time.perf_counter() - started,
         gpu=gpu,
         bf16=bf16,

@@ -10,6 +10,7 @@
 from __future__ import annotations
 
 import gc
+import itertools
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -148,6 +149,51 @@ def reference_runner(
 
         run_ms()  # warm-up: first-call allocations and kernel selection
         yield run_ms
+
+
+BATCH_REPEATS = 3
+
+
+@dataclass(frozen=True)
+class BatchRun:
+    """One full batch through the worker's own model code, in-process: the best of BATCH_REPEATS calls."""
+
+    batch: int
+    seconds: float
+
+    @property
+    def img_s(self) -> float:
+        return self.batch / self.seconds
+
+
+def measure_batch(
+    model_dir: Path,
+    images: list[BenchImage],
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    threads: int,
+    batch: int,
+) -> BatchRun:
+    """`CaptionModel.caption` on `batch` of the photos (the mix repeated to fill it), with the worker's
+    thread count and malloc thresholds: the best the service could do on this machine with nothing beside
+    the model, what `make bench` compares the service with."""
+    from core.settings import WorkerSettings, load_settings
+    from inference_consumer.allocator import keep_freed_memory
+
+    keep_freed_memory(load_settings(WorkerSettings).malloc_threshold_mb * 2**20)  # as the worker does
+    with caption_model(model_dir, threads=threads) as model:
+        photos = itertools.islice(itertools.cycle(images), batch)
+        pixels = [worker_pixels(model, image.data) for image in photos]
+        limits = [max_new_tokens] * batch
+
+        def seconds() -> float:
+            started = time.perf_counter()
+            model.caption(pixels, max_new_tokens=limits, min_new_tokens=min_new_tokens)
+            return time.perf_counter() - started
+
+        seconds()  # warm-up: first-call allocations and kernel selection
+        return BatchRun(batch=batch, seconds=min(seconds() for _ in range(BATCH_REPEATS)))
 
 
 def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:

@@ -17,7 +17,7 @@ from bench.config import BenchConfig
 from bench.exactly_once import AT_LEAST_ONCE, GuaranteeComparison, GuaranteeRun
 from bench.gpu_phase import GpuResult
 from bench.images import BenchImage
-from bench.inprocess import DecoderCheck
+from bench.inprocess import BatchRun, DecoderCheck
 from bench.measure import (
     ApiCost,
     CapacityResult,
@@ -78,6 +78,9 @@ SUMMARY_KEYS = (
     "model_gflop_per_img",
     "cpu_ceiling_img_s",
     "ceiling_share",
+    "inprocess_batch_img_s",
+    "inprocess_ceiling_share",
+    "service_inprocess_share",
     "cpu_flags",
     "sgemm_ceiling_img_s",
     *BREAKDOWN_KEYS,
@@ -111,6 +114,7 @@ class BenchResults:
     worker_rss_mb: float
     worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
     ceiling: Ceiling
+    batch: BatchRun  # one full batch in-process, alone: the best the service could do here
     wall_s: float
     gpu: GpuResult | None = None  # None without CUDA
     bf16: Bf16Result | None = None  # None where the CPU lacks native bfloat16
@@ -184,6 +188,9 @@ class BenchResults:
             "model_gflop_per_img": self.ceiling.model_gflop_per_img,
             "cpu_ceiling_img_s": self.ceiling.img_s,
             "ceiling_share": self.ceiling.share(self.saturation.img_s),
+            "inprocess_batch_img_s": self.batch.img_s,
+            "inprocess_ceiling_share": self.ceiling.share(self.batch.img_s),
+            "service_inprocess_share": self.saturation.img_s / self.batch.img_s,
             "cpu_flags": " ".join(self.ceiling.machine.flags),
             "sgemm_ceiling_img_s": self.ceiling.sgemm_img_s,
             **breakdown_summary(self.saturation.breakdown),
@@ -419,6 +426,14 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         "ceiling_share",
         f"{ceiling.share(results.saturation.img_s):.0%}",
         "service_img_s / cpu_ceiling_img_s: comparable across machines, at most 1",
+    )
+    batch = results.batch
+    table.add_row(
+        "inprocess_batch_img_s",
+        f"{batch.img_s:.2f}",
+        f"one batch of {batch.batch} photos through the worker's model code in-process, alone (best of 3): "
+        f"{results.ceiling.share(batch.img_s):.0%} of the ceiling (inprocess_ceiling_share), the service "
+        f"{results.saturation.img_s / batch.img_s:.0%} of it (service_inprocess_share)",
     )
     table.add_row("sgemm_ceiling_img_s", f"{ceiling.sgemm_img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
     bf16 = results.bf16

@@ -13,7 +13,7 @@ from bench.ceiling import Ceiling, KernelTime, Machine, cpu_flags
 from bench.exactly_once import EXACTLY_ONCE, GuaranteeRun
 from bench.gpu_phase import GpuResult
 from bench.images import make_image
-from bench.inprocess import DecoderCheck
+from bench.inprocess import BatchRun, DecoderCheck
 from bench.load import Outcome
 from bench.measure import (
     ApiCost,
@@ -124,6 +124,7 @@ def _results() -> BenchResults:
             model_gflop_per_img=25.0,
             kernels=_kernels(),
         ),
+        batch=BatchRun(batch=8, seconds=2.5),
         wall_s=100.0,
     )
 
@@ -143,6 +144,9 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # a batch of 8 in 2 s of kernels
     assert summary["sgemm_ceiling_img_s"] == pytest.approx(8.0)  # 200 GFLOP/s / 25 GFLOP an image
     assert summary["ceiling_share"] == pytest.approx(0.5)  # service 2.0 img/s of 4.0
+    assert summary["inprocess_batch_img_s"] == pytest.approx(3.2)  # a batch of 8 in 2.5 s, alone
+    assert summary["inprocess_ceiling_share"] == pytest.approx(0.8)  # 3.2 of the kernels' 4.0
+    assert summary["service_inprocess_share"] == pytest.approx(0.625)  # service 2.0 of 3.2
     assert summary["cpu_flags"] == "avx2 fma"
     assert isinstance(summary["p99_ms_65_ideal"], float) and summary["p99_ms_65_ideal"] > 0
     assert [
