@@ -86,6 +86,22 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.xdist_group(group))
 
 
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """pytest-xdist's loadgroup schedules by a suffix its worker-side hook writes into each grouped test's
+    node id. Where the pytest in use ignores that write (pytest 9.2, pytest-dev/pytest-xdist#1386), each
+    worker would start its own registry and secured broker, and the example builds would share their
+    caches from two processes at once: such a test fails before its fixtures start anything."""
+    mark = item.get_closest_marker("xdist_group")
+    scheduled_by_group = getattr(item.config.option, "loadgroup", False)
+    if mark and scheduled_by_group and not item.nodeid.endswith(f"@{mark.args[0]}"):
+        pytest.fail(
+            f"--dist loadgroup does not keep the {mark.args[0]!r} group in one worker: this pytest and "
+            "pytest-xdist disagree on node ids (pytest-dev/pytest-xdist#1386); install requirements/lock.txt",
+            pytrace=False,
+        )
+
+
 @pytest.fixture(scope="session", autouse=True)
 def interrupts_as_at_a_terminal() -> None:
     """Tests send SIGINT (Ctrl-C) to what they start and check how it stops. A shell without job control

@@ -62,7 +62,7 @@ from bench.chaos.kafka_callers import (
     kafka_outcomes,
     read_replies,
 )
-from bench.chaos.outcomes import Tally, answered_rate, due_between
+from bench.chaos.outcomes import Tally, due_between, steady_rate
 from bench.chaos.services import RETRY_DELAYS_S, deploy, learn_titles, measure_capacity, service_env
 from bench.chaos.traffic import Answer, Traffic, Workload
 from bench.images import make_image
@@ -165,7 +165,8 @@ def _steady(chaos: Chaos) -> Steady:
     started = chaos.traffic.started
     time.sleep(chaos.config.steady_s)
     ended = time.monotonic()
-    rate = answered_rate(chaos.traffic.snapshot(), started + _RAMP_S, ended)
+    offered = chaos.traffic.workload.http_rate
+    rate = steady_rate(chaos.traffic.snapshot(), started + _RAMP_S, ended, offered_rate=offered)
     log(f"steady: {rate:.1f} answers/s")
     return Steady(rate=rate, started=started, ended=ended)
 

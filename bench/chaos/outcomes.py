@@ -22,6 +22,14 @@ def answered_rate(answers: Sequence[Answer], start: float, end: float) -> float:
     return sum(1 for a in answers if a.status == 200 and start <= a.done < end) / (end - start)
 
 
+def steady_rate(answers: Sequence[Answer], start: float, end: float, *, offered_rate: float) -> float:
+    """Answered throughput in [start, end), at most the rate the load offers the API instances. Requests
+    held up at the start (cold workers' first batches) are answered in a burst: inside a short window they
+    would count more than the load offers, and every recovery after would wait for a rate that never comes
+    (each fault's steps would run to max_recovery_s)."""
+    return min(answered_rate(answers, start, end), offered_rate)
+
+
 def _below_steady(answers: Sequence[Answer], since: float, until: float, steady_rate: float) -> list[bool]:
     """For each whole second in [since, until): was answered throughput (averaged over SMOOTH_BINS seconds)
     below RECOVERED_SHARE of steady?"""

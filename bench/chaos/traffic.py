@@ -49,6 +49,11 @@ class Workload:
     client_timeout_s: float
     kafka_caller_share: float = 0.0  # of the requests, published straight to the request topic
 
+    @property
+    def http_rate(self) -> float:
+        """Requests per second sent to the API instances (the rest go straight to the request topic)."""
+        return self.rate * (1 - self.kafka_caller_share)
+
     def pick(self, index: int) -> tuple[int, int]:
         """Request index -> (API instance, image): instances alternate, and each sees every image."""
         return index % len(self.urls), (index // len(self.urls)) % len(self.images)

@@ -17,7 +17,7 @@ from bench.chaos.kafka_callers import (
     kafka_outcomes,
     takes,
 )
-from bench.chaos.outcomes import Tally, degraded_s, last_dip_end
+from bench.chaos.outcomes import Tally, degraded_s, last_dip_end, steady_rate
 from bench.chaos.services import service_env
 from bench.chaos.traffic import NO_ANSWER, Answer, Workload
 from core.settings import InvalidSettingError
@@ -59,6 +59,33 @@ def test_recovery_ends_with_the_last_second_below_ninety_percent() -> None:
 
     assert dip_end == 10  # the 2 s average is back to 10/s once the second 9..10 is full
     assert degraded_s(answers, 0, 20, steady_rate=10) == 5
+
+
+def test_a_start_up_backlog_answered_in_the_steady_window_does_not_raise_steady_above_the_offered_rate() -> (
+    None
+):
+    backlog = [3.2] * 18  # the requests of the first seconds, held up by cold workers, answered at once
+    answers = answered(backlog + steady(12, 3.2, 40))
+
+    rate = steady_rate(answers, 3, 6, offered_rate=12)
+
+    assert rate == 12
+    # Throughput at the offered rate after a fault is a recovery, not a dip that lasts until max_recovery_s.
+    assert last_dip_end(answers, 10, 40, steady_rate=rate) == 10
+
+
+def test_steady_below_the_offered_rate_is_what_was_answered() -> None:
+    answers = answered(steady(8, 0, 10))
+
+    assert steady_rate(answers, 3, 6, offered_rate=12) == pytest.approx(8)
+
+
+def test_a_workloads_http_rate_leaves_out_its_kafka_callers_share() -> None:
+    workload = Workload(
+        urls=("u",), images=(b"i",), titles=("t",), rate=15, client_timeout_s=1, kafka_caller_share=0.2
+    )
+
+    assert workload.http_rate == pytest.approx(12)
 
 
 def test_errors_are_not_answered_throughput() -> None:
