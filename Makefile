@@ -92,8 +92,9 @@ test-tools:
 # Kafka's jars and the schema registry's jar are fetched (built) before the tests start, so that the tests
 # write nothing inside the repository.
 # The tests run in PYTEST_WORKERS pytest-xdist processes (0: in pytest's own): much of an integration test's
-# time is spent waiting on a broker or a service process, which another test's work can use.
-PYTEST_WORKERS ?= 2
+# time is spent waiting on a broker or a service process, which another test's work can use; on 2 cores,
+# three workers keep them busiest (docs/development/testing.md).
+PYTEST_WORKERS ?= 3
 test: lint typecheck imports test-tools
 	infra/kafka/broker.sh fetch
 	infra/registry/registry.sh fetch
