@@ -256,6 +256,21 @@ def idle_phase(config: BenchConfig, images: ImageSets, client: LoadClient, servi
         )
 
 
+def saturation_phase(
+    config: BenchConfig, images: ImageSets, client: LoadClient, service: Service
+) -> SaturationResult:
+    """The photo mix in a closed loop on the base service, with where the time went (the local broker's CPU
+    included)."""
+    return measure_saturation(
+        client,
+        service,
+        images.photos,
+        size=config.saturation_loop,
+        phases=config.phases,
+        broker_pid=broker_pid(BROKER_SH),
+    )
+
+
 def base_service_phase(
     config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str
 ) -> BaseServiceResults:
@@ -268,14 +283,7 @@ def base_service_phase(
     ):
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
-        saturation = measure_saturation(
-            client,
-            service,
-            images.photos,
-            size=config.saturation_loop,
-            phases=config.phases,
-            broker_pid=broker_pid(BROKER_SH),
-        )
+        saturation = saturation_phase(config, images, client, service)
         log(f"service: {saturation.img_s:.3f} img/s")
         steady = tuple(
             steady_phase(

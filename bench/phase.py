@@ -23,13 +23,12 @@ import sys
 from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 
-from bench.__main__ import ImageSets, capacity_phase, memory_phase, service_spec
-from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown, broker_pid
+from bench.__main__ import ImageSets, capacity_phase, memory_phase, saturation_phase, service_spec
+from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
 from bench.ceiling import describe_machine
 from bench.config import BenchConfig, load_config
 from bench.load import LoadClient, load_client
-from bench.measure import measure_saturation
-from bench.service import BROKER_SH, running_service, start_broker
+from bench.service import running_service, start_broker
 from bench.warmup import warm_up_broker
 from tests.support.processes import exit_on_sigterm
 
@@ -41,14 +40,7 @@ Phase = Callable[[BenchConfig, ImageSets, LoadClient, str], str]
 def saturation(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
     spec = service_spec(config, "base")
     with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
-        result = measure_saturation(
-            client,
-            service,
-            images.photos,
-            size=config.saturation_loop,
-            phases=config.phases,
-            broker_pid=broker_pid(BROKER_SH),
-        )
+        result = saturation_phase(config, images, client, service)
     line = f"service_img_s {result.img_s:.3f} ({result.answered} answered in {result.wall_s:.0f} s)"
     return line if result.breakdown is None else f"{line} {where_the_time_went(result.breakdown)}"
 
