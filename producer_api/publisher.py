@@ -1,6 +1,7 @@
 """Publishes caption jobs from the event loop. A small record is handed to librdkafka on the loop, which
 costs less than a hand-off to a thread and back; a large one (librdkafka copies it) on a thread of its
-own. Another thread serves delivery reports the moment they arrive."""
+own. Another thread serves delivery reports the moment they arrive, and only a failed one wakes the event
+loop: the job's reply is what the caller waits for, so its delivery costs the loop nothing."""
 
 from __future__ import annotations
 
@@ -31,11 +32,12 @@ class _Outgoing:
     key: bytes
     value: bytes
     headers: list[tuple[str, str | bytes | None]]
-    future: asyncio.Future[None]
+    failed: asyncio.Future[Any]  # only a failure settles it
 
 
 class RequestPublisher:
-    """`await publish(...)` returns once the broker has acknowledged the record (acks=all)."""
+    """`send(...)` hands a record over and returns at once; a record refused or not delivered (acks=all,
+    within message.timeout.ms) sets its error on the future it came with."""
 
     def __init__(
         self,
@@ -63,18 +65,26 @@ class RequestPublisher:
         self._producing.start()
         self._delivering.start()
 
-    async def publish(
-        self, *, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    def send(
+        self,
+        *,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+        failed: asyncio.Future[Any],
     ) -> None:
+        """Hands the record over and returns. A record the producer refuses or cannot deliver sets its error
+        on `failed` (unless that is done by then); a delivered one does not even wake the event loop, so
+        the caller awaits `failed` as the future of what the record leads to (its reply). Raises
+        BrokerUnavailableError at once while the brokers are known to be down."""
         if self.brokers_down:
             raise BrokerUnavailableError("Kafka is unreachable; try again shortly")
-        future: asyncio.Future[None] = self._loop.create_future()
-        item = _Outgoing(topic=topic, key=key, value=value, headers=list(headers or []), future=future)
+        item = _Outgoing(topic=topic, key=key, value=value, headers=list(headers or []), failed=failed)
         if len(value) <= INLINE_PRODUCE_MAX_BYTES:
             self._produce(item)
         else:
             self._outgoing.put(item)
-        await future
 
     async def check_broker(self, *, topic: str, timeout_s: float) -> bool:
         """True when the cluster answers a metadata request for topic within the timeout."""
@@ -93,7 +103,9 @@ class RequestPublisher:
                 log.info("Kafka is reachable again")
                 self.brokers_down = False
 
-    async def close(self, *, timeout_s: float) -> None:
+    async def close(self, *, timeout_s: float) -> int:
+        """Delivers what is queued within timeout_s (each report served) and stops; returns how many
+        records were left undelivered."""
         self._outgoing.put(None)
         await asyncio.to_thread(self._producing.join, timeout_s)
         remaining = await asyncio.to_thread(self._flush, timeout_s)
@@ -101,6 +113,7 @@ class RequestPublisher:
             log.warning("%d job records were not delivered before shutdown", remaining)
         self._closed.set()
         await asyncio.to_thread(self._delivering.join, timeout_s)
+        return remaining
 
     def _flush(self, timeout_s: float) -> int:
         """Within timeout_s, and only while a broker is reachable: with none, nothing queued can go."""
@@ -123,7 +136,9 @@ class RequestPublisher:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:
             if error is None:
                 self.brokers_down = False
-            self._loop.call_soon_threadsafe(_settle, item.future, error)
+                return
+            undelivered = BrokerUnavailableError("the job was not delivered to Kafka", detail=error.str())
+            self._loop.call_soon_threadsafe(_fail, item.failed, undelivered)
 
         try:
             self._producer.produce(
@@ -132,12 +147,12 @@ class RequestPublisher:
         except BufferError:
             self._loop.call_soon_threadsafe(
                 _fail,
-                item.future,
+                item.failed,
                 OverloadedError("the local Kafka send queue is full", retry_after_s=RETRY_AFTER_S),
             )
         except Exception as exc:
             refused = BrokerUnavailableError("Kafka did not accept the job", detail=str(exc))
-            self._loop.call_soon_threadsafe(_fail, item.future, refused)
+            self._loop.call_soon_threadsafe(_fail, item.failed, refused)
 
     def _on_client_error(self, error: KafkaError) -> None:
         if error.code() == KafkaError._ALL_BROKERS_DOWN:
@@ -146,15 +161,6 @@ class RequestPublisher:
             self.brokers_down = True
 
 
-def _settle(future: asyncio.Future[None], error: KafkaError | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(BrokerUnavailableError("the job was not delivered to Kafka", detail=error.str()))
-
-
-def _fail(future: asyncio.Future[None], exc: Exception) -> None:
+def _fail(future: asyncio.Future[Any], exc: Exception) -> None:
     if not future.done():
         future.set_exception(exc)

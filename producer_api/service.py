@@ -143,8 +143,13 @@ class CaptionService:
             with publish_span(self._topics.requests, correlation_id) as headers:
                 if scope != SHARED_SCOPE:
                     headers = [*headers, (record_headers.CACHE_SCOPE, scope.encode())]
-                await self._publisher.publish(
-                    topic=self._topics.requests, key=correlation_id.encode(), value=value, headers=headers
+                # An undelivered job fails the reply's future; a delivered one does not wake the loop.
+                self._publisher.send(
+                    topic=self._topics.requests,
+                    key=correlation_id.encode(),
+                    value=value,
+                    headers=headers,
+                    failed=reply_future,
                 )
             remaining = self._api.request_timeout_s - (time.perf_counter() - started)
             reply = await asyncio.wait_for(reply_future, timeout=max(remaining, 0.0))

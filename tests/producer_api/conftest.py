@@ -36,26 +36,37 @@ LEAKS = ("object at 0x", "Traceback", "/work/", 'File "', "Error:", "Exception",
 @dataclass
 class FakePublisher:
     """Answers every job at once, as a worker would: a caption, or the failure set in `answer`.
-    `refusal` is raised instead, as the real publisher raises when Kafka does not take the job, and
-    `replies` replaces the answer with the replies it returns for the job (none: the job waits)."""
+    `refusal` is raised instead, as the real publisher raises when the brokers are known to be down;
+    `undelivered` is set on the job's future instead, as the real one does with a record the broker did
+    not acknowledge; `replies` replaces the answer with the replies it returns for the job (none: the job
+    waits)."""
 
     pending: PendingReplies
     published: list[CaptionRequest] = field(default_factory=list)
     headers: list[list[tuple[str, bytes]]] = field(default_factory=list)  # each published record's
     answer: ReplyError | None = None
     refusal: Exception | None = None
+    undelivered: Exception | None = None
     replies: Callable[[CaptionRequest], list[CaptionReply]] | None = None
     held: list[CaptionReply] | None = None  # when a list, replies wait there until the test delivers them
 
-    async def publish(
-        self, *, topic: str, key: bytes, value: bytes, headers: list[tuple[str, bytes]] | None = None
+    def send(
+        self,
+        *,
+        topic: str,
+        key: bytes,
+        value: bytes,
+        headers: list[tuple[str, bytes]] | None = None,
+        failed: asyncio.Future[Any],
     ) -> None:
         if self.refusal is not None:
             raise self.refusal
         job = REQUEST_CODEC.decode(value)
         self.published.append(job)
         self.headers.append(list(headers or []))
-        if self.replies is not None:
+        if self.undelivered is not None:
+            asyncio.get_running_loop().call_soon(failed.set_exception, self.undelivered)
+        elif self.replies is not None:
             self.pending.deliver(self.replies(job))
         elif self.held is not None:
             self.held.append(self._answer(job))

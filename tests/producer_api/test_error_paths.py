@@ -57,6 +57,18 @@ async def test_a_broker_that_does_not_take_the_job_is_a_503(serve_api: StartApi)
     assert (api.in_flight, api.buffered_bytes) == (0, 0)
 
 
+async def test_a_job_the_broker_never_acknowledged_is_a_503_without_its_words(serve_api: StartApi) -> None:
+    """The reply's future fails with the delivery: the request does not wait out its timeout."""
+    api = await serve_api()
+    api.publisher.undelivered = BrokerUnavailableError("the job was not delivered to Kafka", detail=INTERNALS)
+
+    response = await api.post(PNG, "image/png")
+
+    assert_plain_error(response, 503, "broker_unavailable")
+    assert INTERNALS not in response.body.decode()
+    assert (api.in_flight, api.buffered_bytes) == (0, 0)
+
+
 async def test_retries_that_ran_out_are_a_503_without_the_workers_words(serve_api: StartApi) -> None:
     api = await serve_api()
     api.publisher.answer = ReplyError("inference_failed", INTERNALS, True)

@@ -1,5 +1,5 @@
-"""The request publisher against a broker that never answers: what it refuses, and how; and which thread
-hands each record to librdkafka."""
+"""The request publisher: against a broker that never answers, what it refuses, and how, and which thread
+hands each record to librdkafka; against a real one, that a delivered record leaves the event loop alone."""
 
 from __future__ import annotations
 
@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from core.kafka_config import producer_config
+from core.settings import KafkaSettings, TopicSettings
 from producer_api.errors import BrokerUnavailableError, OverloadedError
 from producer_api.publisher import INLINE_PRODUCE_MAX_BYTES, RequestPublisher
 
@@ -36,6 +38,13 @@ class ThreadNotingPublisher(RequestPublisher):
         super()._produce(item)
 
 
+def sent(publisher: RequestPublisher, value: bytes) -> asyncio.Future[None]:
+    """The future a record's failure is set on, as the API's reply future."""
+    failed: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+    publisher.send(topic="t", key=b"k", value=value, failed=failed)
+    return failed
+
+
 async def test_a_full_send_queue_is_a_429_that_says_when_to_come_back() -> None:
     """Like admission's 429, the send queue's tells the caller when to try again (Retry-After)."""
     # Accepts connections and never answers: the client neither learns the brokers are down nor
@@ -48,7 +57,7 @@ async def test_a_full_send_queue_is_a_429_that_says_when_to_come_back() -> None:
         }
         publisher = RequestPublisher(config=config, loop=asyncio.get_running_loop())
         publisher.start()
-        jobs = [publisher.publish(topic="t", key=b"k", value=b"v") for _ in range(2)]
+        jobs = [sent(publisher, b"v") for _ in range(2)]
         queued, refused = await asyncio.wait_for(asyncio.gather(*jobs, return_exceptions=True), 30)
         await publisher.close(timeout_s=5)
 
@@ -65,9 +74,45 @@ async def test_a_small_record_is_produced_on_the_loop_and_a_large_one_on_the_pro
         values = [b"s" * INLINE_PRODUCE_MAX_BYTES, b"l" * (INLINE_PRODUCE_MAX_BYTES + 1)]
         for value in values:  # one at a time, so the threads are noted in order
             with pytest.raises(BrokerUnavailableError):  # undelivered within message.timeout.ms
-                await asyncio.wait_for(publisher.publish(topic="t", key=b"k", value=value), 30)
+                await asyncio.wait_for(sent(publisher, value), 30)
         await publisher.close(timeout_s=5)
 
     small, large = publisher.produced_on
     assert small is threading.current_thread()  # the loop's
     assert large.name == "request-producer"
+
+
+class CallCountingLoop:
+    """The running loop, counting what other threads hand it (call_soon_threadsafe)."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self.handed: list[object] = []
+
+    def call_soon_threadsafe(self, callback: Any, *args: Any) -> asyncio.Handle:
+        self.handed.append(callback)
+        return self._loop.call_soon_threadsafe(callback, *args)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loop, name)
+
+
+@pytest.mark.integration
+async def test_a_delivered_record_neither_settles_its_future_nor_wakes_the_loop(
+    kafka_bootstrap: str, topics: TopicSettings
+) -> None:
+    """The API waits for the job's reply, not its acknowledgement: a delivery report that says all is well
+    must cost the event loop nothing."""
+    loop = CallCountingLoop(asyncio.get_running_loop())
+    config = producer_config(KafkaSettings(), topics, client_id="test-publisher")
+    publisher = RequestPublisher(config=config, loop=loop)  # type: ignore[arg-type]  # a counting proxy
+    publisher.start()
+    values = [b"s" * 100, b"l" * (INLINE_PRODUCE_MAX_BYTES + 1)]  # on the loop, and on the producer thread
+    failed = [asyncio.get_running_loop().create_future() for _ in values]
+    for value, future in zip(values, failed, strict=True):
+        publisher.send(topic=topics.requests, key=b"k", value=value, failed=future)
+    undelivered = await publisher.close(timeout_s=30)  # every delivery report served
+
+    assert undelivered == 0
+    assert not any(future.done() for future in failed)
+    assert loop.handed == []
