@@ -38,12 +38,36 @@ CPU_ROLES = ("worker", "api", "broker", "client")
 def cpu_seconds(pid: int) -> float:
     """User + system CPU seconds of a process, all its threads; NaN once it is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        return _cpu_seconds(Path(f"/proc/{pid}/stat").read_text())
     except OSError:
         return math.nan
+
+
+def _cpu_seconds(stat: str) -> float:
+    """utime + stime of a /proc stat line."""
     # The command name is in parentheses and may hold spaces: the fields after it are what counts.
     fields = stat[stat.rindex(")") + 2 :].split()
     return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass(frozen=True)
+class ThreadUsage:
+    """One thread's CPU seconds (user + system) and context switches (voluntary + involuntary)."""
+
+    cpu_s: float
+    switches: int
+
+
+def thread_usage(pid: int, tid: int | None = None) -> ThreadUsage:
+    """Of thread `tid` of process `pid` (its main thread by default: an asyncio server's event loop);
+    NaN CPU and no switches once it is gone."""
+    task = Path(f"/proc/{pid}/task/{pid if tid is None else tid}")
+    try:
+        stat, status = (task / "stat").read_text(), (task / "status").read_text()
+    except OSError:
+        return ThreadUsage(cpu_s=math.nan, switches=0)
+    switches = sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
+    return ThreadUsage(cpu_s=_cpu_seconds(stat), switches=switches)
 
 
 def scrape_stages(url: str, *, timeout_s: float = 5.0) -> dict[str, float]:

@@ -336,7 +336,8 @@ API_COST_RATE = 100.0  # requests/s offered: well inside the tiny model's capaci
 @dataclass(frozen=True)
 class ApiCost:
     """The API process's CPU time over an open loop at a fixed offered rate (tiny model, every feature
-    as shipped: tracing, caption cache), per request answered."""
+    as shipped: tracing, caption cache), per request answered; and its event loop's share (its main
+    thread), with the context switches that thread made: each is a wake-up the request cost it."""
 
     rate: float
     requests: int
@@ -344,10 +345,20 @@ class ApiCost:
     api_cpu_s: float
     # A bare aiohttp server's CPU ms per request under the same loop (bench/api_floor.py); NaN: not measured
     floor_cpu_ms_per_request: float = math.nan
+    loop_cpu_s: float = math.nan
+    loop_switches: int = 0
 
     @property
     def cpu_ms_per_request(self) -> float:
         return 1000 * self.api_cpu_s / self.requests if self.requests else math.nan
+
+    @property
+    def loop_cpu_ms_per_request(self) -> float:
+        return 1000 * self.loop_cpu_s / self.requests if self.requests else math.nan
+
+    @property
+    def loop_switches_per_request(self) -> float:
+        return self.loop_switches / self.requests if self.requests else math.nan
 
 
 def measure_api_cost(
@@ -355,14 +366,17 @@ def measure_api_cost(
 ) -> ApiCost:
     """One small image, every request through the whole path (the cache-bypass header, as the other
     loops send it): the API still reads every cache entry the workers write, as shipped."""
-    from bench.breakdown import cpu_seconds
+    from bench.breakdown import cpu_seconds, thread_usage
 
     spec = OpenLoop(target=target(service, [image]), rate=rate, duration_s=duration_s, poisson=False)
-    before = cpu_seconds(service.api.pid)
+    before, loop_before = cpu_seconds(service.api.pid), thread_usage(service.api.pid)
     run = _run_checked(client, service, spec)
+    loop_after = thread_usage(service.api.pid)
     return ApiCost(
         rate=rate,
         requests=len(run.outcomes),
         answered=sum(outcome.ok for outcome in run.outcomes),
         api_cpu_s=cpu_seconds(service.api.pid) - before,
+        loop_cpu_s=loop_after.cpu_s - loop_before.cpu_s,
+        loop_switches=loop_after.switches - loop_before.switches,
     )

@@ -71,6 +71,8 @@ SUMMARY_KEYS = (
     "capacity_rps",
     "api_cpu_ms_per_request",
     "api_floor_cpu_ms_per_request",
+    "api_loop_cpu_ms_per_request",
+    "api_loop_switches_per_request",
     "worker_rss_mb",
     "uss_mb_per_worker",
     "decoder_identical",
@@ -191,6 +193,8 @@ class BenchResults:
             "capacity_rps": self.capacity.capacity_rps,
             "api_cpu_ms_per_request": self.api_cost.cpu_ms_per_request,
             "api_floor_cpu_ms_per_request": self.api_cost.floor_cpu_ms_per_request,
+            "api_loop_cpu_ms_per_request": self.api_cost.loop_cpu_ms_per_request,
+            "api_loop_switches_per_request": self.api_cost.loop_switches_per_request,
             "worker_rss_mb": self.worker_rss_mb,
             "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
             "decoder_identical": self.decoders.identical,
@@ -335,6 +339,16 @@ def _headline(results: BenchResults) -> Table:
         "api_floor_cpu_ms_per_request",
         f"{cost.floor_cpu_ms_per_request:.2f}",
         "the same loop against a bare aiohttp server (reads the body, answers JSON): the floor under it",
+    )
+    table.add_row(
+        "api_loop_cpu_ms_per_request",
+        f"{cost.loop_cpu_ms_per_request:.2f}",
+        "of which the API's event loop (its main thread)",
+    )
+    table.add_row(
+        "api_loop_switches_per_request",
+        f"{cost.loop_switches_per_request:.1f}",
+        "the event loop's context switches per request: each one a wake-up",
     )
     table.add_row(
         "worker_rss_mb", f"{results.worker_rss_mb:.0f}", "peak VmRSS, summed over workers, base run"

@@ -2,11 +2,12 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
-from bench.breakdown import BreakdownProbe, cpu_seconds, scrape_stages
+from bench.breakdown import BreakdownProbe, cpu_seconds, scrape_stages, thread_usage
 
 
 def _metrics_file(path: Path, seconds: dict[str, float]) -> str:
@@ -41,6 +42,22 @@ def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
 def test_a_process_that_is_gone_has_no_cpu_time() -> None:
     assert cpu_seconds(os.getpid()) > 0
     assert math.isnan(cpu_seconds(2**22 + 12345))
+
+
+def test_a_thread_s_cpu_and_switches_are_its_own() -> None:
+    """The main thread's figures, not the process's: a busy second thread adds nothing to them."""
+    before, process_before = thread_usage(os.getpid()), cpu_seconds(os.getpid())
+    done = threading.Event()
+    busy = threading.Thread(target=lambda: (sum(range(3_000_000)), done.set()))
+    busy.start()
+    done.wait(timeout=60)  # a wait: at least one context switch of this thread
+    busy.join()
+    after, process_after = thread_usage(os.getpid()), cpu_seconds(os.getpid())
+
+    assert after.switches > before.switches
+    assert 0 <= after.cpu_s - before.cpu_s < process_after - process_before
+    gone = thread_usage(os.getpid(), 2**22 + 12345)
+    assert math.isnan(gone.cpu_s) and gone.switches == 0
 
 
 def test_a_worker_whose_metrics_cannot_be_read_leaves_the_stages_out_not_the_run(tmp_path: Path) -> None:

@@ -115,7 +115,13 @@ def _results() -> BenchResults:
         ),
         capacity=CapacityResult([_step(100, 100), _step(200, 150)]),
         api_cost=ApiCost(
-            rate=100.0, requests=400, answered=399, api_cpu_s=1.2, floor_cpu_ms_per_request=0.45
+            rate=100.0,
+            requests=400,
+            answered=399,
+            api_cpu_s=1.2,
+            floor_cpu_ms_per_request=0.45,
+            loop_cpu_s=0.8,
+            loop_switches=2400,
         ),
         worker_rss_mb=2000.0,
         worker_uss_mb=[700.0, 750.0],
@@ -139,6 +145,8 @@ def test_summary_has_exactly_the_keys() -> None:
     assert summary["capacity_rps"] == 100
     assert summary["api_cpu_ms_per_request"] == pytest.approx(3.0)  # 1.2 CPU s over 400 requests
     assert summary["api_floor_cpu_ms_per_request"] == pytest.approx(0.45)
+    assert summary["api_loop_cpu_ms_per_request"] == pytest.approx(2.0)  # 0.8 s of it on the loop
+    assert summary["api_loop_switches_per_request"] == pytest.approx(6.0)
     assert summary["decoder_identical"] is True
     assert summary["uss_mb_per_worker"] == 750.0  # the larger worker's
     assert summary["cpu_ceiling_img_s"] == pytest.approx(4.0)  # a batch of 8 in 2 s of kernels
