@@ -3,7 +3,8 @@
 Spans always exist in-process (so every job has a trace id, for logs and for the records it causes);
 `CAPTIONER_TRACING` chooses where they are exported: nowhere (the default), OTLP (configured by the
 SDK's own OTEL_EXPORTER_OTLP_* variables), the console, or a file of JSON lines. Spans exported nowhere
-are not recorded either (`UnrecordedTracer`): they carry the same trace context, and cost a fraction.
+are not recorded either (`UnrecordedTracer`): they carry the same trace context, and cost a fraction;
+callers skip what only a recorded span would keep (`spans_recorded`).
 
 Trace context is as hostile as any other header: a value that is not ASCII, too long, repeated or
 malformed is ignored, and the work it came with starts a new trace. Text from outside (a path, a topic
@@ -14,13 +15,12 @@ cut any attribute at MAX_ATTRIBUTE_CHARS besides.
 
 from __future__ import annotations
 
-import contextlib
 import threading
 import traceback
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from opentelemetry.context import Context
+from opentelemetry.context import Context, attach, detach
 from opentelemetry.sdk.resources import SERVICE_NAME, Resource
 from opentelemetry.sdk.trace import ReadableSpan, SpanLimits, TracerProvider
 from opentelemetry.sdk.trace.export import (
@@ -41,7 +41,7 @@ from opentelemetry.trace import (
     Tracer,
     format_trace_id,
     get_current_span,
-    use_span,
+    set_span_in_context,
 )
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 from opentelemetry.util.types import Attributes
@@ -106,7 +106,6 @@ class UnrecordedTracer(Tracer):
         own = SpanContext(trace, self._ids.generate_span_id(), False, TraceFlags(flags), sampling.trace_state)
         return NonRecordingSpan(own)
 
-    @contextlib.contextmanager
     def start_as_current_span(  # type: ignore[override]  # a context manager as the SDK's, of another class
         self,
         name: str,
@@ -118,11 +117,25 @@ class UnrecordedTracer(Tracer):
         record_exception: bool = True,
         set_status_on_exception: bool = True,
         end_on_exit: bool = True,
-    ) -> Iterator[Span]:
-        with use_span(
-            self.start_span(name, context, kind, attributes, links), end_on_exit=end_on_exit
-        ) as span:
-            yield span
+    ) -> CurrentSpan:
+        return CurrentSpan(self.start_span(name, context, kind, attributes, links))
+
+
+class CurrentSpan:
+    """A span that records nothing as the current span inside: `use_span` less what only a recording span
+    needs (recording the error, setting the status, ending it), so a class and not a generator."""
+
+    __slots__ = ("_span", "_token")
+
+    def __init__(self, span: Span) -> None:
+        self._span = span
+
+    def __enter__(self) -> Span:
+        self._token = attach(set_span_in_context(self._span))
+        return self._span
+
+    def __exit__(self, *_exc: object) -> None:
+        detach(self._token)
 
 
 SpanSource = TracerProvider | UnrecordedTracer
@@ -143,6 +156,12 @@ def tracer(name: str) -> Tracer:
     if found is None:
         found = _tracers[name] = _source.get_tracer(name)
     return found
+
+
+def spans_recorded() -> bool:
+    """False while spans are exported nowhere: a caller may then skip what only a recorded span would keep
+    (its attributes, or a child span that would add nothing downstream but its own span id)."""
+    return not isinstance(_source, UnrecordedTracer)
 
 
 def use_tracer_provider(source: SpanSource) -> SpanSource:

@@ -1,5 +1,7 @@
 """The API's spans: a server span per caption request (continuing the caller's W3C `traceparent`) and a
-producer span per job published, whose context goes into the record's headers for the workers."""
+producer span per job published, whose context goes into the record's headers for the workers. While
+spans are exported nowhere, the server span has no attributes and there is no producer span: the record
+names the server span, and a request costs one id and one question to the sampler, not two."""
 
 from __future__ import annotations
 
@@ -7,10 +9,11 @@ import contextlib
 from collections.abc import Awaitable, Callable, Iterator
 
 from aiohttp import web
+from opentelemetry.context import get_current
 from opentelemetry.trace import Span, SpanKind, StatusCode, set_span_in_context
 
 from core.logs import log_context
-from core.tracing import context_headers, extract_context, span_text, trace_id, tracer
+from core.tracing import context_headers, extract_context, span_text, spans_recorded, trace_id, tracer
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
@@ -27,11 +30,16 @@ async def tracing_middleware(request: web.Request, handler: Handler) -> web.Stre
     route = request.match_info.route.resource
     path = span_text(route.canonical if route is not None else request.path)
     method = span_text(request.method)
+    attributes = (
+        {"http.request.method": method, "http.route": path, "url.path": span_text(request.path)}
+        if spans_recorded()
+        else None
+    )
     with tracer(_TRACER).start_as_current_span(
         f"{method} {path}",
         context=extract_context(request.headers.items()),
         kind=SpanKind.SERVER,
-        attributes={"http.request.method": method, "http.route": path, "url.path": span_text(request.path)},
+        attributes=attributes,
     ) as span:
         with log_context(trace_id=trace_id(span)):
             try:
@@ -52,7 +60,10 @@ def _answered(span: Span, status: int) -> None:
 @contextlib.contextmanager
 def publish_span(topic: str, correlation_id: str) -> Iterator[list[tuple[str, bytes]]]:
     """A producer span around one job's publish (a child of the request's span); yields the record
-    headers that carry its context to the worker."""
+    headers that carry its context to the worker. Unrecorded, the request's own span is named instead."""
+    if not spans_recorded():
+        yield context_headers(get_current())
+        return
     with tracer(_TRACER).start_as_current_span(
         span_text(f"{topic} publish"),
         kind=SpanKind.PRODUCER,

@@ -10,7 +10,7 @@ import io
 import json
 import logging
 import queue
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,14 +19,24 @@ import pytest
 import torch
 from aiohttp.test_utils import TestClient, TestServer
 from confluent_kafka import Message
-from opentelemetry.sdk.trace import ReadableSpan
+from opentelemetry.context import Context
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
-from opentelemetry.trace import SpanKind, StatusCode, format_span_id, format_trace_id
+from opentelemetry.sdk.trace.id_generator import RandomIdGenerator
+from opentelemetry.sdk.trace.sampling import ALWAYS_ON, ParentBased, Sampler, SamplingResult
+from opentelemetry.trace import Link, SpanKind, StatusCode, TraceState, format_span_id, format_trace_id
+from opentelemetry.util.types import Attributes
 
 from core.logs import log_handler
 from core.offsets import OffsetTracker
 from core.settings import ApiSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-from core.tracing import MAX_SPAN_TEXT_CHARS, extract_context, span_text
+from core.tracing import (
+    MAX_SPAN_TEXT_CHARS,
+    UnrecordedTracer,
+    extract_context,
+    span_text,
+    use_tracer_provider,
+)
 from inference_consumer.delivery import AutoCommits, DirectSink
 from inference_consumer.errors import InvalidImageError
 from inference_consumer.feeder import JobFeeder
@@ -249,6 +259,62 @@ async def test_a_request_without_traceparent_starts_the_trace_at_the_api(
     carried = extract_context(record_headers)
     assert carried  # a valid context, of the API's own new trace
     assert dict(record_headers)["traceparent"].decode().split("-")[1] == hex_ids(server)[0]
+
+
+@dataclass
+class AskedSampler(Sampler):
+    """The SDK's default sampler (parent-based, else always on), noting what each span asks it."""
+
+    asked: list[tuple[str, SpanKind | None, Attributes]] = field(default_factory=list)
+
+    def should_sample(
+        self,
+        parent_context: Context | None,
+        trace_id: int,
+        name: str,
+        kind: SpanKind | None = None,
+        attributes: Attributes = None,
+        links: Sequence[Link] | None = None,
+        trace_state: TraceState | None = None,
+    ) -> SamplingResult:
+        self.asked.append((name, kind, attributes))
+        return ParentBased(ALWAYS_ON).should_sample(parent_context, trace_id, name, kind, attributes, links)
+
+    def get_description(self) -> str:
+        return "asked"
+
+
+class NotedSpanIds(RandomIdGenerator):
+    def __init__(self) -> None:
+        self.span_ids: list[int] = []
+
+    def generate_span_id(self) -> int:
+        self.span_ids.append(super().generate_span_id())
+        return self.span_ids[-1]
+
+
+async def test_spans_exported_nowhere_cost_a_request_one_span_which_its_record_names(
+    api: tuple[TestClient[Any, Any], FakePublisher],
+) -> None:
+    client, publisher = api
+    sampler, ids = AskedSampler(), NotedSpanIds()
+    previous = use_tracer_provider(UnrecordedTracer(TracerProvider(sampler=sampler, id_generator=ids)))
+    try:
+        async with client.post(
+            "/api/v1/predictions",
+            json={"image": base64.b64encode(make_image_bytes("PNG", seed=3)).decode()},
+            headers={"traceparent": f"00-{CALLER_TRACE_ID}-{CALLER_SPAN_ID}-01"},
+        ) as response:
+            assert response.status == 200, await response.text()
+    finally:
+        use_tracer_provider(previous)
+
+    # The server span alone, asked of the sampler without the attributes nobody would record.
+    assert sampler.asked == [("POST /api/v1/predictions", SpanKind.SERVER, None)]
+    (server_span_id,) = ids.span_ids
+    (record_headers,) = publisher.headers
+    traceparent = f"00-{CALLER_TRACE_ID}-{format_span_id(server_span_id)}-01"
+    assert dict(record_headers)["traceparent"] == traceparent.encode()
 
 
 def test_a_failed_job_keeps_its_trace_into_the_dead_letter_and_logs_its_ids(

@@ -171,6 +171,22 @@ def test_spans_exported_nowhere_record_nothing_and_carry_the_context_the_sdks_wo
     assert trace_id(span) == got["trace"]
 
 
+def test_an_unrecorded_span_is_current_only_inside_its_block_even_when_the_block_raises() -> None:
+    outside = get_current_span()
+    unrecorded = UnrecordedTracer(TracerProvider())
+
+    with (
+        pytest.raises(ZeroDivisionError),
+        unrecorded.start_as_current_span("outer") as outer,
+        unrecorded.start_as_current_span("inner") as inner,
+    ):
+        assert get_current_span() is inner
+        assert inner.get_span_context().trace_id == outer.get_span_context().trace_id  # its child
+        1 / 0  # noqa: B018
+
+    assert get_current_span() is outside
+
+
 def test_tracing_exported_nowhere_is_configured_unrecorded() -> None:
     previous = use_tracer_provider(TracerProvider())
     try:
