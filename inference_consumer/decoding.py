@@ -172,6 +172,16 @@ class _OneDnnPackedLinears:
         return cast(Tensor, torch.ops.mkldnn._linear_pointwise(hidden, packed, layer.bias, "none", [], ""))
 
 
+def _in_place(activation: Callable[[Tensor], Tensor]) -> Callable[[Tensor], Tensor]:
+    """GIT's exact GELU as the same kernel run in place on its input, which the text layer never reuses;
+    any other activation as it is."""
+    from transformers.activations import GELUActivation
+
+    if type(activation) is GELUActivation and activation.act is F.gelu:
+        return cast(Callable[[Tensor], Tensor], torch.ops.aten.gelu_)
+    return activation
+
+
 def _layer_norm(hidden: Tensor, norm: nn.LayerNorm) -> Tensor:
     return F.layer_norm(hidden, norm.normalized_shape, norm.weight, norm.bias, norm.eps)
 
@@ -201,7 +211,7 @@ class _TextLayer:
             attention_output=attention.output.dense,
             attention_norm=attention.output.LayerNorm,
             intermediate=layer.intermediate.dense,
-            activation=layer.intermediate.intermediate_act_fn,
+            activation=_in_place(layer.intermediate.intermediate_act_fn),
             output=layer.output.dense,
             output_norm=layer.output.LayerNorm,
             head_dim=attention.self.attention_head_size,
@@ -220,20 +230,35 @@ class _TextLayer:
         mask: Tensor | None,
         linear: LinearFn = _linear,
     ) -> Tensor:
-        """Run `hidden` (batch, tokens, width), whose tokens sit at cache slots start.., through the layer."""
+        """Run `hidden` (batch, tokens, width), whose tokens sit at cache slots start.., through the layer.
+        Each stage's temporaries (the attention scores, the intermediate activation) are freed before the
+        next stage allocates: the prefill's peak memory."""
+        context = self._attention(hidden, keys, values, start=start, mask=mask, linear=linear)
+        attended = _layer_norm(linear(context, self.attention_output).add_(hidden), self.attention_norm)
+        output = linear(self.activation(linear(attended, self.intermediate)), self.output)
+        return _layer_norm(output.add_(attended), self.output_norm)
+
+    def _attention(
+        self,
+        hidden: Tensor,
+        keys: Tensor,
+        values: Tensor,
+        *,
+        start: int,
+        mask: Tensor | None,
+        linear: LinearFn,
+    ) -> Tensor:
+        """Writes the tokens' keys and values at their cache slots; returns the heads' merged context."""
         end = start + hidden.shape[1]
         query = self._split_heads(linear(hidden, self.query))
         keys[:, :, start:end] = self._split_heads(linear(hidden, self.key))
         values[:, :, start:end] = self._split_heads(linear(hidden, self.value))
-        # Same op order as GitSelfAttention: divide (not multiply) by sqrt(head_dim), additive mask, softmax.
+        # Same op order as GitSelfAttention: divide (not multiply) by sqrt(head_dim), additive mask, softmax
+        # (in place: the same kernel, so the same bits, without a second buffer of the scores' size).
         scores = torch.matmul(query, keys[:, :, :end].transpose(-1, -2)).div_(math.sqrt(self.head_dim))
         if mask is not None:
             scores.add_(mask)
-        context = torch.matmul(torch.softmax(scores, dim=-1), values[:, :, :end])
-        attention_output = linear(self._merge_heads(context), self.attention_output)
-        attended = _layer_norm(attention_output + hidden, self.attention_norm)
-        expanded = self.activation(linear(attended, self.intermediate))
-        return _layer_norm(linear(expanded, self.output) + attended, self.output_norm)
+        return self._merge_heads(torch.matmul(torch.softmax(scores, dim=-1, out=scores), values[:, :, :end]))
 
     def _split_heads(self, hidden: Tensor) -> Tensor:
         batch, tokens, _ = hidden.shape

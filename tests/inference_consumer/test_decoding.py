@@ -11,7 +11,10 @@ import pytest
 import torch
 from PIL import Image
 from torch import Tensor, nn
-from transformers import AutoModelForCausalLM, AutoProcessor
+from torch.multiprocessing.reductions import StorageWeakRef
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_leaves
+from transformers import AutoModelForCausalLM, AutoProcessor, GitConfig, GitForCausalLM
 
 from captioner.model_factory import make_model
 from core.cpu_features import bf16_refusal, host_cpu_flags
@@ -381,3 +384,59 @@ def test_bf16_matches_generate_in_bf16_where_the_cpu_has_it(
     _assert_same_ids(expected, actual)
     if batch > 1 and max_new_tokens > 1:
         assert len({tuple(row) for row in expected.tolist()}) > 1, "captions should depend on the image"
+
+
+class LiveTensorBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
+    """The bytes of the storages the ops inside have made and not yet freed; `peak`: their most at once."""
+
+    def __init__(self) -> None:
+        super().__init__()  # type: ignore[no-untyped-call]
+        self._storages: dict[int, tuple[StorageWeakRef, int]] = {}
+        self.peak = 0
+
+    def __torch_dispatch__(
+        self, func: Any, types: Any, args: tuple[Any, ...] = (), kwargs: dict[str, Any] | None = None
+    ) -> Any:
+        made = func(*args, **(kwargs or {}))
+        for tensor in tree_leaves(made):
+            if isinstance(tensor, Tensor):
+                storage = StorageWeakRef(tensor.untyped_storage())
+                self._storages.setdefault(storage.cdata, (storage, tensor.untyped_storage().nbytes()))
+        self._storages = {key: kept for key, kept in self._storages.items() if not kept[0].expired()}
+        self.peak = max(self.peak, sum(nbytes for _storage, nbytes in self._storages.values()))
+        return made
+
+
+def test_the_prefill_holds_one_layers_attention_scores_once() -> None:
+    """The prefill's working memory beyond its K/V cache is one buffer of a layer's attention scores (the
+    softmax runs in place, and the scores are freed before the MLP), not the two `generate` holds."""
+    batch, heads, image_tokens, new_tokens = 2, 8, 16 * 16 + 1, 2
+    config = GitConfig(
+        vision_config={
+            "hidden_size": 8,
+            "intermediate_size": 8,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 1,
+            "image_size": 64,
+            "patch_size": 4,
+        },
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        intermediate_size=64,
+        bos_token_id=101,
+        eos_token_id=EOS,
+        pad_token_id=PAD,
+    )
+    model = GitForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+    pixels = torch.rand(batch, 3, 64, 64)
+    tokens = image_tokens + 1  # and the BOS
+    scores_bytes = batch * heads * tokens * tokens * 4
+    cache_bytes = 2 * 2 * batch * (tokens + new_tokens) * 32 * 4  # keys and values of 2 layers, float32
+
+    live = LiveTensorBytes()
+    with torch.inference_mode(), live:
+        FastGitDecoder(model).generate(pixels, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+
+    assert live.peak < cache_bytes + 1.5 * scores_bytes, (live.peak, cache_bytes, scores_bytes)
