@@ -287,8 +287,11 @@ class _KVCache:
         return cls(keys=fresh(), values=fresh())
 
     def keep_rows(self, rows: Tensor) -> None:
-        self.keys = [cache.index_select(0, rows) for cache in self.keys]
-        self.values = [cache.index_select(0, rows) for cache in self.values]
+        """Keeps only `rows`, one layer's tensor at a time: copying every layer's keys (then values) before
+        freeing any held half the cache twice, at the first caption that ends."""
+        for caches in (self.keys, self.values):
+            for layer, cache in enumerate(caches):
+                caches[layer] = cache.index_select(0, rows)
 
 
 class FastGitDecoder:

@@ -407,36 +407,62 @@ class LiveTensorBytes(TorchDispatchMode):  # type: ignore[no-untyped-call]  # to
         return made
 
 
-def test_the_prefill_holds_one_layers_attention_scores_once() -> None:
-    """The prefill's working memory beyond its K/V cache is one buffer of a layer's attention scores (the
-    softmax runs in place, and the scores are freed before the MLP), not the two `generate` holds."""
-    batch, heads, image_tokens, new_tokens = 2, 8, 16 * 16 + 1, 2
+def _small_git(*, image_size: int, patch_size: int, layers: int, heads: int, width: int) -> Any:
+    """A GIT model of one small vision layer and a text decoder of the given shape, default weights."""
     config = GitConfig(
         vision_config={
             "hidden_size": 8,
             "intermediate_size": 8,
             "num_hidden_layers": 1,
             "num_attention_heads": 1,
-            "image_size": 64,
-            "patch_size": 4,
+            "image_size": image_size,
+            "patch_size": patch_size,
         },
         vocab_size=128,
-        hidden_size=32,
-        num_hidden_layers=2,
+        hidden_size=width,
+        num_hidden_layers=layers,
         num_attention_heads=heads,
-        intermediate_size=64,
+        intermediate_size=2 * width,
+        max_position_embeddings=64,
         bos_token_id=101,
         eos_token_id=EOS,
         pad_token_id=PAD,
     )
-    model = GitForCausalLM(config).eval()  # type: ignore[no-untyped-call]
-    pixels = torch.rand(batch, 3, 64, 64)
-    tokens = image_tokens + 1  # and the BOS
+    torch.manual_seed(0)
+    return GitForCausalLM(config).eval()  # type: ignore[no-untyped-call]
+
+
+def test_the_prefill_holds_one_layers_attention_scores_once() -> None:
+    """The prefill's working memory beyond its K/V cache is one buffer of a layer's attention scores (the
+    softmax runs in place, and the scores are freed before the MLP), not the two `generate` holds."""
+    batch, heads, width, new_tokens = 2, 8, 32, 2
+    model = _small_git(image_size=64, patch_size=4, layers=2, heads=heads, width=width)
+    tokens = (64 // 4) ** 2 + 1 + 1  # the image's patches, its class token, and the BOS
     scores_bytes = batch * heads * tokens * tokens * 4
-    cache_bytes = 2 * 2 * batch * (tokens + new_tokens) * 32 * 4  # keys and values of 2 layers, float32
+    cache_bytes = 2 * 2 * batch * (tokens + new_tokens) * width * 4  # keys and values of 2 layers, float32
 
     live = LiveTensorBytes()
     with torch.inference_mode(), live:
-        FastGitDecoder(model).generate(pixels, max_new_tokens=new_tokens, min_new_tokens=new_tokens)
+        FastGitDecoder(model).generate(
+            torch.rand(batch, 3, 64, 64), max_new_tokens=new_tokens, min_new_tokens=new_tokens
+        )
 
     assert live.peak < cache_bytes + 1.5 * scores_bytes, (live.peak, cache_bytes, scores_bytes)
+
+
+def test_dropping_finished_rows_copies_the_cache_one_layer_at_a_time() -> None:
+    batch, layers, width, new_tokens = 8, 4, 64, 40
+    model = _reinitialise(
+        _small_git(image_size=16, patch_size=8, layers=layers, heads=2, width=width), eos_bias=1.0
+    )
+    pixels = torch.rand(batch, 3, 16, 16, generator=torch.Generator().manual_seed(3))
+    slots = (16 // 8) ** 2 + 1 + 1 + new_tokens
+    cache_bytes = layers * 2 * batch * slots * width * 4
+
+    live = LiveTensorBytes()
+    with torch.inference_mode(), live:
+        token_ids = FastGitDecoder(model).generate(pixels, max_new_tokens=new_tokens, min_new_tokens=0)
+
+    ends = [row.index(EOS) for row in token_ids.tolist() if EOS in row]
+    assert ends.count(min(ends)) <= 2  # the first rows to finish leave most of the cache to keep
+    assert live.peak < 1.25 * cache_bytes, (live.peak, cache_bytes)
