@@ -14,8 +14,8 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     import torch
 
     from inference_consumer.model import CaptionModel
+    from inference_consumer.stages import StageSink
 
 # The extensions that decide a CPU's matrix throughput, in the order they are reported.
 MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
@@ -32,6 +33,7 @@ KERNEL_REPEATS = 3  # each distinct kernel call of the batch is timed this many 
 # Matrix kernels outside torch's FLOP counter that the model may run: the fast decoder's oneDNN-packed
 # linears (CAPTIONER_PACKED_CPU_WEIGHTS).
 PACKED_KERNELS = frozenset({"mkldnn._linear_pointwise"})
+OUTSIDE_STAGES = "outside_stages"  # kernel calls made after the model's last stage ended (none expected)
 
 
 @dataclass(frozen=True)
@@ -54,6 +56,9 @@ class KernelTime:
     calls: int  # kernel calls the batch made
     distinct: int  # distinct (op, shapes, strides, dtype) among them
     seconds: float  # sum over the calls of each one's best time
+    # The same per stage of the batch that made the calls (inference_consumer/stages.py: image_encoder,
+    # prefill, decoding_steps); their sum is `seconds`
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def img_s(self) -> float:
@@ -167,10 +172,35 @@ def _rebuild(meta: Any) -> Any:
 def record_kernels(run: Callable[[], object]) -> Counter[Signature]:
     """Every call `run` makes to an op torch's FLOP counter counts (matrix products, convolutions,
     attention) or to a packed linear (PACKED_KERNELS), by (op, argument layouts)."""
+    calls: Counter[Signature] = Counter()
+    with _kernel_recorder(calls):
+        run()
+    return calls
+
+
+def record_kernels_by_stage(run: Callable[[StageSink], object]) -> dict[str, Counter[Signature]]:
+    """record_kernels, split by the stage that made each call: `run` passes the sink it is given to the
+    model, which tells it as each stage ends (the calls since the last stage ended are that stage's).
+    Calls after the last stage ended, if any, are under OUTSIDE_STAGES."""
+    by_stage: dict[str, Counter[Signature]] = {}
+    pending: Counter[Signature] = Counter()
+
+    def stage_ended(stage: str, _seconds: float) -> None:
+        by_stage.setdefault(stage, Counter()).update(pending)
+        pending.clear()
+
+    with _kernel_recorder(pending):
+        run(stage_ended)
+    if pending:
+        by_stage[OUTSIDE_STAGES] = pending
+    return {stage: calls for stage, calls in by_stage.items() if calls}
+
+
+def _kernel_recorder(calls: Counter[Signature]) -> Any:
+    """A dispatch mode that counts into `calls` each kernel call record_kernels counts (torch imported
+    only when one is made)."""
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import flop_registry
-
-    calls: Counter[Signature] = Counter()
 
     class Recorder(TorchDispatchMode):  # type: ignore[no-untyped-call]  # torch's __init_subclass__
         def __torch_dispatch__(
@@ -186,9 +216,7 @@ def record_kernels(run: Callable[[], object]) -> Counter[Signature]:
                     return decomposed
             return func(*args, **kwargs)
 
-    with Recorder():  # type: ignore[no-untyped-call]
-        run()
-    return calls
+    return Recorder()  # type: ignore[no-untyped-call]
 
 
 def time_kernels(calls: Counter[Signature], *, repeats: int = KERNEL_REPEATS) -> float:
@@ -214,16 +242,22 @@ def time_kernels(calls: Counter[Signature], *, repeats: int = KERNEL_REPEATS) ->
 def kernel_time(
     model: CaptionModel, pixels: list[torch.Tensor], *, max_new_tokens: int, min_new_tokens: int
 ) -> KernelTime:
-    """The matrix kernels of one caption batch of `pixels` on `model`, replayed alone."""
-    calls = record_kernels(
-        lambda: model.caption(
-            pixels, max_new_tokens=[max_new_tokens] * len(pixels), min_new_tokens=min_new_tokens
+    """The matrix kernels of one caption batch of `pixels` on `model`, replayed alone, in all and per
+    stage."""
+    by_stage = record_kernels_by_stage(
+        lambda on_stage: model.caption(
+            pixels,
+            max_new_tokens=[max_new_tokens] * len(pixels),
+            min_new_tokens=min_new_tokens,
+            on_stage=on_stage,
         )
     )
+    stage_seconds = {stage: time_kernels(calls) for stage, calls in by_stage.items()}
     return KernelTime(
         dtype=str(model.dtype).removeprefix("torch."),
         batch=len(pixels),
-        calls=sum(calls.values()),
-        distinct=len(calls),
-        seconds=time_kernels(calls),
+        calls=sum(sum(calls.values()) for calls in by_stage.values()),
+        distinct=len(set().union(*by_stage.values())),
+        seconds=sum(stage_seconds.values()),
+        stage_seconds=stage_seconds,
     )

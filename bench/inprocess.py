@@ -12,9 +12,9 @@ from __future__ import annotations
 import gc
 import itertools
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     import torch
 
     from inference_consumer.model import CaptionModel
+    from inference_consumer.stages import StageSink
 
 
 @dataclass(frozen=True)
@@ -160,6 +161,8 @@ class BatchRun:
 
     batch: int
     seconds: float
+    # each stage's best over the same calls (inference_consumer/stages.py), as the model told them
+    stage_seconds: Mapping[str, float] = field(default_factory=dict)
 
     @property
     def img_s(self) -> float:
@@ -187,13 +190,22 @@ def measure_batch(
         pixels = [worker_pixels(model, image.data) for image in photos]
         limits = [max_new_tokens] * batch
 
-        def seconds() -> float:
+        stage_runs: dict[str, list[float]] = {}
+
+        def seconds(on_stage: StageSink | None = None) -> float:
             started = time.perf_counter()
-            model.caption(pixels, max_new_tokens=limits, min_new_tokens=min_new_tokens)
+            model.caption(pixels, max_new_tokens=limits, min_new_tokens=min_new_tokens, on_stage=on_stage)
             return time.perf_counter() - started
 
+        def stage_ended(stage: str, seconds: float) -> None:
+            stage_runs.setdefault(stage, []).append(seconds)
+
         seconds()  # warm-up: first-call allocations and kernel selection
-        return BatchRun(batch=batch, seconds=min(seconds() for _ in range(BATCH_REPEATS)))
+        return BatchRun(
+            batch=batch,
+            seconds=min(seconds(stage_ended) for _ in range(BATCH_REPEATS)),
+            stage_seconds={stage: min(runs) for stage, runs in stage_runs.items()},
+        )
 
 
 def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:

@@ -32,6 +32,7 @@ from bench.naive import NaiveResult
 from bench.queueing import BatchCostModel, greedy_p99_s
 from bench.stats import LatencySummary, median
 from bench.warmup import WarmupResult
+from inference_consumer import stages
 
 CONTINUITY_FRACTION = 0.65  # p50_ms, p95_ms and p99_ms are this run's, as in earlier versions
 LEVEL_KEYS = {"p99_ms_30": 0.3, "p99_ms_65": 0.65, "p99_ms_90": 0.9}
@@ -42,6 +43,12 @@ BREAKDOWN_KEYS = (
     *(f"{stage}_ms_per_img" for stage in POOL_STAGES),
     *(f"cpu_ms_per_img_{role}" for role in CPU_ROLES),
 )
+
+# Each model stage of the in-process batch against its own kernels replayed alone (bench/ceiling.py):
+# where inprocess_ceiling_share is lost.
+KERNEL_SHARE_KEYS = {
+    f"kernel_share_{stage}": stage for stage in (stages.IMAGE_ENCODER, stages.PREFILL, stages.DECODING_STEPS)
+}
 
 # The same figures with exactly once (bench/exactly_once.py), and its throughputs over at least once's.
 EXACTLY_ONCE_KEYS = (
@@ -83,6 +90,7 @@ SUMMARY_KEYS = (
     "inprocess_batch_img_s",
     "inprocess_ceiling_share",
     "service_inprocess_share",
+    *KERNEL_SHARE_KEYS,
     "cpu_flags",
     "sgemm_ceiling_img_s",
     *BREAKDOWN_KEYS,
@@ -141,6 +149,12 @@ class BenchResults:
     def inprocess_ceiling_share(self) -> float:
         """The in-process batch's share of the ceiling: what the model's own run reaches of its kernels."""
         return self.ceiling.share(self.batch.img_s)
+
+    def kernel_share(self, stage: str) -> float:
+        """A stage of the in-process batch against its own kernels replayed alone: NaN where either was
+        not measured (an older tree, the hf decoder)."""
+        kernels = self.ceiling.kernels.stage_seconds.get(stage, math.nan)
+        return kernels / self.batch.stage_seconds.get(stage, math.nan)
 
     @property
     def service_inprocess_share(self) -> float:
@@ -205,6 +219,7 @@ class BenchResults:
             "inprocess_batch_img_s": self.batch.img_s,
             "inprocess_ceiling_share": self.inprocess_ceiling_share,
             "service_inprocess_share": self.service_inprocess_share,
+            **{key: self.kernel_share(stage) for key, stage in KERNEL_SHARE_KEYS.items()},
             "cpu_flags": " ".join(self.ceiling.machine.flags),
             "sgemm_ceiling_img_s": self.ceiling.sgemm_img_s,
             **breakdown_summary(self.saturation.breakdown),
@@ -458,6 +473,17 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         f"one batch of {batch.batch} photos through the worker's model code in-process, alone (best of "
         f"{BATCH_REPEATS}): {results.inprocess_ceiling_share:.0%} of the ceiling (inprocess_ceiling_share), "
         f"the service {results.service_inprocess_share:.0%} of it (service_inprocess_share)",
+    )
+    stage_ms = {
+        stage: 1000 * batch.stage_seconds.get(stage, math.nan) for stage in KERNEL_SHARE_KEYS.values()
+    }
+    shares = ", ".join(
+        f"{stage} {results.kernel_share(stage):.0%} ({ms:.0f} ms)" for stage, ms in stage_ms.items()
+    )
+    table.add_row(
+        "kernel_share_<stage>",
+        shares,
+        "each stage of that batch against its own kernels replayed alone (the stage's time in the batch)",
     )
     table.add_row("sgemm_ceiling_img_s", f"{ceiling.sgemm_img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
     bf16 = results.bf16

@@ -358,6 +358,8 @@ class FastGitDecoder:
         started = time.perf_counter()
         image_tokens = self._encode_images(pixel_values)
         encoded = time.perf_counter()
+        if on_stage is not None:  # as each stage ends: a sink may mark where the next one starts
+            on_stage(stages.IMAGE_ENCODER, encoded - started)
         batch, image_length, _ = image_tokens.shape
         cache = self._allocate_cache(batch, image_length + max_new_tokens, image_tokens)
         token_ids = torch.full(
@@ -369,6 +371,8 @@ class FastGitDecoder:
 
         hidden = self._prefill(image_tokens, cache)
         prefilled = time.perf_counter()
+        if on_stage is not None:
+            on_stage(stages.PREFILL, prefilled - encoded)
         for step in range(1, max_new_tokens + 1):
             logits = self._logits(hidden, eos_masked=step <= min_new_tokens, eos_ids=eos_ids)
             if on_step_logits is not None:
@@ -386,8 +390,6 @@ class FastGitDecoder:
                     cache.keep_rows(kept)
             hidden = self._decode_step(next_ids, position=step, slot=image_length + step, cache=cache)
         if on_stage is not None:
-            on_stage(stages.IMAGE_ENCODER, encoded - started)
-            on_stage(stages.PREFILL, prefilled - encoded)
             on_stage(stages.DECODING_STEPS, time.perf_counter() - prefilled)
         return token_ids[:, : step + 1].contiguous()
 

@@ -110,6 +110,8 @@ class CaptionModel:
         started = time.perf_counter()
         batch = torch.stack(pixel_values).to(device=self.device, dtype=self.dtype, non_blocking=True)
         staged = time.perf_counter()
+        if on_stage is not None:
+            on_stage(STAGING, staged - started)
         with torch.inference_mode():
             longest = max(max_new_tokens)
             token_ids = self.decoder.generate(
@@ -119,7 +121,6 @@ class CaptionModel:
         rows = [row[: 1 + limit] for row, limit in zip(token_ids, max_new_tokens, strict=True)]
         titles: list[str] = self.processor.batch_decode(rows, skip_special_tokens=True)
         if on_stage is not None:
-            on_stage(STAGING, staged - started)
             on_stage(DETOKENIZE, time.perf_counter() - decoded)
         return [title.strip() for title in titles]
 

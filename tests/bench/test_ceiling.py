@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from pathlib import Path
 
 import pytest
 import torch
 
-from bench.ceiling import kernel_time, record_kernels
+from bench.ceiling import kernel_time, record_kernels, record_kernels_by_stage
 from core.settings import WorkerSettings
 from inference_consumer.model import load_caption_model
+from inference_consumer.stages import StageSink
 
 
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
@@ -56,3 +58,35 @@ def test_packed_linears_are_recorded_as_the_models_kernels(tiny_model_dir: Path)
     # Without oneDNN the decoder keeps the exact path (inference_consumer/decoding.py) and so does this.
     assert packed_ops - exact_ops == ({"mkldnn._linear_pointwise"} if packed else set())
     assert packed_calls == exact_calls
+
+
+def test_each_kernel_is_counted_under_the_stage_that_ran_it(tiny_model_dir: Path) -> None:
+    """The model tells each stage as it ends: the patch convolution is the image encoder's, the prefill's
+    products run on every image token, the decoding steps' on one token a row."""
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"))
+    pixels = [torch.rand(3, model.image_edge, model.image_edge)] * 2
+
+    def caption(on_stage: StageSink | None = None) -> None:
+        model.caption(pixels, max_new_tokens=[5, 5], min_new_tokens=5, on_stage=on_stage)
+
+    by_stage = record_kernels_by_stage(caption)
+    everything = record_kernels(caption)
+
+    assert set(by_stage) == {"image_encoder", "prefill", "decoding_steps"}
+    assert sum(by_stage.values(), Counter()) == everything
+
+    def ops(stage: str) -> set[str]:
+        return {str(func.overloadpacket) for func, _, _ in by_stage[stage]}
+
+    def rows(stage: str) -> set[int]:  # the rows of each addmm's input: (bias, input, weight)
+        addmms = [args for func, args, _ in by_stage[stage] if str(func.overloadpacket) == "aten.addmm"]
+        return {args[1][1][1][0] for args in addmms}
+
+    assert "aten.convolution" in ops("image_encoder")
+    assert "aten.convolution" not in ops("prefill") | ops("decoding_steps")
+    assert min(rows("prefill")) > 2  # every image token and BOS of both rows, layer by layer
+    assert rows("decoding_steps") == {2}  # the newest token of each row
+
+    timed = kernel_time(model, pixels, max_new_tokens=5, min_new_tokens=5)
+    assert set(timed.stage_seconds) == set(by_stage)
+    assert sum(timed.stage_seconds.values()) == pytest.approx(timed.seconds)

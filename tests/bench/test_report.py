@@ -25,7 +25,7 @@ from bench.measure import (
     SteadyResult,
 )
 from bench.naive import NaiveResult
-from bench.report import EXACTLY_ONCE_KEYS, SUMMARY_KEYS, BenchResults, print_report
+from bench.report import EXACTLY_ONCE_KEYS, KERNEL_SHARE_KEYS, SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
 from bench.warmup import WarmupResult
 from tests.bench.conftest import quick_config
@@ -196,6 +196,31 @@ def test_the_saturation_breakdown_says_where_the_time_went(capsys: pytest.Captur
     assert summary["cpu_ms_per_img_api"] == pytest.approx(10.0)
     assert summary["cpu_ms_per_img_client"] == pytest.approx(2.5)
     assert "where the time goes at saturation" in capsys.readouterr().out
+
+
+def test_each_model_stage_is_set_against_its_own_kernels(capsys: pytest.CaptureFixture[str]) -> None:
+    results = _results()
+    kernels = dataclasses.replace(
+        results.ceiling.kernels, stage_seconds={"image_encoder": 1.2, "prefill": 0.5, "decoding_steps": 0.3}
+    )
+    ceiling = dataclasses.replace(results.ceiling, kernels=kernels)
+    batch = BatchRun(
+        batch=8, seconds=2.5, stage_seconds={"image_encoder": 1.5, "prefill": 0.5, "decoding_steps": 0.5}
+    )
+
+    summary = dataclasses.replace(results, ceiling=ceiling, batch=batch).summary()
+    print_report(dataclasses.replace(results, ceiling=ceiling, batch=batch))
+
+    assert summary["kernel_share_image_encoder"] == pytest.approx(0.8)
+    assert summary["kernel_share_prefill"] == pytest.approx(1.0)
+    assert summary["kernel_share_decoding_steps"] == pytest.approx(0.6)
+    assert "decoding_steps 60% (500 ms)" in capsys.readouterr().out
+
+
+def test_without_stage_timings_the_stage_shares_are_null() -> None:
+    summary = _results().summary()
+
+    assert [summary[key] for key in KERNEL_SHARE_KEYS] == [None] * 3
 
 
 def test_without_a_breakdown_or_bf16_their_keys_are_null() -> None:
