@@ -116,7 +116,7 @@ bench: install
 bench-scaling: install  # answered rate with 1, 2, 3 pinned workers (BENCH_SCALING_WORKERS)
 	$(BIN)/python -m bench.scaling
 
-bench-phase: install  # one phase alone, repeated, for side-by-side runs: PHASE=saturation|capacity|api-cost|memory|exactly-once REPEAT=2
+bench-phase: install  # one phase alone, repeated, for side-by-side runs: PHASE=saturation|capacity|api-cost|memory|exactly-once|in-process REPEAT=2
 	$(BIN)/python -m bench.phase $(PHASE) --repeat $(or $(REPEAT),1)
 
 bench-gpu: install  # needs a CUDA device

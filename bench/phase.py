@@ -1,6 +1,6 @@
 """One phase of `make bench` alone, repeated: to compare two trees side by side in one session.
 
-    python -m bench.phase saturation|capacity|api-cost|memory|exactly-once [--repeat N]
+    python -m bench.phase saturation|capacity|api-cost|memory|exactly-once|in-process [--repeat N]
                                                                     (make bench-phase PHASE=... REPEAT=...)
 
 Figures move between runs and machines, so a change is judged against its parent measured right before
@@ -12,7 +12,8 @@ a git worktree and run this file from the current tree with PYTHONPATH naming th
 The `bench` package (and the service it starts) then comes from the worktree; only this driver is new.
 It prints the machine (CPU flags, sgemm rate) first, then one line per repeat. `exactly-once` runs the
 base service (idle, saturation) and the tiny one (capacity) under each delivery guarantee, at least once
-first, each pair back to back, and prints each figure as at_least_once / exactly_once.
+first, each pair back to back, and prints each figure as at_least_once / exactly_once. `in-process`
+starts no service: the model's kernels replayed alone and one batch through its own code, stage by stage.
 """
 
 from __future__ import annotations
@@ -25,9 +26,11 @@ from contextlib import ExitStack
 
 from bench.__main__ import ImageSets, capacity_phase, memory_phase, saturation_phase, service_spec
 from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
-from bench.ceiling import describe_machine
+from bench.ceiling import Ceiling, describe_machine
 from bench.config import BenchConfig, load_config
+from bench.inprocess import BatchRun
 from bench.load import LoadClient, load_client
+from bench.models import ensure_model
 from bench.service import running_service, start_broker
 from bench.warmup import warm_up_broker
 from tests.support.processes import exit_on_sigterm
@@ -116,12 +119,48 @@ def exactly_once(config: BenchConfig, images: ImageSets, client: LoadClient, boo
     return f"at_least_once / exactly_once: {comparison.describe()}"
 
 
+def in_process(config: BenchConfig, images: ImageSets, _client: LoadClient, _bootstrap: str) -> str:
+    return in_process_alone(config, images)
+
+
+def in_process_alone(config: BenchConfig, images: ImageSets) -> str:
+    """No service: the ceiling (the model's kernels replayed alone) and one batch through the model's own
+    code, stage by stage; for a change to the model code, in a minute and a half."""
+    from bench.__main__ import batch_phase
+    from bench.inprocess import measure_ceiling
+
+    ceiling = measure_ceiling(
+        ensure_model("base"),
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+        batch=config.batch_size,
+    )
+    return in_process_line(ceiling, batch_phase(config, images))
+
+
+def in_process_line(ceiling: Ceiling, batch: BatchRun) -> str:
+    from bench.report import kernel_shares
+
+    batch_ms = getattr(batch, "stage_seconds", {})
+    stages = " ".join(
+        f"{key} {share:.3f} ({1000 * batch_ms.get(key.removeprefix('kernel_share_'), math.nan):.0f} ms)"
+        for key, share in kernel_shares(ceiling.kernels, batch).items()
+    )
+    return (
+        f"cpu_ceiling_img_s {ceiling.img_s:.2f} inprocess_batch_img_s {batch.img_s:.3f}"
+        f" inprocess_ceiling_share {ceiling.share(batch.img_s):.3f} {stages}"
+    )
+
+
 PHASES: dict[str, Phase] = {
     "saturation": saturation,
     "capacity": capacity,
     "api-cost": api_cost,
     "memory": memory,
     "exactly-once": exactly_once,
+    "in-process": in_process,
 }
 
 
@@ -134,6 +173,10 @@ def parse_args(argv: Sequence[str]) -> argparse.Namespace:
 
 def run(phase: Phase, repeat: int, *, config: BenchConfig, print_line: Callable[[str], object]) -> None:
     images = ImageSets.make(config.phases.images)
+    if phase is in_process:  # no service, and no broker beside the model
+        for index in range(1, repeat + 1):
+            print_line(f"{index}/{repeat} {in_process_alone(config, images)}")
+        return
     with ExitStack() as stack:
         bootstrap = start_broker(stack)
         warm_up_broker(bootstrap, topic=f"{config.run_id}-warmup", payload_bytes=WARMUP_PAYLOAD_BYTES)

@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.bf16 import Bf16Result
 from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
-from bench.ceiling import Ceiling
+from bench.ceiling import Ceiling, KernelTime
 from bench.config import BenchConfig
 from bench.exactly_once import AT_LEAST_ONCE, GuaranteeComparison, GuaranteeRun
 from bench.gpu_phase import GpuResult
@@ -106,6 +106,17 @@ SUMMARY_KEYS = (
 )
 
 
+def kernel_shares(kernels: KernelTime, batch: BatchRun) -> dict[str, float]:
+    """KERNEL_SHARE_KEYS: each stage of the in-process batch against its own kernels replayed alone; NaN
+    where either was not measured (an older tree, the hf decoder)."""
+    kernel_s = getattr(kernels, "stage_seconds", {})  # an older tree run with bench.phase has none
+    batch_s = getattr(batch, "stage_seconds", {})
+    return {
+        key: kernel_s.get(stage, math.nan) / batch_s.get(stage, math.nan)
+        for key, stage in KERNEL_SHARE_KEYS.items()
+    }
+
+
 @dataclass(frozen=True)
 class BenchResults:
     config: BenchConfig
@@ -151,10 +162,7 @@ class BenchResults:
         return self.ceiling.share(self.batch.img_s)
 
     def kernel_share(self, stage: str) -> float:
-        """A stage of the in-process batch against its own kernels replayed alone: NaN where either was
-        not measured (an older tree, the hf decoder)."""
-        kernels = self.ceiling.kernels.stage_seconds.get(stage, math.nan)
-        return kernels / self.batch.stage_seconds.get(stage, math.nan)
+        return kernel_shares(self.ceiling.kernels, self.batch)[f"kernel_share_{stage}"]
 
     @property
     def service_inprocess_share(self) -> float:
@@ -219,7 +227,7 @@ class BenchResults:
             "inprocess_batch_img_s": self.batch.img_s,
             "inprocess_ceiling_share": self.inprocess_ceiling_share,
             "service_inprocess_share": self.service_inprocess_share,
-            **{key: self.kernel_share(stage) for key, stage in KERNEL_SHARE_KEYS.items()},
+            **kernel_shares(self.ceiling.kernels, self.batch),
             "cpu_flags": " ".join(self.ceiling.machine.flags),
             "sgemm_ceiling_img_s": self.ceiling.sgemm_img_s,
             **breakdown_summary(self.saturation.breakdown),

@@ -5,7 +5,9 @@ from __future__ import annotations
 import pytest
 
 from bench.breakdown import Breakdown
-from bench.phase import PHASES, parse_args, where_the_time_went
+from bench.ceiling import Ceiling, KernelTime, Machine
+from bench.inprocess import BatchRun
+from bench.phase import PHASES, in_process_line, parse_args, where_the_time_went
 
 
 @pytest.mark.parametrize(
@@ -16,6 +18,7 @@ from bench.phase import PHASES, parse_args, where_the_time_went
         ("api-cost", "api_cost"),
         ("memory", "memory"),
         ("exactly-once", "exactly_once"),
+        ("in-process", "in_process"),
     ],
 )
 def test_each_named_phase_can_run_alone(phase: str, function: str) -> None:
@@ -49,3 +52,25 @@ def test_the_saturation_line_says_where_the_workers_time_and_the_cpu_went() -> N
     assert "generate" not in line  # the fast decoder reports no hf generate stage
     assert "image_decode 30.0" in line
     assert "worker 950.0 api 5.0 broker 25.0 client 1.0" in line
+
+
+def test_the_in_process_line_sets_each_stage_against_its_kernels() -> None:
+    kernels = KernelTime(
+        dtype="float32",
+        batch=8,
+        calls=500,
+        distinct=120,
+        seconds=2.0,
+        stage_seconds={"image_encoder": 1.2, "prefill": 0.5, "decoding_steps": 0.3},
+    )
+    machine = Machine(cpu_model="test CPU", flags=("avx2",), threads=2, sgemm_gflops=200.0)
+    ceiling = Ceiling(machine=machine, model_gflop_per_img=25.0, kernels=kernels)
+    batch = BatchRun(
+        batch=8, seconds=2.5, stage_seconds={"image_encoder": 1.5, "prefill": 0.5, "decoding_steps": 0.5}
+    )
+
+    line = in_process_line(ceiling, batch)
+
+    assert "cpu_ceiling_img_s 4.00 inprocess_batch_img_s 3.200 inprocess_ceiling_share 0.800" in line
+    assert "kernel_share_image_encoder 0.800 (1500 ms)" in line
+    assert "kernel_share_decoding_steps 0.600 (500 ms)" in line
