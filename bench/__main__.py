@@ -182,21 +182,7 @@ class BaseServiceResults:
 
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
     base = ensure_model("base")
-    log("machine: sgemm rate on the worker's threads; the model's FLOPs and kernels per image")
-    ceiling = measure_ceiling(
-        base,
-        images.overhead,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.min_new_tokens,
-        threads=config.worker_threads,
-        batch=config.batch_size,
-    )
-    machine = ceiling.machine
-    log(
-        f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s "
-        f"({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel calls, "
-        f"batch {config.batch_size})"
-    )
+    ceiling = ceiling_phase(config, images)
     log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
     decoders = check_decoders(
         base,
@@ -215,6 +201,25 @@ def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderChe
     )
     log(f"naive: {naive.img_s:.3f} img/s")
     return decoders, naive, ceiling
+
+
+def ceiling_phase(config: BenchConfig, images: ImageSets) -> Ceiling:
+    log("machine: sgemm rate on the worker's threads; the model's FLOPs and kernels per image")
+    ceiling = measure_ceiling(
+        ensure_model("base"),
+        images.overhead,
+        max_new_tokens=config.max_new_tokens,
+        min_new_tokens=config.min_new_tokens,
+        threads=config.worker_threads,
+        batch=config.batch_size,
+    )
+    machine = ceiling.machine
+    log(
+        f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s "
+        f"({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel calls, "
+        f"batch {config.batch_size})"
+    )
+    return ceiling
 
 
 def batch_phase(config: BenchConfig, images: ImageSets) -> BatchRun:

@@ -30,7 +30,6 @@ from bench.ceiling import Ceiling, describe_machine
 from bench.config import BenchConfig, load_config
 from bench.inprocess import BatchRun
 from bench.load import LoadClient, load_client
-from bench.models import ensure_model
 from bench.service import running_service, start_broker
 from bench.warmup import warm_up_broker
 from tests.support.processes import exit_on_sigterm
@@ -126,18 +125,9 @@ def in_process(config: BenchConfig, images: ImageSets, _client: LoadClient, _boo
 def in_process_alone(config: BenchConfig, images: ImageSets) -> str:
     """No service: the ceiling (the model's kernels replayed alone) and one batch through the model's own
     code, stage by stage; for a change to the model code, in a minute and a half."""
-    from bench.__main__ import batch_phase
-    from bench.inprocess import measure_ceiling
+    from bench.__main__ import batch_phase, ceiling_phase
 
-    ceiling = measure_ceiling(
-        ensure_model("base"),
-        images.overhead,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.min_new_tokens,
-        threads=config.worker_threads,
-        batch=config.batch_size,
-    )
-    return in_process_line(ceiling, batch_phase(config, images))
+    return in_process_line(ceiling_phase(config, images), batch_phase(config, images))
 
 
 def in_process_line(ceiling: Ceiling, batch: BatchRun) -> str:
