@@ -66,7 +66,8 @@ What each number means (the JSON object on the last line of stdout)
                      saturation: the largest worker's peak. Memory-mapped weights shared by both do not
                      count. The base run's workers when WORKERS >= 2, else a short phase of its own.
     decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
-                     4 images, free-length and forced-length (in-process).
+                     4 images and one of 12 (whose steps run as 16 rows where
+                     CAPTIONER_PAD_DECODING_STEPS_FROM applies), free-length and forced-length (in-process).
     service_img_s_eos, idle_ms_eos, overhead_p50_ms_eos, capacity_rps_eos, api_cpu_ms_per_request_eos
                      the same figures with CAPTIONER_DELIVERY_GUARANTEE=exactly_once (one Kafka transaction
                      per commit): the base service again right after the base run (idle run, then
@@ -87,6 +88,7 @@ and error counts by HTTP status.
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import os
@@ -143,6 +145,7 @@ from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host
+DECODER_CHECK_PADDED = 12  # a batch whose decoding steps are padded to 16 rows on AVX-512
 
 progress = Console(stderr=True)
 
@@ -156,7 +159,8 @@ class ImageSets:
     photos: list[BenchImage]  # the naive and service throughput sets
     overhead: BenchImage  # idle latency vs in-process
     capacity: BenchImage  # the small image of the transport-capacity run
-    decoder_check: list[BenchImage]  # one batch of 4
+    # a batch of 4, and one of 12 (steps padded to 16 rows on AVX-512: CAPTIONER_PAD_DECODING_STEPS_FROM)
+    decoder_checks: tuple[list[BenchImage], ...]
 
     @classmethod
     def make(cls, count: int) -> ImageSets:
@@ -166,7 +170,7 @@ class ImageSets:
             photos=photos,
             overhead=make_image(1024, 768, seed=100),
             capacity=make_image(320, 240, seed=200),
-            decoder_check=picks,
+            decoder_checks=(picks, list(itertools.islice(itertools.cycle(photos), DECODER_CHECK_PADDED))),
         )
 
 
@@ -183,10 +187,11 @@ class BaseServiceResults:
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
     base = ensure_model("base")
     ceiling = ceiling_phase(config, images)
-    log("in-process: fast decoder vs HF generate, one batch of 4 (base model)")
+    sizes = " and ".join(str(len(batch)) for batch in images.decoder_checks)
+    log(f"in-process: fast decoder vs HF generate, batches of {sizes} (base model)")
     decoders = check_decoders(
         base,
-        images.decoder_check,
+        images.decoder_checks,
         max_new_tokens=config.max_new_tokens,
         min_new_tokens=config.min_new_tokens,
         threads=config.worker_threads,

@@ -12,7 +12,7 @@ from __future__ import annotations
 import gc
 import itertools
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -96,12 +96,17 @@ def count_same_titles(
 
 
 def check_decoders(
-    model_dir: Path, images: list[BenchImage], *, max_new_tokens: int, min_new_tokens: int, threads: int
+    model_dir: Path,
+    batches: Sequence[list[BenchImage]],
+    *,
+    max_new_tokens: int,
+    min_new_tokens: int,
+    threads: int,
 ) -> DecoderCheck:
-
     with caption_model(model_dir, threads=threads) as model:
-        identical = decoders_agree(
-            model, images, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        identical = all(
+            decoders_agree(model, images, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens)
+            for images in batches
         )
     return DecoderCheck(decoder=worker_settings(model=str(model_dir)).decoder, identical=identical)
 

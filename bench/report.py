@@ -386,7 +386,7 @@ def _headline(results: BenchResults) -> Table:
     table.add_row(
         "decoder_identical",
         str(results.decoders.identical),
-        f"fast decoder token ids == HF generate's, batch of 4, {config.max_new_tokens} tokens "
+        f"fast decoder token ids == HF generate's, batches of 4 and 12, {config.max_new_tokens} tokens "
         f"(service decoder: {results.decoders.decoder})",
     )
     _ceiling_rows(table, results)

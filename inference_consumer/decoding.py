@@ -7,7 +7,8 @@ with less work per step. It reuses the model's own modules and weights, but driv
 * one prefill pass over [image tokens + BOS] fills a preallocated per-layer K/V cache;
 * each decoding step runs the text decoder on the newest token only, with functional ops and no mask
   machinery, and projects only that position onto the vocabulary;
-* rows that emitted EOS are dropped from the batch (cache rows included), so finished captions cost nothing.
+* rows that emitted EOS are dropped from the batch (cache rows included), so finished captions cost nothing,
+  except where fewer rows would cost more (`pad_steps_from`, below).
 
 The arithmetic mirrors `GitSelfAttention`/`GitLayer` op for op (matmul + softmax attention, the same
 division by sqrt(head_dim), the same additive mask in the prefill), so as long as no row has finished the
@@ -15,6 +16,12 @@ logits are bit-identical to `generate`'s. Once rows are dropped, the matrix prod
 BLAS may round the last bit differently than on the full batch; a token can then only differ on an exact
 near-tie of the two best logits (last-bit apart). The opt-in `packed_cpu_weights` trades bit-identity of
 the decoding steps for the same kind of last-bit differences, for faster steps on CPU (docs/performance.md).
+
+`pad_steps_from` (the worker sets it for float32 on an AVX-512 CPU) runs a decoding step with that many to
+FULL_GEMM_ROWS - 1 unfinished rows as FULL_GEMM_ROWS rows, keeping finished rows or adding filler ones:
+MKL's float32 GEMM takes a slower kernel below that many rows, whose rows also round differently. A batch
+of 16 or more then stays bit-identical to `generate` until fewer than `pad_steps_from` rows are left; a
+smaller batch so padded gets the logits `generate` gives its images in a batch of 16 or more.
 """
 
 from __future__ import annotations
@@ -135,6 +142,20 @@ def _check_plain_greedy(generation_config: Any) -> None:
 
 LinearFn = Callable[[Tensor, nn.Linear], Tensor]
 """Applies an `nn.Linear`'s weights to a tensor; lets decoding steps swap in pre-packed CPU weights."""
+
+
+FULL_GEMM_ROWS = 16
+"""The fewest rows for which MKL's float32 GEMM on an AVX-512 CPU runs its full kernel: below them, at GIT's
+decoding-step shapes, every row costs more, so that a step of 11 to 15 rows takes longer than one of 16
+(docs/performance.md). Each row's result is the same bits for any count from this many on."""
+
+
+def step_rows(alive: int, *, pad_from: int) -> int:
+    """The rows a decoding step runs for `alive` unfinished captions: FULL_GEMM_ROWS from `pad_from` on
+    (0: never), else `alive`."""
+    if 0 < pad_from <= alive < FULL_GEMM_ROWS:
+        return FULL_GEMM_ROWS
+    return alive
 
 
 def _linear(hidden: Tensor, layer: nn.Linear) -> Tensor:
@@ -286,6 +307,11 @@ class _KVCache:
 
         return cls(keys=fresh(), values=fresh())
 
+    def clear_rows_from(self, row: int) -> None:
+        """Zeroes every slot of the rows from `row` on: filler rows attend to zeros, not to stale memory."""
+        for cache in (*self.keys, *self.values):
+            cache[row:].zero_()
+
     def keep_rows(self, rows: Tensor) -> None:
         """Keeps only `rows`, one layer's tensor at a time: copying every layer's keys (then values) before
         freeing any held half the cache twice, at the first caption that ends."""
@@ -300,9 +326,14 @@ class FastGitDecoder:
     `packed_cpu_weights=True` runs the decoding steps (not the vision encoder or the prefill) on oneDNN
     pre-packed weights, about twice as fast on CPU but no longer bit-identical (see `_OneDnnPackedLinears`).
     It applies to float32 models on the CPU and is ignored, with a warning, anywhere else.
+    `pad_steps_from` (0: never) pads decoding steps to FULL_GEMM_ROWS rows; see the module's docstring.
     """
 
-    def __init__(self, model: GitForCausalLM, *, packed_cpu_weights: bool = False) -> None:
+    def __init__(
+        self, model: GitForCausalLM, *, packed_cpu_weights: bool = False, pad_steps_from: int = 0
+    ) -> None:
+        if not 0 <= pad_steps_from <= FULL_GEMM_ROWS:
+            raise ValueError(f"pad_steps_from must be 0 to {FULL_GEMM_ROWS}: {pad_steps_from}")
         _check_plain_greedy(model.generation_config)
         git = model.git
         if git.config.num_image_with_embedding is not None:
@@ -317,10 +348,15 @@ class FastGitDecoder:
         self._heads: int = git.config.num_attention_heads
         self._tokens = SpecialTokens.from_generation_config(model.generation_config)
         self._step_linear = self._linear_for_steps(packed_cpu_weights)
+        self._pad_steps_from = pad_steps_from
 
     @property
     def packed_cpu_weights(self) -> bool:
         return isinstance(self._step_linear, _OneDnnPackedLinears)
+
+    @property
+    def pad_steps_from(self) -> int:
+        return self._pad_steps_from
 
     def _linear_for_steps(self, packed_cpu_weights: bool) -> LinearFn:
         if not packed_cpu_weights:
@@ -361,37 +397,50 @@ class FastGitDecoder:
         if on_stage is not None:  # as each stage ends: a sink may mark where the next one starts
             on_stage(stages.IMAGE_ENCODER, encoded - started)
         batch, image_length, _ = image_tokens.shape
-        cache = self._allocate_cache(batch, image_length + max_new_tokens, image_tokens)
-        token_ids = torch.full(
-            (batch, 1 + max_new_tokens), self._tokens.pad, dtype=torch.long, device=image_tokens.device
-        )
+        width = step_rows(batch, pad_from=self._pad_steps_from)  # the rows of each step, fillers included
+        cache = self._allocate_cache(width, image_length + max_new_tokens, image_tokens)
+        device = image_tokens.device
+        # Filler rows write their tokens below the batch's, and are cut off at the end.
+        token_ids = torch.full((width, 1 + max_new_tokens), self._tokens.pad, dtype=torch.long, device=device)
         token_ids[:, 0] = self._tokens.bos
-        rows = torch.arange(batch, device=image_tokens.device)
-        eos_ids = torch.tensor(self._tokens.eos, device=image_tokens.device)
+        rows = torch.arange(width, device=device)
+        live = rows < batch  # rows still captioning; finished rows may stay in the steps, as fillers do
+        alive = batch
+        eos_ids = torch.tensor(self._tokens.eos, device=device)
+        pad_id = torch.tensor(self._tokens.pad, device=device)
 
         hidden = self._prefill(image_tokens, cache)
+        if width > batch:
+            cache.clear_rows_from(batch)
+            hidden = torch.cat((hidden, hidden.new_zeros((width - batch, *hidden.shape[1:]))))
         prefilled = time.perf_counter()
         if on_stage is not None:
             on_stage(stages.PREFILL, prefilled - encoded)
         for step in range(1, max_new_tokens + 1):
             logits = self._logits(hidden, eos_masked=step <= min_new_tokens, eos_ids=eos_ids)
-            if on_step_logits is not None:
-                on_step_logits(rows, logits)
             next_ids = logits.argmax(dim=-1)
+            if alive < len(rows):  # finished and filler rows go on with padding
+                next_ids = torch.where(live, next_ids, pad_id)
+            if on_step_logits is not None:
+                on_step_logits(rows[live], logits[live])
             token_ids[rows, step] = next_ids
             if step == max_new_tokens:
                 break
             if step > min_new_tokens:  # until then EOS is masked out: no need to sync on the device
-                kept = _unfinished_rows(next_ids, eos_ids)
-                if kept is not None:
-                    if kept.numel() == 0:
+                finished = torch.isin(next_ids, eos_ids) & live
+                if bool(finished.any()):
+                    live = live & ~finished
+                    alive = int(live.sum())
+                    if alive == 0:
                         break
-                    rows, next_ids = rows[kept], next_ids[kept]
-                    cache.keep_rows(kept)
+                    kept = _kept_rows(live, alive, pad_from=self._pad_steps_from)
+                    if kept is not None:
+                        rows, live, next_ids = rows[kept], live[kept], next_ids[kept]
+                        cache.keep_rows(kept)
             hidden = self._decode_step(next_ids, position=step, slot=image_length + step, cache=cache)
         if on_stage is not None:
             on_stage(stages.DECODING_STEPS, time.perf_counter() - prefilled)
-        return token_ids[:, : step + 1].contiguous()
+        return token_ids[:batch, : step + 1].contiguous()
 
     def _check_lengths(self, pixel_values: Tensor, max_new_tokens: int, min_new_tokens: int) -> None:
         if pixel_values.ndim != 4:
@@ -427,13 +476,14 @@ class FastGitDecoder:
         return _layer_norm(embedded, self._embedding_norm).unsqueeze(1)
 
     def _prefill(self, image_tokens: Tensor, cache: _KVCache) -> Tensor:
-        """Run [image tokens + BOS] through the decoder, filling the cache; returns BOS's hidden state."""
+        """Run [image tokens + BOS] through the decoder, filling the cache's first rows; returns BOS's hidden
+        state."""
         batch, image_length, _ = image_tokens.shape
         bos_ids = torch.full((batch,), self._tokens.bos, dtype=torch.long, device=image_tokens.device)
         hidden = torch.cat((image_tokens, self._embed(bos_ids, position=0)), dim=1)
         mask = self._prefill_mask(image_length, image_tokens)
         for layer, keys, values in zip(self._layers, cache.keys, cache.values, strict=True):
-            hidden = layer(hidden, keys, values, start=0, mask=mask)
+            hidden = layer(hidden, keys[:batch], values[:batch], start=0, mask=mask)
         return hidden[:, -1:]
 
     @staticmethod
@@ -457,12 +507,16 @@ class FastGitDecoder:
         return logits
 
 
-def _unfinished_rows(next_ids: Tensor, eos_ids: Tensor) -> Tensor | None:
-    """Indices of the rows that did not just emit EOS, or None when every row goes on."""
-    unfinished = torch.isin(next_ids, eos_ids, invert=True)
-    if bool(unfinished.all()):
+def _kept_rows(live: Tensor, alive: int, *, pad_from: int) -> Tensor | None:
+    """The step rows the next steps run, in order: every live row, and as many others as `step_rows` asks
+    for; None when that is all of them."""
+    width = step_rows(alive, pad_from=pad_from)
+    if width == len(live):
         return None
-    return unfinished.nonzero().squeeze(1)
+    kept = live.nonzero().squeeze(1)
+    if width > alive:
+        kept = torch.cat((kept, (~live).nonzero().squeeze(1)[: width - alive])).sort().values
+    return kept
 
 
 def quantize_int8(model: GitForCausalLM) -> GitForCausalLM:
@@ -478,11 +532,15 @@ def quantize_int8(model: GitForCausalLM) -> GitForCausalLM:
 
 
 def build_decoder(
-    kind: Literal["hf", "fast"], model: GitForCausalLM, *, packed_cpu_weights: bool = False
+    kind: Literal["hf", "fast"],
+    model: GitForCausalLM,
+    *,
+    packed_cpu_weights: bool = False,
+    pad_steps_from: int = 0,
 ) -> GreedyDecoder:
-    """`packed_cpu_weights` only applies to the fast decoder; see `FastGitDecoder`."""
+    """`packed_cpu_weights` and `pad_steps_from` only apply to the fast decoder; see `FastGitDecoder`."""
     if kind == "hf":
         return HfGenerateDecoder(model)
     if kind == "fast":
-        return FastGitDecoder(model, packed_cpu_weights=packed_cpu_weights)
+        return FastGitDecoder(model, packed_cpu_weights=packed_cpu_weights, pad_steps_from=pad_steps_from)
     raise ModelUnavailableError(f"unknown decoder kind {kind!r}; expected 'hf' or 'fast'")

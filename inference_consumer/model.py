@@ -164,7 +164,8 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
 
     device = resolve_device(settings.device)
     dtype = resolve_dtype(settings.dtype, device)
-    check_dtype_supported(dtype, device, cpu_flags=host_cpu_flags() if cpu_flags is None else cpu_flags)
+    cpu_flags = host_cpu_flags() if cpu_flags is None else cpu_flags
+    check_dtype_supported(dtype, device, cpu_flags=cpu_flags)
     local = Path(settings.model).is_dir()
     revision = None if local else settings.model_revision  # a directory holds one revision
     offline = not local and not hub_answers(settings.model, revision)
@@ -204,7 +205,12 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
         "loaded %s from %s on %s (%s), decoder=%s", name, settings.model, device, dtype, settings.decoder
     )
     try:
-        decoder = build_decoder(settings.decoder, model, packed_cpu_weights=settings.packed_cpu_weights)
+        decoder = build_decoder(
+            settings.decoder,
+            model,
+            packed_cpu_weights=settings.packed_cpu_weights,
+            pad_steps_from=step_padding(settings, device, dtype, cpu_flags=cpu_flags),
+        )
     except NotImplementedError as exc:  # a model or generation setting the fast decoder does not follow
         raise ModelUnavailableError(f"{exc}; CAPTIONER_DECODER=hf runs it with model.generate") from exc
     return CaptionModel(
@@ -216,6 +222,16 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
         dtype=dtype,
         revision=loaded,
     )
+
+
+def step_padding(
+    settings: WorkerSettings, device: torch.device, dtype: torch.dtype, *, cpu_flags: Collection[str]
+) -> int:
+    """The fast decoder's `pad_steps_from`: CAPTIONER_PAD_DECODING_STEPS_FROM where MKL's float32 GEMM runs
+    (the CPU, unpacked weights) with AVX-512, whose kernel for fewer than 16 rows is the slow one; else 0.
+    MKL's AVX2 kernel has no such step (docs/performance.md), so padding would only cost there."""
+    mkl_float32 = device.type == "cpu" and dtype == torch.float32 and not settings.packed_cpu_weights
+    return settings.pad_decoding_steps_from if mkl_float32 and "avx512f" in cpu_flags else 0
 
 
 def use_vision_attention(model: Any, kind: str) -> None:

@@ -19,11 +19,13 @@ from transformers import AutoModelForCausalLM, AutoProcessor, GitConfig, GitForC
 from captioner.model_factory import make_model
 from core.cpu_features import bf16_refusal, host_cpu_flags
 from inference_consumer.decoding import (
+    FULL_GEMM_ROWS,
     FastGitDecoder,
     HfGenerateDecoder,
     SpecialTokens,
     build_decoder,
     quantize_int8,
+    step_rows,
 )
 from inference_consumer.errors import ModelUnavailableError
 from inference_consumer.model import check_dtype_supported
@@ -256,6 +258,99 @@ def test_step_logits_match_after_rows_left_the_batch(model: Any) -> None:
     assert len(steps[-1][0]) < 8
     for (rows, logits), scores in zip(steps, reference.scores, strict=True):
         torch.testing.assert_close(logits, scores[rows], rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("alive", "pad_from", "rows"),
+    [(13, 0, 13), (10, 11, 10), (11, 11, 16), (15, 11, 16), (16, 11, 16), (23, 11, 23), (1, 1, 16)],
+)
+def test_steps_of_pad_from_to_fifteen_rows_run_sixteen(alive: int, pad_from: int, rows: int) -> None:
+    assert step_rows(alive, pad_from=pad_from) == rows
+
+
+def _head_rows_per_step(monkeypatch: pytest.MonkeyPatch, model: Any) -> list[int]:
+    """Filled, as the fast decoder built after this call runs, with the rows of each vocabulary projection."""
+    from inference_consumer import decoding
+
+    rows: list[int] = []
+    linear = decoding._linear
+
+    def counting_linear(hidden: Tensor, layer: nn.Linear) -> Tensor:
+        if layer is model.output:
+            rows.append(hidden.shape[0])
+        return linear(hidden, layer)
+
+    monkeypatch.setattr(decoding, "_linear", counting_linear)
+    return rows
+
+
+def _padded_decode(
+    model: Any, pixel_values: Tensor, **lengths: int
+) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+    """The fast decoder's token ids, padding steps from 11 rows, and each step's (rows, logits)."""
+    steps: list[tuple[Tensor, Tensor]] = []
+    actual = FastGitDecoder(model, pad_steps_from=11).decode(
+        pixel_values,
+        on_step_logits=lambda rows, logits: steps.append((rows.clone(), logits.clone())),
+        **lengths,
+    )
+    return actual, steps
+
+
+def _generate_with_scores(model: Any, pixel_values: Tensor, **lengths: int) -> Any:
+    return model.generate(
+        pixel_values=pixel_values,
+        do_sample=False,
+        output_scores=True,
+        return_dict_in_generate=True,
+        **lengths,
+    )
+
+
+def test_a_padded_batch_runs_sixteen_rows_a_step_and_gets_generates_logits_in_a_batch_of_sixteen(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Twelve images run their steps as 16 rows (4 fillers); each image's logits are then those `generate`
+    gives it among 16 images, and no filler shows in the result."""
+    pixel_values = _pixels(FULL_GEMM_ROWS, seed=11)
+    lengths = {"max_new_tokens": 6, "min_new_tokens": 6}
+    head_rows = _head_rows_per_step(monkeypatch, model)
+
+    actual, steps = _padded_decode(model, pixel_values[:12], **lengths)
+    among_sixteen = _generate_with_scores(model, pixel_values, **lengths)
+
+    assert head_rows == [FULL_GEMM_ROWS] * 6
+    _assert_same_ids(among_sixteen.sequences[:12], actual)
+    _assert_same_ids(HfGenerateDecoder(model).generate(pixel_values[:12], **lengths), actual)
+    for (rows, logits), scores in zip(steps, among_sixteen.scores, strict=True):
+        assert rows.tolist() == list(range(12))
+        assert torch.equal(logits, scores[:12])
+
+
+def test_finished_rows_stay_in_the_steps_until_fewer_than_pad_from_are_left(
+    model: Any, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Rows that emitted EOS keep running (as padding) while 11 or more captions go on: the steps stay at
+    16 rows, bit-identical to `generate`'s, and the finished rows still read pad."""
+    pixel_values = _pixels(FULL_GEMM_ROWS, seed=11)
+    head_rows = _head_rows_per_step(monkeypatch, model)
+
+    actual, steps = _padded_decode(model, pixel_values, max_new_tokens=20)
+    reference = _generate_with_scores(model, pixel_values, max_new_tokens=20)
+
+    _assert_same_ids(reference.sequences, actual)
+    live_rows = [len(rows) for rows, _ in steps]
+    assert any(11 <= live < FULL_GEMM_ROWS for live in live_rows), f"none of 11-15 live rows: {live_rows}"
+    assert min(live_rows) < 11, f"no step below 11 live rows: {live_rows}"
+    assert head_rows == [step_rows(live, pad_from=11) for live in live_rows]
+    for (rows, logits), scores in zip(steps, reference.scores, strict=True):
+        if len(rows) >= 11:
+            assert torch.equal(logits, scores[rows])
+
+
+def test_pad_steps_from_beyond_sixteen_is_refused(model: Any) -> None:
+    with pytest.raises(ValueError, match="pad_steps_from"):
+        FastGitDecoder(model, pad_steps_from=FULL_GEMM_ROWS + 1)
 
 
 def test_several_eos_ids_and_pad_from_eos(model: Any, monkeypatch: pytest.MonkeyPatch) -> None:

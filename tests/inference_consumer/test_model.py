@@ -15,6 +15,7 @@ import torch
 
 from core.model_id import public_model_id
 from core.settings import WorkerSettings
+from inference_consumer.decoding import FastGitDecoder
 from inference_consumer.errors import ModelUnavailableError
 from inference_consumer.model import (
     configure_torch_threads,
@@ -246,3 +247,25 @@ def test_bf16_where_the_cpu_has_it_runs_the_model_in_bf16(tiny_model_dir: Path, 
         return model.caption([model.preprocess(p) for p in pictures], max_new_tokens=[20] * 3)
 
     assert titles("fast") == titles("hf")
+
+
+@pytest.mark.parametrize(
+    ("flags", "settings", "padded_from"),
+    [
+        ({"avx2", "avx512f"}, {}, 11),
+        ({"avx2", "avx512f"}, {"pad_decoding_steps_from": 13}, 13),
+        ({"avx2", "avx512f"}, {"pad_decoding_steps_from": 0}, 0),
+        ({"avx2", "fma"}, {}, 0),  # MKL's AVX2 kernel has no slow path below 16 rows
+        ({"avx2", "avx512f"}, {"packed_cpu_weights": True}, 0),  # oneDNN, not MKL
+        ({"avx2", "avx512f", "avx512_bf16"}, {"dtype": "bfloat16"}, 0),  # oneDNN too
+    ],
+)
+def test_decoding_steps_are_padded_where_mkl_float32_runs_on_avx512(
+    tiny_model_dir: Path, flags: set[str], settings: dict[str, Any], padded_from: int
+) -> None:
+    model = load_caption_model(
+        WorkerSettings(model=str(tiny_model_dir), device="cpu", **settings), cpu_flags=flags
+    )
+
+    assert isinstance(model.decoder, FastGitDecoder)
+    assert model.decoder.pad_steps_from == padded_from
