@@ -228,9 +228,15 @@ def step_padding(
     settings: WorkerSettings, device: torch.device, dtype: torch.dtype, *, cpu_flags: Collection[str]
 ) -> int:
     """The fast decoder's `pad_steps_from`: CAPTIONER_PAD_DECODING_STEPS_FROM where MKL's float32 GEMM runs
-    (the CPU, unpacked weights) with AVX-512, whose kernel for fewer than 16 rows is the slow one; else 0.
-    MKL's AVX2 kernel has no such step (docs/performance.md), so padding would only cost there."""
-    mkl_float32 = device.type == "cpu" and dtype == torch.float32 and not settings.packed_cpu_weights
+    (the CPU, plain float32 weights: not packed, not int8) with AVX-512, whose kernel for fewer than 16 rows
+    is the slow one; else 0. MKL's AVX2 kernel has no such step (docs/performance.md), so padding would only
+    cost there."""
+    mkl_float32 = (
+        device.type == "cpu"
+        and dtype == torch.float32
+        and not settings.packed_cpu_weights
+        and settings.quantize == "none"
+    )
     return settings.pad_decoding_steps_from if mkl_float32 and "avx512f" in cpu_flags else 0
 
 

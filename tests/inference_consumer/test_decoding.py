@@ -348,6 +348,25 @@ def test_finished_rows_stay_in_the_steps_until_fewer_than_pad_from_are_left(
             assert torch.equal(logits, scores[rows])
 
 
+@pytest.mark.parametrize("batch", [12, 20])
+def test_padded_batches_whose_captions_end_early_caption_as_generate_does(
+    model: Any, monkeypatch: pytest.MonkeyPatch, batch: int
+) -> None:
+    """Fillers beside captions that end (12 images), and a batch above 16 that shrinks to 16 rows by
+    keeping finished ones, then below 11 (20 images)."""
+    pixel_values = _pixels(batch, seed=5)
+    head_rows = _head_rows_per_step(monkeypatch, model)
+
+    actual, steps = _padded_decode(model, pixel_values, max_new_tokens=20)
+
+    _assert_same_ids(HfGenerateDecoder(model).generate(pixel_values, max_new_tokens=20), actual)
+    live_rows = [len(rows) for rows, _ in steps]
+    assert len(set(live_rows)) > 2, f"captions should end at several steps: {live_rows}"
+    assert any(11 <= live < FULL_GEMM_ROWS for live in live_rows), f"none of 11-15 live rows: {live_rows}"
+    assert head_rows[0] == max(batch, FULL_GEMM_ROWS)
+    assert head_rows == [step_rows(live, pad_from=11) for live in live_rows]
+
+
 def test_pad_steps_from_beyond_sixteen_is_refused(model: Any) -> None:
     with pytest.raises(ValueError, match="pad_steps_from"):
         FastGitDecoder(model, pad_steps_from=FULL_GEMM_ROWS + 1)

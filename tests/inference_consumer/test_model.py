@@ -22,6 +22,7 @@ from inference_consumer.model import (
     directory_revision,
     load_caption_model,
     resolved_revision,
+    step_padding,
 )
 from tests.support.images import make_picture, reference_captioner
 from tests.support.processes import CAPTIONER, free_port
@@ -269,3 +270,14 @@ def test_decoding_steps_are_padded_where_mkl_float32_runs_on_avx512(
 
     assert isinstance(model.decoder, FastGitDecoder)
     assert model.decoder.pad_steps_from == padded_from
+
+
+@pytest.mark.parametrize(
+    ("device", "settings"),
+    [("cuda", {}), ("cpu", {"quantize": "int8"})],
+    ids=["gpu", "int8"],
+)
+def test_decoding_steps_are_not_padded_off_mkl_float32(device: str, settings: dict[str, Any]) -> None:
+    worker = WorkerSettings(**settings)
+
+    assert step_padding(worker, torch.device(device), torch.float32, cpu_flags={"avx512f"}) == 0
