@@ -210,6 +210,10 @@ class OwnBroker:
             "KAFKA_LOCAL_STATE": str(state),
         }
         self.bootstrap = f"127.0.0.1:{port}"
+        self.log_path = state / "broker.log"  # broker.sh's
+
+    def log_tail(self, chars: int = 3000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:] if self.log_path.exists() else ""
 
     def start(self) -> None:
         self._run("start")
@@ -278,10 +282,21 @@ def test_broker_outage_gives_quick_503s_then_recovers(
     own_broker: OwnBroker, start_worker: StartWorker, start_api: StartApi, env: dict[str, str]
 ) -> None:
     env["KAFKA_BOOTSTRAP_SERVERS"] = own_broker.bootstrap
-    start_worker()
+    worker = start_worker()
     api = start_api(CAPTIONER_API_REQUEST_TIMEOUT_S="10")
     image = make_image_bytes("PNG", seed=4)
     assert post_image(api.url, image).status_code == 200
+
+    def logs() -> str:
+        """What a failed recovery leaves to read (CI keeps no files)."""
+        return "".join(
+            f"\n--- {name} log, last lines ---\n{tail}"
+            for name, tail in (
+                ("worker", worker.log_tail(3000)),
+                ("api", api.log_tail(3000)),
+                ("broker", own_broker.log_tail(3000)),
+            )
+        )
 
     with BackgroundLoad(api.url, image, clients=4) as load:
         load_started = time.monotonic()
@@ -309,11 +324,11 @@ def test_broker_outage_gives_quick_503s_then_recovers(
             after.append(post_image(api.url, image).status_code)
             return after[-1] == 200
 
-        wait_until(served_again, timeout_s=90, interval_s=0.5, message=lambda: after)
+        wait_until(served_again, timeout_s=90, interval_s=0.5, message=lambda: f"{after}{logs()}")
         wait_until(
             lambda: load.served_since(recovered_at) == load.clients,
             timeout_s=60,
-            message=lambda: f"clients served after recovery: {load.served_since(recovered_at)}",
+            message=lambda: f"clients served after recovery: {load.served_since(recovered_at)}{logs()}",
         )
 
     statuses = (
