@@ -23,3 +23,14 @@ def test_prints_one_line_a_row_count(capsys: pytest.CaptureFixture[str]) -> None
     assert lines[0].startswith("rows")
     assert [line.split()[0] for line in lines[1:]] == ["1", "3"]
     assert all(re.fullmatch(r"\s*\d+( +\d+µs){4} +[\d.]+ +[\d.]+", line) for line in lines[1:])
+
+
+def test_cold_prints_both_orders(capsys: pytest.CaptureFixture[str]) -> None:
+    main(["--threads", "1", "--cold", "2"])
+
+    line = capsys.readouterr().out.strip()
+    assert re.fullmatch(
+        r"2 rows, one step's linears in order: [\d.]+ ms on each layer's own weights, "
+        r"[\d.]+ ms on one layer's weights reused",
+        line,
+    )
