@@ -397,50 +397,48 @@ class FastGitDecoder:
         if on_stage is not None:  # as each stage ends: a sink may mark where the next one starts
             on_stage(stages.IMAGE_ENCODER, encoded - started)
         batch, image_length, _ = image_tokens.shape
-        width = step_rows(batch, pad_from=self._pad_steps_from)  # the rows of each step, fillers included
-        cache = self._allocate_cache(width, image_length + max_new_tokens, image_tokens)
-        device = image_tokens.device
+        steps = _StepRows.start(batch, pad_from=self._pad_steps_from, device=image_tokens.device)
+        cache = self._allocate_cache(steps.width, image_length + max_new_tokens, image_tokens)
         # Filler rows write their tokens below the batch's, and are cut off at the end.
-        token_ids = torch.full((width, 1 + max_new_tokens), self._tokens.pad, dtype=torch.long, device=device)
+        token_ids = torch.full(
+            (steps.width, 1 + max_new_tokens), self._tokens.pad, dtype=torch.long, device=image_tokens.device
+        )
         token_ids[:, 0] = self._tokens.bos
-        rows = torch.arange(width, device=device)
-        live = rows < batch  # rows still captioning; finished rows may stay in the steps, as fillers do
-        alive = batch
-        eos_ids = torch.tensor(self._tokens.eos, device=device)
-        pad_id = torch.tensor(self._tokens.pad, device=device)
+        eos_ids = torch.tensor(self._tokens.eos, device=image_tokens.device)
+        pad_id = torch.tensor(self._tokens.pad, device=image_tokens.device)
 
-        hidden = self._prefill(image_tokens, cache)
-        if width > batch:
-            cache.clear_rows_from(batch)
-            hidden = torch.cat((hidden, hidden.new_zeros((width - batch, *hidden.shape[1:]))))
+        hidden = self._with_fillers(self._prefill(image_tokens, cache), cache, steps.width)
         prefilled = time.perf_counter()
         if on_stage is not None:
             on_stage(stages.PREFILL, prefilled - encoded)
         for step in range(1, max_new_tokens + 1):
             logits = self._logits(hidden, eos_masked=step <= min_new_tokens, eos_ids=eos_ids)
-            next_ids = logits.argmax(dim=-1)
-            if alive < len(rows):  # finished and filler rows go on with padding
-                next_ids = torch.where(live, next_ids, pad_id)
+            next_ids = steps.padded(logits.argmax(dim=-1), pad_id)
             if on_step_logits is not None:
-                on_step_logits(rows[live], logits[live])
-            token_ids[rows, step] = next_ids
+                on_step_logits(steps.rows[steps.live], logits[steps.live])
+            token_ids[steps.rows, step] = next_ids
             if step == max_new_tokens:
                 break
             if step > min_new_tokens:  # until then EOS is masked out: no need to sync on the device
-                finished = torch.isin(next_ids, eos_ids) & live
-                if bool(finished.any()):
-                    live = live & ~finished
-                    alive = int(live.sum())
-                    if alive == 0:
-                        break
-                    kept = _kept_rows(live, alive, pad_from=self._pad_steps_from)
-                    if kept is not None:
-                        rows, live, next_ids = rows[kept], live[kept], next_ids[kept]
-                        cache.keep_rows(kept)
+                kept = steps.finish(next_ids, eos_ids)
+                if steps.alive == 0:
+                    break
+                if kept is not None:
+                    next_ids = next_ids[kept]
+                    cache.keep_rows(kept)
             hidden = self._decode_step(next_ids, position=step, slot=image_length + step, cache=cache)
         if on_stage is not None:
             on_stage(stages.DECODING_STEPS, time.perf_counter() - prefilled)
         return token_ids[:batch, : step + 1].contiguous()
+
+    @staticmethod
+    def _with_fillers(hidden: Tensor, cache: _KVCache, width: int) -> Tensor:
+        """The prefilled rows' hidden states, then zeros (in the cache too) for filler rows up to `width`."""
+        batch = hidden.shape[0]
+        if width == batch:
+            return hidden
+        cache.clear_rows_from(batch)
+        return torch.cat((hidden, hidden.new_zeros((width - batch, *hidden.shape[1:]))))
 
     def _check_lengths(self, pixel_values: Tensor, max_new_tokens: int, min_new_tokens: int) -> None:
         if pixel_values.ndim != 4:
@@ -507,16 +505,46 @@ class FastGitDecoder:
         return logits
 
 
-def _kept_rows(live: Tensor, alive: int, *, pad_from: int) -> Tensor | None:
-    """The step rows the next steps run, in order: every live row, and as many others as `step_rows` asks
-    for; None when that is all of them."""
-    width = step_rows(alive, pad_from=pad_from)
-    if width == len(live):
-        return None
-    kept = live.nonzero().squeeze(1)
-    if width > alive:
-        kept = torch.cat((kept, (~live).nonzero().squeeze(1)[: width - alive])).sort().values
-    return kept
+@dataclass
+class _StepRows:
+    """The rows the decoding steps run: each one's batch row (fillers: past the batch), and which of them
+    are still captioning. Finished rows stay while `step_rows` asks for more rows than are live."""
+
+    rows: Tensor
+    live: Tensor
+    alive: int
+    pad_from: int
+
+    @classmethod
+    def start(cls, batch: int, *, pad_from: int, device: torch.device) -> _StepRows:
+        rows = torch.arange(step_rows(batch, pad_from=pad_from), device=device)
+        return cls(rows=rows, live=rows < batch, alive=batch, pad_from=pad_from)
+
+    @property
+    def width(self) -> int:
+        return len(self.rows)
+
+    def padded(self, next_ids: Tensor, pad_id: Tensor) -> Tensor:
+        """`next_ids` with padding for the finished and filler rows, which go on as `generate`'s do."""
+        return next_ids if self.alive == self.width else torch.where(self.live, next_ids, pad_id)
+
+    def finish(self, next_ids: Tensor, eos_ids: Tensor) -> Tensor | None:
+        """Marks the live rows that emitted EOS as finished. Returns the step rows to keep, in order, when
+        the next steps are to run fewer rows (every live row, and as many others as `step_rows` asks for);
+        else None."""
+        finished = torch.isin(next_ids, eos_ids) & self.live
+        if not bool(finished.any()):
+            return None
+        self.live = self.live & ~finished
+        self.alive = int(self.live.sum())
+        width = step_rows(self.alive, pad_from=self.pad_from)
+        if self.alive == 0 or width == self.width:
+            return None
+        kept = self.live.nonzero().squeeze(1)
+        if width > self.alive:
+            kept = torch.cat((kept, (~self.live).nonzero().squeeze(1)[: width - self.alive])).sort().values
+        self.rows, self.live = self.rows[kept], self.live[kept]
+        return kept
 
 
 def quantize_int8(model: GitForCausalLM) -> GitForCausalLM:
