@@ -8,7 +8,6 @@ import contextlib
 import functools
 import logging
 import queue
-import signal
 import sys
 import threading
 import time
@@ -17,7 +16,6 @@ from concurrent.futures import Future, ThreadPoolExecutor, wait
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
-from types import FrameType
 from typing import Any
 
 import torch
@@ -39,6 +37,7 @@ from core.logs import LIBRDKAFKA_LOG
 from core.offsets import OffsetTracker
 from core.schema_registry import PREPARE_TIMEOUT_S, prepare_writers
 from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
+from core.signals import relayed_signals
 from core.topics import OUTCOME_HEADROOM_BYTES, ensure_topics
 from inference_consumer import metrics, stages
 from inference_consumer.allocator import keep_freed_memory
@@ -134,6 +133,7 @@ class InferenceWorker:
                 feeder.start()
             log.info("worker %s consuming %s", self.settings.worker_id, self._topics.requests)
             self._serve(model, feeders, outcomes, collector)
+        log.info("worker %s stopped", self.settings.worker_id)
         if self._fatal_reason is not None:
             raise WorkerFatalError(self._fatal_reason)
 
@@ -379,6 +379,7 @@ class InferenceWorker:
             if batch:
                 self._run_batch(model, batch, outcomes)
         self._waits.stop()
+        log.info("stopped taking jobs; finishing those decoded within %.1f s", self._waits.left_s())
         for feeder in feeders:
             feeder.stopping.set()
         for feeder in feeders:
@@ -387,6 +388,7 @@ class InferenceWorker:
         # uncommitted and run again on the partition's next owner.
         while self._waits.left_s() > 0 and self._waits.reachable() and (batch := collector.drain()):
             self._run_batch(model, batch, outcomes)
+        log.info("in-flight jobs done; delivering their outcomes and committing")
 
     def _run_batch(self, model: CaptionModel, batch: list[Job], outcomes: OutcomePublisher) -> None:
         runnable: list[tuple[Job, torch.Tensor]] = []
@@ -551,10 +553,9 @@ def run_worker(
         load_model=load_model,
     )
 
-    def on_signal(signum: int, _frame: FrameType | None) -> None:
+    def on_signal(signum: int) -> None:
         log.info("signal %d: finishing in-flight work", signum)
         worker.stop()
 
-    signal.signal(signal.SIGTERM, on_signal)
-    signal.signal(signal.SIGINT, on_signal)
-    worker.run()
+    with relayed_signals(on_signal):
+        worker.run()

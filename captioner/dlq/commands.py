@@ -2,14 +2,12 @@
 
 from __future__ import annotations
 
-import signal
 import sys
 import threading
 from collections.abc import Callable, Iterator
 from contextlib import closing, contextmanager
 from datetime import UTC, datetime
 from functools import partial
-from types import FrameType
 from typing import Annotated, Any
 
 import typer
@@ -37,6 +35,7 @@ from captioner.errors import UsageError
 from core.kafka_config import client_config, producer_config
 from core.logs import LIBRDKAFKA_LOG, configure_tool_logging
 from core.settings import KafkaSettings, RegistrySettings, TopicSettings, TracingSettings, load_settings
+from core.signals import relayed_signals
 from core.tracing import configure_tracing
 from schemas import CaptionRequest
 
@@ -289,18 +288,12 @@ def _find(
 def stop_on_signals(stop: threading.Event) -> Iterator[None]:
     """The first SIGINT/SIGTERM asks for a clean stop; a second one interrupts at once."""
 
-    def on_signal(_signum: int, _frame: FrameType | None) -> None:
-        if stop.is_set():
-            raise KeyboardInterrupt
+    def on_signal(_signum: int) -> None:
         stop.set()
         typer.echo("stopping: waiting for records already sent, then committing", err=True)
 
-    previous = {signum: signal.signal(signum, on_signal) for signum in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    with relayed_signals(on_signal, interrupt_on_repeat=True):
         yield
-    finally:
-        for signum, handler in previous.items():
-            signal.signal(signum, handler)
 
 
 @contextmanager
