@@ -102,18 +102,17 @@ from rich.console import Console
 from bench.api_floor import measure_api_floor
 from bench.bf16 import DTYPE, Bf16Result
 from bench.breakdown import broker_pid
-from bench.ceiling import Ceiling
 from bench.config import BenchConfig, load_config
 from bench.exactly_once import EXACTLY_ONCE, guarantee_run, with_guarantee
 from bench.gpu_phase import gpu_phase
 from bench.images import BenchImage, make_image, make_images
 from bench.inprocess import (
-    BatchRun,
     DecoderCheck,
+    InProcessRun,
     check_decoders,
     count_same_titles,
-    measure_batch,
     measure_ceiling,
+    measure_in_process,
     reference_runner,
 )
 from bench.load import ClosedLoop, LoadClient, load_client
@@ -184,9 +183,8 @@ class BaseServiceResults:
     worker_uss_mb: list[float]  # each worker's peak USS
 
 
-def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult, Ceiling]:
+def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult]:
     base = ensure_model("base")
-    ceiling = ceiling_phase(config, images)
     sizes = " and ".join(str(len(batch)) for batch in images.decoder_checks)
     log(f"in-process: fast decoder vs HF generate, batches of {sizes} (base model)")
     decoders = check_decoders(
@@ -205,31 +203,15 @@ def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderChe
         budget_s=config.phases.naive_budget_s,
     )
     log(f"naive: {naive.img_s:.3f} img/s")
-    return decoders, naive, ceiling
+    return decoders, naive
 
 
-def ceiling_phase(config: BenchConfig, images: ImageSets) -> Ceiling:
-    log("machine: sgemm rate on the worker's threads; the model's FLOPs and kernels per image")
-    ceiling = measure_ceiling(
-        ensure_model("base"),
-        images.overhead,
-        max_new_tokens=config.max_new_tokens,
-        min_new_tokens=config.min_new_tokens,
-        threads=config.worker_threads,
-        batch=config.batch_size,
-    )
-    machine = ceiling.machine
+def batch_phase(config: BenchConfig, images: ImageSets) -> InProcessRun:
     log(
-        f"{machine.describe()}: {machine.sgemm_gflops:.0f} GFLOP/s, ceiling {ceiling.img_s:.2f} img/s "
-        f"({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel calls, "
-        f"batch {config.batch_size})"
+        f"in-process: sgemm rate on the worker's threads; one batch of {config.batch_size} photos through "
+        "the worker's model code, alone, each run followed by its matrix kernels replayed alone (ceiling)"
     )
-    return ceiling
-
-
-def batch_phase(config: BenchConfig, images: ImageSets) -> BatchRun:
-    log(f"in-process: one batch of {config.batch_size} photos through the worker's model code, alone")
-    batch = measure_batch(
+    run = measure_in_process(
         ensure_model("base"),
         images.photos,
         max_new_tokens=config.max_new_tokens,
@@ -237,8 +219,13 @@ def batch_phase(config: BenchConfig, images: ImageSets) -> BatchRun:
         threads=config.worker_threads,
         batch=config.batch_size,
     )
-    log(f"in-process: {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch)")
-    return batch
+    ceiling, batch = run.ceiling, run.batch
+    log(
+        f"{ceiling.machine.describe()}: {ceiling.machine.sgemm_gflops:.0f} GFLOP/s, ceiling "
+        f"{ceiling.img_s:.2f} img/s ({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel "
+        f"calls); in-process {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch)"
+    )
+    return run
 
 
 def service_spec(config: BenchConfig, label: str) -> ServiceSpec:
@@ -468,8 +455,8 @@ def run(config: BenchConfig) -> BenchResults:
     ensure_model("base")
     ensure_model("tiny")
     images = ImageSets.make(config.phases.images)
-    decoders, naive, ceiling = in_process_phase(config, images)
-    batch = batch_phase(config, images)  # after the naive loop: with the worker's malloc thresholds
+    decoders, naive = in_process_phase(config, images)
+    in_process = batch_phase(config, images)  # after the naive loop: with the worker's malloc thresholds
     with ExitStack() as stack:
         bootstrap = start_broker(stack)
         log("broker warm-up: produce+fetch round trips on a scratch topic")
@@ -507,8 +494,8 @@ def run(config: BenchConfig) -> BenchResults:
         api_cost=api_cost,
         worker_rss_mb=base.worker_rss_mb,
         worker_uss_mb=worker_uss_mb,
-        ceiling=ceiling,
-        batch=batch,
+        ceiling=in_process.ceiling,
+        batch=in_process.batch,
         wall_s=time.perf_counter() - started,
         gpu=gpu,
         bf16=bf16,

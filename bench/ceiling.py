@@ -2,13 +2,13 @@
 
 The ceiling is measured with the kernels the model runs, not a square sgemm: every matrix product and
 convolution of one caption batch (the ops torch's FLOP counter counts) is recorded with its shapes,
-strides and dtype, and each distinct call is timed again on its own (best of a few) and weighted by how
-often the batch makes it. A batch cannot run faster than its matrix kernels alone, so the service's share
-of that ceiling stays at or below 1; what separates the two is everything else (elementwise ops, layer
-norms, softmax, Python, the other processes). The sgemm rate (4096^3, fp32) is kept as the machine's
-headline figure. Build machines differ about 2x (AVX-512 or AVX2 only, AMX, their clocks, their
-neighbours), so a figure alone says little; its share of the machine's own ceiling compares across
-machines."""
+strides and dtype, and each distinct call is timed again on its own (best of a few rounds, which can
+alternate with runs of the batch itself) and weighted by how often the batch makes it. A batch cannot
+run faster than its matrix kernels alone, so the service's share of that ceiling stays at or below 1;
+what separates the two is everything else (elementwise ops, layer norms, softmax, Python, the other
+processes). The sgemm rate (4096^3, fp32) is kept as the machine's headline figure. Build machines differ
+about 2x (AVX-512 or AVX2 only, AMX, their clocks, their neighbours), so a figure alone says little; its
+share of the machine's own ceiling compares across machines."""
 
 from __future__ import annotations
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 MATRIX_FLAGS = ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
 SGEMM_SIZE = 4096
 SGEMM_REPEATS = 5
-KERNEL_REPEATS = 3  # each distinct kernel call of the batch is timed this many times, the best kept
+KERNEL_REPEATS = 3  # rounds of the kernel replay: each distinct call timed once a round, the best kept
 # Matrix kernels outside torch's FLOP counter that the model may run: the fast decoder's oneDNN-packed
 # linears (CAPTIONER_PACKED_CPU_WEIGHTS).
 PACKED_KERNELS = frozenset({"mkldnn._linear_pointwise"})
@@ -219,24 +219,52 @@ def _kernel_recorder(calls: Counter[Signature]) -> Any:
     return Recorder()  # type: ignore[no-untyped-call]
 
 
-def time_kernels(calls: Counter[Signature], *, repeats: int = KERNEL_REPEATS) -> float:
-    """Seconds the recorded calls take, each distinct one timed alone (best of `repeats`, after one
-    untimed call) times how often it was made."""
-    import torch
+class KernelReplay:
+    """A batch's recorded kernel calls, replayed round by round: in each round every distinct call runs
+    once untimed (its operands brought into cache, as the batch's previous op left them) and once timed,
+    and each keeps its best time over the rounds. Rounds can alternate with runs of the batch itself, so
+    that the batch and its kernels are timed on the same machine: on a host whose neighbours come and go,
+    two measurements minutes apart can differ by more than a stage's gap to its kernels."""
 
-    total = 0.0
-    with torch.inference_mode():
-        for (func, args_meta, kwargs_meta), count in calls.items():
-            args = _rebuild(args_meta)
-            kwargs = dict(_rebuild(kwargs_meta))
-            func(*args, **kwargs)
-            best = float("inf")
-            for _ in range(repeats):
+    def __init__(self, by_stage: Mapping[str, Counter[Signature]]) -> None:
+        self._by_stage = by_stage
+        self._distinct = list(dict.fromkeys(signature for calls in by_stage.values() for signature in calls))
+        self._best: dict[Signature, float] = {}
+
+    def round(self) -> None:
+        import torch
+
+        with torch.inference_mode():
+            for signature in self._distinct:
+                func, args_meta, kwargs_meta = signature
+                args = _rebuild(args_meta)
+                kwargs = dict(_rebuild(kwargs_meta))
+                func(*args, **kwargs)
                 started = time.perf_counter()
                 func(*args, **kwargs)
-                best = min(best, time.perf_counter() - started)
-            total += best * count
-    return total
+                elapsed = time.perf_counter() - started
+                self._best[signature] = min(self._best.get(signature, float("inf")), elapsed)
+
+    def stage_seconds(self) -> dict[str, float]:
+        """Each stage's calls at their best times, times how often the batch made each; inf before a
+        round has run."""
+        if not self._best:
+            return dict.fromkeys(self._by_stage, float("inf"))
+        return {
+            stage: sum(self._best[signature] * count for signature, count in calls.items())
+            for stage, calls in self._by_stage.items()
+        }
+
+    def kernel_time(self, *, dtype: str, batch: int) -> KernelTime:
+        stage_seconds = self.stage_seconds()
+        return KernelTime(
+            dtype=dtype,
+            batch=batch,
+            calls=sum(sum(calls.values()) for calls in self._by_stage.values()),
+            distinct=len(self._distinct),
+            seconds=sum(stage_seconds.values()),
+            stage_seconds=stage_seconds,
+        )
 
 
 def kernel_time(
@@ -244,20 +272,16 @@ def kernel_time(
 ) -> KernelTime:
     """The matrix kernels of one caption batch of `pixels` on `model`, replayed alone, in all and per
     stage."""
-    by_stage = record_kernels_by_stage(
-        lambda on_stage: model.caption(
-            pixels,
-            max_new_tokens=[max_new_tokens] * len(pixels),
-            min_new_tokens=min_new_tokens,
-            on_stage=on_stage,
+    replay = KernelReplay(
+        record_kernels_by_stage(
+            lambda on_stage: model.caption(
+                pixels,
+                max_new_tokens=[max_new_tokens] * len(pixels),
+                min_new_tokens=min_new_tokens,
+                on_stage=on_stage,
+            )
         )
     )
-    stage_seconds = {stage: time_kernels(calls) for stage, calls in by_stage.items()}
-    return KernelTime(
-        dtype=str(model.dtype).removeprefix("torch."),
-        batch=len(pixels),
-        calls=sum(sum(calls.values()) for calls in by_stage.values()),
-        distinct=len(set().union(*by_stage.values())),
-        seconds=sum(stage_seconds.values()),
-        stage_seconds=stage_seconds,
-    )
+    for _ in range(KERNEL_REPEATS):
+        replay.round()
+    return replay.kernel_time(dtype=str(model.dtype).removeprefix("torch."), batch=len(pixels))

@@ -18,7 +18,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from bench.ceiling import Ceiling, describe_machine, kernel_time, model_gflop_per_image
+from bench.ceiling import (
+    Ceiling,
+    KernelReplay,
+    describe_machine,
+    kernel_time,
+    model_gflop_per_image,
+    record_kernels_by_stage,
+)
 from bench.config import worker_settings
 from bench.images import BenchImage
 
@@ -157,7 +164,7 @@ def reference_runner(
         yield run_ms
 
 
-BATCH_REPEATS = 3
+BATCH_REPEATS = 3  # timed batches, each followed by a round of its kernels replayed alone
 
 
 @dataclass(frozen=True)
@@ -174,7 +181,15 @@ class BatchRun:
         return self.batch / self.seconds
 
 
-def measure_batch(
+@dataclass(frozen=True)
+class InProcessRun:
+    """The batch through the model's own code, and the ceiling from the same batch's kernels."""
+
+    ceiling: Ceiling
+    batch: BatchRun
+
+
+def measure_in_process(
     model_dir: Path,
     images: list[BenchImage],
     *,
@@ -182,35 +197,53 @@ def measure_batch(
     min_new_tokens: int,
     threads: int,
     batch: int,
-) -> BatchRun:
+) -> InProcessRun:
     """`CaptionModel.caption` on `batch` of the photos (the mix repeated to fill it), with the worker's
     thread count and malloc thresholds: the best the service could do on this machine with nothing beside
-    the model, what `make bench` compares the service with."""
+    the model, what `make bench` compares the service with. And the ceiling: the matrix kernels that batch
+    makes, replayed alone (bench/ceiling.py), a replay round after each timed batch, so that the batch and
+    its kernels see the same machine and each stage's share of its kernels stays at or below 1."""
     from core.settings import WorkerSettings, load_settings
     from inference_consumer.allocator import keep_freed_memory
 
     keep_freed_memory(load_settings(WorkerSettings).malloc_threshold_mb * 2**20)  # as the worker does
+    machine = describe_machine(threads)
     with caption_model(model_dir, threads=threads) as model:
         photos = itertools.islice(itertools.cycle(images), batch)
         pixels = [worker_pixels(model, image.data) for image in photos]
         limits = [max_new_tokens] * batch
 
-        stage_runs: dict[str, list[float]] = {}
-
-        def seconds(on_stage: StageSink | None = None) -> float:
-            started = time.perf_counter()
+        def caption(on_stage: StageSink | None = None) -> None:
             model.caption(pixels, max_new_tokens=limits, min_new_tokens=min_new_tokens, on_stage=on_stage)
-            return time.perf_counter() - started
+
+        gflop = model_gflop_per_image(
+            model, pixels[0], max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
+        )
+        replay = KernelReplay(record_kernels_by_stage(caption))
+        stage_runs: dict[str, list[float]] = {}
 
         def stage_ended(stage: str, seconds: float) -> None:
             stage_runs.setdefault(stage, []).append(seconds)
 
-        seconds()  # warm-up: first-call allocations and kernel selection
-        return BatchRun(
+        def seconds() -> float:
+            started = time.perf_counter()
+            caption(stage_ended)
+            return time.perf_counter() - started
+
+        caption()  # warm-up: first-call allocations and kernel selection
+        runs = []
+        for _ in range(BATCH_REPEATS):
+            runs.append(seconds())
+            replay.round()
+        kernels = replay.kernel_time(dtype=str(model.dtype).removeprefix("torch."), batch=batch)
+    return InProcessRun(
+        ceiling=Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels),
+        batch=BatchRun(
             batch=batch,
-            seconds=min(seconds(stage_ended) for _ in range(BATCH_REPEATS)),
-            stage_seconds={stage: min(runs) for stage, runs in stage_runs.items()},
-        )
+            seconds=min(runs),
+            stage_seconds={stage: min(times) for stage, times in stage_runs.items()},
+        ),
+    )
 
 
 def worker_pixels(model: CaptionModel, data: bytes, *, max_pixels: int = 10**9) -> torch.Tensor:

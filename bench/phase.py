@@ -124,10 +124,11 @@ def in_process(config: BenchConfig, images: ImageSets, _client: LoadClient, _boo
 
 def in_process_alone(config: BenchConfig, images: ImageSets) -> str:
     """No service: the ceiling (the model's kernels replayed alone) and one batch through the model's own
-    code, stage by stage; for a change to the model code, in a minute and a half."""
-    from bench.__main__ import batch_phase, ceiling_phase
+    code, stage by stage; for a change to the model code, in under a minute."""
+    from bench.__main__ import batch_phase
 
-    return in_process_line(ceiling_phase(config, images), batch_phase(config, images))
+    run = batch_phase(config, images)
+    return in_process_line(run.ceiling, run.batch)
 
 
 def in_process_line(ceiling: Ceiling, batch: BatchRun) -> str:

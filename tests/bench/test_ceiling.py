@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import Counter
 from pathlib import Path
@@ -9,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from bench.ceiling import kernel_time, record_kernels, record_kernels_by_stage
+from bench.ceiling import KernelReplay, kernel_time, record_kernels, record_kernels_by_stage
 from core.settings import WorkerSettings
 from inference_consumer.model import load_caption_model
 from inference_consumer.stages import StageSink
@@ -90,3 +91,28 @@ def test_each_kernel_is_counted_under_the_stage_that_ran_it(tiny_model_dir: Path
     timed = kernel_time(model, pixels, max_new_tokens=5, min_new_tokens=5)
     assert set(timed.stage_seconds) == set(by_stage)
     assert sum(timed.stage_seconds.values()) == pytest.approx(timed.seconds)
+
+
+def test_a_replay_keeps_each_calls_best_over_its_rounds(tiny_model_dir: Path) -> None:
+    """Rounds can alternate with runs of the batch (bench.inprocess.measure_in_process): each round times
+    every distinct call once more, and a stage's kernel time only falls as rounds are added."""
+    model = load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"))
+    pixels = [torch.rand(3, model.image_edge, model.image_edge)] * 2
+    by_stage = record_kernels_by_stage(
+        lambda on_stage: model.caption(pixels, max_new_tokens=[5, 5], min_new_tokens=5, on_stage=on_stage)
+    )
+    replay = KernelReplay(by_stage)
+    assert all(math.isinf(seconds) for seconds in replay.stage_seconds().values())
+
+    after = []
+    for _ in range(3):
+        replay.round()
+        after.append(replay.stage_seconds())
+
+    assert set(after[0]) == set(by_stage)
+    for earlier, later in itertools.pairwise(after):
+        assert all(0 < later[stage] <= earlier[stage] for stage in by_stage)
+    timed = replay.kernel_time(dtype="float32", batch=2)
+    assert timed.calls == sum(sum(calls.values()) for calls in by_stage.values())
+    assert timed.distinct == len(set().union(*by_stage.values()))
+    assert timed.seconds == pytest.approx(sum(after[-1].values()))
