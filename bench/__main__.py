@@ -62,9 +62,13 @@ What each number means (the JSON object on the last line of stdout)
                      would spin against the API, broker and client for the same cores.
     worker_rss_mb    peak resident memory (VmRSS) of the worker process(es), summed, during the base run.
     uss_mb_per_worker  private memory (USS: pages no other process maps) of each of two base-model workers
-                     running together, splitting the cores, sampled while they serve a closed loop at
-                     saturation: the largest worker's peak. Memory-mapped weights shared by both do not
-                     count. The base run's workers when WORKERS >= 2, else a short phase of its own.
+                     forked from one process (CAPTIONER_WORKER_PROCESSES=2, as `WORKERS=2 make run` starts
+                     them), splitting the cores, sampled while they serve a closed loop at saturation: the
+                     larger worker's peak. The memory-mapped weights and the imports they share with the
+                     forking process do not count; a phase of its own.
+    uss_mb_fork_parent  the forking process's peak USS in that phase: what it holds that neither worker
+                     maps any more (its pages both workers have copied). A host's memory for N such workers
+                     is about this, the shared pages once, and N x uss_mb_per_worker.
     decoder_identical  the fast decoder's token ids equal HF `generate`'s on the base model, for a batch of
                      4 images and one of 12 (whose steps run as 16 rows where
                      CAPTIONER_PAD_DECODING_STEPS_FROM applies), free-length and forced-length (in-process).
@@ -140,7 +144,7 @@ from bench.service import BROKER_SH, Service, ServiceSpec, running_service, star
 from bench.stats import median
 from bench.warmup import warm_up_broker
 from core.cpu_features import bf16_refusal, host_cpu_flags
-from tests.support.processes import exit_on_sigterm, rss_peak, uss_peaks
+from tests.support.processes import ProcessById, children_of, exit_on_sigterm, rss_peak, uss_peaks
 
 WARMUP_PAYLOAD_BYTES = 64 * 1024  # about a small photo's JPEG
 MEMORY_WORKERS = 2  # uss_mb_per_worker: workers sharing one host
@@ -180,7 +184,6 @@ class BaseServiceResults:
     steady: tuple[SteadyResult, ...]
     repeat50: RepeatResult
     worker_rss_mb: float
-    worker_uss_mb: list[float]  # each worker's peak USS
 
 
 def in_process_phase(config: BenchConfig, images: ImageSets) -> tuple[DecoderCheck, NaiveResult]:
@@ -276,7 +279,6 @@ def base_service_phase(
     with (
         running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service,
         rss_peak(service.workers) as rss,
-        uss_peaks(service.workers) as uss,
     ):
         idle = idle_phase(config, images, client, service)
         log(f"service: saturation, closed loop at {config.saturation_concurrency} in flight")
@@ -300,7 +302,6 @@ def base_service_phase(
         steady=steady,
         repeat50=repeat50,
         worker_rss_mb=rss.peak_mb,
-        worker_uss_mb=uss.peaks_mb,
     )
 
 
@@ -338,33 +339,45 @@ def exactly_once_capacity_phase(
     return capacity_phase(config, images, client, bootstrap, guarantee=EXACTLY_ONCE)
 
 
-def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> list[float]:
-    """Two base-model workers splitting the cores, as on a host that runs several: each one's peak USS
-    while they serve a closed loop at saturation (1.5 of the base run's batches in flight, until twice
-    that many have been answered)."""
-    log(f"memory: {MEMORY_WORKERS} base-model workers together, private memory (USS) at saturation")
+@dataclass(frozen=True)
+class MemoryResult:
+    worker_uss_mb: list[float]  # each forked worker's peak USS
+    parent_uss_mb: float  # the peak USS of the process that forked them: what they share is its
+
+
+def memory_phase(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> MemoryResult:
+    """Two base-model workers splitting the cores, as on a host that runs several, forked from one process
+    as `WORKERS=2 make run` starts them: each one's peak USS while they serve a closed loop at saturation
+    (1.5 of the base run's batches in flight, until twice that many have been answered), and the forking
+    process's."""
+    log(f"memory: {MEMORY_WORKERS} base-model workers forked from one process, their USS at saturation")
     spec = replace(
         service_spec(config, "base"),
         label="memory",
         workers=MEMORY_WORKERS,
         worker_threads=max(1, (os.cpu_count() or 1) // MEMORY_WORKERS),
+        forked=True,
     )
-    with (
-        running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service,
-        uss_peaks(service.workers) as uss,
-    ):
-        client.run(
-            ClosedLoop(
-                target=target(service, images.photos),
-                concurrency=config.saturation_concurrency,
-                min_s=0.0,
-                min_completions=2 * config.saturation_concurrency,
-                max_s=max(120.0, 4 * config.phases.saturation_s),
+    with running_service(spec, bootstrap=bootstrap, run_id=config.run_id, log_dir=config.run_dir) as service:
+        [parent] = service.workers
+        workers = [ProcessById(pid) for pid in children_of(parent.pid)]
+        with uss_peaks(workers) as uss, uss_peaks([parent]) as parent_uss:
+            client.run(
+                ClosedLoop(
+                    target=target(service, images.photos),
+                    concurrency=config.saturation_concurrency,
+                    min_s=0.0,
+                    min_completions=2 * config.saturation_concurrency,
+                    max_s=max(120.0, 4 * config.phases.saturation_s),
+                )
             )
-        )
-        service.check_alive()
-    log("memory: USS peaks " + ", ".join(f"{peak:.0f} MB" for peak in uss.peaks_mb))
-    return uss.peaks_mb
+            service.check_alive()
+    log(
+        "memory: USS peaks "
+        + ", ".join(f"{peak:.0f} MB" for peak in uss.peaks_mb)
+        + f"; the forking process {parent_uss.peak_mb:.0f} MB"
+    )
+    return MemoryResult(worker_uss_mb=uss.peaks_mb, parent_uss_mb=parent_uss.peak_mb)
 
 
 def bf16_phase(
@@ -471,11 +484,7 @@ def run(config: BenchConfig) -> BenchResults:
         eos_base = exactly_once_base_phase(config, images, client, bootstrap)
         capacity, api_cost = capacity_phase(config, images, client, bootstrap)
         eos_capacity = exactly_once_capacity_phase(config, images, client, bootstrap)
-        worker_uss_mb = (
-            base.worker_uss_mb
-            if config.workers >= MEMORY_WORKERS
-            else memory_phase(config, images, client, bootstrap)
-        )
+        memory = memory_phase(config, images, client, bootstrap)
         bf16 = bf16_phase(config, images, client, bootstrap)
         gpu = gpu_phase(config, images.photos, client, bootstrap, log=log)
     return BenchResults(
@@ -493,7 +502,8 @@ def run(config: BenchConfig) -> BenchResults:
         capacity=capacity,
         api_cost=api_cost,
         worker_rss_mb=base.worker_rss_mb,
-        worker_uss_mb=worker_uss_mb,
+        worker_uss_mb=memory.worker_uss_mb,
+        fork_parent_uss_mb=memory.parent_uss_mb,
         ceiling=in_process.ceiling,
         batch=in_process.batch,
         wall_s=time.perf_counter() - started,

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from prometheus_client.parser import text_string_to_metric_families
 
+ASSIGNED_METRIC = "captioner_worker_assigned_partitions"
 STAGE_METRIC = "captioner_worker_stage_seconds"
 # The inference thread's stages, in the order a batch goes through them (inference_consumer/stages.py);
 # the loop's own bookkeeping is what they leave of the window.
@@ -68,6 +69,22 @@ def thread_usage(pid: int, tid: int | None = None) -> ThreadUsage:
         return ThreadUsage(cpu_s=math.nan, switches=0)
     switches = sum(int(line.split()[1]) for line in status.splitlines() if "ctxt_switches:" in line)
     return ThreadUsage(cpu_s=_cpu_seconds(stat), switches=switches)
+
+
+def request_partitions_held(url: str, requests_topic: str, *, timeout_s: float = 5.0) -> bool:
+    """Whether the worker serving /metrics at `url` holds partitions of the request topic (False while it
+    does not answer)."""
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            text = response.read().decode()
+    except OSError:
+        return False
+    return any(
+        sample.value > 0
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+        if sample.name == ASSIGNED_METRIC and sample.labels.get("topic") == requests_topic
+    )
 
 
 def scrape_stages(url: str, *, timeout_s: float = 5.0) -> dict[str, float]:

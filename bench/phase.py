@@ -95,8 +95,9 @@ def api_cost(config: BenchConfig, images: ImageSets, client: LoadClient, bootstr
 
 
 def memory(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:
-    peaks = memory_phase(config, images, client, bootstrap)
-    return "uss_mb_per_worker " + " ".join(f"{peak:.0f}" for peak in peaks)
+    memory = memory_phase(config, images, client, bootstrap)
+    peaks = " ".join(f"{peak:.0f}" for peak in memory.worker_uss_mb)
+    return f"uss_mb_per_worker {peaks} uss_mb_fork_parent {memory.parent_uss_mb:.0f}"
 
 
 def exactly_once(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:

@@ -82,6 +82,7 @@ SUMMARY_KEYS = (
     "api_loop_switches_per_request",
     "worker_rss_mb",
     "uss_mb_per_worker",
+    "uss_mb_fork_parent",
     "decoder_identical",
     "sgemm_gflops",
     "model_gflop_per_img",
@@ -133,10 +134,11 @@ class BenchResults:
     capacity: CapacityResult
     api_cost: ApiCost
     worker_rss_mb: float
-    worker_uss_mb: list[float]  # each of two (or more) base-model workers' peak USS, running together
+    worker_uss_mb: list[float]  # each of two base-model workers' peak USS, forked from one process
     ceiling: Ceiling
     batch: BatchRun  # one full batch in-process, alone: the best the service could do here
     wall_s: float
+    fork_parent_uss_mb: float = math.nan  # the peak USS of the process that forked them
     gpu: GpuResult | None = None  # None without CUDA
     bf16: Bf16Result | None = None  # None where the CPU lacks native bfloat16
     # The base and tiny services again with exactly once; None where the run's own already were
@@ -219,6 +221,7 @@ class BenchResults:
             "api_loop_switches_per_request": self.api_cost.loop_switches_per_request,
             "worker_rss_mb": self.worker_rss_mb,
             "uss_mb_per_worker": max(self.worker_uss_mb, default=math.nan),
+            "uss_mb_fork_parent": self.fork_parent_uss_mb,
             "decoder_identical": self.decoders.identical,
             "sgemm_gflops": self.ceiling.machine.sgemm_gflops,
             "model_gflop_per_img": self.ceiling.model_gflop_per_img,
@@ -380,8 +383,13 @@ def _headline(results: BenchResults) -> Table:
     table.add_row(
         "uss_mb_per_worker",
         f"{max(results.worker_uss_mb, default=math.nan):.0f}",
-        "peak private memory (USS) of the larger of the base-model workers running together at saturation "
-        f"(each: {peaks} MB); shared weights not counted",
+        "peak private memory (USS) of the larger of two base-model workers forked from one process, at "
+        f"saturation (each: {peaks} MB); the shared weights and imports not counted",
+    )
+    table.add_row(
+        "uss_mb_fork_parent",
+        f"{results.fork_parent_uss_mb:.0f}",
+        "peak USS of the process that forked them: the imports they share, less what each copied",
     )
     table.add_row(
         "decoder_identical",

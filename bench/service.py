@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TypeVar
 
+from bench.breakdown import request_partitions_held
 from bench.models import REPO
 from core.cache_signing import write_key_pair
 from core.kafka_config import client_config
@@ -27,6 +28,7 @@ from tests.support.processes import (
     ApiProcess,
     ServiceProcess,
     free_port,
+    free_ports,
     spawn,
     spawn_api,
 )
@@ -50,6 +52,9 @@ class ServiceSpec:
     worker_cpus: tuple[int, ...] = ()
     # Settings of this service alone, over the harness's environment (the GPU run's device and dtype).
     extra_env: tuple[tuple[str, str], ...] = ()
+    # The workers forked by one process after its imports (CAPTIONER_WORKER_PROCESSES), as `WORKERS=N make
+    # run` starts them, instead of a process each; no pinning then.
+    forked: bool = False
 
     def worker_command(self, index: int) -> list[str]:
         """The harness's worker, under `taskset` when pinned; taskset execs it, so the pid is the worker's."""
@@ -60,7 +65,12 @@ class ServiceSpec:
 
 def worker_id(run_id: str, label: str, index: int) -> str:
     """CAPTIONER_WORKER_ID of worker `index` (from 1): the `worker_id` of each answer it gives."""
-    return f"{run_id}-{label}-worker-{index}"
+    return f"{workers_id(run_id, label)}-{index}"
+
+
+def workers_id(run_id: str, label: str) -> str:
+    """CAPTIONER_WORKER_ID of the process that forks a service's workers: theirs less the index."""
+    return f"{run_id}-{label}-worker"
 
 
 @dataclass(frozen=True)
@@ -78,7 +88,7 @@ class Service:
 
     @property
     def worker_ids(self) -> tuple[str, ...]:
-        count = len(self.workers)
+        count = self.spec.workers
         return tuple(worker_id(self.run_id, self.spec.label, index) for index in range(1, count + 1))
 
     @property
@@ -172,23 +182,30 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
         env |= cache_key_env(env, Path(stack.enter_context(tempfile.TemporaryDirectory())))
         stack.callback(delete_topics, bootstrap, run_id, spec.label)
         _create_topics(env, log_dir / f"{spec.label}-topics.log")
-        metrics_ports = tuple(free_port() for _ in range(spec.workers))  # the breakdown reads them
-        workers = tuple(
-            _start(
-                stack,
-                spawn(
-                    f"{spec.label} worker {index}",
-                    spec.worker_command(index),
-                    env={
-                        **env,
-                        "CAPTIONER_WORKER_ID": worker_id(run_id, spec.label, index),
-                        "CAPTIONER_WORKER_METRICS_PORT": str(metrics_ports[index - 1]),
-                    },
-                    log_path=log_dir / f"{spec.label}-worker-{index}.log",
-                ),
+        if spec.forked:
+            first_port = free_ports(spec.workers)
+            metrics_ports = tuple(range(first_port, first_port + spec.workers))
+            workers: tuple[ServiceProcess, ...] = (
+                _start(stack, _spawn_forked(spec, env, run_id=run_id, port=first_port, log_dir=log_dir)),
             )
-            for index in range(1, spec.workers + 1)
-        )
+        else:
+            metrics_ports = tuple(free_port() for _ in range(spec.workers))  # the breakdown reads them
+            workers = tuple(
+                _start(
+                    stack,
+                    spawn(
+                        f"{spec.label} worker {index}",
+                        spec.worker_command(index),
+                        env={
+                            **env,
+                            "CAPTIONER_WORKER_ID": worker_id(run_id, spec.label, index),
+                            "CAPTIONER_WORKER_METRICS_PORT": str(metrics_ports[index - 1]),
+                        },
+                        log_path=log_dir / f"{spec.label}-worker-{index}.log",
+                    ),
+                )
+                for index in range(1, spec.workers + 1)
+            )
         api = _start(
             stack,
             spawn_api(f"{spec.label} api", port=port, env=env, log_path=log_dir / f"{spec.label}-api.log"),
@@ -203,6 +220,24 @@ def running_service(spec: ServiceSpec, *, bootstrap: str, run_id: str, log_dir: 
         )
         _wait_ready(service)
         yield service
+
+
+def _spawn_forked(
+    spec: ServiceSpec, env: Mapping[str, str], *, run_id: str, port: int, log_dir: Path
+) -> ServiceProcess:
+    """One harness process that forks spec.workers workers: `<run>-<label>-worker-1`, ... as worker_id
+    names them, on the metrics ports from `port` up."""
+    return spawn(
+        f"{spec.label} workers",
+        list(HARNESS_WORKER),
+        env={
+            **env,
+            "CAPTIONER_WORKER_PROCESSES": str(spec.workers),
+            "CAPTIONER_WORKER_ID": workers_id(run_id, spec.label),
+            "CAPTIONER_WORKER_METRICS_PORT": str(port),
+        },
+        log_path=log_dir / f"{spec.label}-workers.log",
+    )
 
 
 def cache_key_env(env: Mapping[str, str], directory: Path) -> dict[str, str]:
@@ -241,6 +276,14 @@ def _wait_ready(service: Service) -> None:
     give_up = time.monotonic() + _READY_TIMEOUT_S
     for worker in service.workers:
         worker.wait_for_log("assigned", timeout_s=max(give_up - time.monotonic(), 1.0))
+    if service.spec.forked:  # one log for all: each worker's metrics say when it holds request partitions
+        requests_topic = service.topics["CAPTIONER_TOPIC_REQUESTS"]
+        while not all(request_partitions_held(url, requests_topic) for url in service.worker_metrics_urls):
+            service.check_alive()
+            if time.monotonic() > give_up:
+                tail = service.workers[0].log_tail()
+                raise TimeoutError(f"not every forked worker holds request partitions:\n{tail}")
+            time.sleep(0.2)
     service.check_alive()
     service.api.wait_ready(timeout_s=max(give_up - time.monotonic(), 1.0))
 

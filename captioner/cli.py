@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import functools
 import importlib.metadata
+import logging
 import re
 import sys
 from collections.abc import Iterator
@@ -22,9 +24,13 @@ from captioner.errors import ExitCode, KafkaRefusedError, KafkaUnavailableError,
 from core.errors import KafkaTimeoutError
 from core.logs import configure_logging, configure_tool_logging
 from core.settings import (
+    ImageSettings,
     InvalidSettingError,
+    KafkaSettings,
     LogSettings,
+    TopicSettings,
     UnknownSettingError,
+    WorkerSettings,
     deprecation_warnings,
     load_settings,
     refuse_unknown_variables,
@@ -182,21 +188,33 @@ def api() -> None:
 
 @app.command()
 def worker() -> None:
-    """Run one inference worker (settings: CAPTIONER_MODEL, CAPTIONER_*)."""
+    """Run one inference worker, or CAPTIONER_WORKER_PROCESSES of them (settings: CAPTIONER_MODEL,
+    CAPTIONER_*)."""
     _observe("captioner-worker")
-    from core.settings import CacheSettings, ImageSettings, KafkaSettings, TopicSettings, WorkerSettings
-
     settings, kafka = load_settings(WorkerSettings), load_settings(KafkaSettings)
     topics, images = load_settings(TopicSettings), load_settings(ImageSettings)
-
-    from core.cache_signing import CacheKeyError
-
-    try:
-        from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
-        from inference_consumer.worker import run_worker
+    try:  # everything the workers import, before any fork: forked workers share it
+        import inference_consumer.worker  # noqa: F401
+        from inference_consumer.processes import run_worker_processes
     except ImportError as exc:
         _needs_worker_extra(exc)
         raise
+    serve = functools.partial(_serve_worker, kafka=kafka, topics=topics, images=images)
+    if settings.worker_processes == 1:
+        serve(settings)
+        return
+    raise typer.Exit(run_worker_processes(settings=settings, serve=serve, exit_status=_worker_exit_status))
+
+
+def _serve_worker(
+    settings: WorkerSettings, *, kafka: KafkaSettings, topics: TopicSettings, images: ImageSettings
+) -> None:
+    """One worker in this process; an error that ends it early ends it with one line on stderr and its
+    exit status (typer.Exit)."""
+    from core.cache_signing import CacheKeyError
+    from core.settings import CacheSettings
+    from inference_consumer.errors import ModelUnavailableError, WorkerFatalError
+    from inference_consumer.worker import run_worker
 
     try:
         with _topics_checked("worker"):
@@ -217,6 +235,14 @@ def worker() -> None:
     except ImportError as exc:  # one the worker imports when it needs it (the model's libraries)
         _needs_worker_extra(exc)
         raise
+
+
+def _worker_exit_status(error: BaseException) -> int:
+    """The exit status of a forked worker that `error` ended: typer.Exit's own, else 1 (logged)."""
+    if isinstance(error, typer.Exit):
+        return error.exit_code
+    logging.getLogger("captioner.worker").critical("the worker failed", exc_info=error)
+    return 1
 
 
 def _record_codecs() -> RecordCodecs:

@@ -298,6 +298,14 @@ class WorkerSettings(BaseSettings):
         description="the image encoder's attention: sdpa runs it fused (faster, not bit-identical to HF's)",
     )
     worker_threads: int = Field(default=0, ge=0, description="torch intra-op threads; 0 = all cores")
+    worker_processes: int = Field(
+        default=1,
+        ge=1,
+        le=64,
+        description="workers this process forks after its imports, which they then share (ids <id>-1.., "
+        "metrics ports up from CAPTIONER_WORKER_METRICS_PORT, the cores split unless "
+        "CAPTIONER_WORKER_THREADS is set); 1 = this process is the worker",
+    )
     worker_group_id: str = "captioner-workers"
     reply_topic_pattern: re.Pattern[str] | None = Field(
         default=None,
@@ -371,6 +379,15 @@ class WorkerSettings(BaseSettings):
         validation_alias=renamed("CAPTIONER_WORKER_METRICS_PORT", was="CAPTIONER_METRICS_PORT"),
         description="Prometheus /metrics port; 0 = off",
     )
+
+    @model_validator(mode="after")
+    def _metrics_ports_fit(self) -> Self:
+        if self.metrics_port and self.metrics_port + self.worker_processes - 1 > 65535:
+            raise ValueError(
+                f"CAPTIONER_WORKER_METRICS_PORT {self.metrics_port} leaves no port for each of "
+                f"CAPTIONER_WORKER_PROCESSES={self.worker_processes} workers"
+            )
+        return self
 
     @property
     def retry_group_id(self) -> str:

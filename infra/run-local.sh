@@ -75,10 +75,17 @@ echo "Kafka: $KAFKA_BOOTSTRAP_SERVERS  model: ${CAPTIONER_MODEL:-microsoft/git-b
 use_role operator
 "$bin/captioner" topics create
 use_role worker
-for i in $(seq 1 "$workers"); do
-  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-$i" CAPTIONER_WORKER_METRICS_PORT=$((metrics_base + i)) \
+if ((workers == 1)); then
+  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}-1" CAPTIONER_WORKER_METRICS_PORT=$((metrics_base + 1)) \
     "$bin/captioner" worker &
-  pids+=($!)
+else
+  # One process forks the workers after its imports, which they then share (docs/scaling.md); they are
+  # worker-1, worker-2, ... on the metrics ports that follow, as separate processes would be.
+  CAPTIONER_WORKER_ID="${CAPTIONER_WORKER_ID:-worker}" CAPTIONER_WORKER_PROCESSES="$workers" \
+    CAPTIONER_WORKER_METRICS_PORT=$((metrics_base + 1)) "$bin/captioner" worker &
+fi
+pids+=($!)
+for i in $(seq 1 "$workers"); do
   echo "worker-$i metrics: http://127.0.0.1:$((metrics_base + i))/metrics"
 done
 use_role api

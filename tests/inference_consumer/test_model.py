@@ -101,11 +101,15 @@ def test_missing_model_raises_one_clear_error(tmp_path: Path) -> None:
         load_caption_model(WorkerSettings(model=str(tmp_path / "nowhere"), device="cpu"))
 
 
-def test_worker_without_weights_exits_with_a_message(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.mark.parametrize("processes", [1, 2])
+def test_worker_without_weights_exits_with_a_message(processes: int) -> None:
+    """Forked workers (CAPTIONER_WORKER_PROCESSES) end as one worker does: the first to fail says why, and
+    the process that forked them ends with its status."""
     done = subprocess.run(
         [str(Path(sys.executable).parent / "captioner"), "worker"],
         env={
             "CAPTIONER_MODEL": "microsoft/git-base-textcaps",
+            "CAPTIONER_WORKER_PROCESSES": str(processes),
             "HF_HUB_OFFLINE": "1",
             "PATH": "/usr/bin:/bin",
         },
@@ -113,7 +117,7 @@ def test_worker_without_weights_exits_with_a_message(monkeypatch: pytest.MonkeyP
         text=True,
         timeout=120,
     )
-    assert done.returncode == 2
+    assert done.returncode == 2, done.stderr
     assert "Set CAPTIONER_MODEL to a local model directory" in done.stderr
 
 

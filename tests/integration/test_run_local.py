@@ -22,7 +22,7 @@ import requests
 from tests.integration.test_pipeline import PREDICT
 from tests.support.broker import BROKER_SCRIPT, REPO
 from tests.support.images import make_image_bytes
-from tests.support.processes import running, session_members
+from tests.support.processes import free_ports, running, session_members
 from tests.support.services import free_port
 from tests.support.waiting import wait_until
 
@@ -39,7 +39,7 @@ class LocalRun:
     popen: subprocess.Popen[bytes]
     output: Path
     api_url: str
-    worker_metrics_url: str
+    worker_metrics_urls: list[str]
     broker_env: dict[str, str]
     answers: list[int] = field(default_factory=list)
 
@@ -54,22 +54,29 @@ class LocalRun:
         return session | ({int(broker_pid.read_text())} if broker_pid.exists() else set())
 
     def jobs_started(self) -> float:
-        """Jobs whose batch has started (the worker observes each one's queue time then)."""
-        metrics = requests.get(self.worker_metrics_url, timeout=5).text
+        """Jobs whose batch has started, on any worker (each observes a job's queue time then)."""
+        return sum(self._jobs_started(url) for url in self.worker_metrics_urls)
+
+    @staticmethod
+    def _jobs_started(url: str) -> float:
+        metrics = requests.get(url, timeout=5).text
         [line] = [
             line for line in metrics.splitlines() if line.startswith("captioner_worker_queue_seconds_count")
         ]
         return float(line.split()[1])
 
 
-@pytest.fixture(params=[RUN_LOCAL, MAKE_RUN], ids=["run-local.sh", "make-run"])
+@pytest.fixture(
+    params=[(RUN_LOCAL, 1), (MAKE_RUN, 1), (RUN_LOCAL, 2)], ids=["run-local.sh", "make-run", "WORKERS=2"]
+)
 def local_run(request: pytest.FixtureRequest, tmp_path: Path, endless_model_dir: Path) -> Iterator[LocalRun]:
+    command, workers = request.param
     broker_env = {
         "KAFKA_LOCAL_PORT": str(free_port()),
         "KAFKA_LOCAL_CONTROLLER_PORT": str(free_port()),
         "KAFKA_LOCAL_STATE": str(tmp_path / "broker"),
     }
-    api_port, worker_metrics_port = free_port(), free_port()
+    api_port, worker_metrics_port = free_port(), free_ports(workers)
     env = {name: value for name, value in os.environ.items() if name != "KAFKA_BOOTSTRAP_SERVERS"} | {
         **broker_env,
         "CAPTIONER_API_PORT": str(api_port),
@@ -80,17 +87,18 @@ def local_run(request: pytest.FixtureRequest, tmp_path: Path, endless_model_dir:
         "CAPTIONER_CACHE_ENABLED": "false",
         "CAPTIONER_LOG_FORMAT": "text",
         "CAPTIONER_MAX_NEW_TOKENS": "100",
+        "WORKERS": str(workers),
     }
     output = tmp_path / "run-local.out"
     with output.open("wb") as out:
         popen = subprocess.Popen(
-            request.param, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
+            command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True
         )
     run = LocalRun(
         popen,
         output,
         api_url=f"http://127.0.0.1:{api_port}",
-        worker_metrics_url=f"http://127.0.0.1:{worker_metrics_port}/metrics",
+        worker_metrics_urls=[f"http://127.0.0.1:{worker_metrics_port + n}/metrics" for n in range(workers)],
         broker_env=broker_env,
     )
     started: set[int] = set()

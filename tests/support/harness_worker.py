@@ -10,6 +10,8 @@ outside the CAPTIONER_ prefix, so the service never knows them.
 from __future__ import annotations
 
 import dataclasses
+import logging
+import sys
 
 import torch
 from pydantic import Field
@@ -32,6 +34,7 @@ from core.settings import (
 from core.tracing import configure_tracing
 from inference_consumer.errors import InferenceError
 from inference_consumer.model import CaptionModel, load_caption_model
+from inference_consumer.processes import run_worker_processes
 from inference_consumer.stages import StageSink
 from inference_consumer.worker import run_worker
 
@@ -83,15 +86,27 @@ def main() -> None:
     def load_model(settings: WorkerSettings) -> CaptionModel:
         return HarnessModel.around(load_caption_model(settings), harness)
 
-    run_worker(
-        settings=load_settings(WorkerSettings),
-        kafka=load_settings(KafkaSettings),
-        topics=load_settings(TopicSettings),
-        images=load_settings(ImageSettings),
-        cache=load_settings(CacheSettings),
-        codecs=record_codecs(load_settings(RegistrySettings)),
-        load_model=load_model,
-    )
+    def serve(settings: WorkerSettings) -> None:
+        run_worker(
+            settings=settings,
+            kafka=load_settings(KafkaSettings),
+            topics=load_settings(TopicSettings),
+            images=load_settings(ImageSettings),
+            cache=load_settings(CacheSettings),
+            codecs=record_codecs(load_settings(RegistrySettings)),
+            load_model=load_model,
+        )
+
+    settings = load_settings(WorkerSettings)
+    if settings.worker_processes == 1:
+        serve(settings)
+    else:
+        sys.exit(run_worker_processes(settings=settings, serve=serve, exit_status=_logged))
+
+
+def _logged(error: BaseException) -> int:
+    logging.getLogger("harness").critical("the worker failed", exc_info=error)
+    return 1
 
 
 if __name__ == "__main__":

@@ -18,7 +18,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
@@ -47,6 +47,27 @@ def exit_on_sigterm() -> None:
 FREE_PORTS = range(21000, 29000)
 _FREE_PORT_TRIES = 200
 _handed_out: set[int] = set()
+
+
+def free_ports(count: int) -> int:
+    """The first of `count` consecutive free ports (as free_port's), for a process that serves on several
+    in a row (CAPTIONER_WORKER_PROCESSES workers' metrics)."""
+    for _ in range(_FREE_PORT_TRIES):
+        first = random.choice(FREE_PORTS[: len(FREE_PORTS) - count + 1])
+        ports = range(first, first + count)
+        if not _handed_out.intersection(ports) and all(_bindable(port) for port in ports):
+            _handed_out.update(ports)
+            return first
+    raise RuntimeError(f"no {count} free ports in a row in {FREE_PORTS} after {_FREE_PORT_TRIES} tries")
+
+
+def _bindable(port: int) -> bool:
+    with socket.socket() as sock:
+        try:
+            sock.bind(("0.0.0.0", port))
+        except OSError:
+            return False
+    return True
 
 
 def free_port() -> int:
@@ -260,11 +281,38 @@ class RssPeak:
         self.peak_mb = max(self.peak_mb, sum(process.rss_mb() for process in self.processes))
 
 
+class Measured(Protocol):
+    def uss_mb(self) -> float: ...
+
+
+@dataclass(frozen=True)
+class ProcessById:
+    """A process this one did not start (a worker a forking process made), known by its pid alone."""
+
+    pid: int
+
+    def uss_mb(self) -> float:
+        return private_memory_mb(self.pid)
+
+
+def children_of(pid: int) -> list[int]:
+    """The processes `pid` started that still run (or are not yet reaped)."""
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    children: list[int] = []
+    for task in tasks:
+        with suppress(OSError):
+            children += [int(child) for child in (task / "children").read_text().split()]
+    return sorted(children)
+
+
 @dataclass
 class UssPeaks:
     """Each process's peak private memory (USS)."""
 
-    processes: Sequence[ServiceProcess]
+    processes: Sequence[Measured]
     peaks_mb: list[float] = field(default_factory=list)
 
     @property
@@ -305,7 +353,7 @@ def rss_peak(processes: Sequence[ServiceProcess], *, interval_s: float = 0.25) -
 
 
 @contextmanager
-def uss_peaks(processes: Sequence[ServiceProcess], *, interval_s: float = 0.5) -> Iterator[UssPeaks]:
+def uss_peaks(processes: Sequence[Measured], *, interval_s: float = 0.5) -> Iterator[UssPeaks]:
     peaks = UssPeaks(processes)
     with sampled_on_a_thread(peaks.sample, interval_s=interval_s, name="uss-sampler"):
         yield peaks
