@@ -17,6 +17,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator
 from types import FrameType
+from typing import Any
 
 log = logging.getLogger(__name__)
 
@@ -35,7 +36,11 @@ def relayed_signals(
     """While inside, each of `signums` calls `on_signal(signum)` on the relay thread, in arrival order.
 
     `interrupt_on_repeat`: a second signal raises KeyboardInterrupt in the main thread at once (what a
-    user who presses Ctrl-C twice means), which takes no lock. Must be entered from the main thread."""
+    user who presses Ctrl-C twice means), which takes no lock. Must be entered from the main thread. The
+    signals are unblocked once the handlers are in place: a forked worker holds them blocked from its
+    fork until here (inference_consumer/processes.py), so that one sent meanwhile is not lost. On the way
+    out they are blocked while the earlier handlers are put back, then left blocked or not as they were
+    before (a forked worker's stay blocked: a signal that comes as it ends does not kill it)."""
     received: queue.SimpleQueue[int] = queue.SimpleQueue()
     count = 0
 
@@ -47,15 +52,24 @@ def relayed_signals(
         received.put(signum)
 
     relay = threading.Thread(target=_relay, args=(received, on_signal), name="signal-relay", daemon=True)
-    relay.start()
-    previous = {signum: signal.signal(signum, handler) for signum in signums}
+    previous: dict[signal.Signals, Any] = {}
+    mask = signal.pthread_sigmask(signal.SIG_BLOCK, signums)
     try:
+        for signum in signums:
+            previous[signum] = signal.signal(signum, handler)
+        relay.start()
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, signums)
         yield
     finally:
-        for signum, earlier in previous.items():
-            signal.signal(signum, earlier)
-        received.put(_DONE)
-        relay.join(_RELAY_JOIN_S)
+        signal.pthread_sigmask(signal.SIG_BLOCK, signums)
+        try:
+            for signum, earlier in previous.items():
+                signal.signal(signum, earlier)
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, mask)
+            received.put(_DONE)
+            if relay.ident is not None:
+                relay.join(_RELAY_JOIN_S)
 
 
 def _relay(received: queue.SimpleQueue[int], on_signal: Callable[[int], None]) -> None:

@@ -46,7 +46,7 @@ def test_a_signal_landing_inside_a_lock_its_callback_takes_is_handled_once_the_m
     assert recorder.threads == ["signal-relay"]
 
 
-def test_a_second_signal_during_the_first_ones_handling_waits_its_turn() -> None:
+def test_signals_landing_inside_the_lock_are_each_handled_in_order() -> None:
     lock = threading.Lock()
     recorder = Recorder(lock)
     recorder.expected = 2
@@ -92,3 +92,19 @@ def test_the_handlers_before_are_back_afterwards() -> None:
         assert all(signal.getsignal(signum) != handler for signum, handler in before.items())
     assert {signum: signal.getsignal(signum) for signum in before} == before
     assert not any(thread.name == "signal-relay" for thread in threading.enumerate())
+
+
+def test_a_signal_blocked_before_is_handled_once_the_handlers_are_in_place_and_the_mask_is_put_back() -> None:
+    """A forked worker holds its stop signals blocked until its handlers are in place
+    (inference_consumer/processes.py): one sent meanwhile waits, and reaches them."""
+    recorder = Recorder()
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        signal.raise_signal(signal.SIGTERM)  # pending while blocked
+        with relayed_signals(recorder):
+            assert recorder.done.wait(WAIT_S)
+            assert signal.SIGTERM not in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+        assert signal.SIGTERM in signal.pthread_sigmask(signal.SIG_BLOCK, [])
+    finally:
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGTERM})
+    assert recorder.received == [signal.SIGTERM]

@@ -18,6 +18,7 @@ from pydantic import ValidationError
 
 from core.settings import WorkerSettings
 from inference_consumer.processes import child_settings, exit_status_of
+from tests.support.processes import running
 from tests.support.waiting import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -31,11 +32,13 @@ behaviour = sys.argv[1]
 STOPS = {signal.SIGTERM, signal.SIGINT}
 
 def serve(settings):
-    signal.pthread_sigmask(signal.SIG_BLOCK, STOPS)
+    # The stop signals are blocked from the fork: sigwait takes them as they come.
     print(f"started {settings.worker_id} pid={os.getpid()} ppid={os.getppid()} "
           f"threads={settings.worker_threads} port={settings.metrics_port}", flush=True)
     if behaviour == "fails" and settings.worker_id.endswith("-2"):
         raise RuntimeError("worker 2 cannot go on")
+    if behaviour == "stops-early" and settings.worker_id.endswith("-1"):
+        os.kill(os.getppid(), signal.SIGTERM)  # while the parent may still be forking the next
     print(f"stopped {settings.worker_id} by {signal.sigwait(STOPS)}", flush=True)
 
 def status(error):
@@ -106,6 +109,33 @@ def test_a_stop_signal_to_the_parent_reaches_every_worker_and_it_exits_0(
     assert process.exit_status() == 0, process.text()
     assert f"stopped w-1 by {signum.value}" in process.text()
     assert f"stopped w-2 by {signum.value}" in process.text()
+
+
+def test_a_stop_signal_while_the_workers_start_reaches_every_one_started(
+    stand_ins: list[StandIns], tmp_path: Path
+) -> None:
+    process = start("stops-early", stand_ins, tmp_path)
+
+    assert process.exit_status() == 0, process.text()
+    started = process.started()
+    assert "w-1" in started
+    for worker_id in started:
+        assert f"stopped {worker_id} by {signal.SIGTERM.value}" in process.text()
+
+
+def test_workers_die_with_a_parent_killed_outright(stand_ins: list[StandIns], tmp_path: Path) -> None:
+    process = start("waits", stand_ins, tmp_path)
+    workers = process.wait_started(2)
+
+    process.popen.kill()
+    process.popen.wait()
+
+    pids = [int(worker["pid"]) for worker in workers.values()]
+    wait_until(
+        lambda: not any(running(pid) for pid in pids),
+        timeout_s=30,
+        message=lambda: f"workers still running after their parent's SIGKILL: {pids}",
+    )
 
 
 def test_a_failing_worker_stops_the_others_and_its_status_is_the_parents(
