@@ -153,6 +153,8 @@ def _fork(serve: ServeOne, settings: WorkerSettings, exit_status: ExitStatus) ->
 
 
 def _run_child(serve: ServeOne, settings: WorkerSettings, exit_status: ExitStatus, *, parent: int) -> int:
+    # Several forks write to one stderr: the main thread's name, in every log line, says whose line it is.
+    threading.current_thread().name = settings.worker_id
     # The parent's handlers queue for its relay thread, which no fork copies: the worker installs its own.
     for signum in STOP_SIGNALS:
         signal.signal(signum, signal.SIG_DFL)

@@ -77,3 +77,5 @@ def test_forked_workers_each_hold_partitions_answer_and_stop_with_the_parent(
     assert parent.stop(timeout_s=60) == 0, parent.log_tail()
     log = parent.log()
     assert log.count("worker worker-1-1 stopped") == 1 and log.count("worker worker-1-2 stopped") == 1
+    # each fork's main thread is named after it, so its lines say whose they are
+    assert '"threadName": "worker-1-1"' in log and '"threadName": "worker-1-2"' in log
