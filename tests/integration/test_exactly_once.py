@@ -126,14 +126,34 @@ def assert_seen_once(
     bootstrap: str, topics: TopicSettings, slow: list[CaptionRequest], refused: CaptionRequest, *, by: str
 ) -> None:
     """What a read_committed reader sees: one final reply for each job and one dead letter for D, D's
-    from the worker that took the partition over."""
-    replies = final_replies(bootstrap, topics)
+    from the worker that took the partition over.
+
+    Waited for: a transaction's commit marker reaches each of its partitions on its own, so its offsets
+    can be visible a moment before its replies and dead letter are."""
+    jobs = {request.correlation_id for request in [*slow, refused]}
+    replies: dict[str, list[CaptionReply]] = {}
+    dead_letters: list[Record] = []
+
+    def every_outcome_visible() -> bool:
+        nonlocal replies, dead_letters
+        replies = final_replies(bootstrap, topics)
+        dead_letters = records_of(bootstrap, topics.dead_letter, topics.request_partitions, refused)
+        return jobs <= replies.keys() and bool(dead_letters)
+
+    wait_until(
+        every_outcome_visible,
+        timeout_s=DONE_S,
+        interval_s=0.5,
+        message=lambda: (
+            f"{len(jobs - replies.keys())} replies and {1 - len(dead_letters[:1])} dead letter unseen"
+        ),
+    )
     for request in slow:
         [reply] = replies[request.correlation_id]
         assert reply.status is ReplyStatus.SUCCEEDED
     [refused_reply] = replies[refused.correlation_id]
     assert refused_reply.status is ReplyStatus.FAILED and refused_reply.worker_id == by
-    [dead] = records_of(bootstrap, topics.dead_letter, topics.request_partitions, refused)
+    [dead] = dead_letters
     assert dead.headers[record_headers.DLQ_WORKER_ID] == by.encode()
     assert dead.headers[record_headers.DLQ_ERROR_CODE] == b"invalid_request"
 
