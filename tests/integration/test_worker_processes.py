@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 import requests
-from prometheus_client.parser import text_string_to_metric_families
 
+from bench.breakdown import request_partitions_held
 from tests.conftest import StartApi, StartWorker
 from tests.support.images import make_image_bytes
 from tests.support.processes import free_ports
@@ -21,20 +21,6 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 WORKERS = 2
 REQUESTS = 24
-
-
-def request_partitions_held(port: int, requests_topic: str) -> float:
-    try:
-        text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=5).text
-    except requests.ConnectionError:
-        return 0.0
-    return sum(
-        sample.value
-        for family in text_string_to_metric_families(text)
-        for sample in family.samples
-        if sample.name == "captioner_worker_assigned_partitions"
-        and sample.labels.get("topic") == requests_topic
-    )
 
 
 def parent_of(pid: int) -> int:
@@ -57,7 +43,7 @@ def test_forked_workers_each_hold_partitions_answer_and_stop_with_the_parent(
     ports = range(first_port, first_port + WORKERS)
     topic = env["CAPTIONER_TOPIC_REQUESTS"]
     wait_until(
-        lambda: all(request_partitions_held(port, topic) > 0 for port in ports),
+        lambda: all(request_partitions_held(f"http://127.0.0.1:{port}/metrics", topic) for port in ports),
         timeout_s=90,
         message=lambda: parent.log_tail(),
     )
