@@ -1,7 +1,7 @@
 """Publishes caption jobs from the event loop. A small record is handed to librdkafka on the loop, which
 costs less than a hand-off to a thread and back; a large one (librdkafka copies it) on a thread of its
-own. Another thread serves delivery reports the moment they arrive, and only a failed one wakes the event
-loop: the job's reply is what the caller waits for, so its delivery costs the loop nothing."""
+own. Another thread serves delivery reports in batches, a few times a second, and only a failed one wakes
+the event loop: the job's reply is what the caller waits for, so its delivery costs the loop nothing."""
 
 from __future__ import annotations
 
@@ -24,6 +24,10 @@ log = logging.getLogger(__name__)
 _FLUSH_SLICE_S = 0.1  # a flush at shutdown ends this soon after the last broker is lost
 # A record at most this large is produced on the event loop (librdkafka copies it: microseconds).
 INLINE_PRODUCE_MAX_BYTES = 64 * 1024
+# Delivery reports are served this often, all that have come each time: a delivered job's report needs
+# nobody (its reply is what the request awaits), so waking for each would cost a thread switch a request,
+# and a failed one still reaches its request within this.
+DELIVERY_REPORTS_INTERVAL_S = 0.1
 
 
 @dataclass(frozen=True, slots=True)
@@ -129,8 +133,8 @@ class RequestPublisher:
             self._produce(item)
 
     def _delivery_loop(self) -> None:
-        while not self._closed.is_set():
-            self._producer.poll(0.1)  # returns as soon as a delivery report is ready
+        while not self._closed.wait(DELIVERY_REPORTS_INTERVAL_S):
+            self._producer.poll(0)
 
     def _produce(self, item: _Outgoing) -> None:
         def on_delivery(error: KafkaError | None, _message: Message) -> None:

@@ -16,6 +16,7 @@ from core.kafka_config import producer_config
 from core.settings import KafkaSettings, TopicSettings
 from producer_api.errors import BrokerUnavailableError, OverloadedError
 from producer_api.publisher import INLINE_PRODUCE_MAX_BYTES, RequestPublisher
+from tests.support.waiting import wait_until_async
 
 
 @contextmanager
@@ -116,3 +117,46 @@ async def test_a_delivered_record_neither_settles_its_future_nor_wakes_the_loop(
     assert undelivered == 0
     assert not any(future.done() for future in failed)
     assert loop.handed == []
+
+
+class PollNotingProducer:
+    """The publisher's producer, noting each poll's timeout and the thread it ran on."""
+
+    def __init__(self, producer: Any) -> None:
+        self._producer = producer
+        self.polls: list[tuple[str, float]] = []
+
+    def poll(self, timeout: float) -> int:
+        self.polls.append((threading.current_thread().name, timeout))
+        return int(self._producer.poll(timeout))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._producer, name)
+
+    def __len__(self) -> int:
+        return len(self._producer)
+
+
+@pytest.mark.integration
+async def test_delivery_reports_are_served_in_batches_without_a_wake_for_each(
+    kafka_bootstrap: str, topics: TopicSettings
+) -> None:
+    """The delivery-report thread never waits inside librdkafka, where each report would wake it: it looks
+    now and then and serves what has come (a failed one still reaches its future: the tests above)."""
+    config = producer_config(KafkaSettings(), topics, client_id="test-publisher")
+    publisher = RequestPublisher(config=config, loop=asyncio.get_running_loop())
+    noting = PollNotingProducer(publisher._producer)
+    publisher._producer = noting  # type: ignore[assignment]  # a noting proxy
+    publisher.start()
+    failed = [asyncio.get_running_loop().create_future() for _ in range(20)]
+    for future in failed:
+        publisher.send(topic=topics.requests, key=b"k", value=b"v", failed=future)
+    await wait_until_async(  # every record delivered and its report served
+        lambda: len(noting) == 0, timeout_s=30, message=lambda: f"{len(noting)} records unreported"
+    )
+    await publisher.close(timeout_s=30)
+
+    reports_thread = [timeout for thread, timeout in noting.polls if thread == "delivery-reports"]
+    assert reports_thread, noting.polls
+    assert set(reports_thread) == {0}
+    assert not any(future.done() for future in failed)
