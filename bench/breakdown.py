@@ -1,6 +1,7 @@
 """Where the time goes at saturation: each worker's stage sums (its captioner_worker_stage_seconds_total
-counter, inference_consumer/stages.py) and the CPU time of every process of the run (/proc/PID/stat),
-both taken just before and just after the closed loop, and divided by the images it answered."""
+counter, inference_consumer/stages.py) and batch sizes (captioner_worker_batch_size), and the CPU time of
+every process of the run (/proc/PID/stat), all taken just before and just after the closed loop, and
+divided by the images it answered."""
 
 from __future__ import annotations
 
@@ -18,6 +19,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 ASSIGNED_METRIC = "captioner_worker_assigned_partitions"
 STAGE_METRIC = "captioner_worker_stage_seconds"
+BATCH_METRIC = "captioner_worker_batch_size"
 # The inference thread's stages, in the order a batch goes through them (inference_consumer/stages.py);
 # the loop's own bookkeeping is what they leave of the window.
 THREAD_STAGES = (
@@ -87,18 +89,30 @@ def request_partitions_held(url: str, requests_topic: str, *, timeout_s: float =
     )
 
 
-def scrape_stages(url: str, *, timeout_s: float = 5.0) -> dict[str, float]:
-    """The worker's stage seconds by stage, from its /metrics."""
+@dataclass(frozen=True)
+class WorkerCounters:
+    """What a worker's /metrics has counted since it started."""
+
+    stages: dict[str, float]  # stage -> seconds
+    batches: float = 0.0  # batches run
+    batched_images: float = 0.0  # the images in them
+
+
+def scrape_worker(url: str, *, timeout_s: float = 5.0) -> WorkerCounters:
+    """The worker's stage seconds by stage and its batches, from its /metrics."""
     with urllib.request.urlopen(url, timeout=timeout_s) as response:
         text = response.read().decode()
     stages: dict[str, float] = {}
+    batch_totals: dict[str, float] = {}
     for family in text_string_to_metric_families(text):
-        if family.name != STAGE_METRIC:
-            continue
         for sample in family.samples:
-            if sample.name.endswith("_total"):
+            if family.name == STAGE_METRIC and sample.name.endswith("_total"):
                 stages[sample.labels["stage"]] = float(sample.value)
-    return stages
+            elif family.name == BATCH_METRIC and sample.name.endswith(("_count", "_sum")):
+                batch_totals[sample.name.rsplit("_", 1)[1]] = float(sample.value)
+    return WorkerCounters(
+        stages=stages, batches=batch_totals.get("count", 0.0), batched_images=batch_totals.get("sum", 0.0)
+    )
 
 
 def broker_pid(broker_sh: Path, env: Mapping[str, str] = os.environ) -> int | None:
@@ -112,14 +126,20 @@ def broker_pid(broker_sh: Path, env: Mapping[str, str] = os.environ) -> int | No
 
 @dataclass(frozen=True)
 class Breakdown:
-    """One saturation window: wall seconds, images answered, the workers' stage seconds (summed over
-    workers) and each role's CPU seconds (NaN where a process could not be read)."""
+    """One saturation window: wall seconds, images answered, the workers' stage seconds and batches (summed
+    over workers) and each role's CPU seconds (NaN where a process could not be read)."""
 
     wall_s: float
     answered: int
     workers: int
     stage_s: Mapping[str, float]
     cpu_s: Mapping[str, float]
+    batches: float = 0.0
+    batched_images: float = 0.0
+
+    def mean_batch(self) -> float:
+        """Images per batch the workers ran in the window; NaN when none was read."""
+        return self.batched_images / self.batches if self.batches > 0 else math.nan
 
     def ms_per_img(self, stage: str) -> float:
         """Seconds in `stage` per answered image, in ms; `other`: the inference threads' window less
@@ -152,12 +172,12 @@ class BreakdownProbe:
 
     metrics_urls: Sequence[str]
     pids: Mapping[str, Sequence[int]]  # role -> the processes whose CPU counts for it
-    _stages: list[dict[str, float] | None] = field(default_factory=list)
+    _counters: list[WorkerCounters | None] = field(default_factory=list)
     _cpu: dict[str, float] = field(default_factory=dict)
     _started: float = math.nan
 
     def start(self) -> None:
-        self._stages = [self._scrape(url) for url in self.metrics_urls]
+        self._counters = [self._scrape(url) for url in self.metrics_urls]
         self._cpu = self._read_cpu()
         self._started = time.perf_counter()
 
@@ -165,26 +185,37 @@ class BreakdownProbe:
         """The window since start(); `client_cpu_s`: the load client's own CPU time (LoadRun)."""
         wall_s = time.perf_counter() - self._started
         stages: dict[str, float] = {}
+        batches = batched_images = 0.0
         read = 0
-        for url, before in zip(self.metrics_urls, self._stages, strict=True):
+        for url, before in zip(self.metrics_urls, self._counters, strict=True):
             after = self._scrape(url)
             if before is None or after is None:
                 continue
             read += 1
-            for stage, seconds in after.items():
-                stages[stage] = stages.get(stage, 0.0) + seconds - before.get(stage, 0.0)
+            for stage, seconds in after.stages.items():
+                stages[stage] = stages.get(stage, 0.0) + seconds - before.stages.get(stage, 0.0)
+            batches += after.batches - before.batches
+            batched_images += after.batched_images - before.batched_images
         now = self._read_cpu()
         cpu = {role: now[role] - self._cpu[role] for role in now}
         cpu["client"] = client_cpu_s
         if read < len(self.metrics_urls):  # a share of some workers' time would mislead: none at all
-            stages, read = {}, 0
-        return Breakdown(wall_s=wall_s, answered=answered, workers=read, stage_s=stages, cpu_s=cpu)
+            stages, read, batches, batched_images = {}, 0, 0.0, 0.0
+        return Breakdown(
+            wall_s=wall_s,
+            answered=answered,
+            workers=read,
+            stage_s=stages,
+            cpu_s=cpu,
+            batches=batches,
+            batched_images=batched_images,
+        )
 
     @staticmethod
-    def _scrape(url: str) -> dict[str, float] | None:
+    def _scrape(url: str) -> WorkerCounters | None:
         """None when the worker's /metrics cannot be read: the breakdown is left out, the run goes on."""
         try:
-            return scrape_stages(url)
+            return scrape_worker(url)
         except (OSError, ValueError):
             return None
 

@@ -56,7 +56,10 @@ def where_the_time_went(breakdown: Breakdown) -> str:
     )
     pool = " ".join(f"{stage} {breakdown.ms_per_img(stage):.1f}" for stage in POOL_STAGES)
     cpu = " ".join(f"{role} {breakdown.cpu_ms_per_img(role):.1f}" for role in CPU_ROLES)
-    return f"worker_share: {shares}; pool_ms_per_img: {pool}; cpu_ms_per_img: {cpu}"
+    return (
+        f"worker_share: {shares}; worker_mean_batch {breakdown.mean_batch():.1f}; pool_ms_per_img: {pool};"
+        f" cpu_ms_per_img: {cpu}"
+    )
 
 
 def capacity(config: BenchConfig, images: ImageSets, client: LoadClient, bootstrap: str) -> str:

@@ -40,6 +40,7 @@ LEVEL_KEYS = {"p99_ms_30": 0.3, "p99_ms_65": 0.65, "p99_ms_90": 0.9}
 # workers' wall time, the decode pool's ms per image, each process's CPU ms per image.
 BREAKDOWN_KEYS = (
     *(f"worker_share_{stage}" for stage in (*THREAD_STAGES, OTHER)),
+    "worker_mean_batch",
     *(f"{stage}_ms_per_img" for stage in POOL_STAGES),
     *(f"cpu_ms_per_img_{role}" for role in CPU_ROLES),
 )
@@ -269,6 +270,7 @@ def breakdown_summary(breakdown: Breakdown | None) -> dict[str, float | None]:
         return dict.fromkeys(BREAKDOWN_KEYS)
     return {
         **{f"worker_share_{stage}": breakdown.wall_share(stage) for stage in (*THREAD_STAGES, OTHER)},
+        "worker_mean_batch": breakdown.mean_batch(),
         **{f"{stage}_ms_per_img": breakdown.ms_per_img(stage) for stage in POOL_STAGES},
         **{f"cpu_ms_per_img_{role}": breakdown.cpu_ms_per_img(role) for role in CPU_ROLES},
     }
@@ -525,7 +527,7 @@ def breakdown_table(breakdown: Breakdown) -> Table:
     """Where the time went at saturation: the workers' inference threads, their decode pools, the CPU."""
     table = Table(
         title=f"where the time goes at saturation ({breakdown.workers} worker(s), {breakdown.wall_s:.0f} s, "
-        f"{breakdown.answered} answered)"
+        f"{breakdown.answered} answered, {breakdown.mean_batch():.1f} images a batch)"
     )
     table.add_column("where")
     table.add_column("ms/img", justify="right")

@@ -5,31 +5,39 @@ import os
 import threading
 from pathlib import Path
 
-from prometheus_client import CollectorRegistry, Counter, generate_latest
+from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
 
-from bench.breakdown import BreakdownProbe, cpu_seconds, scrape_stages, thread_usage
+from bench.breakdown import BreakdownProbe, cpu_seconds, scrape_worker, thread_usage
 
 
-def _metrics_file(path: Path, seconds: dict[str, float]) -> str:
+def _metrics_file(path: Path, seconds: dict[str, float], batches: tuple[int, ...] = ()) -> str:
+    """A worker's /metrics as a file: its stage seconds, and one batch-size observation per batch."""
     registry = CollectorRegistry()
     counter = Counter("captioner_worker_stage_seconds", "stages", ["stage"], registry=registry)
     for stage, value in seconds.items():
         counter.labels(stage=stage).inc(value)
+    sizes = Histogram("captioner_worker_batch_size", "batches", buckets=(1, 16, 64), registry=registry)
+    for size in batches:
+        sizes.observe(size)
     path.write_bytes(generate_latest(registry))
     return path.as_uri()
 
 
-def test_stage_seconds_are_read_from_the_workers_metrics(tmp_path: Path) -> None:
-    url = _metrics_file(tmp_path / "metrics", {"decoding_steps": 2.5, "publish": 0.25})
-    assert scrape_stages(url) == {"decoding_steps": 2.5, "publish": 0.25}
+def test_stage_seconds_and_batches_are_read_from_the_workers_metrics(tmp_path: Path) -> None:
+    url = _metrics_file(tmp_path / "metrics", {"decoding_steps": 2.5, "publish": 0.25}, batches=(16, 8))
+
+    counters = scrape_worker(url)
+
+    assert counters.stages == {"decoding_steps": 2.5, "publish": 0.25}
+    assert (counters.batches, counters.batched_images) == (2, 24)
 
 
 def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
     path = tmp_path / "metrics"
-    url = _metrics_file(path, {"decoding_steps": 1.0})
+    url = _metrics_file(path, {"decoding_steps": 1.0}, batches=(2,))
     probe = BreakdownProbe(metrics_urls=[url], pids={"worker": [os.getpid()]})
     probe.start()
-    _metrics_file(path, {"decoding_steps": 4.0, "image_encoder": 0.5})
+    _metrics_file(path, {"decoding_steps": 4.0, "image_encoder": 0.5}, batches=(2, 16, 12, 17))
     sum(range(200_000))  # some CPU time in this process
 
     breakdown = probe.finish(answered=10, client_cpu_s=0.2)
@@ -37,6 +45,7 @@ def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
     assert breakdown.stage_s == {"decoding_steps": 3.0, "image_encoder": 0.5}
     assert breakdown.cpu_s["worker"] >= 0 and breakdown.cpu_s["client"] == 0.2
     assert breakdown.ms_per_img("decoding_steps") == 300.0
+    assert breakdown.mean_batch() == 15.0  # the window's three batches, not the one before it
 
 
 def test_a_process_that_is_gone_has_no_cpu_time() -> None:
@@ -69,4 +78,5 @@ def test_a_worker_whose_metrics_cannot_be_read_leaves_the_stages_out_not_the_run
 
     assert breakdown.workers == 0 and breakdown.stage_s == {}
     assert math.isnan(breakdown.ms_per_img("decoding_steps")) and math.isnan(breakdown.wall_share("other"))
+    assert math.isnan(breakdown.mean_batch())
     assert breakdown.cpu_s["api"] >= 0  # the CPU figures stay

@@ -44,12 +44,15 @@ def test_the_saturation_line_says_where_the_workers_time_and_the_cpu_went() -> N
         workers=1,
         stage_s={"image_encoder": 5.0, "prefill": 3.0, "decoding_steps": 1.5, "image_decode": 0.6},
         cpu_s={"worker": 19.0, "api": 0.1, "broker": 0.5, "client": 0.02},
+        batches=2,
+        batched_images=20,
     )
 
     line = where_the_time_went(breakdown)
 
     assert "image_encoder 0.500 prefill 0.300 decoding_steps 0.150 other 0.050" in line
     assert "generate" not in line  # the fast decoder reports no hf generate stage
+    assert "worker_mean_batch 10.0" in line
     assert "image_decode 30.0" in line
     assert "worker 950.0 api 5.0 broker 25.0 client 1.0" in line
 

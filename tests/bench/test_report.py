@@ -181,6 +181,8 @@ def test_the_saturation_breakdown_says_where_the_time_went(capsys: pytest.Captur
         workers=1,
         stage_s={"wait_for_jobs": 2.0, "image_encoder": 6.0, "decoding_steps": 10.0, "image_decode": 4.0},
         cpu_s={"worker": 40.0, "api": 2.0, "broker": 1.0, "client": 0.5},
+        batches=16,
+        batched_images=200,
     )
     saturation = dataclasses.replace(results.saturation, breakdown=breakdown)
 
@@ -191,11 +193,14 @@ def test_the_saturation_breakdown_says_where_the_time_went(capsys: pytest.Captur
     assert summary["worker_share_image_encoder"] == pytest.approx(0.3)
     assert summary["worker_share_other"] == pytest.approx(0.1)  # 20 s less the 18 s the stages report
     assert summary["worker_share_publish"] == 0.0
+    assert summary["worker_mean_batch"] == pytest.approx(12.5)
     assert summary["image_decode_ms_per_img"] == pytest.approx(20.0)
     assert summary["cpu_ms_per_img_worker"] == pytest.approx(200.0)
     assert summary["cpu_ms_per_img_api"] == pytest.approx(10.0)
     assert summary["cpu_ms_per_img_client"] == pytest.approx(2.5)
-    assert "where the time goes at saturation" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "where the time goes at saturation" in out
+    assert "12.5 images a batch" in out
 
 
 def test_each_model_stage_is_set_against_its_own_kernels(capsys: pytest.CaptureFixture[str]) -> None:
