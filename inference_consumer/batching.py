@@ -32,11 +32,6 @@ Item = TypeVar("Item")
 
 KEEP_UP_HEADROOM = 1.2  # a batch size must serve this many times the arrival rate
 ARRIVAL_TIME_CONSTANT_S = 20.0  # the arrival rate's memory: long enough to smooth Poisson noise
-# A rise seen in at least this many arrivals between two looks is believed within a few seconds: at the
-# start of a burst from clients that keep a fixed number of requests in flight, a rate that lagged by the
-# full time constant would keep batches small (and the rate with them) for most of a minute.
-RISE_MIN_ARRIVALS = 8
-RISE_TIME_CONSTANT_S = 4.0
 COST_WINDOW = 32  # batches the cost model is fitted to
 
 
@@ -83,14 +78,9 @@ class BatchCost:
 @dataclass
 class ArrivalRate:
     """Jobs per second entering the queue, as an exponentially time-weighted average. Arrivals between
-    two looks are the jobs taken since plus the change in what is still queued. The average follows a
-    rise faster (`rise_time_constant_s`) when the look brings many arrivals (`rise_min_arrivals`): a rate
-    too low keeps batches small, while one too high costs at most a batch's fill wait; a few arrivals
-    close together are Poisson noise at any rate, so they move it at the slow pace."""
+    two looks are the jobs taken since plus the change in what is still queued."""
 
     time_constant_s: float = ARRIVAL_TIME_CONSTANT_S
-    rise_time_constant_s: float = RISE_TIME_CONSTANT_S
-    rise_min_arrivals: int = RISE_MIN_ARRIVALS
     per_s: float = 0.0
     _since: float | None = None
     _queued: int = 0
@@ -105,11 +95,8 @@ class ArrivalRate:
         elapsed = now - self._since
         if elapsed <= 0:
             return
-        seen_per_s = self._pending / elapsed
-        rising = seen_per_s > self.per_s and self._pending >= self.rise_min_arrivals
-        time_constant_s = self.rise_time_constant_s if rising else self.time_constant_s
-        weight = 1.0 - math.exp(-elapsed / time_constant_s)
-        self.per_s += weight * (seen_per_s - self.per_s)
+        weight = 1.0 - math.exp(-elapsed / self.time_constant_s)
+        self.per_s += weight * (self._pending / elapsed - self.per_s)
         self._since, self._pending = now, 0
 
 

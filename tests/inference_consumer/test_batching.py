@@ -9,13 +9,7 @@ import queue
 
 import pytest
 
-from inference_consumer.batching import (
-    ARRIVAL_TIME_CONSTANT_S,
-    ArrivalRate,
-    BatchCollector,
-    BatchCost,
-    BatchPolicy,
-)
+from inference_consumer.batching import ArrivalRate, BatchCollector, BatchCost, BatchPolicy
 
 
 class ScriptedQueue(queue.Queue[int]):
@@ -246,37 +240,6 @@ def test_a_backlog_is_drained_up_to_the_cap_even_when_small_batches_would_keep_u
     assert policy.keep_up_size() == 1
     assert len(batch) == policy.limit() == 14  # 6.45 s for 16: 14 fit in 6 s
     assert ready.qsize() == 16
-
-
-def test_a_burst_from_clients_with_requests_in_flight_fills_batches_within_a_few_batches() -> None:
-    """After a quiet spell, clients that keep a fixed number of requests in flight send the next ones only
-    as answers come: each batch finds only what came during the last one. Were the rate believed at the
-    slow pace, batches would stay below what keeps up, and the rate, set by them, with them."""
-    policy = make_policy(max_size=64, budget_s=6.0)
-    run_batches(policy, **GPU_LIKE, sizes=MIXED_SIZES)
-    for second in range(120):  # idle: empty looks
-        policy.took(0, queued=0, now=float(second))
-    now = 120.0
-    for _ in range(3):  # three batches, 4 s each, each finding the 12 jobs that came during the last
-        now += 4.0
-        policy.took(12, queued=0, now=now)
-
-    # 1.2 x 3/s = 3.6/s: only the cap of 19 comes close (b / (1 + 0.25 b) >= 3.6 from b = 36)
-    assert policy.keep_up_size() == policy.limit() == 19
-
-
-def test_a_rise_is_believed_fast_only_when_one_look_brings_many_arrivals() -> None:
-    """The same rise, 3 jobs a second from nothing, seen as 12 arrivals a look or as one."""
-    many, one = ArrivalRate(), ArrivalRate()
-    many.observe(0.0, taken=0, queued=0)
-    one.observe(0.0, taken=0, queued=0)
-    for look in range(1, 4):
-        many.observe(4.0 * look, taken=12, queued=0)
-    for look in range(1, 37):
-        one.observe(look / 3.0, taken=1, queued=0)
-
-    assert many.per_s > 0.9 * 3.0
-    assert one.per_s == pytest.approx(3.0 * (1 - math.exp(-12.0 / ARRIVAL_TIME_CONSTANT_S)), rel=1e-6)
 
 
 def test_one_outlier_batch_does_not_move_the_sizes() -> None:
