@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import threading
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -15,7 +16,7 @@ import pytest
 from core.kafka_config import producer_config
 from core.settings import KafkaSettings, TopicSettings
 from producer_api.errors import BrokerUnavailableError, OverloadedError
-from producer_api.publisher import INLINE_PRODUCE_MAX_BYTES, RequestPublisher
+from producer_api.publisher import DELIVERY_REPORTS_INTERVAL_S, INLINE_PRODUCE_MAX_BYTES, RequestPublisher
 from tests.support.waiting import wait_until_async
 
 
@@ -147,6 +148,7 @@ async def test_delivery_reports_are_served_in_batches_without_a_wake_for_each(
     publisher = RequestPublisher(config=config, loop=asyncio.get_running_loop())
     noting = PollNotingProducer(publisher._producer)
     publisher._producer = noting  # type: ignore[assignment]  # a noting proxy
+    started = time.monotonic()
     publisher.start()
     failed = [asyncio.get_running_loop().create_future() for _ in range(20)]
     for future in failed:
@@ -155,8 +157,11 @@ async def test_delivery_reports_are_served_in_batches_without_a_wake_for_each(
         lambda: len(noting) == 0, timeout_s=30, message=lambda: f"{len(noting)} records unreported"
     )
     await publisher.close(timeout_s=30)
+    elapsed_s = time.monotonic() - started
 
     reports_thread = [timeout for thread, timeout in noting.polls if thread == "delivery-reports"]
     assert reports_thread, noting.polls
     assert set(reports_thread) == {0}
+    # ... nor spins instead: one look every DELIVERY_REPORTS_INTERVAL_S at most
+    assert len(reports_thread) <= elapsed_s / DELIVERY_REPORTS_INTERVAL_S + 2
     assert not any(future.done() for future in failed)
