@@ -15,9 +15,14 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from bench.models import REPO
 from core.settings import WorkerSettings, load_settings
+from inference_consumer.batching import ARRIVAL_TIME_CONSTANT_S
 
 BASE_CPU_BATCH = 16
 STEADY_FRACTIONS = (0.3, 0.65, 0.9)  # the summary's p99_ms_30, p99_ms_65 (and p50/p95/p99_ms), p99_ms_90
+# A saturation run follows a quiet spell, and a worker sizes its batches by the arrival rate it believes, an
+# average over ARRIVAL_TIME_CONSTANT_S: two of them (86 % of the step believed) pass before its batches
+# reach their cap, and what is measured after is the saturation the service keeps.
+SATURATION_WARMUP_S = 2 * ARRIVAL_TIME_CONSTANT_S
 
 
 @dataclass(frozen=True)
@@ -27,7 +32,10 @@ class Phases:
     images: int  # test photos, 320x240 .. 4000x3000
     naive_budget_s: float  # the naive loop stops after this (having done at least 3 images)
     overhead_samples: int  # idle sequential requests, and in-process runs, of the overhead image
-    saturation_s: float  # closed-loop run at saturation, at least ...
+    saturation_warmup_s: (
+        float  # closed-loop run at saturation: unmeasured first (see SATURATION_WARMUP_S) ...
+    )
+    saturation_s: float  # ... then measured at least ...
     saturation_min_rounds: int  # ... and this many full batches per worker past the first answers
     steady_s: float  # each open-loop run below saturation, at least ...
     steady_min_requests: int  # ... this many requests (longer at low rates), but at most ...
@@ -44,6 +52,7 @@ FULL = Phases(
     images=12,
     naive_budget_s=150.0,
     overhead_samples=15,
+    saturation_warmup_s=SATURATION_WARMUP_S,
     saturation_s=90.0,
     saturation_min_rounds=3,
     steady_s=45.0,
@@ -60,6 +69,7 @@ QUICK = Phases(
     images=4,
     naive_budget_s=30.0,
     overhead_samples=4,
+    saturation_warmup_s=SATURATION_WARMUP_S / 4,
     saturation_s=20.0,
     saturation_min_rounds=1,
     steady_s=10.0,

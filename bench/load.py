@@ -5,7 +5,7 @@ built once, a single dispatcher coroutine for open-loop arrivals.
 Three shapes of load:
 * Sequential: one request at a time (idle latency);
 * ClosedLoop: `concurrency` callers that each send the next request as soon as theirs is answered
-  (saturation throughput);
+  (saturation throughput), optionally after an unmeasured warm-up;
 * OpenLoop: arrivals on a fixed schedule (uniform or Poisson) whatever the answers do; latency counts from
   when a request was due, so a slow server (or a late client) cannot hide queueing delay.
 """
@@ -23,7 +23,7 @@ import signal
 import struct
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -67,6 +67,9 @@ class ClosedLoop:
     min_s: float  # keep going at least this long ...
     min_completions: int  # ... and until this many answers came (successful or not) ...
     max_s: float  # ... but never longer than this
+    # Sent from the start, but neither timed nor counted: the run's outcomes are those answered after it,
+    # and the harness hears when it ends (LoadClient.run's on_measuring).
+    warmup_s: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -123,30 +126,47 @@ class LoadRun:
 # ---- the client process ------------------------------------------------------------------------------
 
 
-def run_spec(spec: LoadSpec) -> LoadRun:
-    """Run one load spec to completion in this process."""
+@dataclass
+class _Window:
+    """Where a run's measurement starts: at the run's start, or when a closed loop's warm-up ends."""
+
+    started: float
+    cpu: float
+    measuring: bool = True  # False until a warm-up ends
+
+    @classmethod
+    def now(cls) -> _Window:
+        return cls(started=time.perf_counter(), cpu=time.process_time())
+
+    def restart(self) -> None:
+        self.started, self.cpu, self.measuring = time.perf_counter(), time.process_time(), True
+
+
+def run_spec(spec: LoadSpec, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
+    """Run one load spec to completion in this process; on_measuring is called when a closed loop's
+    warm-up ends (never without one)."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_run(spec))
+        return runner.run(_run(spec, on_measuring))
 
 
-async def _run(spec: LoadSpec) -> LoadRun:
+async def _run(spec: LoadSpec, on_measuring: Callable[[], None]) -> LoadRun:
     connector = aiohttp.TCPConnector(limit=_CONNECTIONS, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=spec.target.timeout_s)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False
     ) as session:
-        cpu, started = time.process_time(), time.perf_counter()
+        window = _Window.now()
         if isinstance(spec, Sequential):
             outcomes, lag = await _sequential(session, spec), 0.0
         elif isinstance(spec, ClosedLoop):
-            outcomes, lag = await _closed_loop(session, spec), 0.0
+            outcomes, lag = await _warmed_closed_loop(session, spec, window, on_measuring), 0.0
         else:
             outcomes, lag = await _open_loop(session, spec)
         return LoadRun(
             outcomes=outcomes,
-            started=started,
+            started=window.started,
             finished=time.perf_counter(),
-            client_cpu_s=time.process_time() - cpu,
+            client_cpu_s=time.process_time() - window.cpu,
             max_lag_ms=lag * 1000,
         )
 
@@ -191,16 +211,43 @@ async def _sequential(session: aiohttp.ClientSession, spec: Sequential) -> list[
     return outcomes
 
 
-async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list[Outcome]:
-    if spec.target.fresh_every:
-        return await _mixed_closed_loop(session, spec)
-    payloads, outcomes = spec.target.payloads, list[Outcome]()
-    started = time.perf_counter()
-    stop = asyncio.Event()
+async def _warmed_closed_loop(
+    session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window, on_measuring: Callable[[], None]
+) -> list[Outcome]:
+    """The closed loop with its warm-up: the window moves to the warm-up's end, and only what is answered
+    after it counts (a request sent before and answered after is work of the measured window)."""
 
-    def enough() -> bool:
-        elapsed = time.perf_counter() - started
-        return elapsed >= spec.max_s or (elapsed >= spec.min_s and len(outcomes) >= spec.min_completions)
+    async def warm_up() -> None:
+        await asyncio.sleep(spec.warmup_s)
+        window.restart()
+        on_measuring()
+
+    warming = None
+    if spec.warmup_s > 0:
+        window.measuring = False
+        warming = asyncio.create_task(warm_up())
+    loop = _mixed_closed_loop if spec.target.fresh_every else _closed_loop
+    try:
+        outcomes = await loop(session, spec, window)
+    finally:
+        if warming is not None:
+            warming.cancel()
+    return [outcome for outcome in outcomes if outcome.done >= window.started]
+
+
+def _enough(spec: ClosedLoop, window: _Window, outcomes: list[Outcome]) -> bool:
+    """Past max_s, or past min_s with min_completions answered, counted from the end of the warm-up."""
+    if not window.measuring:
+        return False
+    elapsed = time.perf_counter() - window.started
+    if elapsed >= spec.max_s:
+        return True
+    return elapsed >= spec.min_s and sum(o.done >= window.started for o in outcomes) >= spec.min_completions
+
+
+async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window) -> list[Outcome]:
+    payloads, outcomes = spec.target.payloads, list[Outcome]()
+    stop = asyncio.Event()
 
     async def caller(first: int) -> None:
         index = first
@@ -208,30 +255,27 @@ async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list
             now = time.perf_counter()
             outcomes.append(await _post(session, spec.target, payloads[index % len(payloads)], now))
             index += spec.concurrency
-            if enough():
+            if _enough(spec, window, outcomes):
                 stop.set()
 
     await asyncio.gather(*(caller(first) for first in range(spec.concurrency)))
     return outcomes
 
 
-async def _mixed_closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop) -> list[Outcome]:
+async def _mixed_closed_loop(
+    session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window
+) -> list[Outcome]:
     """As _closed_loop, but requests take payloads by one sequence across callers, so that exactly every
     fresh_every-th request sent is an image never sent before, whichever callers are fast."""
     payloads, every, outcomes = spec.target.payloads, spec.target.fresh_every, list[Outcome]()
     sequence, run_tag = itertools.count(), os.urandom(8).hex().encode()
-    started = time.perf_counter()
-
-    def enough() -> bool:
-        elapsed = time.perf_counter() - started
-        return elapsed >= spec.max_s or (elapsed >= spec.min_s and len(outcomes) >= spec.min_completions)
 
     def payload(index: int) -> bytes:
         picture = payloads[index % len(payloads)]
         return unique_jpeg(picture, b"%s-%d" % (run_tag, index)) if index % every == 0 else picture
 
     async def caller() -> None:
-        while not enough():
+        while not _enough(spec, window, outcomes):
             outcomes.append(await _post(session, spec.target, payload(next(sequence)), time.perf_counter()))
 
     await asyncio.gather(*(caller() for _ in range(spec.concurrency)))
@@ -272,12 +316,13 @@ async def _open_loop(session: aiohttp.ClientSession, spec: OpenLoop) -> tuple[li
 
 
 def _serve(connection: Connection) -> None:
-    """Client process main loop: run each spec received, send back ("ok", LoadRun) or ("error", text).
-    Ctrl-C is the harness's to handle: it stops this process when it unwinds."""
+    """Client process main loop: run each spec received, send back ("ok", LoadRun) or ("error", text),
+    after ("measuring", None) when a warm-up ends. Ctrl-C is the harness's to handle: it stops this
+    process when it unwinds."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while (spec := connection.recv()) is not None:
         try:
-            connection.send(("ok", run_spec(spec)))
+            connection.send(("ok", run_spec(spec, lambda: connection.send(("measuring", None)))))
         except Exception:
             connection.send(("error", traceback.format_exc()))
 
@@ -292,10 +337,18 @@ class LoadClient:
         self._process.start()
         child.close()
 
-    def run(self, spec: LoadSpec) -> LoadRun:
+    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
+        """Run `spec` in the client process; on_measuring is called as its measured window opens: at once,
+        or when a closed loop's warm-up ends."""
+        warms_up = isinstance(spec, ClosedLoop) and spec.warmup_s > 0
+        if not warms_up:
+            on_measuring()
         try:
             self._connection.send(spec)
             kind, result = cast(tuple[str, Any], self._connection.recv())
+            if kind == "measuring":
+                on_measuring()
+                kind, result = cast(tuple[str, Any], self._connection.recv())
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"the load client process died (exit code {self._process.exitcode})") from exc
         if kind != "ok":

@@ -36,8 +36,14 @@ def words_per_title(outcomes: Sequence[Outcome]) -> float:
     return sum(words) / len(words) if words else math.nan
 
 
-def _run_checked(client: LoadClient, service: Service, spec: Sequential | ClosedLoop | OpenLoop) -> LoadRun:
-    run = client.run(spec)
+def _run_checked(
+    client: LoadClient,
+    service: Service,
+    spec: Sequential | ClosedLoop | OpenLoop,
+    *,
+    on_measuring: Callable[[], None] = lambda: None,
+) -> LoadRun:
+    run = client.run(spec, on_measuring=on_measuring)
     service.check_alive()
     return run
 
@@ -127,33 +133,34 @@ def measure_saturation(
     phases: Phases,
     broker_pid: int | None = None,
 ) -> SaturationResult:
-    """Closed loop at `concurrency`; throughput counts whole answered batches after the first (see
-    stats.completion_rate), so neither warm-up nor a partial last batch skews it. The workers' stage
-    seconds and every process's CPU time are read around it (bench/breakdown.py); the broker's only
-    when its pid is given."""
+    """Closed loop at `concurrency`, measured after `phases.saturation_warmup_s` of the same load (the
+    workers' arrival rate settles); throughput counts whole answered batches after the first (see
+    stats.completion_rate), so neither the window's start nor a partial last batch skews it. The workers'
+    stage seconds and every process's CPU time are read around the measured window (bench/breakdown.py);
+    the broker's only when its pid is given."""
     spec = ClosedLoop(
         target=target(service, images),
         concurrency=size.concurrency,
         min_s=phases.saturation_s,
         min_completions=size.min_completions,
         max_s=4 * phases.saturation_s,
+        warmup_s=phases.saturation_warmup_s,
     )
     pids = {"worker": [worker.pid for worker in service.workers], "api": [service.api.pid]}
     probe = BreakdownProbe(
         metrics_urls=service.worker_metrics_urls,
         pids=pids | ({"broker": [broker_pid]} if broker_pid is not None else {}),
     )
-    probe.start()
-    result, _ = _closed_loop(client, service, spec)
+    result, _ = _closed_loop(client, service, spec, on_measuring=probe.start)
     breakdown = probe.finish(answered=result.answered, client_cpu_s=result.client_cpu_share * result.wall_s)
     return replace(result, breakdown=breakdown)
 
 
 def _closed_loop(
-    client: LoadClient, service: Service, spec: ClosedLoop
+    client: LoadClient, service: Service, spec: ClosedLoop, *, on_measuring: Callable[[], None] = lambda: None
 ) -> tuple[SaturationResult, list[Outcome]]:
-    """The run's result, and its answered requests."""
-    run = _run_checked(client, service, spec)
+    """The run's result, and its answered requests (those of its measured window)."""
+    run = _run_checked(client, service, spec, on_measuring=on_measuring)
     answered = [outcome for outcome in run.outcomes if outcome.ok]
     result = SaturationResult(
         img_s=completion_rate([outcome.done for outcome in answered]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import cast
 
 import pytest
@@ -26,8 +27,9 @@ class FakeClient:
     def __init__(self) -> None:
         self.rates: list[float] = []
 
-    def run(self, spec: LoadSpec) -> LoadRun:
+    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
         assert isinstance(spec, OpenLoop)
+        on_measuring()
         self.rates.append(spec.rate)
         count = round(spec.rate * spec.duration_s)
         served = min(spec.rate, LIMIT)  # past the limit, answers stretch out

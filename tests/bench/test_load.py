@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import multiprocessing
+import time
 import urllib.request
 from collections.abc import Iterator
 
@@ -79,6 +80,37 @@ def test_closed_loop_stops_after_enough(client: LoadClient, stub_url: str) -> No
     run = client.run(spec)
     assert len(run.outcomes) >= 50
     assert run.wall_s < 10
+
+
+def test_a_closed_loop_measures_only_after_its_warm_up(client: LoadClient, stub_url: str) -> None:
+    spec = ClosedLoop(
+        Target(stub_url, (b"a",), timeout_s=5),
+        concurrency=4,
+        min_s=0.2,
+        min_completions=20,
+        max_s=10,
+        warmup_s=0.5,
+    )
+    measuring: list[float] = []
+    before = time.perf_counter()
+    run = client.run(spec, on_measuring=lambda: measuring.append(time.perf_counter()))
+    after = time.perf_counter()
+    assert len(measuring) == 1
+    assert before + spec.warmup_s <= run.started <= measuring[0] <= after
+    assert len(run.outcomes) >= spec.min_completions
+    assert min(outcome.done for outcome in run.outcomes) >= run.started
+    assert run.wall_s >= spec.min_s
+
+
+def test_a_closed_loop_without_warm_up_is_measured_from_its_start(client: LoadClient, stub_url: str) -> None:
+    spec = ClosedLoop(
+        Target(stub_url, (b"a",), timeout_s=5), concurrency=2, min_s=0.1, min_completions=5, max_s=10
+    )
+    measuring: list[float] = []
+    before = time.perf_counter()
+    run = client.run(spec, on_measuring=lambda: measuring.append(time.perf_counter()))
+    assert len(measuring) == 1
+    assert before <= measuring[0] <= run.started < before + 1
 
 
 def test_open_loop_keeps_its_schedule_and_counts_errors(client: LoadClient, stub_url: str) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import cast
 
@@ -127,8 +128,9 @@ class TwoWorkers:
     """A fake load client whose service sustains 450/s, answers alternating between w1 and w2 (twice as
     many from w1)."""
 
-    def run(self, spec: LoadSpec) -> LoadRun:
+    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
         assert isinstance(spec, OpenLoop)
+        on_measuring()
         count = round(spec.rate * spec.duration_s)
         served = min(spec.rate, 450.0)
         outcomes = [
