@@ -29,7 +29,8 @@ What each number means (the JSON object on the last line of stdout)
                      flight over HTTP (BENCH_BATCH_SIZE: by default 16, the batch the worker's time budget
                      gives GIT-base on 2 CPU cores -> 24), so the next batch is always queued; counted over
                      whole answered batches after the first, once the same loop has run 40 s unmeasured
-                     (the workers' arrival rate, a 20 s average, settles after the quiet spell before).
+                     (10 s quick: the workers' arrival rate, a 20 s average, settles after the quiet spell
+                     before), and until it has enough answers (the drain after is not measured).
     service_img_s_repeat50
                      images/s of the same service, same closed loop, with the caption cache in use: every
                      other request sends one of the photos already captioned (answered from the cache, no

@@ -1,7 +1,7 @@
 """Where the time goes at saturation: each worker's stage sums (its captioner_worker_stage_seconds_total
 counter, inference_consumer/stages.py) and batch sizes (captioner_worker_batch_size), and the CPU time of
-every process of the run (/proc/PID/stat), all taken just before and just after the closed loop, and
-divided by the images it answered."""
+every process of the run (/proc/PID/stat), all taken as the closed loop's measured window opens and as it
+closes (bench/load.py), and divided by the images answered in it."""
 
 from __future__ import annotations
 
@@ -168,27 +168,41 @@ class Breakdown:
 
 @dataclass
 class BreakdownProbe:
-    """Reads the counters at the start of a window (`start`) and again at its end (`finish`)."""
+    """Reads the counters at the start of a window (`start`) and again at its end (`stop`, or `finish`
+    when not stopped before)."""
 
     metrics_urls: Sequence[str]
     pids: Mapping[str, Sequence[int]]  # role -> the processes whose CPU counts for it
     _counters: list[WorkerCounters | None] = field(default_factory=list)
     _cpu: dict[str, float] = field(default_factory=dict)
     _started: float = math.nan
+    _end: tuple[float, list[WorkerCounters | None], dict[str, float]] | None = None
 
     def start(self) -> None:
         self._counters = [self._scrape(url) for url in self.metrics_urls]
         self._cpu = self._read_cpu()
         self._started = time.perf_counter()
 
+    def stop(self) -> None:
+        """The window's end: its counters read now, its figures worked out by `finish`."""
+        if self._end is None:
+            self._end = (
+                time.perf_counter(),
+                [self._scrape(url) for url in self.metrics_urls],
+                self._read_cpu(),
+            )
+
     def finish(self, *, answered: int, client_cpu_s: float) -> Breakdown:
-        """The window since start(); `client_cpu_s`: the load client's own CPU time (LoadRun)."""
-        wall_s = time.perf_counter() - self._started
+        """The window from start() to stop() (or now); `client_cpu_s`: the load client's own CPU time in it
+        (LoadRun)."""
+        self.stop()
+        assert self._end is not None
+        ended, counters, now = self._end
+        wall_s = ended - self._started
         stages: dict[str, float] = {}
         batches = batched_images = 0.0
         read = 0
-        for url, before in zip(self.metrics_urls, self._counters, strict=True):
-            after = self._scrape(url)
+        for before, after in zip(self._counters, counters, strict=True):
             if before is None or after is None:
                 continue
             read += 1
@@ -196,7 +210,6 @@ class BreakdownProbe:
                 stages[stage] = stages.get(stage, 0.0) + seconds - before.stages.get(stage, 0.0)
             batches += after.batches - before.batches
             batched_images += after.batched_images - before.batched_images
-        now = self._read_cpu()
         cpu = {role: now[role] - self._cpu[role] for role in now}
         cpu["client"] = client_cpu_s
         if read < len(self.metrics_urls):  # a share of some workers' time would mislead: none at all

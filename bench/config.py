@@ -21,7 +21,8 @@ BASE_CPU_BATCH = 16
 STEADY_FRACTIONS = (0.3, 0.65, 0.9)  # the summary's p99_ms_30, p99_ms_65 (and p50/p95/p99_ms), p99_ms_90
 # A saturation run follows a quiet spell, and a worker sizes its batches by the arrival rate it believes, an
 # average over ARRIVAL_TIME_CONSTANT_S: two of them (86 % of the step believed) pass before its batches
-# reach their cap, and what is measured after is the saturation the service keeps.
+# reach their cap, and what is measured after is the saturation the service keeps. Quick mode waits a
+# quarter of that (~40 % believed): its figures are for a quick look, not to compare.
 SATURATION_WARMUP_S = 2 * ARRIVAL_TIME_CONSTANT_S
 
 

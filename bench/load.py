@@ -107,15 +107,21 @@ class Outcome:
 
 @dataclass(frozen=True)
 class LoadRun:
-    outcomes: list[Outcome]
-    started: float
+    outcomes: list[Outcome]  # every request sent
+    started: float  # the measured window (_Window): all of the run, or a closed loop's warm-up to enough
     finished: float
-    client_cpu_s: float  # CPU time the client process used: its share of the machine during the run
+    client_cpu_s: float  # CPU time the client process used in the window: its share of the machine
     max_lag_ms: float  # open loop: the latest a request was sent after it was due
 
     @property
     def wall_s(self) -> float:
+        """The measured window's length (a closed loop's warm-up and drain are outside it)."""
         return self.finished - self.started
+
+    @property
+    def measured(self) -> list[Outcome]:
+        """The outcomes answered within the measured window (`outcomes` also holds those before and after)."""
+        return [outcome for outcome in self.outcomes if self.started <= outcome.done <= self.finished]
 
     @property
     def client_cpu_share(self) -> float:
@@ -128,45 +134,61 @@ class LoadRun:
 
 @dataclass
 class _Window:
-    """Where a run's measurement starts: at the run's start, or when a closed loop's warm-up ends."""
+    """The measured window of a run: all of it, or for a closed loop from the end of its warm-up to the
+    moment it has enough (its drain, the requests still in flight then, is not measured: at saturation
+    the work in flight as the window opens and as it closes is alike, so the window holds a steady run's
+    worth of work for the answers it counts)."""
 
-    started: float
-    cpu: float
-    measuring: bool = True  # False until a warm-up ends
+    notify: Callable[[str], None]  # told "measuring" as the window opens and "measured" as it closes
+    started: float = math.nan
+    started_cpu: float = math.nan
+    ended: float = math.nan
+    ended_cpu: float = math.nan
 
-    @classmethod
-    def now(cls) -> _Window:
-        return cls(started=time.perf_counter(), cpu=time.process_time())
+    @property
+    def measuring(self) -> bool:
+        return math.isfinite(self.started) and not math.isfinite(self.ended)
 
-    def restart(self) -> None:
-        self.started, self.cpu, self.measuring = time.perf_counter(), time.process_time(), True
+    def open(self) -> None:
+        self.started, self.started_cpu = time.perf_counter(), time.process_time()
+        self.notify("measuring")
+
+    def close(self) -> None:
+        if self.measuring:
+            self.ended, self.ended_cpu = time.perf_counter(), time.process_time()
+            self.notify("measured")
+
+    def holds(self, outcome: Outcome) -> bool:
+        return self.started <= outcome.done and not outcome.done > self.ended
 
 
-def run_spec(spec: LoadSpec, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
-    """Run one load spec to completion in this process; on_measuring is called when a closed loop's
-    warm-up ends (never without one)."""
+def run_spec(spec: LoadSpec, notify: Callable[[str], None] = lambda _: None) -> LoadRun:
+    """Run one load spec to completion in this process; `notify` hears "measuring" and "measured" as its
+    measured window opens and closes (_Window)."""
     with asyncio.Runner(loop_factory=new_event_loop) as runner:
-        return runner.run(_run(spec, on_measuring))
+        return runner.run(_run(spec, _Window(notify)))
 
 
-async def _run(spec: LoadSpec, on_measuring: Callable[[], None]) -> LoadRun:
+async def _run(spec: LoadSpec, window: _Window) -> LoadRun:
     connector = aiohttp.TCPConnector(limit=_CONNECTIONS, ttl_dns_cache=None)
     timeout = aiohttp.ClientTimeout(total=spec.target.timeout_s)
     async with aiohttp.ClientSession(
         connector=connector, timeout=timeout, skip_auto_headers=("User-Agent",), auto_decompress=False
     ) as session:
-        window = _Window.now()
+        if not (isinstance(spec, ClosedLoop) and spec.warmup_s > 0):
+            window.open()
         if isinstance(spec, Sequential):
             outcomes, lag = await _sequential(session, spec), 0.0
         elif isinstance(spec, ClosedLoop):
-            outcomes, lag = await _warmed_closed_loop(session, spec, window, on_measuring), 0.0
+            outcomes, lag = await _warmed_closed_loop(session, spec, window), 0.0
         else:
             outcomes, lag = await _open_loop(session, spec)
+        window.close()
         return LoadRun(
             outcomes=outcomes,
             started=window.started,
-            finished=time.perf_counter(),
-            client_cpu_s=time.process_time() - window.cpu,
+            finished=window.ended,
+            client_cpu_s=window.ended_cpu - window.started_cpu,
             max_lag_ms=lag * 1000,
         )
 
@@ -212,37 +234,33 @@ async def _sequential(session: aiohttp.ClientSession, spec: Sequential) -> list[
 
 
 async def _warmed_closed_loop(
-    session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window, on_measuring: Callable[[], None]
+    session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window
 ) -> list[Outcome]:
-    """The closed loop with its warm-up: the window moves to the warm-up's end, and only what is answered
-    after it counts (a request sent before and answered after is work of the measured window)."""
+    """The closed loop, its window opened after its warm-up (if any) and closed as it has enough."""
 
     async def warm_up() -> None:
         await asyncio.sleep(spec.warmup_s)
-        window.restart()
-        on_measuring()
+        window.open()
 
-    warming = None
-    if spec.warmup_s > 0:
-        window.measuring = False
-        warming = asyncio.create_task(warm_up())
+    warming = asyncio.create_task(warm_up()) if spec.warmup_s > 0 else None
     loop = _mixed_closed_loop if spec.target.fresh_every else _closed_loop
     try:
-        outcomes = await loop(session, spec, window)
+        return await loop(session, spec, window)
     finally:
         if warming is not None:
             warming.cancel()
-    return [outcome for outcome in outcomes if outcome.done >= window.started]
 
 
 def _enough(spec: ClosedLoop, window: _Window, outcomes: list[Outcome]) -> bool:
-    """Past max_s, or past min_s with min_completions answered, counted from the end of the warm-up."""
-    if not window.measuring:
-        return False
-    elapsed = time.perf_counter() - window.started
-    if elapsed >= spec.max_s:
-        return True
-    return elapsed >= spec.min_s and sum(o.done >= window.started for o in outcomes) >= spec.min_completions
+    """Past max_s, or past min_s with min_completions answered, counted in the measured window, which
+    closes here; False while a warm-up runs."""
+    if window.measuring:
+        elapsed = time.perf_counter() - window.started
+        if elapsed >= spec.max_s or (
+            elapsed >= spec.min_s and sum(map(window.holds, outcomes)) >= spec.min_completions
+        ):
+            window.close()
+    return math.isfinite(window.ended)
 
 
 async def _closed_loop(session: aiohttp.ClientSession, spec: ClosedLoop, window: _Window) -> list[Outcome]:
@@ -316,13 +334,13 @@ async def _open_loop(session: aiohttp.ClientSession, spec: OpenLoop) -> tuple[li
 
 
 def _serve(connection: Connection) -> None:
-    """Client process main loop: run each spec received, send back ("ok", LoadRun) or ("error", text),
-    after ("measuring", None) when a warm-up ends. Ctrl-C is the harness's to handle: it stops this
-    process when it unwinds."""
+    """Client process main loop: run each spec received, send ("measuring", None) and ("measured", None) as
+    its measured window opens and closes, then ("ok", LoadRun) or ("error", text). Ctrl-C is the
+    harness's to handle: it stops this process when it unwinds."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     while (spec := connection.recv()) is not None:
         try:
-            connection.send(("ok", run_spec(spec, lambda: connection.send(("measuring", None)))))
+            connection.send(("ok", run_spec(spec, lambda event: connection.send((event, None)))))
         except Exception:
             connection.send(("error", traceback.format_exc()))
 
@@ -337,20 +355,31 @@ class LoadClient:
         self._process.start()
         child.close()
 
-    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
-        """Run `spec` in the client process; on_measuring is called as its measured window opens: at once,
-        or when a closed loop's warm-up ends."""
-        warms_up = isinstance(spec, ClosedLoop) and spec.warmup_s > 0
-        if not warms_up:
-            on_measuring()
+    def run(
+        self,
+        spec: LoadSpec,
+        *,
+        on_measuring: Callable[[], None] = lambda: None,
+        on_measured: Callable[[], None] = lambda: None,
+    ) -> LoadRun:
+        """Run `spec` in the client process; on_measuring and on_measured are called as its measured window
+        opens and closes (LoadRun.started, .finished). A callback's exception is raised once the run's
+        result is read, so the next run starts on a clean pipe."""
+        events = {"measuring": on_measuring, "measured": on_measured}
+        failure: Exception | None = None
         try:
             self._connection.send(spec)
-            kind, result = cast(tuple[str, Any], self._connection.recv())
-            if kind == "measuring":
-                on_measuring()
-                kind, result = cast(tuple[str, Any], self._connection.recv())
+            while (message := cast(tuple[str, Any], self._connection.recv()))[0] in events:
+                try:
+                    if failure is None:
+                        events[message[0]]()
+                except Exception as exc:
+                    failure = exc
         except (EOFError, OSError) as exc:
             raise RuntimeError(f"the load client process died (exit code {self._process.exitcode})") from exc
+        if failure is not None:
+            raise failure
+        kind, result = message
         if kind != "ok":
             raise RuntimeError(f"load client failed:\n{result}")
         return cast(LoadRun, result)

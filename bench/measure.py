@@ -42,8 +42,9 @@ def _run_checked(
     spec: Sequential | ClosedLoop | OpenLoop,
     *,
     on_measuring: Callable[[], None] = lambda: None,
+    on_measured: Callable[[], None] = lambda: None,
 ) -> LoadRun:
-    run = client.run(spec, on_measuring=on_measuring)
+    run = client.run(spec, on_measuring=on_measuring, on_measured=on_measured)
     service.check_alive()
     return run
 
@@ -151,23 +152,28 @@ def measure_saturation(
         metrics_urls=service.worker_metrics_urls,
         pids=pids | ({"broker": [broker_pid]} if broker_pid is not None else {}),
     )
-    result, _ = _closed_loop(client, service, spec, on_measuring=probe.start)
+    result, _ = _closed_loop(client, service, spec, on_measuring=probe.start, on_measured=probe.stop)
     breakdown = probe.finish(answered=result.answered, client_cpu_s=result.client_cpu_share * result.wall_s)
     return replace(result, breakdown=breakdown)
 
 
 def _closed_loop(
-    client: LoadClient, service: Service, spec: ClosedLoop, *, on_measuring: Callable[[], None] = lambda: None
+    client: LoadClient,
+    service: Service,
+    spec: ClosedLoop,
+    *,
+    on_measuring: Callable[[], None] = lambda: None,
+    on_measured: Callable[[], None] = lambda: None,
 ) -> tuple[SaturationResult, list[Outcome]]:
-    """The run's result, and its answered requests (those of its measured window)."""
-    run = _run_checked(client, service, spec, on_measuring=on_measuring)
-    answered = [outcome for outcome in run.outcomes if outcome.ok]
+    """The run's result, and its answered requests, both of its measured window."""
+    run = _run_checked(client, service, spec, on_measuring=on_measuring, on_measured=on_measured)
+    answered = [outcome for outcome in run.measured if outcome.ok]
     result = SaturationResult(
         img_s=completion_rate([outcome.done for outcome in answered]),
         concurrency=spec.concurrency,
         answered=len(answered),
         wall_s=run.wall_s,
-        latency=LatencySummary.of(run.outcomes),
+        latency=LatencySummary.of(run.measured),
         words_per_title=words_per_title(answered),
         client_cpu_share=run.client_cpu_share,
     )

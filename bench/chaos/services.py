@@ -167,7 +167,7 @@ def measure_capacity(urls: Sequence[str], image: bytes, *, concurrency: int, sec
         )
         with load_client() as client:
             result = client.run(spec)
-        return sum(1 for outcome in result.outcomes if outcome.ok), result.wall_s
+        return sum(1 for outcome in result.measured if outcome.ok), result.wall_s
 
     with ThreadPoolExecutor(len(urls)) as pool:
         runs = list(pool.map(run, urls))

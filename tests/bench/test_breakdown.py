@@ -3,6 +3,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import time
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, generate_latest
@@ -46,6 +47,23 @@ def test_the_probe_takes_the_difference_over_its_window(tmp_path: Path) -> None:
     assert breakdown.cpu_s["worker"] >= 0 and breakdown.cpu_s["client"] == 0.2
     assert breakdown.ms_per_img("decoding_steps") == 300.0
     assert breakdown.mean_batch() == 15.0  # the window's three batches, not the one before it
+
+
+def test_the_window_ends_when_the_probe_is_stopped_not_when_it_is_finished(tmp_path: Path) -> None:
+    path = tmp_path / "metrics"
+    url = _metrics_file(path, {"decoding_steps": 1.0}, batches=(2,))
+    probe = BreakdownProbe(metrics_urls=[url], pids={"worker": [os.getpid()]})
+    probe.start()
+    _metrics_file(path, {"decoding_steps": 2.0}, batches=(2, 16))
+    probe.stop()
+    stopped = time.perf_counter()
+    _metrics_file(path, {"decoding_steps": 9.0}, batches=(2, 16, 4))  # the drain, after the window
+
+    breakdown = probe.finish(answered=1, client_cpu_s=0.0)
+
+    assert breakdown.stage_s == {"decoding_steps": 1.0}
+    assert breakdown.mean_batch() == 16.0
+    assert 0 <= breakdown.wall_s <= stopped - probe._started
 
 
 def test_a_process_that_is_gone_has_no_cpu_time() -> None:

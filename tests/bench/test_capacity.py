@@ -27,9 +27,16 @@ class FakeClient:
     def __init__(self) -> None:
         self.rates: list[float] = []
 
-    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
+    def run(
+        self,
+        spec: LoadSpec,
+        *,
+        on_measuring: Callable[[], None] = lambda: None,
+        on_measured: Callable[[], None] = lambda: None,
+    ) -> LoadRun:
         assert isinstance(spec, OpenLoop)
         on_measuring()
+        on_measured()
         self.rates.append(spec.rate)
         count = round(spec.rate * spec.duration_s)
         served = min(spec.rate, LIMIT)  # past the limit, answers stretch out

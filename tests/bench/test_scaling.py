@@ -128,9 +128,16 @@ class TwoWorkers:
     """A fake load client whose service sustains 450/s, answers alternating between w1 and w2 (twice as
     many from w1)."""
 
-    def run(self, spec: LoadSpec, *, on_measuring: Callable[[], None] = lambda: None) -> LoadRun:
+    def run(
+        self,
+        spec: LoadSpec,
+        *,
+        on_measuring: Callable[[], None] = lambda: None,
+        on_measured: Callable[[], None] = lambda: None,
+    ) -> LoadRun:
         assert isinstance(spec, OpenLoop)
         on_measuring()
+        on_measured()
         count = round(spec.rate * spec.duration_s)
         served = min(spec.rate, 450.0)
         outcomes = [
