@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import logging
+import math
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -18,9 +21,11 @@ from core.settings import WorkerSettings
 from inference_consumer.decoding import FastGitDecoder
 from inference_consumer.errors import ModelUnavailableError
 from inference_consumer.model import (
+    bf16_matmul_speedup,
     configure_torch_threads,
     directory_revision,
     load_caption_model,
+    report_bf16_speed,
     resolved_revision,
     step_padding,
 )
@@ -236,6 +241,37 @@ def test_bf16_on_a_cpu_without_native_bf16_is_refused_at_start_in_one_line(tiny_
 
     assert "\n" not in str(refused.value)
     assert "AVX512-BF16 or AMX-BF16" in str(refused.value) and "float32" in str(refused.value)
+
+
+def test_a_bf16_slower_than_float32_is_told_at_start_with_the_measured_ratio(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="inference_consumer.model"):
+        report_bf16_speed(0.6)
+        report_bf16_speed(2.4)
+
+    slower, faster = caplog.records
+    assert slower.levelno == logging.WARNING and "0.60x" in slower.getMessage()
+    assert "CAPTIONER_DTYPE=float32 is faster here" in slower.getMessage()
+    assert faster.levelno == logging.INFO and "2.40x" in faster.getMessage()
+
+
+def test_the_bf16_probe_times_both_precisions_on_this_cpu() -> None:
+    speedup = bf16_matmul_speedup(repeats=1)
+    assert math.isfinite(speedup) and speedup > 0
+
+
+def test_loading_the_model_in_bf16_on_the_cpu_measures_and_tells_bf16_s_speed(
+    tiny_model_dir: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    settings = WorkerSettings(model=str(tiny_model_dir), device="cpu", dtype="bfloat16")
+    with caplog.at_level(logging.INFO, logger="inference_consumer.model"):
+        load_caption_model(settings, cpu_flags={"avx512_bf16"})
+        load_caption_model(WorkerSettings(model=str(tiny_model_dir), device="cpu"), cpu_flags={"avx512_bf16"})
+
+    told = [record.getMessage() for record in caplog.records if "the speed of float32" in record.getMessage()]
+    assert len(told) == 1  # the bfloat16 model's load, not the float32 one's
+    assert re.search(r"at \d+\.\d\dx the speed of float32", told[0])
 
 
 @pytest.mark.parametrize("flag", ["avx512_bf16", "amx_bf16"])
