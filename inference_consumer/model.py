@@ -211,7 +211,7 @@ def load_caption_model(settings: WorkerSettings, *, cpu_flags: Collection[str] |
     dtype = resolve_dtype(settings.dtype, device)
     cpu_flags = host_cpu_flags() if cpu_flags is None else cpu_flags
     check_dtype_supported(dtype, device, cpu_flags=cpu_flags)
-    if device.type == "cpu" and dtype == torch.bfloat16:
+    if device.type == "cpu" and dtype == torch.bfloat16 and settings.quantize == "none":
         report_bf16_speed(bf16_matmul_speedup())
     local = Path(settings.model).is_dir()
     revision = None if local else settings.model_revision  # a directory holds one revision
