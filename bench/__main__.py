@@ -223,12 +223,14 @@ def batch_phase(config: BenchConfig, images: ImageSets) -> InProcessRun:
         min_new_tokens=config.min_new_tokens,
         threads=config.worker_threads,
         batch=config.batch_size,
+        processes=config.workers,
     )
     ceiling, batch = run.ceiling, run.batch
     log(
         f"{ceiling.machine.describe()}: {ceiling.machine.sgemm_gflops:.0f} GFLOP/s, ceiling "
         f"{ceiling.img_s:.2f} img/s ({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel "
-        f"calls); in-process {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch)"
+        f"calls); in-process {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch"
+        f"{f', x {batch.processes} workers' if batch.processes > 1 else ''})"
     )
     return run
 
@@ -400,6 +402,7 @@ def bf16_phase(
         threads=config.worker_threads,
         batch=config.batch_size,
         dtype=DTYPE,
+        processes=config.workers,
     )
     same = count_same_titles(
         base, images.photos, max_new_tokens=config.max_new_tokens, threads=config.worker_threads, dtype=DTYPE

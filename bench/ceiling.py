@@ -67,13 +67,18 @@ class KernelTime:
 
 @dataclass(frozen=True)
 class Ceiling:
+    """The machine's ceiling for `processes` workers, each with `machine.threads` cores of its own: one
+    worker's kernels replayed alone, as many times over (the workers' cores run side by side; sharing the
+    memory bus, they can only do less, so a share of this stays at or below 1)."""
+
     machine: Machine
     model_gflop_per_img: float
     kernels: KernelTime
+    processes: int = 1
 
     @property
     def img_s(self) -> float:
-        return self.kernels.img_s
+        return self.processes * self.kernels.img_s
 
     @property
     def matmul_gflops(self) -> float:
@@ -83,7 +88,7 @@ class Ceiling:
     @property
     def sgemm_img_s(self) -> float:
         """The older, looser ceiling: the square fp32 sgemm's rate over the model's FLOPs."""
-        return self.machine.sgemm_gflops / self.model_gflop_per_img
+        return self.processes * self.machine.sgemm_gflops / self.model_gflop_per_img
 
     def share(self, img_s: float) -> float:
         return img_s / self.img_s

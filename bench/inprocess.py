@@ -72,10 +72,11 @@ def measure_ceiling(
     threads: int,
     batch: int,
     dtype: str = "float32",
+    processes: int = 1,
 ) -> Ceiling:
     """The machine's sgemm rate on the worker's thread count, one image's caption FLOPs, and the matrix
     kernels of one batch of `batch` images replayed alone in the model's own `dtype` and linear path
-    (bench/ceiling.py)."""
+    (bench/ceiling.py), for `processes` workers of `threads` each."""
     machine = describe_machine(threads)
     with caption_model(model_dir, threads=threads, dtype=dtype) as model:
         pixels = worker_pixels(model, image.data)
@@ -85,7 +86,7 @@ def measure_ceiling(
         kernels = kernel_time(
             model, [pixels] * batch, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens
         )
-    return Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels)
+    return Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels, processes=processes)
 
 
 def count_same_titles(
@@ -169,16 +170,18 @@ BATCH_REPEATS = 3  # timed batches, each followed by a round of its kernels repl
 
 @dataclass(frozen=True)
 class BatchRun:
-    """One full batch through the worker's own model code, in-process: the best of BATCH_REPEATS calls."""
+    """One full batch through the worker's own model code, in-process: the best of BATCH_REPEATS calls.
+    For `processes` workers, each on cores of its own, the rate is one process's that many times over."""
 
     batch: int
     seconds: float
     # each stage's best over the same calls (inference_consumer/stages.py), as the model told them
     stage_seconds: Mapping[str, float] = field(default_factory=dict)
+    processes: int = 1
 
     @property
     def img_s(self) -> float:
-        return self.batch / self.seconds
+        return self.processes * self.batch / self.seconds
 
 
 @dataclass(frozen=True)
@@ -197,12 +200,15 @@ def measure_in_process(
     min_new_tokens: int,
     threads: int,
     batch: int,
+    processes: int = 1,
 ) -> InProcessRun:
     """`CaptionModel.caption` on `batch` of the photos (the mix repeated to fill it), with the worker's
     thread count and malloc thresholds: the best the service could do on this machine with nothing beside
     the model, what `make bench` compares the service with. And the ceiling: the matrix kernels that batch
     makes, replayed alone (bench/ceiling.py), a replay round after each timed batch, so that the batch and
-    its kernels see the same machine and each stage's share of its kernels stays at or below 1."""
+    its kernels see the same machine and each stage's share of its kernels stays at or below 1. With
+    `processes` workers of `threads` each, both rates count that many such processes, each alone on its
+    cores."""
     from core.settings import WorkerSettings, load_settings
     from inference_consumer.allocator import keep_freed_memory
 
@@ -237,11 +243,12 @@ def measure_in_process(
             replay.round()
         kernels = replay.kernel_time(dtype=str(model.dtype).removeprefix("torch."), batch=batch)
     return InProcessRun(
-        ceiling=Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels),
+        ceiling=Ceiling(machine=machine, model_gflop_per_img=gflop, kernels=kernels, processes=processes),
         batch=BatchRun(
             batch=batch,
             seconds=min(runs),
             stage_seconds={stage: min(times) for stage, times in stage_runs.items()},
+            processes=processes,
         ),
     )
 

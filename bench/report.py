@@ -462,6 +462,11 @@ def _steady_table(results: BenchResults) -> Table:
     return table
 
 
+def _per_worker(processes: int) -> str:
+    """How a rate measured in one process counts for the run's workers, each on cores of its own."""
+    return f", x {processes} workers (one process's rate, each on its own cores)" if processes > 1 else ""
+
+
 def _ceiling_rows(table: Table, results: BenchResults) -> None:
     ceiling, machine = results.ceiling, results.ceiling.machine
     table.add_row(
@@ -477,7 +482,8 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         "cpu_ceiling_img_s",
         f"{ceiling.img_s:.2f}",
         f"the model's matrix kernels ({kernels.dtype}) of one batch of {kernels.batch}, each of "
-        f"{kernels.distinct} distinct replayed alone, best time x its {kernels.calls} calls",
+        f"{kernels.distinct} distinct replayed alone, best time x its {kernels.calls} calls"
+        f"{_per_worker(ceiling.processes)}",
     )
     table.add_row(
         "ceiling_share",
@@ -489,7 +495,8 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         "inprocess_batch_img_s",
         f"{batch.img_s:.2f}",
         f"one batch of {batch.batch} photos through the worker's model code in-process, alone (best of "
-        f"{BATCH_REPEATS}): {results.inprocess_ceiling_share:.0%} of the ceiling (inprocess_ceiling_share), "
+        f"{BATCH_REPEATS}){_per_worker(batch.processes)}: {results.inprocess_ceiling_share:.0%} of the "
+        "ceiling (inprocess_ceiling_share), "
         f"the service {results.service_inprocess_share:.0%} of it (service_inprocess_share)",
     )
     stage_ms = {

@@ -65,3 +65,17 @@ def test_the_ceiling_is_the_measured_batchs_own_kernels(
     assert all(math.isfinite(value) and value > 0 for value in figures)
     assert 0 < kernels.distinct < kernels.calls
     assert run.ceiling.model_gflop_per_img > 0 and run.ceiling.machine.sgemm_gflops > 0
+
+
+def test_for_several_workers_both_rates_count_each_on_its_own_cores(
+    tiny_model_dir: Path, worker_environment: None
+) -> None:
+    """WORKERS=2: one process of the workers' thread count is measured, and the machine holds two."""
+    run = measure_in_process(
+        tiny_model_dir, make_images(2), max_new_tokens=5, min_new_tokens=5, threads=1, batch=3, processes=2
+    )
+
+    assert run.batch.img_s == pytest.approx(2 * 3 / run.batch.seconds)
+    assert run.ceiling.img_s == pytest.approx(2 * run.ceiling.kernels.img_s)
+    kernels_alone = run.ceiling.kernels.seconds / run.batch.seconds
+    assert run.ceiling.share(run.batch.img_s) == pytest.approx(kernels_alone)

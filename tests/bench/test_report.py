@@ -162,6 +162,27 @@ def test_summary_has_exactly_the_keys() -> None:
     ] == [None] * 4  # no CUDA in this run
 
 
+def test_several_workers_are_set_against_as_many_processes_alone(capsys: pytest.CaptureFixture[str]) -> None:
+    """WORKERS=2 on 2 cores: each worker has 1 thread, and the in-process batch and the ceiling are measured
+    in one such process; the machine holds two of them, so its rates are twice one process's."""
+    results = _results()
+    ceiling = dataclasses.replace(results.ceiling, processes=2)
+    batch = dataclasses.replace(results.batch, processes=2)
+    saturation = dataclasses.replace(results.saturation, img_s=5.0)  # two workers beat one process alone
+    two_workers = dataclasses.replace(results, ceiling=ceiling, batch=batch, saturation=saturation)
+
+    summary = two_workers.summary()
+    print_report(two_workers)
+
+    assert summary["cpu_ceiling_img_s"] == pytest.approx(8.0)  # a batch of 8 in 2 s of kernels, twice
+    assert summary["sgemm_ceiling_img_s"] == pytest.approx(16.0)
+    assert summary["inprocess_batch_img_s"] == pytest.approx(6.4)
+    assert summary["ceiling_share"] == pytest.approx(0.625)  # at most 1, as for one worker
+    assert summary["service_inprocess_share"] == pytest.approx(0.781)  # 5.0 of 6.4
+    assert summary["inprocess_ceiling_share"] == pytest.approx(0.8)  # a ratio within one process
+    assert "x 2 workers" in capsys.readouterr().out
+
+
 def test_a_gpu_run_adds_its_figures() -> None:
     gpu = GpuResult(name="NVIDIA H200", service_img_s=812.34, inprocess_img_s=1203.9, p99_ms=180.26)
 
