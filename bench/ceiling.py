@@ -81,11 +81,6 @@ class Ceiling:
         return self.processes * self.kernels.img_s
 
     @property
-    def matmul_gflops(self) -> float:
-        """The rate the model's own kernels reach on this machine, in its dtype."""
-        return self.model_gflop_per_img * self.img_s
-
-    @property
     def sgemm_img_s(self) -> float:
         """The older, looser ceiling: the square fp32 sgemm's rate over the model's FLOPs."""
         return self.processes * self.machine.sgemm_gflops / self.model_gflop_per_img

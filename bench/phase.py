@@ -143,8 +143,10 @@ def in_process_line(ceiling: Ceiling, batch: BatchRun) -> str:
         f"{key} {share:.3f} ({1000 * batch_ms.get(key.removeprefix('kernel_share_'), math.nan):.0f} ms)"
         for key, share in kernel_shares(ceiling.kernels, batch).items()
     )
+    processes = getattr(ceiling, "processes", 1)  # an older tree run with this driver counts one
+    workers = f" (x {processes} workers)" if processes > 1 else ""
     return (
-        f"cpu_ceiling_img_s {ceiling.img_s:.2f} inprocess_batch_img_s {batch.img_s:.3f}"
+        f"cpu_ceiling_img_s {ceiling.img_s:.2f} inprocess_batch_img_s {batch.img_s:.3f}{workers}"
         f" inprocess_ceiling_share {ceiling.share(batch.img_s):.3f} {stages}"
     )
 

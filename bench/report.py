@@ -184,15 +184,17 @@ class BenchResults:
 
     @property
     def ideal_p99_ms_65(self) -> float:
-        """The p99 of an ideal batching worker at the 65% load (bench/queueing.py), plus what the idle
-        request spent outside the model; NaN when the figures make no batch cost."""
-        idle_model_ms = median(self.idle.inference_ms)
+        """The p99 of ideal batching workers at the 65% load (bench/queueing.py), plus what the idle
+        request spent outside the model; NaN when the figures make no batch cost. With several workers
+        each takes its share of the arrivals (the request topic's partitions, by key) at its share of the
+        service's rate, so one worker's p99 is theirs."""
+        idle_model_ms, workers = median(self.idle.inference_ms), self.config.workers
         cost = BatchCostModel.from_bench(
-            idle_inference_s=idle_model_ms / 1000, service_img_s=self.saturation.img_s
+            idle_inference_s=idle_model_ms / 1000, service_img_s=self.saturation.img_s / workers
         )
         if cost is None:
             return math.nan
-        rate = steady_rate(self.saturation.img_s, CONTINUITY_FRACTION)
+        rate = steady_rate(self.saturation.img_s, CONTINUITY_FRACTION) / workers
         p99_s = greedy_p99_s(cost, rate=rate, cap=self.config.batch_size)
         return 1000 * p99_s + (self.idle_ms - idle_model_ms)
 
@@ -510,7 +512,11 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         shares,
         "each stage of that batch against its own kernels replayed alone (the stage's time in the batch)",
     )
-    table.add_row("sgemm_ceiling_img_s", f"{ceiling.sgemm_img_s:.2f}", "sgemm_gflops / model_gflop_per_img")
+    table.add_row(
+        "sgemm_ceiling_img_s",
+        f"{ceiling.sgemm_img_s:.2f}",
+        f"sgemm_gflops / model_gflop_per_img{_per_worker(ceiling.processes)}",
+    )
     bf16 = results.bf16
     if bf16 is not None:
         table.add_row(
@@ -521,7 +527,8 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         table.add_row(
             "ceiling_share_bf16",
             f"{bf16.ceiling_share:.0%}",
-            f"against the kernels in bfloat16: {bf16.ceiling.img_s:.2f} img/s",
+            f"against the kernels in bfloat16: {bf16.ceiling.img_s:.2f} img/s"
+            f"{_per_worker(bf16.ceiling.processes)}",
         )
         table.add_row(
             "bf16_same_titles",

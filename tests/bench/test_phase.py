@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import pytest
 
 from bench.breakdown import Breakdown
 from bench.ceiling import Ceiling, KernelTime, Machine
-from bench.inprocess import BatchRun
+from bench.inprocess import BatchRun, InProcessRun
 from bench.phase import PHASES, in_process_line, parse_args, where_the_time_went
+from tests.bench.conftest import quick_config
 
 
 @pytest.mark.parametrize(
@@ -77,3 +81,29 @@ def test_the_in_process_line_sets_each_stage_against_its_kernels() -> None:
     assert "cpu_ceiling_img_s 4.00 inprocess_batch_img_s 3.200 inprocess_ceiling_share 0.800" in line
     assert "kernel_share_image_encoder 0.800 (1500 ms)" in line
     assert "kernel_share_decoding_steps 0.600 (500 ms)" in line
+
+
+def test_the_in_process_batch_is_counted_for_the_runs_workers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """WORKERS=2: batch_phase asks for one process's batch and ceiling, counted for two workers."""
+    import bench.__main__ as bench_main
+
+    asked: dict[str, object] = {}
+    kernels = KernelTime(dtype="float32", batch=16, calls=10, distinct=5, seconds=8.0)
+    machine = Machine(cpu_model="test CPU", flags=("avx2",), threads=1, sgemm_gflops=80.0)
+
+    def measured(*_args: object, **kwargs: object) -> InProcessRun:
+        asked.update(kwargs)
+        processes = int(kwargs["processes"])  # type: ignore[call-overload]
+        return InProcessRun(
+            ceiling=Ceiling(machine=machine, model_gflop_per_img=55.0, kernels=kernels, processes=processes),
+            batch=BatchRun(batch=16, seconds=10.0, processes=processes),
+        )
+
+    monkeypatch.setattr(bench_main, "ensure_model", lambda _name: Path("/nonexistent"))
+    monkeypatch.setattr(bench_main, "measure_in_process", measured)
+    config = dataclasses.replace(quick_config(), workers=2, worker_threads=1)
+
+    run = bench_main.batch_phase(config, bench_main.ImageSets.make(4))
+
+    assert asked["processes"] == 2 and asked["threads"] == 1
+    assert run.batch.img_s == pytest.approx(3.2) and run.ceiling.img_s == pytest.approx(4.0)

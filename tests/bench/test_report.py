@@ -25,6 +25,7 @@ from bench.measure import (
     SteadyResult,
 )
 from bench.naive import NaiveResult
+from bench.queueing import BatchCostModel, greedy_p99_s
 from bench.report import EXACTLY_ONCE_KEYS, KERNEL_SHARE_KEYS, SUMMARY_KEYS, BenchResults, print_report
 from bench.stats import LatencySummary
 from bench.warmup import WarmupResult
@@ -163,8 +164,8 @@ def test_summary_has_exactly_the_keys() -> None:
 
 
 def test_several_workers_are_set_against_as_many_processes_alone(capsys: pytest.CaptureFixture[str]) -> None:
-    """WORKERS=2 on 2 cores: each worker has 1 thread, and the in-process batch and the ceiling are measured
-    in one such process; the machine holds two of them, so its rates are twice one process's."""
+    """WORKERS=2: the in-process batch and the ceiling are measured in one process of the workers' thread
+    count; the machine holds two of them, so its rates are twice one process's."""
     results = _results()
     ceiling = dataclasses.replace(results.ceiling, processes=2)
     batch = dataclasses.replace(results.batch, processes=2)
@@ -180,7 +181,25 @@ def test_several_workers_are_set_against_as_many_processes_alone(capsys: pytest.
     assert summary["ceiling_share"] == pytest.approx(0.625)  # at most 1, as for one worker
     assert summary["service_inprocess_share"] == pytest.approx(0.781)  # 5.0 of 6.4
     assert summary["inprocess_ceiling_share"] == pytest.approx(0.8)  # a ratio within one process
-    assert "x 2 workers" in capsys.readouterr().out
+    report = " ".join(capsys.readouterr().out.replace("│", " ").split())  # the table's wrapped cells, joined
+    assert "best time x its 500 calls, x 2 workers" in report  # the ceiling's row
+    assert "alone (best of 3), x 2 workers" in report  # the in-process batch's row
+    assert "sgemm_gflops / model_gflop_per_img, x 2 workers" in report
+
+
+def test_several_workers_make_the_ideal_p99_of_one_worker_with_its_share() -> None:
+    """Each of two workers takes half the arrivals at half the service's rate."""
+    results = _results()
+    config = dataclasses.replace(results.config, workers=2)
+    saturation = dataclasses.replace(results.saturation, img_s=5.0)
+    two_workers = dataclasses.replace(results, config=config, saturation=saturation)
+    idle_model_s, outside_model_ms = 0.925, 1150.0 - 925.0  # the medians of the idle requests
+    one_worker = BatchCostModel.from_bench(idle_inference_s=idle_model_s, service_img_s=2.5)
+    assert one_worker is not None
+
+    ideal_ms = 1000 * greedy_p99_s(one_worker, rate=0.65 * 5.0 / 2, cap=16) + outside_model_ms
+
+    assert two_workers.summary()["p99_ms_65_ideal"] == pytest.approx(ideal_ms, abs=0.1)
 
 
 def test_a_gpu_run_adds_its_figures() -> None:
