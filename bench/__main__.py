@@ -108,6 +108,7 @@ from rich.console import Console
 from bench.api_floor import measure_api_floor
 from bench.bf16 import DTYPE, Bf16Result
 from bench.breakdown import broker_pid
+from bench.ceiling import workers_note
 from bench.config import BenchConfig, load_config
 from bench.exactly_once import EXACTLY_ONCE, guarantee_run, with_guarantee
 from bench.gpu_phase import gpu_phase
@@ -230,7 +231,7 @@ def batch_phase(config: BenchConfig, images: ImageSets) -> InProcessRun:
         f"{ceiling.machine.describe()}: {ceiling.machine.sgemm_gflops:.0f} GFLOP/s, ceiling "
         f"{ceiling.img_s:.2f} img/s ({ceiling.kernels.distinct} distinct of {ceiling.kernels.calls} kernel "
         f"calls); in-process {batch.img_s:.3f} img/s ({batch.seconds:.2f} s a batch"
-        f"{f', x {batch.processes} workers' if batch.processes > 1 else ''})"
+        f"{workers_note(batch.processes)})"
     )
     return run
 

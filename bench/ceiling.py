@@ -65,6 +65,11 @@ class KernelTime:
         return self.batch / self.seconds
 
 
+def workers_note(processes: int) -> str:
+    """How a rate measured in one process counts for a run's several workers, each on cores of its own."""
+    return f", x {processes} workers (one process's rate, each on its own cores)" if processes > 1 else ""
+
+
 @dataclass(frozen=True)
 class Ceiling:
     """The machine's ceiling for `processes` workers, each with `machine.threads` cores of its own: one

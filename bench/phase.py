@@ -26,7 +26,7 @@ from contextlib import ExitStack
 
 from bench.__main__ import ImageSets, capacity_phase, memory_phase, saturation_phase, service_spec
 from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
-from bench.ceiling import Ceiling, describe_machine
+from bench.ceiling import Ceiling, describe_machine, workers_note
 from bench.config import BenchConfig, load_config
 from bench.inprocess import BatchRun
 from bench.load import LoadClient, load_client
@@ -143,8 +143,7 @@ def in_process_line(ceiling: Ceiling, batch: BatchRun) -> str:
         f"{key} {share:.3f} ({1000 * batch_ms.get(key.removeprefix('kernel_share_'), math.nan):.0f} ms)"
         for key, share in kernel_shares(ceiling.kernels, batch).items()
     )
-    processes = getattr(ceiling, "processes", 1)  # an older tree run with this driver counts one
-    workers = f" (x {processes} workers)" if processes > 1 else ""
+    workers = workers_note(getattr(ceiling, "processes", 1))  # an older tree run with this driver: one
     return (
         f"cpu_ceiling_img_s {ceiling.img_s:.2f} inprocess_batch_img_s {batch.img_s:.3f}{workers}"
         f" inprocess_ceiling_share {ceiling.share(batch.img_s):.3f} {stages}"

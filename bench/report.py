@@ -12,7 +12,7 @@ from rich.table import Table
 
 from bench.bf16 import Bf16Result
 from bench.breakdown import CPU_ROLES, OTHER, POOL_STAGES, THREAD_STAGES, Breakdown
-from bench.ceiling import Ceiling, KernelTime
+from bench.ceiling import Ceiling, KernelTime, workers_note
 from bench.config import BenchConfig
 from bench.exactly_once import AT_LEAST_ONCE, GuaranteeComparison, GuaranteeRun
 from bench.gpu_phase import GpuResult
@@ -464,11 +464,6 @@ def _steady_table(results: BenchResults) -> Table:
     return table
 
 
-def _per_worker(processes: int) -> str:
-    """How a rate measured in one process counts for the run's workers, each on cores of its own."""
-    return f", x {processes} workers (one process's rate, each on its own cores)" if processes > 1 else ""
-
-
 def _ceiling_rows(table: Table, results: BenchResults) -> None:
     ceiling, machine = results.ceiling, results.ceiling.machine
     table.add_row(
@@ -485,7 +480,7 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         f"{ceiling.img_s:.2f}",
         f"the model's matrix kernels ({kernels.dtype}) of one batch of {kernels.batch}, each of "
         f"{kernels.distinct} distinct replayed alone, best time x its {kernels.calls} calls"
-        f"{_per_worker(ceiling.processes)}",
+        f"{workers_note(ceiling.processes)}",
     )
     table.add_row(
         "ceiling_share",
@@ -497,7 +492,7 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
         "inprocess_batch_img_s",
         f"{batch.img_s:.2f}",
         f"one batch of {batch.batch} photos through the worker's model code in-process, alone (best of "
-        f"{BATCH_REPEATS}){_per_worker(batch.processes)}: {results.inprocess_ceiling_share:.0%} of the "
+        f"{BATCH_REPEATS}){workers_note(batch.processes)}: {results.inprocess_ceiling_share:.0%} of the "
         "ceiling (inprocess_ceiling_share), "
         f"the service {results.service_inprocess_share:.0%} of it (service_inprocess_share)",
     )
@@ -515,7 +510,7 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
     table.add_row(
         "sgemm_ceiling_img_s",
         f"{ceiling.sgemm_img_s:.2f}",
-        f"sgemm_gflops / model_gflop_per_img{_per_worker(ceiling.processes)}",
+        f"sgemm_gflops / model_gflop_per_img{workers_note(ceiling.processes)}",
     )
     bf16 = results.bf16
     if bf16 is not None:
@@ -528,7 +523,7 @@ def _ceiling_rows(table: Table, results: BenchResults) -> None:
             "ceiling_share_bf16",
             f"{bf16.ceiling_share:.0%}",
             f"against the kernels in bfloat16: {bf16.ceiling.img_s:.2f} img/s"
-            f"{_per_worker(bf16.ceiling.processes)}",
+            f"{workers_note(bf16.ceiling.processes)}",
         )
         table.add_row(
             "bf16_same_titles",
